@@ -1,0 +1,114 @@
+import Foundation
+
+/// The batching and worker-pool settings of a run (the reference configuration by default).
+public struct BucketConfig: Sendable, Equatable {
+    public var batchSize: Int
+    public var workers: Int
+    public var flushTimeout: Duration
+    public var managerWorkers: Int
+    /// Extraction pauses while more batches than this wait in the queue.
+    public var maxPendingBatches: Int
+
+    public init(
+        batchSize: Int = 500,
+        workers: Int = 2 * ProcessInfo.processInfo.activeProcessorCount,
+        flushTimeout: Duration = .seconds(5),
+        managerWorkers: Int = 1,
+        maxPendingBatches: Int = 64
+    ) {
+        self.batchSize = batchSize
+        self.workers = workers
+        self.flushTimeout = flushTimeout
+        self.managerWorkers = managerWorkers
+        self.maxPendingBatches = maxPendingBatches
+    }
+}
+
+/// Groups items into batches and hands each batch, in order, to `flush`: when `size` items
+/// have arrived, or when the oldest waiting item is `flushTimeout` old, or at `finish()`.
+///
+/// `add` blocks while a flush runs, which is the backpressure the producer feels.
+public final class Bucket<Item>: @unchecked Sendable {
+    // Safe: every mutable field is read and written only while holding `condition`.
+    private let condition = NSCondition()
+    private var items: [Item] = []
+    private var oldest: ContinuousClock.Instant?
+    private var failure: (any Error)?
+    private var finished = false
+    private let size: Int
+    private let flushTimeout: Duration
+    private let flush: ([Item]) throws -> Void
+
+    public init(size: Int, flushTimeout: Duration, flush: @escaping ([Item]) throws -> Void) {
+        precondition(size > 0, "batch size must be positive")
+        self.size = size
+        self.flushTimeout = flushTimeout
+        self.flush = flush
+        items.reserveCapacity(size)
+        let timer = Thread { [weak self] in self?.flushWhenOld() }
+        timer.name = "bucket-timer"
+        timer.start()
+    }
+
+    public func add(_ item: Item) throws {
+        condition.lock()
+        defer { condition.unlock() }
+        if let failure { throw failure }
+        if items.isEmpty {
+            oldest = .now
+            condition.broadcast()
+        }
+        items.append(item)
+        if items.count >= size { try flushLocked() }
+    }
+
+    /// Flushes what is left and stops the timer. Rethrows a failure of a timed flush.
+    public func finish() throws {
+        condition.lock()
+        defer { condition.unlock() }
+        finished = true
+        condition.broadcast()
+        if let failure { throw failure }
+        if !items.isEmpty { try flushLocked() }
+    }
+
+    /// Stops the timer without flushing (the waiting items are dropped; the caller is stopping).
+    public func abandon() {
+        condition.lock()
+        finished = true
+        items.removeAll()
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    private func flushLocked() throws {
+        let batch = items
+        items.removeAll(keepingCapacity: true)
+        oldest = nil
+        try flush(batch)
+    }
+
+    private func flushWhenOld() {
+        condition.lock()
+        defer { condition.unlock() }
+        while !finished {
+            guard let oldest else {
+                condition.wait()
+                continue
+            }
+            let due = oldest + flushTimeout
+            if ContinuousClock.now >= due {
+                do { try flushLocked() } catch { failure = error }
+            } else {
+                condition.wait(until: Date(timeIntervalSinceNow: (due - .now).seconds))
+            }
+        }
+    }
+}
+
+extension Duration {
+    public var seconds: Double {
+        let (s, attos) = components
+        return Double(s) + Double(attos) / 1e18
+    }
+}

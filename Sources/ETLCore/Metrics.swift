@@ -1,0 +1,57 @@
+import Foundation
+import Synchronization
+
+/// Where the time of a run goes.
+public enum Stage: Int, CaseIterable, Sendable {
+    case extract, queueWrite, transform, copy, commit, waiting
+
+    public var label: String {
+        switch self {
+        case .extract: "extract"
+        case .queueWrite: "queue write"
+        case .transform: "transform"
+        case .copy: "COPY"
+        case .commit: "commit"
+        case .waiting: "waiting"
+        }
+    }
+}
+
+/// Time spent per stage, summed over threads (so it can exceed the wall time).
+public final class StageClock: Sendable {
+    private let nanos = Mutex<[Int64]>(Array(repeating: 0, count: Stage.allCases.count))
+
+    public init() {}
+
+    @discardableResult
+    public func measure<T>(_ stage: Stage, _ body: () throws -> T) rethrows -> T {
+        let start = ContinuousClock.now
+        defer { add(stage, ContinuousClock.now - start) }
+        return try body()
+    }
+
+    public func add(_ stage: Stage, _ duration: Duration) {
+        let (s, attos) = duration.components
+        let n = s * 1_000_000_000 + attos / 1_000_000_000
+        nanos.withLock { $0[stage.rawValue] += n }
+    }
+
+    public func seconds(_ stage: Stage) -> Double {
+        Double(nanos.withLock { $0[stage.rawValue] }) / 1e9
+    }
+}
+
+/// Resource use of this process so far.
+public struct ProcessUsage: Sendable {
+    public let peakResidentBytes: Int64
+    public let cpuSeconds: Double
+
+    public static func current() -> ProcessUsage {
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        func seconds(_ t: timeval) -> Double { Double(t.tv_sec) + Double(t.tv_usec) / 1e6 }
+        return ProcessUsage(
+            peakResidentBytes: Int64(usage.ru_maxrss) * 1024,
+            cpuSeconds: seconds(usage.ru_utime) + seconds(usage.ru_stime))
+    }
+}

@@ -1,0 +1,281 @@
+import CMongoc
+
+/// BSON element types the job distinguishes (the values of `bson_type_t`).
+public enum BSONType: UInt32, Sendable {
+    case double = 0x01, utf8 = 0x02, document = 0x03, array = 0x04, binary = 0x05
+    case undefined = 0x06, objectId = 0x07, bool = 0x08, dateTime = 0x09, null = 0x0A
+    case regex = 0x0B, code = 0x0D, symbol = 0x0E, int32 = 0x10, timestamp = 0x11
+    case int64 = 0x12, decimal128 = 0x13, other = 0xFF
+
+    public var name: String {
+        switch self {
+        case .double: "double"
+        case .utf8: "string"
+        case .document: "object"
+        case .array: "array"
+        case .binary: "binary"
+        case .undefined: "undefined"
+        case .objectId: "objectId"
+        case .bool: "bool"
+        case .dateTime: "date"
+        case .null: "null"
+        case .regex: "regex"
+        case .code: "code"
+        case .symbol: "symbol"
+        case .int32: "int32"
+        case .timestamp: "timestamp"
+        case .int64: "int64"
+        case .decimal128: "decimal128"
+        case .other: "unsupported type"
+        }
+    }
+}
+
+/// Reads one BSON document (or array) in place, without copying it.
+///
+/// Valid only while the bytes it was created from live; it never owns them.
+public struct BSONIterator {
+    private var raw = bson_iter_t()
+
+    /// Starts before the first element of the document stored in `bytes`.
+    /// Returns nil when the length prefix does not fit the buffer.
+    public init?(document bytes: UnsafeRawBufferPointer) {
+        guard let base = bytes.baseAddress,
+              bson_iter_init_from_data(iterPtr(&raw), base.assumingMemoryBound(to: UInt8.self), bytes.count)
+        else { return nil }
+    }
+
+    private init(raw: bson_iter_t) { self.raw = raw }
+
+    /// Advances to the next element; false at the end or on a corrupt element.
+    public mutating func next() -> Bool { bson_iter_next(iterPtr(&raw)) }
+
+    /// Advances to the element named `key`; false when the document has none.
+    public mutating func find(_ key: StaticString) -> Bool {
+        while next() {
+            if keyIs(key) { return true }
+        }
+        return false
+    }
+
+    public var type: BSONType {
+        var copy = raw
+        return BSONType(rawValue: bson_iter_type(iterPtr(&copy)).rawValue) ?? .other
+    }
+
+    /// The element's key as a NUL-terminated C string, valid as long as the document bytes.
+    public var keyPointer: UnsafePointer<CChar> {
+        var copy = raw
+        return bson_iter_key(iterPtr(&copy))
+    }
+
+    public var key: String { String(cString: keyPointer) }
+
+    public func keyIs(_ name: StaticString) -> Bool {
+        strcmp(keyPointer, UnsafeRawPointer(name.utf8Start).assumingMemoryBound(to: CChar.self)) == 0
+    }
+
+    /// An integral number stored as int32, int64 or a double without a fractional part.
+    public var integer: Int64? {
+        var copy = raw
+        switch type {
+        case .int32: return Int64(bson_iter_int32(iterPtr(&copy)))
+        case .int64: return bson_iter_int64(iterPtr(&copy))
+        case .double:
+            let d = bson_iter_double(iterPtr(&copy))
+            guard d.isFinite, d.rounded() == d, abs(d) < 9.0e15 else { return nil }
+            return Int64(d)
+        default: return nil
+        }
+    }
+
+    /// Any number as a double.
+    public var number: Double? {
+        var copy = raw
+        switch type {
+        case .double: return bson_iter_double(iterPtr(&copy))
+        case .int32: return Double(bson_iter_int32(iterPtr(&copy)))
+        case .int64: return Double(bson_iter_int64(iterPtr(&copy)))
+        default: return nil
+        }
+    }
+
+    /// The bytes of a UTF-8 string element (not validated; see `BSON.isValidUTF8`).
+    public var utf8: UnsafeRawBufferPointer? {
+        guard type == .utf8 else { return nil }
+        var copy = raw
+        var length: UInt32 = 0
+        guard let p = bson_iter_utf8(iterPtr(&copy), &length) else { return nil }
+        return UnsafeRawBufferPointer(start: p, count: Int(length))
+    }
+
+    /// Milliseconds since the Unix epoch, UTC.
+    public var dateTimeMillis: Int64? {
+        guard type == .dateTime else { return nil }
+        var copy = raw
+        return bson_iter_date_time(iterPtr(&copy))
+    }
+
+    public var bool: Bool? {
+        guard type == .bool else { return nil }
+        var copy = raw
+        return bson_iter_bool(iterPtr(&copy))
+    }
+
+    /// An iterator over the elements of this document or array element.
+    public var children: BSONIterator? {
+        guard type == .document || type == .array else { return nil }
+        var copy = raw
+        var child = bson_iter_t()
+        guard bson_iter_recurse(iterPtr(&copy), iterPtr(&child)) else { return nil }
+        return BSONIterator(raw: child)
+    }
+
+    /// The raw bytes of an embedded document or array element.
+    public var embeddedBytes: UnsafeRawBufferPointer? {
+        var copy = raw
+        var length: UInt32 = 0
+        var data: UnsafePointer<UInt8>?
+        switch type {
+        case .document: bson_iter_document(iterPtr(&copy), &length, &data)
+        case .array: bson_iter_array(iterPtr(&copy), &length, &data)
+        default: return nil
+        }
+        guard let data else { return nil }
+        return UnsafeRawBufferPointer(start: data, count: Int(length))
+    }
+
+    /// A short human-readable rendering of a scalar value, for error messages.
+    public var displayValue: String {
+        if let i = integer { return String(i) }
+        if let s = utf8 {
+            return BSON.isValidUTF8(s) ? "\"" + String(decoding: s.prefix(64), as: UTF8.self) + "\"" : "<invalid UTF-8>"
+        }
+        if let d = number { return String(d) }
+        return "<\(type.name)>"
+    }
+
+    /// Copies this element, key and value, into `writer` under `key`.
+    public func append(to writer: BSONWriter, as key: String) {
+        var copy = raw
+        _ = bson_append_iter(writer.handle, key, Int32(key.utf8.count), iterPtr(&copy))
+    }
+}
+
+/// `bson_iter_t` is declared 128-byte aligned, so Swift imports pointers to it as opaque.
+/// libbson (built by gcc, where the type is 80 bytes) needs only natural alignment, so the
+/// address of a Swift-held value is a valid `bson_iter_t *`. Valid only for the duration of the call
+/// it is passed to, which is the only way it is used.
+@inline(__always)
+private func iterPtr(_ iter: UnsafeMutablePointer<bson_iter_t>) -> OpaquePointer { OpaquePointer(iter) }
+
+public enum BSON {
+    /// True for well-formed UTF-8 without embedded NUL bytes (PostgreSQL text cannot hold NUL).
+    public static func isValidUTF8(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        guard let base = bytes.baseAddress else { return true }
+        return bson_utf8_validate(base.assumingMemoryBound(to: CChar.self), bytes.count, false)
+    }
+
+    /// The total length a BSON document declares in its first four bytes.
+    public static func declaredLength(_ bytes: UnsafeRawBufferPointer) -> Int? {
+        guard bytes.count >= 5 else { return nil }
+        return Int(bytes.loadUnaligned(as: Int32.self).littleEndian)
+    }
+
+    /// Relaxed extended JSON of a document, for people reading set-aside documents.
+    public static func json(_ bytes: UnsafeRawBufferPointer, limit: Int = .max) -> String {
+        guard let base = bytes.baseAddress,
+              let doc = bson_new_from_data(base.assumingMemoryBound(to: UInt8.self), bytes.count)
+        else { return "<corrupt BSON of \(bytes.count) bytes>" }
+        defer { bson_destroy(doc) }
+        var length = 0
+        guard let json = bson_as_relaxed_extended_json(doc, &length) else { return "<unprintable BSON>" }
+        defer { bson_free(json) }
+        let text = String(cString: json)
+        return text.count > limit ? String(text.prefix(limit)) + "…" : text
+    }
+}
+
+/// Builds one BSON document; owns its `bson_t` and frees it exactly once.
+public final class BSONDocument {
+    let handle: OpaquePointer
+
+    public init() { handle = bson_new() }
+
+    public init?(bytes: UnsafeRawBufferPointer) {
+        guard let base = bytes.baseAddress,
+              let h = bson_new_from_data(base.assumingMemoryBound(to: UInt8.self), bytes.count)
+        else { return nil }
+        handle = h
+    }
+
+    deinit { bson_destroy(handle) }
+
+    public var writer: BSONWriter { BSONWriter(handle: handle) }
+
+    public var bytes: [UInt8] {
+        withUnsafeBytes { Array($0) }
+    }
+
+    public func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        let data = bson_get_data(handle)!
+        let length = Int(UnsafeRawPointer(data).loadUnaligned(as: Int32.self).littleEndian)
+        return try body(UnsafeRawBufferPointer(start: data, count: length))
+    }
+}
+
+/// Appends elements to a `bson_t` that someone else owns (a document or an open child).
+public struct BSONWriter {
+    let handle: OpaquePointer
+
+    public func append(_ key: String, _ value: String) {
+        var value = value
+        value.withUTF8 { appendUTF8(key, UnsafeRawBufferPointer($0)) }
+    }
+
+    /// Appends a string element from raw bytes exactly as given (they need not be valid UTF-8).
+    public func append(_ key: String, utf8Bytes: [UInt8]) {
+        utf8Bytes.withUnsafeBytes { appendUTF8(key, $0) }
+    }
+
+    private func appendUTF8(_ key: String, _ bytes: UnsafeRawBufferPointer) {
+        let empty: StaticString = ""
+        let start = bytes.baseAddress ?? UnsafeRawPointer(empty.utf8Start)
+        _ = bson_append_utf8(
+            handle, key, Int32(key.utf8.count), start.assumingMemoryBound(to: CChar.self), Int32(bytes.count))
+    }
+
+    public func append(_ key: String, _ value: Int32) { _ = bson_append_int32(handle, key, Int32(key.utf8.count), value) }
+    public func append(_ key: String, _ value: Int64) { _ = bson_append_int64(handle, key, Int32(key.utf8.count), value) }
+    public func append(_ key: String, _ value: Double) { _ = bson_append_double(handle, key, Int32(key.utf8.count), value) }
+    public func append(_ key: String, _ value: Bool) { _ = bson_append_bool(handle, key, Int32(key.utf8.count), value) }
+    public func appendNull(_ key: String) { _ = bson_append_null(handle, key, Int32(key.utf8.count)) }
+
+    public func append(_ key: String, dateTimeMillis: Int64) {
+        _ = bson_append_date_time(handle, key, Int32(key.utf8.count), dateTimeMillis)
+    }
+
+    public func appendDocument(_ key: String, _ body: (BSONWriter) -> Void) {
+        withChild { child in
+            _ = bson_append_document_begin(handle, key, Int32(key.utf8.count), child)
+            body(BSONWriter(handle: child))
+            _ = bson_append_document_end(handle, child)
+        }
+    }
+
+    /// Appends an array; `body` receives a writer and appends elements with keys "0", "1", ….
+    public func appendArray(_ key: String, _ body: (BSONWriter) -> Void) {
+        withChild { child in
+            _ = bson_append_array_begin(handle, key, Int32(key.utf8.count), child)
+            body(BSONWriter(handle: child))
+            _ = bson_append_array_end(handle, child)
+        }
+    }
+
+    /// Child `bson_t` storage: the type is 128-byte aligned, so Swift cannot declare one.
+    private func withChild(_ body: (OpaquePointer) -> Void) {
+        let storage = UnsafeMutableRawPointer.allocate(byteCount: 128, alignment: 128)
+        defer { storage.deallocate() }
+        body(OpaquePointer(storage))
+    }
+}

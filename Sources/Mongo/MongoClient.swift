@@ -1,0 +1,165 @@
+import CMongoc
+import ETLCore
+
+/// An error reported by libmongoc, with its domain, code and message.
+public struct MongoError: Error, CustomStringConvertible, Sendable {
+    public let domain: UInt32
+    public let code: UInt32
+    public let message: String
+
+    init(_ error: bson_error_t) {
+        domain = error.domain
+        code = error.code
+        message = withUnsafeBytes(of: error.message) { raw in
+            String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+        }
+    }
+
+    init(message: String) {
+        domain = 0
+        code = 0
+        self.message = message
+    }
+
+    public var description: String { message }
+}
+
+private let initializeDriver: Void = {
+    mongoc_init()
+    // The driver logs warnings of its own to stderr; our errors carry the same text.
+    mongoc_log_set_handler(nil, nil)
+}()
+
+/// A connection pool to one deployment; use it from one thread at a time.
+public final class MongoClient {
+    private let handle: OpaquePointer
+    public let redactedURL: String
+
+    /// Parses `url` and prepares a client. Connections are made lazily, so call `ping()`
+    /// to find out whether the server answers.
+    public init(url: String, serverSelectionTimeoutMS: Int32 = 5000) throws {
+        _ = initializeDriver
+        redactedURL = Redact.url(url)
+        var error = bson_error_t()
+        guard let uri = mongoc_uri_new_with_error(url, &error) else {
+            throw MongoError(message: "malformed MongoDB URL \(redactedURL): \(MongoError(error).message)")
+        }
+        defer { mongoc_uri_destroy(uri) }
+        if !url.contains("serverSelectionTimeoutMS") {
+            mongoc_uri_set_option_as_int32(uri, MONGOC_URI_SERVERSELECTIONTIMEOUTMS, serverSelectionTimeoutMS)
+        }
+        if !url.contains("connectTimeoutMS") {
+            mongoc_uri_set_option_as_int32(uri, MONGOC_URI_CONNECTTIMEOUTMS, min(serverSelectionTimeoutMS, 5000))
+        }
+        guard let client = mongoc_client_new_from_uri_with_error(uri, &error) else {
+            throw MongoError(message: "malformed MongoDB URL \(redactedURL): \(MongoError(error).message)")
+        }
+        mongoc_client_set_error_api(client, 2)
+        handle = client
+    }
+
+    deinit { mongoc_client_destroy(handle) }
+
+    /// Round-trips a `ping` to the server.
+    public func ping() throws {
+        let command = BSONDocument()
+        command.writer.append("ping", Int32(1))
+        var error = bson_error_t()
+        guard mongoc_client_command_simple(handle, "admin", command.handle, nil, nil, &error) else {
+            throw MongoError(error)
+        }
+    }
+
+    public func collection(database: String, name: String) -> MongoCollection {
+        MongoCollection(client: self, handle: mongoc_client_get_collection(handle, database, name))
+    }
+}
+
+public final class MongoCollection {
+    private let client: MongoClient  // keeps the client alive as long as the collection
+    private let handle: OpaquePointer
+
+    init(client: MongoClient, handle: OpaquePointer) {
+        self.client = client
+        self.handle = handle
+    }
+
+    deinit { mongoc_collection_destroy(handle) }
+
+    /// Documents in ascending `_id` order, starting after the `_id` held by `afterIdElement`
+    /// (a document `{"_id": value}`), or from the beginning when it is nil.
+    public func scanById(afterIdElement: [UInt8]?, batchSize: Int32) throws -> MongoCursor {
+        let filter = BSONDocument()
+        if let afterIdElement {
+            try afterIdElement.withUnsafeBytes { bytes in
+                guard var it = BSONIterator(document: bytes), it.next() else {
+                    throw MongoError(message: "stored extract position is not a BSON document")
+                }
+                filter.writer.appendDocument("_id") { range in it.append(to: range, as: "$gt") }
+            }
+        }
+        let options = BSONDocument()
+        options.writer.appendDocument("sort") { $0.append("_id", Int32(1)) }
+        options.writer.append("batchSize", batchSize)
+        guard let cursor = mongoc_collection_find_with_opts(handle, filter.handle, options.handle, nil) else {
+            throw MongoError(message: "could not open a cursor")
+        }
+        return MongoCursor(collection: self, handle: cursor)
+    }
+
+    public func insertMany(_ documents: [BSONDocument]) throws {
+        guard !documents.isEmpty else { return }
+        var pointers: [OpaquePointer?] = documents.map { $0.handle }
+        var error = bson_error_t()
+        let ok = pointers.withUnsafeMutableBufferPointer { buf in
+            buf.baseAddress!.withMemoryRebound(to: Optional<OpaquePointer>.self, capacity: buf.count) {
+                mongoc_collection_insert_many(handle, $0, buf.count, nil, nil, &error)
+            }
+        }
+        guard ok else { throw MongoError(error) }
+    }
+
+    /// Drops the collection; a collection that does not exist is not an error.
+    public func drop() throws {
+        var error = bson_error_t()
+        if !mongoc_collection_drop_with_opts(handle, nil, &error) {
+            let e = MongoError(error)
+            if e.code == 26 || e.message.contains("ns not found") { return }
+            throw e
+        }
+    }
+
+    public func countDocuments() throws -> Int64 {
+        let filter = BSONDocument()
+        var error = bson_error_t()
+        let n = mongoc_collection_count_documents(handle, filter.handle, nil, nil, nil, &error)
+        guard n >= 0 else { throw MongoError(error) }
+        return n
+    }
+}
+
+/// A server-side cursor. Each document is borrowed until the next call to `next()`.
+public final class MongoCursor {
+    private let collection: MongoCollection
+    private let handle: OpaquePointer
+
+    init(collection: MongoCollection, handle: OpaquePointer) {
+        self.collection = collection
+        self.handle = handle
+    }
+
+    deinit { mongoc_cursor_destroy(handle) }
+
+    /// The next document's bytes, or nil at the end of the results.
+    public func next() throws -> UnsafeRawBufferPointer? {
+        var document: OpaquePointer?
+        if mongoc_cursor_next(handle, &document), let document {
+            let data = UnsafeRawPointer(bson_get_data(document)!)
+            let length = Int(data.loadUnaligned(as: Int32.self).littleEndian)
+            return UnsafeRawBufferPointer(start: data, count: length)
+        }
+        var error = bson_error_t()
+        if mongoc_cursor_error(handle, &error) { throw MongoError(error) }
+        return nil
+    }
+}

@@ -1,0 +1,171 @@
+import CLibPQ
+import ETLCore
+
+/// An error from libpq or the server: the SQLSTATE (when the server sent one) and its message.
+public struct PGError: Error, CustomStringConvertible, Sendable {
+    public enum Kind: Sendable {
+        /// Could not connect or authenticate.
+        case connection
+        /// The connection broke during a command: the outcome of an open transaction is unknown.
+        case connectionLost
+        /// The server rejected a statement or its data.
+        case server
+    }
+
+    public let kind: Kind
+    public let sqlState: String?
+    public let message: String
+
+    public init(kind: Kind, sqlState: String? = nil, message: String) {
+        self.kind = kind
+        self.sqlState = sqlState
+        self.message = message
+    }
+
+    public var description: String {
+        sqlState.map { "\(message) (SQLSTATE \($0))" } ?? message
+    }
+
+    /// Class 23 (integrity constraint), 22 (data exception): caused by the rows, not by the server.
+    public var isDataError: Bool {
+        guard kind == .server, let sqlState else { return false }
+        return sqlState.hasPrefix("23") || sqlState.hasPrefix("22")
+    }
+}
+
+/// A query result, materialized as text.
+public struct PGRows: Sendable {
+    public let columns: [String]
+    public let rows: [[String?]]
+
+    public subscript(row: Int, column: String) -> String? {
+        rows[row][columns.firstIndex(of: column)!]
+    }
+}
+
+/// One libpq connection; frees its `PGconn` exactly once. Use from one thread at a time.
+public final class PGConnection {
+    private let handle: OpaquePointer
+    public let redactedURL: String
+
+    /// Connects, giving up after `connectTimeout` seconds when the URL does not set one.
+    public init(url: String, connectTimeout: Int = 5, applicationName: String = "etl-job") throws {
+        redactedURL = Redact.url(url)
+        var parseError: UnsafeMutablePointer<CChar>?
+        guard let options = PQconninfoParse(url, &parseError) else {
+            let reason = parseError.map { String(cString: $0).trimmingTrailingNewlines } ?? "cannot parse"
+            if let parseError { PQfreemem(parseError) }
+            throw PGError(kind: .connection, message: "malformed PostgreSQL URL \(redactedURL): \(reason)")
+        }
+        PQconninfoFree(options)
+        let keys = ["dbname", "connect_timeout", "fallback_application_name"]
+        let values = [url, String(connectTimeout), applicationName]
+        let conn = Self.withCStrings(keys) { k in
+            Self.withCStrings(values) { v in PQconnectdbParams(k, v, 1) }
+        }
+        guard let conn else { throw PGError(kind: .connection, message: "out of memory") }
+        guard PQstatus(conn) == CONNECTION_OK else {
+            let message = String(cString: PQerrorMessage(conn)).trimmingTrailingNewlines
+            PQfinish(conn)
+            throw PGError(kind: .connection, message: "cannot connect to PostgreSQL at \(redactedURL): \(message)")
+        }
+        handle = conn
+        _ = PQsetClientEncoding(conn, "UTF8")
+        PQsetNoticeProcessor(conn, { _, _ in }, nil)
+    }
+
+    deinit { PQfinish(handle) }
+
+    public var isHealthy: Bool { PQstatus(handle) == CONNECTION_OK }
+
+    /// The server process serving this connection.
+    public var backendPID: Int32 { PQbackendPID(handle) }
+
+    /// Runs one or more statements without parameters.
+    @discardableResult
+    public func execute(_ sql: String) throws -> PGRows {
+        try rows(of: PQexec(handle, sql))
+    }
+
+    /// Runs one statement with text parameters ($1, $2, …).
+    @discardableResult
+    public func query(_ sql: String, _ parameters: [String?]) throws -> PGRows {
+        let result = Self.withOptionalCStrings(parameters) { values in
+            PQexecParams(handle, sql, Int32(parameters.count), nil, values, nil, nil, 0)
+        }
+        return try rows(of: result)
+    }
+
+    /// Streams `data` (a complete binary COPY stream) into `table`.
+    public func copyIn(_ table: String, columns: [String], binary data: [UInt8]) throws {
+        let sql = "COPY \(table) (\(columns.joined(separator: ", "))) FROM STDIN (FORMAT binary)"
+        let start = PQexec(handle, sql)
+        guard PQresultStatus(start) == PGRES_COPY_IN else { _ = try rows(of: start); return }
+        PQclear(start)
+        let sent = data.withUnsafeBytes { raw -> Int32 in
+            raw.withMemoryRebound(to: CChar.self) { PQputCopyData(handle, $0.baseAddress, Int32($0.count)) }
+        }
+        guard sent == 1, PQputCopyEnd(handle, nil) == 1 else { throw connectionError() }
+        // COPY reports its outcome in one result, then a NULL.
+        var failure: (any Error)?
+        while let result = PQgetResult(handle) {
+            do { _ = try rows(of: result) } catch { failure = failure ?? error }
+        }
+        if let failure { throw failure }
+    }
+
+    private func rows(of result: OpaquePointer?) throws -> PGRows {
+        guard let result else { throw connectionError() }
+        defer { PQclear(result) }
+        switch PQresultStatus(result) {
+        case PGRES_COMMAND_OK, PGRES_EMPTY_QUERY, PGRES_COPY_IN:
+            return PGRows(columns: [], rows: [])
+        case PGRES_TUPLES_OK:
+            let columns = (0..<PQnfields(result)).map { String(cString: PQfname(result, $0)) }
+            let rows = (0..<PQntuples(result)).map { r in
+                (0..<PQnfields(result)).map { c -> String? in
+                    PQgetisnull(result, r, c) == 1 ? nil : String(cString: PQgetvalue(result, r, c))
+                }
+            }
+            return PGRows(columns: columns, rows: rows)
+        default:
+            if PQstatus(handle) != CONNECTION_OK { throw connectionError() }
+            let state = PQresultErrorField(result, Int32(UInt8(ascii: "C"))).map { String(cString: $0) }
+            let primary = PQresultErrorField(result, Int32(UInt8(ascii: "M"))).map { String(cString: $0) }
+            let detail = PQresultErrorField(result, Int32(UInt8(ascii: "D"))).map { String(cString: $0) }
+            let message = [primary ?? String(cString: PQresultErrorMessage(result)).trimmingTrailingNewlines, detail]
+                .compactMap { $0 }.joined(separator: ": ")
+            throw PGError(kind: .server, sqlState: state, message: message)
+        }
+    }
+
+    private func connectionError() -> PGError {
+        let message = String(cString: PQerrorMessage(handle)).trimmingTrailingNewlines
+        return PGError(kind: .connectionLost, message: "lost the connection to PostgreSQL: \(message)")
+    }
+
+    private static func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafePointer<CChar>?>) -> R) -> R {
+        withOptionalCStrings(strings) { body($0) }
+    }
+
+    private static func withOptionalCStrings<R>(
+        _ strings: [String?], _ body: (UnsafePointer<UnsafePointer<CChar>?>) -> R
+    ) -> R {
+        let copies = strings.map { $0.map { strdup($0)! } }
+        defer { copies.forEach { free($0) } }
+        var pointers = copies.map { UnsafePointer($0) } + [nil]
+        return pointers.withUnsafeMutableBufferPointer { body($0.baseAddress!) }
+    }
+}
+
+extension String {
+    var trimmingTrailingNewlines: String {
+        var s = self
+        while s.last?.isNewline == true { s.removeLast() }
+        return s
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

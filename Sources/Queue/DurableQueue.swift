@@ -1,0 +1,373 @@
+import Foundation
+
+/// A batch handed to a worker: its queue id and the documents as stored (concatenated BSON).
+public struct QueueBatch: Sendable {
+    public let id: UInt64
+    public let documentCount: Int
+    public let payload: [UInt8]
+}
+
+/// A document that did not fit the target, kept whole with the reason.
+public struct SetAsideDocument: Sendable, Equatable {
+    public let batch: UInt64
+    public let documentId: String
+    public let reason: String
+    public let document: [UInt8]
+
+    public init(batch: UInt64, documentId: String, reason: String, document: [UInt8]) {
+        self.batch = batch
+        self.documentId = documentId
+        self.reason = reason
+        self.document = document
+    }
+}
+
+/// The outcome of a committed batch, recorded when it is marked done.
+public struct BatchOutcome: Sendable, Equatable {
+    public var documentsLoaded: Int
+    public var rows: [String: Int64]
+    public var setAside: [SetAsideDocument]
+
+    public init(documentsLoaded: Int, rows: [String: Int64], setAside: [SetAsideDocument]) {
+        self.documentsLoaded = documentsLoaded
+        self.rows = rows
+        self.setAside = setAside
+    }
+}
+
+/// What the queue knows about a job, as `status` shows it.
+public struct QueueStatus: Sendable, Codable, Equatable {
+    public var jobId: String
+    public var createdAt: Double
+    public var sourceTotal: Int64?
+    public var extracted: Int64
+    public var extractionFinished: Bool
+    public var batches: Int
+    public var pending: Int
+    public var inFlight: Int
+    public var done: Int
+    public var documentsLoaded: Int64
+    public var documentsSetAside: Int64
+    public var rows: [String: Int64]
+    public var runStartedAt: Double?
+    public var runStartLoaded: Int64
+    public var finishedAt: Double?
+
+    public var totalRows: Int64 { rows.values.reduce(0, +) }
+    public var isComplete: Bool { extractionFinished && pending == 0 && inFlight == 0 }
+}
+
+/// The durable queue of one job, in an LMDB environment: the extracted batches as raw BSON,
+/// the extract position, each batch's state, the set-aside documents and the counters.
+/// Every state change is one LMDB transaction, so a crash leaves a consistent queue.
+public final class DurableQueue: @unchecked Sendable {
+    // Safe: `env` serializes all transactions; `changed` is a condition variable.
+    private let env: LMDBEnvironment
+    private let changed = NSCondition()
+    public let directory: String
+
+    private static let tables = ["meta", "batches", "payloads", "pending", "inflight", "setaside", "counters"]
+
+    /// Opens (creating when `readOnly` is false) the queue in `directory`.
+    public init(directory: String, readOnly: Bool = false, initialMapSize: Int = 64 << 20) throws {
+        self.directory = directory
+        if !readOnly {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        }
+        env = try LMDBEnvironment(
+            directory: directory, databases: Self.tables, initialMapSize: initialMapSize, readOnly: readOnly)
+    }
+
+    public static func exists(in directory: String) -> Bool {
+        FileManager.default.fileExists(atPath: directory + "/data.mdb")
+    }
+
+    public var mapSize: Int { env.mapSize }
+
+    // MARK: Job
+
+    public var jobId: String? {
+        get throws { try env.transaction(write: false) { try $0.get("meta", Key.jobId).map { String(decoding: $0, as: UTF8.self) } } }
+    }
+
+    /// Starts a job in an empty queue.
+    public func createJob(id: String, sourceTotal: Int64?) throws {
+        try env.transaction(write: true) { txn in
+            guard try txn.get("meta", Key.jobId) == nil else { throw QueueError.jobExists }
+            try txn.put("meta", Key.jobId, Array(id.utf8))
+            try txn.put("meta", Key.createdAt, Codec.double(Date().timeIntervalSince1970))
+            if let sourceTotal { try txn.put("meta", Key.sourceTotal, Codec.int(sourceTotal)) }
+        }
+    }
+
+    /// Marks the start of a run (start or resume), for throughput and ETA.
+    public func beginRun() throws {
+        try env.transaction(write: true) { txn in
+            try txn.put("meta", Key.runStartedAt, Codec.double(Date().timeIntervalSince1970))
+            try txn.put("meta", Key.runStartLoaded, Codec.int(try txn.counter(Key.documentsLoaded)))
+            try txn.delete("meta", Key.finishedAt)
+        }
+    }
+
+    public func markFinished() throws {
+        try env.transaction(write: true) { try $0.put("meta", Key.finishedAt, Codec.double(Date().timeIntervalSince1970)) }
+    }
+
+    // MARK: Extract side
+
+    /// The `{"_id": value}` document of the last extracted document, or nil before the first batch.
+    public var extractPosition: [UInt8]? {
+        get throws { try env.transaction(write: false) { try $0.get("meta", Key.position).map { Array($0) } } }
+    }
+
+    public var extractionFinished: Bool {
+        get throws { try env.transaction(write: false) { try $0.get("meta", Key.extractionFinished) != nil } }
+    }
+
+    /// Stores a batch as pending together with the extract position after it, atomically.
+    @discardableResult
+    public func enqueue(payload: [UInt8], documents: Int, position: [UInt8]) throws -> UInt64 {
+        let id = try env.transaction(write: true) { txn -> UInt64 in
+            let id = UInt64(try txn.counter(Key.nextBatch) + 1)
+            try txn.setCounter(Key.nextBatch, Int64(id))
+            try txn.put("batches", Codec.key(id), [BatchState.pending.rawValue] + Codec.int(Int64(documents)))
+            try txn.put("payloads", Codec.key(id), payload)
+            try txn.put("pending", Codec.key(id), [])
+            try txn.put("meta", Key.position, position)
+            try txn.addCounter(Key.extracted, Int64(documents))
+            return id
+        }
+        notify()
+        return id
+    }
+
+    public func finishExtraction() throws {
+        try env.transaction(write: true) { try $0.put("meta", Key.extractionFinished, [1]) }
+        notify()
+    }
+
+    // MARK: Worker side
+
+    /// Moves the oldest pending batch to in flight and returns it; nil when none is pending.
+    public func claim() throws -> QueueBatch? {
+        let batch = try env.transaction(write: true) { txn -> QueueBatch? in
+            guard let key = try txn.firstKey("pending") else { return nil }
+            let id = Codec.id(key)
+            try txn.delete("pending", key)
+            try txn.put("inflight", key, [])
+            let documents = try txn.setState(id, .inFlight)
+            let payload = try txn.get("payloads", key).map { Array($0) } ?? []
+            return QueueBatch(id: id, documentCount: documents, payload: payload)
+        }
+        if batch != nil { notify() }
+        return batch
+    }
+
+    /// Marks an in-flight batch done, frees its payload, keeps its set-aside documents and
+    /// adds its counts. Marking a batch done twice changes nothing.
+    public func complete(_ id: UInt64, outcome: BatchOutcome) throws {
+        try env.transaction(write: true) { txn in
+            let key = Codec.key(id)
+            guard try txn.state(id) != .done else { return }
+            try txn.delete("inflight", key)
+            try txn.delete("pending", key)
+            try txn.delete("payloads", key)
+            try txn.setState(id, .done)
+            for (index, doc) in outcome.setAside.enumerated() {
+                try txn.put("setaside", key + Codec.int32(UInt32(index)), Codec.setAside(doc))
+            }
+            try txn.addCounter(Key.batchesDone, 1)
+            try txn.addCounter(Key.documentsLoaded, Int64(outcome.documentsLoaded))
+            try txn.addCounter(Key.documentsSetAside, Int64(outcome.setAside.count))
+            for (table, rows) in outcome.rows where rows != 0 {
+                try txn.addCounter(Key.rowsPrefix + table, rows)
+            }
+        }
+        notify()
+    }
+
+    /// Returns an in-flight batch to pending (its transaction rolled back or never committed).
+    public func requeue(_ id: UInt64) throws {
+        try env.transaction(write: true) { txn in
+            guard try txn.state(id) == .inFlight else { return }
+            try txn.delete("inflight", Codec.key(id))
+            try txn.put("pending", Codec.key(id), [])
+            try txn.setState(id, .pending)
+        }
+        notify()
+    }
+
+    public func pendingCount() throws -> Int {
+        try env.transaction(write: false) { try $0.count("pending") }
+    }
+
+    /// True when the source has been read to its end and no batch waits to be claimed.
+    public func isDrained() throws -> Bool {
+        try env.transaction(write: false) { txn in
+            try txn.get("meta", Key.extractionFinished) != nil && txn.count("pending") == 0
+        }
+    }
+
+    /// Ids of the batches in flight (after a crash: those whose outcome is unknown).
+    public func inFlight() throws -> [UInt64] {
+        try env.transaction(write: false) { txn in
+            var ids: [UInt64] = []
+            try txn.forEach("inflight") { key, _ in
+                ids.append(Codec.id(Array(key)))
+                return true
+            }
+            return ids
+        }
+    }
+
+    /// The stored documents of a batch that is not yet done.
+    public func payload(of id: UInt64) throws -> [UInt8]? {
+        try env.transaction(write: false) { try $0.get("payloads", Codec.key(id)).map { Array($0) } }
+    }
+
+    /// Waits until the queue changes in this process or `timeout` passes.
+    public func waitForChange(timeout: Double) {
+        changed.lock()
+        _ = changed.wait(until: Date(timeIntervalSinceNow: timeout))
+        changed.unlock()
+    }
+
+    private func notify() {
+        changed.lock()
+        changed.broadcast()
+        changed.unlock()
+    }
+
+    // MARK: Reading
+
+    public func status() throws -> QueueStatus? {
+        try env.transaction(write: false) { txn -> QueueStatus? in
+            guard let job = try txn.get("meta", Key.jobId) else { return nil }
+            var rows: [String: Int64] = [:]
+            try txn.forEach("counters") { key, value in
+                let name = String(decoding: key, as: UTF8.self)
+                if name.hasPrefix(Key.rowsPrefix) { rows[String(name.dropFirst(Key.rowsPrefix.count))] = Codec.int(value) }
+                return true
+            }
+            return QueueStatus(
+                jobId: String(decoding: job, as: UTF8.self),
+                createdAt: try txn.get("meta", Key.createdAt).map(Codec.double) ?? 0,
+                sourceTotal: try txn.get("meta", Key.sourceTotal).map(Codec.int),
+                extracted: try txn.counter(Key.extracted),
+                extractionFinished: try txn.get("meta", Key.extractionFinished) != nil,
+                batches: try txn.count("batches"),
+                pending: try txn.count("pending"),
+                inFlight: try txn.count("inflight"),
+                done: Int(try txn.counter(Key.batchesDone)),
+                documentsLoaded: try txn.counter(Key.documentsLoaded),
+                documentsSetAside: try txn.counter(Key.documentsSetAside),
+                rows: rows,
+                runStartedAt: try txn.get("meta", Key.runStartedAt).map(Codec.double),
+                runStartLoaded: try txn.get("meta", Key.runStartLoaded).map(Codec.int) ?? 0,
+                finishedAt: try txn.get("meta", Key.finishedAt).map(Codec.double))
+        }
+    }
+
+    public func setAsideDocuments(limit: Int = .max) throws -> [SetAsideDocument] {
+        try env.transaction(write: false) { txn in
+            var docs: [SetAsideDocument] = []
+            try txn.forEach("setaside") { key, value in
+                docs.append(Codec.setAside(value, batch: Codec.id(Array(key.prefix(8)))))
+                return docs.count < limit
+            }
+            return docs
+        }
+    }
+
+    public func state(of id: UInt64) throws -> BatchState? {
+        try env.transaction(write: false) { try $0.state(id) }
+    }
+}
+
+public enum QueueError: Error, CustomStringConvertible {
+    case jobExists
+
+    public var description: String { "the queue already holds a job" }
+}
+
+public enum BatchState: UInt8, Sendable {
+    case pending = 0, inFlight = 1, done = 2
+}
+
+private enum Key {
+    static let jobId = Array("job_id".utf8)
+    static let createdAt = Array("created_at".utf8)
+    static let sourceTotal = Array("source_total".utf8)
+    static let position = Array("extract_position".utf8)
+    static let extractionFinished = Array("extraction_finished".utf8)
+    static let runStartedAt = Array("run_started_at".utf8)
+    static let runStartLoaded = Array("run_start_loaded".utf8)
+    static let finishedAt = Array("finished_at".utf8)
+    static let nextBatch = "next_batch"
+    static let extracted = "extracted"
+    static let batchesDone = "batches_done"
+    static let documentsLoaded = "documents_loaded"
+    static let documentsSetAside = "documents_set_aside"
+    static let rowsPrefix = "rows."
+}
+
+extension LMDBTransaction {
+    func counter(_ name: String) throws -> Int64 {
+        try get("counters", Array(name.utf8)).map(Codec.int) ?? 0
+    }
+
+    func setCounter(_ name: String, _ value: Int64) throws {
+        try put("counters", Array(name.utf8), Codec.int(value))
+    }
+
+    func addCounter(_ name: String, _ delta: Int64) throws {
+        try setCounter(name, try counter(name) + delta)
+    }
+
+    func state(_ id: UInt64) throws -> BatchState? {
+        try get("batches", Codec.key(id)).flatMap { BatchState(rawValue: $0[0]) }
+    }
+
+    /// Sets a batch's state and returns its document count.
+    @discardableResult
+    func setState(_ id: UInt64, _ state: BatchState) throws -> Int {
+        guard let record = try get("batches", Codec.key(id)) else {
+            throw LMDBError(code: -30798, context: "batch \(id) is not in the queue")
+        }
+        var updated = Array(record)
+        updated[0] = state.rawValue
+        try put("batches", Codec.key(id), updated)
+        return Int(Codec.int(UnsafeRawBufferPointer(rebasing: record[1...])))
+    }
+}
+
+/// Byte layouts of keys and values. Keys are big-endian so LMDB's order is numeric order.
+enum Codec {
+    static func key(_ id: UInt64) -> [UInt8] { withUnsafeBytes(of: id.bigEndian, Array.init) }
+    static func id(_ key: [UInt8]) -> UInt64 { key.withUnsafeBytes { UInt64(bigEndian: $0.loadUnaligned(as: UInt64.self)) } }
+    static func int32(_ v: UInt32) -> [UInt8] { withUnsafeBytes(of: v.bigEndian, Array.init) }
+    static func int(_ v: Int64) -> [UInt8] { withUnsafeBytes(of: v.littleEndian, Array.init) }
+    static func int(_ raw: UnsafeRawBufferPointer) -> Int64 { Int64(littleEndian: raw.loadUnaligned(as: Int64.self)) }
+    static func double(_ v: Double) -> [UInt8] { int(Int64(bitPattern: v.bitPattern)) }
+    static func double(_ raw: UnsafeRawBufferPointer) -> Double { Double(bitPattern: UInt64(bitPattern: int(raw))) }
+
+    static func setAside(_ doc: SetAsideDocument) -> [UInt8] {
+        var out: [UInt8] = []
+        for field in [Array(doc.documentId.utf8), Array(doc.reason.utf8)] {
+            out += withUnsafeBytes(of: UInt32(field.count).littleEndian, Array.init) + field
+        }
+        return out + doc.document
+    }
+
+    static func setAside(_ raw: UnsafeRawBufferPointer, batch: UInt64) -> SetAsideDocument {
+        var offset = 0
+        func field() -> String {
+            let n = Int(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: offset, as: UInt32.self)))
+            defer { offset += 4 + n }
+            return String(decoding: raw[(offset + 4)..<(offset + 4 + n)], as: UTF8.self)
+        }
+        let id = field()
+        let reason = field()
+        return SetAsideDocument(batch: batch, documentId: id, reason: reason, document: Array(raw[offset...]))
+    }
+}

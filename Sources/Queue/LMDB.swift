@@ -1,0 +1,182 @@
+import CLMDB
+import Foundation
+
+/// An LMDB error code with the library's own message.
+public struct LMDBError: Error, CustomStringConvertible, Sendable {
+    public let code: Int32
+    public let context: String
+
+    public var description: String { "\(context): \(String(cString: mdb_strerror(code)))" }
+
+    static func check(_ code: Int32, _ context: @autoclosure () -> String) throws {
+        if code != 0 { throw LMDBError(code: code, context: context()) }
+    }
+}
+
+/// One LMDB environment (a directory holding `data.mdb` and `lock.mdb`).
+///
+/// Every transaction of this process goes through one lock: a write transaction must stay on
+/// its thread, and growing the map requires that no transaction of the process is open.
+/// Transactions are short (one batch's bookkeeping), so the lock costs nothing measurable.
+final class LMDBEnvironment: @unchecked Sendable {
+    // Safe: `env` is used only inside `transaction`, which holds `lock`.
+    private let env: OpaquePointer
+    private let lock = NSLock()
+    private let readOnly: Bool
+    private var dbis: [String: MDB_dbi] = [:]
+
+    init(directory: String, databases: [String], initialMapSize: Int, readOnly: Bool) throws {
+        var env: OpaquePointer?
+        try LMDBError.check(mdb_env_create(&env), "cannot create an LMDB environment")
+        self.env = env!
+        self.readOnly = readOnly
+        do {
+            try LMDBError.check(mdb_env_set_maxdbs(self.env, MDB_dbi(databases.count)), "mdb_env_set_maxdbs")
+            try LMDBError.check(mdb_env_set_mapsize(self.env, initialMapSize), "mdb_env_set_mapsize")
+            // MDB_NOTLS: read transactions are not tied to a thread (Swift tasks move between threads).
+            let flags = UInt32(MDB_NOTLS) | (readOnly ? UInt32(MDB_RDONLY) : 0)
+            try LMDBError.check(mdb_env_open(self.env, directory, flags, 0o644), "cannot open the queue in \(directory)")
+            try openDatabases(databases)
+        } catch {
+            mdb_env_close(self.env)
+            throw error
+        }
+    }
+
+    deinit { mdb_env_close(env) }
+
+    private func openDatabases(_ names: [String]) throws {
+        try transaction(write: !readOnly) { txn in
+            for name in names {
+                var dbi: MDB_dbi = 0
+                try LMDBError.check(
+                    mdb_dbi_open(txn.handle, name, readOnly ? 0 : UInt32(MDB_CREATE), &dbi),
+                    "cannot open the queue's \(name) table")
+                dbis[name] = dbi
+            }
+        }
+    }
+
+    func dbi(_ name: String) -> MDB_dbi { dbis[name]! }
+
+    var mapSize: Int {
+        lock.withLock {
+            var info = MDB_envinfo()
+            mdb_env_info(env, &info)
+            return info.me_mapsize
+        }
+    }
+
+    /// Runs `body` in one transaction and commits it. A write that fills the map grows the
+    /// map (doubling) and runs `body` again from the start.
+    func transaction<R>(write: Bool, _ body: (LMDBTransaction) throws -> R) throws -> R {
+        lock.lock()
+        defer { lock.unlock() }
+        while true {
+            let txn = try begin(write: write)
+            do {
+                let result = try body(LMDBTransaction(handle: txn, env: self))
+                try LMDBError.check(mdb_txn_commit(txn), "cannot commit a queue transaction")
+                return result
+            } catch let error as LMDBError where error.code == MDB_MAP_FULL && write {
+                mdb_txn_abort(txn)
+                try grow()
+            } catch {
+                mdb_txn_abort(txn)
+                throw error
+            }
+        }
+    }
+
+    private func begin(write: Bool) throws -> OpaquePointer {
+        var txn: OpaquePointer?
+        var rc = mdb_txn_begin(env, nil, write ? 0 : UInt32(MDB_RDONLY), &txn)
+        if rc == MDB_MAP_RESIZED {
+            // Another process grew the map: adopt its size.
+            mdb_env_set_mapsize(env, 0)
+            rc = mdb_txn_begin(env, nil, write ? 0 : UInt32(MDB_RDONLY), &txn)
+        }
+        try LMDBError.check(rc, "cannot begin a queue transaction")
+        return txn!
+    }
+
+    private func grow() throws {
+        var info = MDB_envinfo()
+        mdb_env_info(env, &info)
+        try LMDBError.check(mdb_env_set_mapsize(env, info.me_mapsize * 2), "cannot grow the queue's map")
+    }
+}
+
+/// A transaction handle, valid only inside `LMDBEnvironment.transaction`.
+struct LMDBTransaction {
+    let handle: OpaquePointer
+    let env: LMDBEnvironment
+
+    func get(_ db: String, _ key: [UInt8]) throws -> UnsafeRawBufferPointer? {
+        try key.withUnsafeBytes { k in
+            var keyVal = MDB_val(mv_size: k.count, mv_data: UnsafeMutableRawPointer(mutating: k.baseAddress))
+            var value = MDB_val()
+            let rc = mdb_get(handle, env.dbi(db), &keyVal, &value)
+            if rc == MDB_NOTFOUND { return nil }
+            try LMDBError.check(rc, "cannot read the queue's \(db) table")
+            return UnsafeRawBufferPointer(start: value.mv_data, count: value.mv_size)
+        }
+    }
+
+    func put(_ db: String, _ key: [UInt8], _ value: [UInt8]) throws {
+        try value.withUnsafeBytes { try put(db, key, $0) }
+    }
+
+    func put(_ db: String, _ key: [UInt8], _ value: UnsafeRawBufferPointer) throws {
+        try key.withUnsafeBytes { k in
+            var keyVal = MDB_val(mv_size: k.count, mv_data: UnsafeMutableRawPointer(mutating: k.baseAddress))
+            var val = MDB_val(mv_size: value.count, mv_data: UnsafeMutableRawPointer(mutating: value.baseAddress))
+            try LMDBError.check(mdb_put(handle, env.dbi(db), &keyVal, &val, 0), "cannot write the queue's \(db) table")
+        }
+    }
+
+    /// Deletes `key`; a missing key is not an error.
+    func delete(_ db: String, _ key: [UInt8]) throws {
+        try key.withUnsafeBytes { k in
+            var keyVal = MDB_val(mv_size: k.count, mv_data: UnsafeMutableRawPointer(mutating: k.baseAddress))
+            let rc = mdb_del(handle, env.dbi(db), &keyVal, nil)
+            if rc != MDB_NOTFOUND { try LMDBError.check(rc, "cannot delete from the queue's \(db) table") }
+        }
+    }
+
+    func count(_ db: String) throws -> Int {
+        var stat = MDB_stat()
+        try LMDBError.check(mdb_stat(handle, env.dbi(db), &stat), "cannot count the queue's \(db) table")
+        return stat.ms_entries
+    }
+
+    /// Visits entries in key order, starting at the first key; `body` returns false to stop.
+    func forEach(_ db: String, _ body: (UnsafeRawBufferPointer, UnsafeRawBufferPointer) throws -> Bool) throws {
+        var cursor: OpaquePointer?
+        try LMDBError.check(mdb_cursor_open(handle, env.dbi(db), &cursor), "cannot read the queue's \(db) table")
+        defer { mdb_cursor_close(cursor) }
+        var key = MDB_val()
+        var value = MDB_val()
+        var op = MDB_FIRST
+        while true {
+            let rc = mdb_cursor_get(cursor, &key, &value, op)
+            if rc == MDB_NOTFOUND { return }
+            try LMDBError.check(rc, "cannot read the queue's \(db) table")
+            let more = try body(
+                UnsafeRawBufferPointer(start: key.mv_data, count: key.mv_size),
+                UnsafeRawBufferPointer(start: value.mv_data, count: value.mv_size))
+            if !more { return }
+            op = MDB_NEXT
+        }
+    }
+
+    /// The first key of a table, or nil when it is empty.
+    func firstKey(_ db: String) throws -> [UInt8]? {
+        var first: [UInt8]?
+        try forEach(db) { key, _ in
+            first = Array(key)
+            return false
+        }
+        return first
+    }
+}

@@ -1,0 +1,183 @@
+import ETLCore
+import Foundation
+import Logging
+import Mongo
+import Postgres
+import Queue
+
+/// One worker: claims a batch, transforms it and loads it with COPY in one transaction that
+/// also writes the batch's checkpoint row; only after COMMIT is the batch marked done.
+public final class BatchLoader: ETLWorker {
+    private let processor: UsersProcessor
+    private let index: Int
+    private var connection: PGConnection?
+
+    /// Attempts per batch when the connection to PostgreSQL breaks.
+    static let maxAttempts = 6
+
+    init(processor: UsersProcessor, index: Int) {
+        self.processor = processor
+        self.index = index
+    }
+
+    public func close() { connection = nil }
+
+    public func step(stop: StopToken) throws -> WorkerStep {
+        let queue = processor.queue
+        guard let batch = try queue.claim() else {
+            if try queue.isDrained() { return .drained }
+            processor.clock.measure(.waiting) { queue.waitForChange(timeout: 0.5) }
+            return .idle
+        }
+        do {
+            try load(batch)
+        } catch {
+            try? queue.requeue(batch.id)
+            throw error
+        }
+        return .worked
+    }
+
+    private func load(_ batch: QueueBatch) throws {
+        var attempt = 0
+        while true {
+            attempt += 1
+            do {
+                let db = try database()
+                // After a broken connection the last COMMIT may have landed: the checkpoint row says.
+                if attempt > 1, let outcome = try Checkpoint.outcome(db, job: processor.jobId, batch: batch.id, payload: batch.payload) {
+                    try processor.queue.complete(batch.id, outcome: outcome)
+                    return
+                }
+                let outcome = try loadOnce(batch, into: db)
+                try processor.queue.complete(batch.id, outcome: outcome)
+                return
+            } catch let error as PGError where error.kind != .server && attempt < Self.maxAttempts {
+                connection = nil
+                let delay = min(0.2 * Double(1 << attempt), 5)
+                processor.logger.warning("PostgreSQL connection failed; retrying the batch", metadata: [
+                    "batch": "\(batch.id)", "attempt": "\(attempt)", "error": "\(error)",
+                ])
+                processor.clock.measure(.waiting) { Thread.sleep(forTimeInterval: delay) }
+            }
+        }
+    }
+
+    private func database() throws -> PGConnection {
+        if let connection, connection.isHealthy { return connection }
+        let db = try PGConnection(url: processor.settings.postgresURL)
+        connection = db
+        return db
+    }
+
+    /// One transaction: COPY the batch's rows, isolating documents PostgreSQL rejects, write
+    /// the checkpoint row, COMMIT.
+    private func loadOnce(_ batch: QueueBatch, into db: PGConnection) throws -> BatchOutcome {
+        let ranges = documentRanges(batch.payload)
+        var setAside: [Int: String] = [:]
+        let rows = processor.clock.measure(.transform) { transform(batch.payload, ranges, indices: Array(ranges.indices), setAside: &setAside) }
+        let good = ranges.indices.filter { setAside[$0] == nil }
+
+        try db.execute("BEGIN")
+        do {
+            let counts = try copyIsolating(db, batch.payload, ranges, good, prebuilt: rows, setAside: &setAside)
+            let outcome = BatchOutcome(
+                documentsLoaded: ranges.count - setAside.count,
+                rows: Dictionary(uniqueKeysWithValues: zip(Schema.tableNames, counts.map(Int64.init))),
+                setAside: setAside.keys.sorted().map { i in
+                    batch.payload[ranges[i]].withUnsafeBytes { doc in
+                        SetAsideDocument(batch: batch.id, documentId: displayId(doc), reason: setAside[i]!, document: Array(doc))
+                    }
+                })
+            try Checkpoint.insert(db, job: processor.jobId, batch: batch.id, outcome: outcome, indices: setAside.keys.sorted())
+            try processor.clock.measure(.commit) { try db.execute("COMMIT") }
+            return outcome
+        } catch {
+            if db.isHealthy { try? db.execute("ROLLBACK") }
+            throw error
+        }
+    }
+
+    /// Transforms the documents at `indices`; those that do not fit go to `setAside`.
+    private func transform(_ payload: [UInt8], _ ranges: [Range<Int>], indices: [Int], setAside: inout [Int: String]) -> UserRows {
+        var rows = UserRows(expectedDocuments: indices.count)
+        payload.withUnsafeBytes { raw in
+            for i in indices {
+                do {
+                    try rows.add(document: UnsafeRawBufferPointer(rebasing: raw[ranges[i]]))
+                } catch {
+                    setAside[i] = "\(error)"
+                }
+            }
+        }
+        return rows
+    }
+
+    /// COPYs the rows of `indices` under a savepoint. When PostgreSQL rejects the data, it
+    /// rolls back to the savepoint and loads each half separately, down to single documents,
+    /// which are set aside with the server's message. Returns rows loaded per table.
+    private func copyIsolating(
+        _ db: PGConnection, _ payload: [UInt8], _ ranges: [Range<Int>], _ indices: [Int],
+        prebuilt: UserRows?, setAside: inout [Int: String]
+    ) throws -> [Int] {
+        guard !indices.isEmpty else { return Array(repeating: 0, count: Schema.tables.count) }
+        let rows = prebuilt ?? transform(payload, ranges, indices: indices, setAside: &setAside)
+        try db.execute("SAVEPOINT isolate")
+        do {
+            try processor.clock.measure(.copy) {
+                for (t, table) in Schema.tables.enumerated() where !rows.tables[t].isEmpty {
+                    try db.copyIn(table.quotedName, columns: table.quotedColumns, binary: rows.tables[t].finished())
+                }
+            }
+            try db.execute("RELEASE SAVEPOINT isolate")
+            return Schema.tables.indices.map { rows.rowCount($0) }
+        } catch let error as PGError where error.isDataError {
+            try db.execute("ROLLBACK TO SAVEPOINT isolate; RELEASE SAVEPOINT isolate")
+            if indices.count == 1 {
+                setAside[indices[0]] = "rejected by PostgreSQL: \(error)"
+                return Array(repeating: 0, count: Schema.tables.count)
+            }
+            let half = indices.count / 2
+            let first = try copyIsolating(db, payload, ranges, Array(indices[..<half]), prebuilt: nil, setAside: &setAside)
+            let second = try copyIsolating(db, payload, ranges, Array(indices[half...]), prebuilt: nil, setAside: &setAside)
+            return zip(first, second).map(+)
+        }
+    }
+}
+
+/// The checkpoint row: written in the batch's own transaction, so it exists exactly when the
+/// batch's rows do. It carries the outcome, so a batch can be marked done from it alone.
+enum Checkpoint {
+    static func insert(_ db: PGConnection, job: String, batch: UInt64, outcome: BatchOutcome, indices: [Int]) throws {
+        let setAside = zip(indices, outcome.setAside).map { ["index": $0.0, "id": $0.1.documentId, "reason": $0.1.reason] as [String: Any] }
+        try db.query(
+            "INSERT INTO etl_checkpoints (job_id, batch_id, documents_loaded, rows, set_aside) VALUES ($1, $2, $3, $4, $5)",
+            [job, String(batch), String(outcome.documentsLoaded), json(outcome.rows), json(setAside)])
+    }
+
+    /// The outcome recorded for a batch, or nil when it never committed.
+    static func outcome(_ db: PGConnection, job: String, batch: UInt64, payload: [UInt8]) throws -> BatchOutcome? {
+        let result = try db.query(
+            "SELECT documents_loaded, rows, set_aside FROM etl_checkpoints WHERE job_id = $1 AND batch_id = $2",
+            [job, String(batch)])
+        guard let row = result.rows.first else { return nil }
+        let rows = (parse(row[1]) as? [String: Any] ?? [:]).compactMapValues { ($0 as? NSNumber)?.int64Value }
+        let ranges = documentRanges(payload)
+        let setAside = (parse(row[2]) as? [[String: Any]] ?? []).map { entry -> SetAsideDocument in
+            let index = (entry["index"] as? NSNumber)?.intValue ?? -1
+            let document = ranges.indices.contains(index) ? Array(payload[ranges[index]]) : []
+            return SetAsideDocument(
+                batch: batch, documentId: entry["id"] as? String ?? "?", reason: entry["reason"] as? String ?? "?",
+                document: document)
+        }
+        return BatchOutcome(documentsLoaded: Int(row[0] ?? "0") ?? 0, rows: rows, setAside: setAside)
+    }
+
+    private static func json(_ value: Any) -> String {
+        String(decoding: try! JSONSerialization.data(withJSONObject: value, options: [.sortedKeys]), as: UTF8.self)
+    }
+
+    private static func parse(_ text: String?) -> Any? {
+        text.flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) }
+    }
+}

@@ -1,0 +1,158 @@
+import ETLCore
+import Foundation
+import Logging
+import Mongo
+import Postgres
+import Queue
+
+/// Where the job reads, writes and keeps its state.
+public struct JobSettings: Sendable {
+    public var mongoURL: String
+    public var postgresURL: String
+    public var database: String
+    public var collection: String
+    public var stateDirectory: String
+    public var bucket: BucketConfig
+    public var cursorBatchSize: Int32
+
+    public init(
+        mongoURL: String, postgresURL: String, database: String = "sample_db", collection: String = "users",
+        stateDirectory: String, bucket: BucketConfig = BucketConfig(), cursorBatchSize: Int32 = 1000
+    ) {
+        self.mongoURL = mongoURL
+        self.postgresURL = postgresURL
+        self.database = database
+        self.collection = collection
+        self.stateDirectory = stateDirectory
+        self.bucket = bucket
+        self.cursorBatchSize = cursorBatchSize
+    }
+}
+
+/// Moves `users` documents through the durable queue into the 15 tables.
+public final class UsersProcessor: ETLProcessor, @unchecked Sendable {
+    // Safe: all stored properties are immutable; `queue` and `clock` are thread-safe.
+    public typealias Item = [UInt8]
+
+    let settings: JobSettings
+    let queue: DurableQueue
+    let jobId: String
+    let clock: StageClock
+    let logger: Logger
+
+    public var name: String { "users" }
+
+    public init(settings: JobSettings, queue: DurableQueue, jobId: String, clock: StageClock, logger: Logger) {
+        self.settings = settings
+        self.queue = queue
+        self.jobId = jobId
+        self.clock = clock
+        self.logger = logger
+    }
+
+    /// Settles batches left in flight by a previous process: done if their checkpoint row is
+    /// in PostgreSQL, pending again otherwise.
+    public func preProcess() async throws {
+        let inFlight = try queue.inFlight()
+        guard !inFlight.isEmpty else { return }
+        let db = try PGConnection(url: settings.postgresURL)
+        var landed = 0
+        for id in inFlight {
+            if let outcome = try Checkpoint.outcome(db, job: jobId, batch: id, payload: try queue.payload(of: id) ?? []) {
+                try queue.complete(id, outcome: outcome)
+                landed += 1
+            } else {
+                try queue.requeue(id)
+            }
+        }
+        logger.info("recovered batches left in flight", metadata: [
+            "committed": "\(landed)", "requeued": "\(inFlight.count - landed)",
+        ])
+    }
+
+    public func postProcess() async throws {
+        try queue.markFinished()
+    }
+
+    // MARK: Extract
+
+    public func extract(_ emit: ([UInt8]) throws -> Void, stop: StopToken) throws -> Bool {
+        let client = try MongoClient(url: settings.mongoURL)
+        let collection = client.collection(database: settings.database, name: settings.collection)
+        var position = try queue.extractPosition
+        var failures = 0
+        while !stop.isStopRequested {
+            do {
+                let cursor = try collection.scanById(afterIdElement: position, batchSize: settings.cursorBatchSize)
+                while !stop.isStopRequested {
+                    guard let doc = try clock.measure(.extract, { try cursor.next() }) else { return true }
+                    try emit(Array(doc))
+                    position = idElement(doc) ?? position
+                    failures = 0
+                }
+            } catch let error as MongoError {
+                // The server went away mid-scan: reopen the cursor after the last document read.
+                failures += 1
+                guard failures <= 8 else { throw error }
+                logger.warning("source scan failed; reopening after the last document read", metadata: [
+                    "attempt": "\(failures)", "error": "\(error)",
+                ])
+                clock.measure(.waiting) { Thread.sleep(forTimeInterval: min(0.25 * Double(1 << failures), 8)) }
+            }
+        }
+        return false
+    }
+
+    public func stage(_ batch: [[UInt8]]) throws {
+        guard let last = batch.last else { return }
+        try clock.measure(.waiting) {
+            while try queue.pendingCount() >= settings.bucket.maxPendingBatches {
+                queue.waitForChange(timeout: 0.5)
+            }
+        }
+        var payload: [UInt8] = []
+        payload.reserveCapacity(batch.reduce(0) { $0 + $1.count })
+        for doc in batch { payload += doc }
+        let position = last.withUnsafeBytes { idElement($0) } ?? []
+        try clock.measure(.queueWrite) {
+            try queue.enqueue(payload: payload, documents: batch.count, position: position)
+        }
+    }
+
+    public func finishExtraction() throws {
+        try queue.finishExtraction()
+    }
+
+    public func makeWorker(index: Int) throws -> BatchLoader {
+        BatchLoader(processor: self, index: index)
+    }
+}
+
+/// `{"_id": value}` of a document, the form the queue stores as the extract position.
+func idElement(_ document: UnsafeRawBufferPointer) -> [UInt8]? {
+    guard var it = BSONIterator(document: document), it.find("_id") else { return nil }
+    let element = BSONDocument()
+    it.append(to: element.writer, as: "_id")
+    return element.bytes
+}
+
+/// A readable `_id` of a document, for set-aside records.
+func displayId(_ document: UnsafeRawBufferPointer) -> String {
+    guard var it = BSONIterator(document: document) else { return "<unreadable>" }
+    return it.find("_id") ? it.displayValue : "<no _id>"
+}
+
+/// The documents of a queued batch: byte ranges into its payload.
+func documentRanges(_ payload: [UInt8]) -> [Range<Int>] {
+    var ranges: [Range<Int>] = []
+    var offset = 0
+    payload.withUnsafeBytes { raw in
+        while offset + 4 <= raw.count {
+            let length = Int(Int32(littleEndian: raw.loadUnaligned(fromByteOffset: offset, as: Int32.self)))
+            guard length >= 5, offset + length <= raw.count else { break }
+            ranges.append(offset..<offset + length)
+            offset += length
+        }
+    }
+    return ranges
+}

@@ -1,0 +1,65 @@
+import ArgumentParser
+import ETLCore
+import Foundation
+import Users
+
+struct Start: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Start a new run: migrate the schema, extract, transform and load.")
+
+    @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var bucket: BucketOptions
+
+    @Flag(help: "Discard the job in the state directory and truncate the target tables first.")
+    var fresh = false
+
+    @Flag(help: "Do not ask before --fresh truncates the target tables.")
+    var yes = false
+
+    func run() async throws {
+        try await reportingErrors {
+            let settings = try connection.resolved(bucket: bucket.config)
+            if fresh && !yes { try confirmTruncation(settings) }
+            let job = UsersJob(settings: settings, logger: connection.makeLogger())
+            try await runInterruptibly(settings) { stop in try await job.start(fresh: fresh, stop: stop) }
+        }
+    }
+
+    private func confirmTruncation(_ settings: JobSettings) throws {
+        guard isatty(0) == 1 else {
+            throw JobError(.usage, "--fresh truncates the 15 target tables; add --yes to confirm when not running interactively")
+        }
+        FileHandle.standardError.write(Data("This discards the job in \(settings.stateDirectory) and truncates the 15 target tables at \(Redact.url(settings.postgresURL)). Continue? [y/N] ".utf8))
+        guard let answer = readLine(), ["y", "yes"].contains(answer.lowercased()) else {
+            throw JobError(.usage, "not confirmed; nothing was changed")
+        }
+    }
+}
+
+/// Runs a start or resume: SIGINT/SIGTERM stop it gracefully (exit 130/143, resumable), a
+/// progress line goes to a terminal's stderr, the report to stdout.
+func runInterruptibly(_ settings: JobSettings, _ body: @escaping (StopToken) async throws -> RunReport) async throws {
+    let stop = StopToken()
+    let trap = SignalTrap(stop: stop) { signal in
+        FileHandle.standardError.write(Data("\netl-job: stopping (signal \(signal)): finishing batches in flight; run 'etl-job resume' to continue\n".utf8))
+    }
+    let progress = isatty(2) == 1 ? Task { await Progress.show(settings.stateDirectory) } : nil
+    defer { progress?.cancel() }
+    let report: RunReport
+    do {
+        report = try await body(stop)
+    } catch {
+        progress?.cancel()
+        if case .signal(let number) = stop.reason { throw interrupted(number) }
+        throw error
+    }
+    progress?.cancel()
+    withExtendedLifetime(trap) {}
+    if case .signal(let number) = stop.reason { throw interrupted(number) }
+    print(report.render())
+}
+
+private func interrupted(_ signal: Int32) -> ExitCode {
+    FileHandle.standardError.write(Data("etl-job: stopped; the run is resumable with 'etl-job resume'\n".utf8))
+    return ExitCode(128 + signal)
+}
