@@ -14,8 +14,8 @@ public protocol ETLProcessor: Sendable {
     /// Calls `emit` for each source item, in order, until the source is exhausted or `stop`
     /// is requested; returns true when the source was read to its end.
     func extract(_ emit: (Item) throws -> Void, stop: StopToken) throws -> Bool
-    /// Makes one batch of extracted items durable.
-    func stage(_ batch: [Item]) throws
+    /// Makes one batch of extracted items durable. May wait (backpressure) until `stop`.
+    func stage(_ batch: [Item], stop: StopToken) throws
     /// Records that the source has been read to its end.
     func finishExtraction() throws
     func makeWorker(index: Int) throws -> Worker
@@ -105,7 +105,7 @@ public struct ETLRunner<P: ETLProcessor>: Pipeline {
 
     private static func extract(_ processor: P, config: BucketConfig, stop: StopToken) throws {
         let bucket = Bucket<P.Item>(size: config.batchSize, flushTimeout: config.flushTimeout) {
-            try processor.stage($0)
+            try processor.stage($0, stop: stop)
         }
         let complete: Bool
         do {

@@ -129,10 +129,10 @@ public final class MongoCollection {
         }
     }
 
-    public func countDocuments() throws -> Int64 {
-        let filter = BSONDocument()
+    /// The collection's document count from its metadata (no scan), for progress and ETA.
+    public func estimatedCount() throws -> Int64 {
         var error = bson_error_t()
-        let n = mongoc_collection_count_documents(handle, filter.handle, nil, nil, nil, &error)
+        let n = mongoc_collection_estimated_document_count(handle, nil, nil, nil, &error)
         guard n >= 0 else { throw MongoError(error) }
         return n
     }

@@ -50,7 +50,9 @@ public final class BatchLoader: ETLWorker {
                     return
                 }
                 let outcome = try loadOnce(batch, into: db)
+                CrashPoint.committed.reach()
                 try processor.queue.complete(batch.id, outcome: outcome)
+                CrashPoint.acknowledged.reach()
                 return
             } catch let error as PGError where error.kind != .server && attempt < Self.maxAttempts {
                 connection = nil
@@ -89,11 +91,12 @@ public final class BatchLoader: ETLWorker {
                         SetAsideDocument(batch: batch.id, documentId: displayId(doc), reason: setAside[i]!, document: Array(doc))
                     }
                 })
+            CrashPoint.copied.reach()
             try Checkpoint.insert(db, job: processor.jobId, batch: batch.id, outcome: outcome, indices: setAside.keys.sorted())
             try processor.clock.measure(.commit) { try db.execute("COMMIT") }
             return outcome
         } catch {
-            if db.isHealthy { try? db.execute("ROLLBACK") }
+            if db.isHealthy { _ = try? db.execute("ROLLBACK") }
             throw error
         }
     }

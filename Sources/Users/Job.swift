@@ -84,7 +84,7 @@ public struct UsersJob {
                 throw JobError(.usage, "the target table \(table) already holds rows; use 'etl-job start --fresh' to truncate the target tables first")
             }
         }
-        let total = try? client.collection(database: settings.database, name: settings.collection).countDocuments()
+        let total = try? client.collection(database: settings.database, name: settings.collection).estimatedCount()
         let queue = try openQueue()
         try queue.createJob(id: UUID().uuidString.lowercased(), sourceTotal: total)
         logger.info("started a new job", metadata: ["documents": "\(total.map(String.init) ?? "unknown")"])

@@ -111,7 +111,7 @@ public enum Schema {
             try db.execute("COMMIT")
             return ran
         } catch {
-            try? db.execute("ROLLBACK")
+            _ = try? db.execute("ROLLBACK")
             throw error
         }
     }

@@ -86,19 +86,23 @@ public struct UserRows: Sendable {
             w.timestamp(millis: try f[6].date("createdAt"))
             w.timestamp(millis: try f[7].date("updatedAt"))
         }
-        try within("address") { try address(try f[8].document("address"), id) }
-        try within("profile") { try profile(try f[9].document("profile"), id) }
-        try within("preferences") { try preferences(try f[10].document("preferences"), id) }
-        try within("activityLog") { try entries(try f[11].array("activityLog"), .activityLog, id) }
-        try within("transactions") { try entries(try f[12].array("transactions"), .transactions, id) }
-        try within("messages") { try messages(try f[13].array("messages"), id) }
-        try within("socialMedia") { try socialMedia(try f[14].document("socialMedia"), id) }
-        try within("largeData") { try largeData(try f[15].document("largeData"), id) }
+        let (addressDoc, profileDoc, preferencesDoc) = (try f[8].document("address"), try f[9].document("profile"), try f[10].document("preferences"))
+        let (activity, transactions, messageList) = (try f[11].array("activityLog"), try f[12].array("transactions"), try f[13].array("messages"))
+        let (social, large) = (try f[14].document("socialMedia"), try f[15].document("largeData"))
+        try within("address") { try address(addressDoc, id) }
+        try within("profile") { try profile(profileDoc, id) }
+        try within("preferences") { try preferences(preferencesDoc, id) }
+        try within("activityLog") { try entries(activity, .activityLog, id) }
+        try within("transactions") { try entries(transactions, .transactions, id) }
+        try within("messages") { try messages(messageList, id) }
+        try within("socialMedia") { try socialMedia(social, id) }
+        try within("largeData") { try largeData(large, id) }
     }
 
     private mutating func address(_ doc: BSONIterator, _ id: Int64) throws {
         let f = try lookup(doc, Names.address)
-        let c = try within("coordinates") { try lookup(try f[5].document("coordinates"), Names.coordinates) }
+        let coordinates = try f[5].document("coordinates")
+        let c = try within("coordinates") { try lookup(coordinates, Names.coordinates) }
         try row(.addresses, 8) { w in
             w.int8(id)
             w.int8(id)
@@ -124,8 +128,9 @@ public struct UserRows: Sendable {
             try stringArray(f[1], "interests", into: &w)
             try stringArray(f[2], "skills", into: &w)
         }
+        let (education, experience) = (try f[3].array("education"), try f[4].array("experience"))
         try within("education") {
-            try each(try f[3].array("education")) { entry, index in
+            try each(education) { entry, index in
                 let e = try lookup(entry, Names.education)
                 try row(.education, 6) { w in
                     w.int8(childId(id, index))
@@ -140,7 +145,7 @@ public struct UserRows: Sendable {
             }
         }
         try within("experience") {
-            try each(try f[4].array("experience")) { entry, index in
+            try each(experience) { entry, index in
                 let e = try lookup(entry, Names.experience)
                 try row(.experience, 6) { w in
                     w.int8(childId(id, index))
@@ -153,7 +158,8 @@ public struct UserRows: Sendable {
 
     private mutating func preferences(_ doc: BSONIterator, _ id: Int64) throws {
         let f = try lookup(doc, Names.preferences)
-        let n = try within("notifications") { try lookup(try f[2].document("notifications"), Names.notifications) }
+        let notifications = try f[2].document("notifications")
+        let n = try within("notifications") { try lookup(notifications, Names.notifications) }
         try row(.preferences, 5) { w in
             w.int8(id)
             w.int8(id)
@@ -170,7 +176,8 @@ public struct UserRows: Sendable {
                 j.raw("}")
             }
         }
-        try within("settings") { try entries(try f[3].array("settings"), .settings, id) }
+        let settings = try f[3].array("settings")
+        try within("settings") { try entries(settings, .settings, id) }
     }
 
     /// activityLog, transactions, settings and posts: {key, value, timestamp, metadata} entries.
@@ -206,8 +213,9 @@ public struct UserRows: Sendable {
                 w.bool(try m[6].boolean("read"))
             }
             // Attachment ids run across all of the user's messages, so two messages never collide.
+            let attachments = try m[7].array("attachments")
             try within("attachments") {
-                try each(try m[7].array("attachments")) { attachment, _ in
+                try each(attachments) { attachment, _ in
                     guard attachmentIndex < maxEntriesPerArray else {
                         throw RejectReason("holds more than \(maxEntriesPerArray) attachments in all; their ids would collide with the next user's")
                     }
@@ -234,10 +242,11 @@ public struct UserRows: Sendable {
             w.int8(id)
             try stringArray(f[0], "connections", into: &w)
         }
-        try within("posts") { try entries(try f[1].array("posts"), .posts, id) }
+        let (posts, groups) = (try f[1].array("posts"), try f[2].array("groups"))
+        try within("posts") { try entries(posts, .posts, id) }
         var seen: [UnsafeRawBufferPointer] = []
         try within("groups") {
-            try each(try f[2].array("groups")) { entry, _ in
+            try each(groups) { entry, _ in
                 let g = try lookup(entry, Names.group)
                 let groupId = try g[0].string("id")
                 guard !seen.contains(where: { $0.elementsEqual(groupId) }) else {

@@ -103,10 +103,11 @@ public final class UsersProcessor: ETLProcessor, @unchecked Sendable {
         return false
     }
 
-    public func stage(_ batch: [[UInt8]]) throws {
+    public func stage(_ batch: [[UInt8]], stop: StopToken) throws {
         guard let last = batch.last else { return }
+        // Backpressure; a stopping run still stages what it read, so the position stays exact.
         try clock.measure(.waiting) {
-            while try queue.pendingCount() >= settings.bucket.maxPendingBatches {
+            while !stop.isStopRequested, try queue.pendingCount() >= settings.bucket.maxPendingBatches {
                 queue.waitForChange(timeout: 0.5)
             }
         }
@@ -117,6 +118,7 @@ public final class UsersProcessor: ETLProcessor, @unchecked Sendable {
         try clock.measure(.queueWrite) {
             try queue.enqueue(payload: payload, documents: batch.count, position: position)
         }
+        CrashPoint.enqueued.reach()
     }
 
     public func finishExtraction() throws {

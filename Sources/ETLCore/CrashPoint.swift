@@ -1,0 +1,34 @@
+import Foundation
+import Synchronization
+
+/// Named moments at which the process can be made to die with SIGKILL, for crash tests:
+/// `ETL_CRASH_AT=committed:3` kills the process the third time a batch has committed in
+/// PostgreSQL (before the queue records it). Without the variable, `reach()` is one load.
+public enum CrashPoint: String, CaseIterable, Sendable {
+    /// A batch was written to the queue.
+    case enqueued
+    /// A batch's rows were COPYed; its transaction is still open.
+    case copied
+    /// A batch's transaction committed; the queue does not know yet.
+    case committed
+    /// A batch was marked done in the queue.
+    case acknowledged
+
+    private static let armed: (point: CrashPoint, count: Int)? = {
+        guard let spec = ProcessInfo.processInfo.environment["ETL_CRASH_AT"] else { return nil }
+        let parts = spec.split(separator: ":")
+        guard let point = parts.first.flatMap({ CrashPoint(rawValue: String($0)) }) else { return nil }
+        return (point, parts.count > 1 ? Int(parts[1]) ?? 1 : 1)
+    }()
+
+    private static let hits = Mutex(0)
+
+    public func reach() {
+        guard let armed = Self.armed, armed.point == self else { return }
+        let n = Self.hits.withLock { count -> Int in
+            count += 1
+            return count
+        }
+        if n >= armed.count { kill(getpid(), SIGKILL) }
+    }
+}

@@ -1,0 +1,106 @@
+import Foundation
+import Queue
+import Testing
+
+func temporaryDirectory() -> String {
+    let path = NSTemporaryDirectory() + "etl-queue-test-" + UUID().uuidString
+    try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    return path
+}
+
+@Suite struct QueueTests {
+    @Test func claimAckRequeueAndSetAsideSurviveReopening() throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        do {
+            let queue = try DurableQueue(directory: dir)
+            try queue.createJob(id: "job-1", sourceTotal: 30)
+            try queue.enqueue(payload: [1, 2, 3], documents: 10, position: [9])
+            try queue.enqueue(payload: [4, 5], documents: 10, position: [19])
+            try queue.enqueue(payload: [6], documents: 10, position: [29])
+            try queue.finishExtraction()
+
+            let first = try #require(try queue.claim())
+            let second = try #require(try queue.claim())
+            #expect(first.id == 1 && first.payload == [1, 2, 3] && first.documentCount == 10)
+            #expect(second.id == 2)
+            let aside = SetAsideDocument(batch: 1, documentId: "5", reason: "field 'age' is missing", document: [7, 7])
+            try queue.complete(first.id, outcome: BatchOutcome(documentsLoaded: 9, rows: ["users": 9, "posts": 40], setAside: [aside]))
+            try queue.requeue(second.id)
+        }
+        let queue = try DurableQueue(directory: dir)
+        let status = try #require(try queue.status())
+        #expect(status.jobId == "job-1")
+        #expect(status.sourceTotal == 30)
+        #expect(status.extracted == 30)
+        #expect(status.extractionFinished)
+        #expect((status.batches, status.pending, status.inFlight, status.done) == (3, 2, 0, 1))
+        #expect(status.documentsLoaded == 9)
+        #expect(status.documentsSetAside == 1)
+        #expect(status.rows == ["users": 9, "posts": 40])
+        #expect(try queue.extractPosition == [29])
+        #expect(try queue.setAsideDocuments() == [SetAsideDocument(batch: 1, documentId: "5", reason: "field 'age' is missing", document: [7, 7])])
+        #expect(try queue.payload(of: 1) == nil, "a done batch's payload is freed")
+        #expect(try queue.claim()?.id == 2, "a requeued batch is claimed again, oldest first")
+        #expect(try queue.inFlight() == [2])
+    }
+
+    @Test func completingABatchTwiceCountsItOnce() throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let queue = try DurableQueue(directory: dir)
+        try queue.createJob(id: "j", sourceTotal: nil)
+        try queue.enqueue(payload: [1], documents: 1, position: [1])
+        let batch = try #require(try queue.claim())
+        let outcome = BatchOutcome(documentsLoaded: 1, rows: ["users": 1], setAside: [])
+        try queue.complete(batch.id, outcome: outcome)
+        try queue.complete(batch.id, outcome: outcome)
+        #expect(try queue.status()?.rows["users"] == 1)
+        #expect(try queue.status()?.done == 1)
+    }
+
+    @Test func concurrentClaimsNeverShareABatch() async throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let queue = try DurableQueue(directory: dir)
+        try queue.createJob(id: "j", sourceTotal: nil)
+        for i in 0..<400 { try queue.enqueue(payload: [UInt8(i % 256)], documents: 1, position: [1]) }
+        let claimed = try await withThrowingTaskGroup(of: [UInt64].self) { group in
+            for _ in 0..<8 {
+                group.addTask {
+                    var mine: [UInt64] = []
+                    while let b = try queue.claim() { mine.append(b.id) }
+                    return mine
+                }
+            }
+            return try await group.reduce(into: []) { $0 += $1 }
+        }
+        #expect(claimed.count == 400)
+        #expect(Set(claimed).count == 400)
+    }
+
+    @Test func aFullMapGrowsInsteadOfFailing() throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let queue = try DurableQueue(directory: dir, initialMapSize: 1 << 20)
+        try queue.createJob(id: "j", sourceTotal: nil)
+        let payload = [UInt8](repeating: 0xAB, count: 256 << 10)
+        for _ in 0..<16 { try queue.enqueue(payload: payload, documents: 1, position: [1]) }
+        #expect(queue.mapSize > 1 << 20)
+        #expect(try queue.status()?.pending == 16)
+        #expect(try queue.payload(of: 16) == payload)
+    }
+
+    @Test func theJobLockAdmitsOneHolderAndDiesWithIt() throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        #expect(!JobLock.isHeld(directory: dir))
+        var lock: JobLock? = try JobLock(directory: dir)
+        #expect(JobLock.isHeld(directory: dir))
+        #expect(throws: JobLock.Busy.self) { try JobLock(directory: dir) }
+        lock = nil
+        _ = lock
+        #expect(!JobLock.isHeld(directory: dir))
+        _ = try JobLock(directory: dir)
+    }
+}
