@@ -70,6 +70,14 @@ public final class MongoClient {
         }
     }
 
+    /// Drops a whole database; one that does not exist is not an error.
+    public func dropDatabase(_ name: String) throws {
+        let database = mongoc_client_get_database(handle, name)
+        defer { mongoc_database_destroy(database) }
+        var error = bson_error_t()
+        guard mongoc_database_drop_with_opts(database, nil, &error) else { throw MongoError(error) }
+    }
+
     public func collection(database: String, name: String) -> MongoCollection {
         MongoCollection(client: self, handle: mongoc_client_get_collection(handle, database, name))
     }

@@ -4,6 +4,8 @@ import ETLCore
 /// An error from libpq or the server: the SQLSTATE (when the server sent one) and its message.
 public struct PGError: Error, CustomStringConvertible, Sendable {
     public enum Kind: Sendable {
+        /// The URL cannot be a connection string (syntax, an invalid option value).
+        case malformedURL
         /// Could not connect or authenticate.
         case connection
         /// The connection broke during a command: the outcome of an open transaction is unknown.
@@ -55,7 +57,7 @@ public final class PGConnection {
         guard let options = PQconninfoParse(url, &parseError) else {
             let reason = parseError.map { String(cString: $0).trimmingTrailingNewlines } ?? "cannot parse"
             if let parseError { PQfreemem(parseError) }
-            throw PGError(kind: .connection, message: "malformed PostgreSQL URL \(redactedURL): \(reason)")
+            throw PGError(kind: .malformedURL, message: "malformed PostgreSQL URL \(redactedURL): \(reason)")
         }
         PQconninfoFree(options)
         let keys = ["dbname", "connect_timeout", "fallback_application_name"]
@@ -67,6 +69,10 @@ public final class PGConnection {
         guard PQstatus(conn) == CONNECTION_OK else {
             let message = String(cString: PQerrorMessage(conn)).trimmingTrailingNewlines
             PQfinish(conn)
+            // libpq checks option values (a port that is not a number) only when connecting.
+            if message.hasPrefix("invalid ") && message.contains("connection option") {
+                throw PGError(kind: .malformedURL, message: "malformed PostgreSQL URL \(redactedURL): \(message)")
+            }
             throw PGError(kind: .connection, message: "cannot connect to PostgreSQL at \(redactedURL): \(message)")
         }
         handle = conn

@@ -179,7 +179,7 @@ public final class DurableQueue: @unchecked Sendable {
             try txn.addCounter(Key.batchesDone, 1)
             try txn.addCounter(Key.documentsLoaded, Int64(outcome.documentsLoaded))
             try txn.addCounter(Key.documentsSetAside, Int64(outcome.setAside.count))
-            for (table, rows) in outcome.rows where rows != 0 {
+            for (table, rows) in outcome.rows {
                 try txn.addCounter(Key.rowsPrefix + table, rows)
             }
         }

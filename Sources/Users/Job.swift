@@ -147,6 +147,8 @@ public struct UsersJob {
     public func connectPostgres() throws -> PGConnection {
         do {
             return try PGConnection(url: settings.postgresURL)
+        } catch let error as PGError where error.kind == .malformedURL {
+            throw JobError(.usage, error.message)
         } catch {
             throw JobError(.unavailable, "\(error)")
         }

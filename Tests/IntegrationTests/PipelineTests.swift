@@ -1,0 +1,353 @@
+import Foundation
+import Mongo
+import Postgres
+import Testing
+import Users
+
+/// Row counts DATA.md's rules give for the source documents, computed from the documents
+/// with plain BSON reading (independently of the transform).
+func expectedCounts(_ sandbox: Sandbox, excluding: Set<Int64> = []) throws -> [String: Int] {
+    var counts = Dictionary(uniqueKeysWithValues: Schema.tableNames.map { ($0, 0) })
+    func length(_ doc: UnsafeRawBufferPointer, _ path: [StaticString]) -> Int {
+        var it = BSONIterator(document: doc)!
+        for (i, key) in path.enumerated() {
+            guard it.find(key) else { return 0 }
+            if i < path.count - 1 { it = it.children! }
+        }
+        var child = it.children!
+        var n = 0
+        while child.next() { n += 1 }
+        return n
+    }
+    let cursor = try sandbox.users.scanById(afterIdElement: nil, batchSize: 500)
+    while let doc = try cursor.next() {
+        var id = BSONIterator(document: doc)!
+        if id.find("_id"), let value = id.integer, excluding.contains(value) { continue }
+        for table in ["users", "addresses", "profiles", "preferences", "social_media", "large_data"] { counts[table]! += 1 }
+        counts["education"]! += length(doc, ["profile", "education"])
+        counts["experience"]! += length(doc, ["profile", "experience"])
+        counts["settings"]! += length(doc, ["preferences", "settings"])
+        counts["activity_log"]! += length(doc, ["activityLog"])
+        counts["transactions"]! += length(doc, ["transactions"])
+        counts["messages"]! += length(doc, ["messages"])
+        counts["posts"]! += length(doc, ["socialMedia", "posts"])
+        counts["groups"]! += length(doc, ["socialMedia", "groups"])
+        var messages = BSONIterator(document: doc)!
+        _ = messages.find("messages")
+        var m = messages.children!
+        while m.next() {
+            var message = m.children!
+            _ = message.find("attachments")
+            var a = message.children!
+            while a.next() { counts["attachments"]! += 1 }
+        }
+    }
+    return counts
+}
+
+/// The checksums of an uninterrupted run over `users` users, computed once per process.
+enum Reference {
+    static let users = 2_000
+    nonisolated(unsafe) private static var cached: [String: String]?
+    private static let lock = NSLock()
+
+    static func checksums() throws -> [String: String] {
+        lock.lock()
+        defer { lock.unlock() }
+        if let cached { return cached }
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: users)
+        let result = try sandbox.job("start")
+        #expect(result.status == 0, "\(result.stderr)")
+        let sums = try sandbox.checksums()
+        cached = sums
+        return sums
+    }
+}
+
+@Suite(.serialized) struct PipelineTests {
+    @Test func startLoadsEveryRowOfTwoThousandUsersExactly() throws {
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: 2_000, seed: 3)
+        let result = try sandbox.job("start", ["--batch-size", "300"])
+        #expect(result.status == 0, "\(result.stderr)")
+        let expected = try expectedCounts(sandbox)
+        #expect(try sandbox.counts() == expected)
+        #expect(result.stdout.contains("users loaded      2,000"))
+        #expect(result.stdout.contains("rows              \(expected.values.reduce(0, +).formatted(.number.grouping(.automatic)))"))
+
+        let status = try sandbox.status()
+        #expect(status["complete"] as? Bool == true)
+        #expect(status["pending"] as? Int == 0)
+        #expect(status["inFlight"] as? Int == 0)
+        #expect(status["documentsLoaded"] as? Int == 2_000)
+        #expect((status["rows"] as? [String: Int]) == expected)
+        #expect(try sandbox.db().execute("SELECT count(*), sum(documents_loaded) FROM etl_checkpoints").rows[0] == ["7", "2000"])
+    }
+
+    @Test(arguments: [Int64(1), 777, 2_000])
+    func aLoadedUserMatchesItsDocumentFieldByField(id: Int64) throws {
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: 2_000, seed: 3)
+        #expect(try sandbox.job("start").status == 0)
+        let doc = UserGenerator(seed: 3).document(id: id)
+        let db = try sandbox.db()
+        try doc.withUnsafeBytes { raw in
+            func field(_ path: StaticString...) -> BSONIterator {
+                var it = BSONIterator(document: raw)!
+                for (i, key) in path.enumerated() {
+                    let found = it.find(key)
+                    #expect(found)
+                    if i < path.count - 1 { it = it.children! }
+                }
+                return it
+            }
+            func text(_ it: BSONIterator) -> String { String(decoding: it.utf8!, as: UTF8.self) }
+            let user = try db.query("""
+                SELECT username, email, first_name, last_name, age::text,
+                       (extract(epoch FROM created_at) * 1000)::bigint::text, (extract(epoch FROM updated_at) * 1000)::bigint::text
+                FROM users WHERE id = $1
+                """, [String(id)]).rows
+            #expect(user == [[text(field("username")), text(field("email")), text(field("firstName")), text(field("lastName")),
+                              String(field("age").integer!), String(field("createdAt").dateTimeMillis!), String(field("updatedAt").dateTimeMillis!)]])
+            let address = try db.query("""
+                SELECT street, city, state, zip_code, country, (coordinates->>'lat')::float8::text, (coordinates->>'lng')::float8::text
+                FROM addresses WHERE id = $1 AND user_id = $1
+                """, [String(id)]).rows
+            #expect(address == [[text(field("address", "street")), text(field("address", "city")), text(field("address", "state")),
+                                 text(field("address", "zipCode")), text(field("address", "country")),
+                                 String(field("address", "coordinates", "lat").number!), String(field("address", "coordinates", "lng").number!)]])
+            // jsonb compared by value, not text.
+            let interests = try db.query("SELECT interests = $2::jsonb, skills = $3::jsonb FROM profiles WHERE id = $1",
+                                         [String(id), jsonArray(field("profile", "interests")), jsonArray(field("profile", "skills"))]).rows
+            #expect(interests == [["t", "t"]])
+            var activity = field("activityLog").children!
+            var index: Int64 = 0
+            let rows = try db.query("""
+                SELECT id::text, user_id::text, key, value, (extract(epoch FROM timestamp) * 1000)::bigint::text, metadata
+                FROM activity_log WHERE user_id = $1 ORDER BY id
+                """, [String(id)]).rows
+            var expected: [[String?]] = []
+            while activity.next() {
+                var e = activity.children!
+                var values: [String: String] = [:]
+                while e.next() { values[e.key] = e.type == .dateTime ? String(e.dateTimeMillis!) : text(e) }
+                expected.append([String(id * 10_000 + index), String(id), values["key"], values["value"], values["timestamp"], values["metadata"]])
+                index += 1
+            }
+            #expect(rows == expected)
+        }
+    }
+
+    private func jsonArray(_ it: BSONIterator) -> String {
+        var child = it.children!
+        var items: [String] = []
+        while child.next() { items.append(String(decoding: child.utf8!, as: UTF8.self)) }
+        return String(decoding: try! JSONSerialization.data(withJSONObject: items), as: UTF8.self)
+    }
+
+    @Test func startRefusesAStateDirectoryWithAJobAndATargetWithRows() throws {
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: 50)
+        #expect(try sandbox.job("start").status == 0)
+        let again = try sandbox.job("start")
+        #expect(again.status == 64)
+        #expect(again.stderr.contains("already finished"), "\(again.stderr)")
+        try FileManager.default.removeItem(atPath: sandbox.stateDirectory)
+        let target = try sandbox.job("start")
+        #expect(target.status == 64)
+        #expect(target.stderr.contains("already holds rows"), "\(target.stderr)")
+        let noTty = try sandbox.job("start", ["--fresh"])
+        #expect(noTty.status == 64, "--fresh without --yes and without a terminal must not truncate")
+        let fresh = try sandbox.job("start", ["--fresh", "--yes"])
+        #expect(fresh.status == 0, "\(fresh.stderr)")
+        #expect(try sandbox.counts()["users"] == 50)
+    }
+
+    @Test func resumeWithoutAJobSaysSo() throws {
+        let sandbox = try Sandbox()
+        let result = try sandbox.job("resume")
+        #expect(result.status == 64)
+        #expect(result.stderr.contains("there is no job to resume"))
+    }
+
+    @Test func aSecondRunOnTheSameStateIsRefusedWhileOneHoldsIt() throws {
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: 20)
+        let lock = try JobLockHolder(directory: sandbox.stateDirectory)
+        for command in ["start", "resume"] {
+            let result = try sandbox.job(command)
+            #expect(result.status == 75)
+            #expect(result.stderr.contains("another etl-job run is active on \(sandbox.stateDirectory) (pid \(getpid()))"), "\(result.stderr)")
+        }
+        withExtendedLifetime(lock) {}
+    }
+
+    @Test func statusDuringARunNeverRunsAheadOfTheTarget() throws {
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: 2_000)
+        let job = try sandbox.launch(["start"] + sandbox.connectionArguments + ["--batch-size", "100", "--workers", "1"])
+        var snapshots = 0
+        var sawActive = false
+        while job.process.isRunning {
+            let status = try sandbox.status()
+            if let loaded = status["documentsLoaded"] as? Int {
+                snapshots += 1
+                sawActive = sawActive || status["active"] as? Bool == true
+                let committed = Int(try sandbox.db().execute("SELECT coalesce(sum(documents_loaded), 0) FROM etl_checkpoints").rows[0][0]!)!
+                #expect(loaded <= committed, "the queue marks a batch done only after its COMMIT")
+            }
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        #expect(try job.wait().status == 0)
+        #expect(snapshots > 2)
+        #expect(sawActive)
+        let status = try sandbox.status()
+        #expect(status["active"] as? Bool == false)
+        #expect(status["documentsLoaded"] as? Int == 2_000)
+        #expect((status["rows"] as? [String: Int]) == (try sandbox.counts()))
+    }
+}
+
+@Suite(.serialized) struct SetAsideTests {
+    @Test func badDocumentsAreSetAsideWithTheirReasonAndEveryOtherDocumentLoads() throws {
+        let sandbox = try Sandbox()
+        let generator = UserGenerator(seed: 42)
+        let bad: Set<Int64> = [50, 120, 250]
+        // A user before 50 with a message, whose message id user 50 will repeat.
+        let owner = try #require((1..<50).first { generator.document(id: $0).withUnsafeBytes { raw in
+            var it = BSONIterator(document: raw)!
+            _ = it.find("messages")
+            var m = it.children!
+            return m.next()
+        } })
+        try sandbox.users.insertMany((1...300).filter { !bad.contains($0) }.map { generator.document(id: $0) })
+        try sandbox.users.insertMany([
+            variant(generator, id: 50, replacing: "messages") { w in
+                w.appendArray("messages") { a in
+                    a.appendDocument("0") { d in
+                        d.append("id", "msg\(owner)_0"); d.append("from", "a@b.c"); d.append("to", "d@e.f"); d.append("subject", "s")
+                        d.append("body", "b"); d.append("timestamp", dateTimeMillis: 0); d.append("read", false)
+                        d.appendArray("attachments") { _ in }
+                    }
+                }
+            },
+            variant(generator, id: 120, replacing: "age") { _ in },
+            variant(generator, id: 250, replacing: "address") { $0.append("address", "12 Main St") },
+        ])
+        let result = try sandbox.job("start", ["--batch-size", "100"])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(try sandbox.counts() == (try expectedCounts(sandbox, excluding: bad)))
+        #expect(result.stdout.contains("documents set aside 3"))
+        let status = try sandbox.status()
+        #expect(status["documentsSetAside"] as? Int == 3)
+        #expect(status["documentsLoaded"] as? Int == 297)
+
+        let listed = try sandbox.run(["status", "--rejected", "--json", "--with-documents", "--state-dir", sandbox.stateDirectory])
+        let entries = try #require(try JSONSerialization.jsonObject(with: Data(listed.stdout.utf8)) as? [[String: Any]])
+        let reasons = Dictionary(uniqueKeysWithValues: entries.map { ($0["_id"] as! String, $0["reason"] as! String) })
+        #expect(reasons.keys.sorted() == ["120", "250", "50"])
+        #expect(reasons["120"] == "field 'age' is missing")
+        #expect(reasons["250"] == "field 'address' is a string, expected an object")
+        #expect(reasons["50"]?.hasPrefix("rejected by PostgreSQL: duplicate key value violates unique constraint \"messages_pkey\"") == true, "\(reasons["50"] ?? "")")
+        #expect(entries.allSatisfy { ($0["document"] as? String)?.contains("\"username\"") == true }, "the whole document is kept")
+        let text = try sandbox.run(["status", "--rejected", "--state-dir", sandbox.stateDirectory])
+        #expect(text.stdout.contains("_id 120 (batch 2): field 'age' is missing"))
+    }
+
+    /// The generator's user `id` with one top-level field replaced (or dropped).
+    private func variant(_ generator: UserGenerator, id: Int64, replacing key: StaticString, _ edit: (BSONWriter) -> Void) -> BSONDocument {
+        let out = BSONDocument()
+        generator.document(id: id).withUnsafeBytes { raw in
+            var it = BSONIterator(document: raw)!
+            while it.next() {
+                if !it.keyIs(key) { it.append(to: out.writer, as: it.key) }
+            }
+        }
+        edit(out.writer)
+        return out
+    }
+}
+
+/// Holds a state directory's job lock from the test process.
+final class JobLockHolder {
+    private let fd: Int32
+    init(directory: String) throws {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        fd = open(directory + "/job.lock", O_RDWR | O_CREAT, 0o644)
+        #expect(flock(fd, LOCK_EX | LOCK_NB) == 0)
+        let pid = Array("\(getpid())\n".utf8)
+        _ = pid.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
+    }
+    deinit { close(fd) }
+}
+
+@Suite(.serialized) struct CrashTests {
+    /// SIGKILL at exact moments: during extraction, mid-COPY, right after a COMMIT (before
+    /// the queue knows), right after the queue knows. `resume` must end with exactly the rows
+    /// of an uninterrupted run.
+    @Test(arguments: ["enqueued:2", "copied:1", "copied:3", "committed:1", "committed:3", "acknowledged:2"])
+    func resumeAfterKillLoadsEveryRowOnce(crashAt: String) throws {
+        let reference = try Reference.checksums()
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: Reference.users)
+        let crashed = try sandbox.job("start", ["--batch-size", "250"], environment: ["ETL_CRASH_AT": crashAt])
+        #expect(crashed.signaled && crashed.status == SIGKILL, "the run was to die at \(crashAt): \(crashed.stderr)")
+        let status = try sandbox.status()
+        #expect(status["complete"] as? Bool == false)
+        let resumed = try sandbox.job("resume")
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+        #expect(try sandbox.checksums() == reference)
+        #expect(try sandbox.duplicateKeys() == 0)
+        let after = try sandbox.status()
+        #expect(after["complete"] as? Bool == true)
+        #expect(after["documentsLoaded"] as? Int == Reference.users)
+        #expect((after["rows"] as? [String: Int]) == (try sandbox.counts()), "queue counters agree with the target")
+    }
+
+    @Test func repeatedKillsAtRandomMomentsStillEndExact() throws {
+        let reference = try Reference.checksums()
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: Reference.users)
+        var rng = SplitMix64(seed: 2026)
+        var command = "start"
+        var kills = 0
+        while true {
+            let job = try sandbox.launch([command] + sandbox.connectionArguments + ["--batch-size", "100"])
+            Thread.sleep(forTimeInterval: Double(rng.next() % 600) / 1000)
+            if !job.process.isRunning {
+                #expect(try job.wait().status == 0)
+                break
+            }
+            job.signal(SIGKILL)
+            _ = try job.wait()
+            kills += 1
+            command = (try sandbox.status()["job"] as? String) != nil ? "resume" : "start"
+            #expect(kills < 60, "the run makes progress between kills")
+            if kills >= 60 { return }
+        }
+        #expect(kills >= 3)
+        #expect(try sandbox.checksums() == reference)
+        #expect(try sandbox.duplicateKeys() == 0)
+    }
+
+    @Test func sigintStopsWithin5SecondsExit130AndResumeFinishesExactly() throws {
+        let reference = try Reference.checksums()
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: Reference.users)
+        let job = try sandbox.launch(["start"] + sandbox.connectionArguments + ["--batch-size", "100", "--workers", "1"])
+        #expect(try eventually(30) { (try? sandbox.status()["done"] as? Int).flatMap { $0 } ?? 0 >= 2 })
+        let signalled = Date()
+        job.signal(SIGINT)
+        let result = try job.wait()
+        #expect(result.status == 130)
+        #expect(Date().timeIntervalSince(signalled) < 5)
+        #expect(result.stderr.contains("etl-job resume"))
+        let status = try sandbox.status()
+        #expect(status["complete"] as? Bool == false)
+        #expect(status["inFlight"] as? Int == 0, "in-flight batches finish or roll back")
+        let resumed = try sandbox.job("resume")
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+        #expect(try sandbox.checksums() == reference)
+    }
+}

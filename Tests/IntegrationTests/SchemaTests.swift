@@ -1,0 +1,172 @@
+import Foundation
+import Postgres
+import Testing
+import Users
+
+@Suite(.serialized) struct SchemaTests {
+    /// DATA.md's tables, written out independently of Schema.swift.
+    static let expected: [String: [String]] = [
+        "users": ["id bigint", "username character varying", "email character varying", "first_name character varying",
+                  "last_name character varying", "age integer", "created_at timestamp with time zone", "updated_at timestamp with time zone"],
+        "addresses": ["id bigint", "user_id bigint", "street character varying", "city character varying", "state character varying",
+                      "zip_code character varying", "country character varying", "coordinates jsonb"],
+        "profiles": ["id bigint", "user_id bigint", "bio character varying", "interests jsonb", "skills jsonb"],
+        "education": ["id bigint", "profile_id bigint", "institution character varying", "degree character varying", "year integer",
+                      "description character varying"],
+        "experience": ["id bigint", "profile_id bigint", "company character varying", "position character varying",
+                       "duration character varying", "description character varying"],
+        "preferences": ["id bigint", "user_id bigint", "language character varying", "timezone character varying", "notifications jsonb"],
+        "settings": ["id bigint", "preference_id bigint", "key character varying", "value character varying",
+                     "timestamp timestamp with time zone", "metadata character varying"],
+        "activity_log": ["id bigint", "user_id bigint", "key character varying", "value character varying",
+                         "timestamp timestamp with time zone", "metadata character varying"],
+        "transactions": ["id bigint", "user_id bigint", "key character varying", "value character varying",
+                         "timestamp timestamp with time zone", "metadata character varying"],
+        "messages": ["id character varying", "user_id bigint", "from character varying", "to character varying",
+                     "subject character varying", "body character varying", "timestamp timestamp with time zone", "read boolean"],
+        "attachments": ["id bigint", "message_id character varying", "name character varying", "size integer", "file_type character varying"],
+        "social_media": ["id bigint", "user_id bigint", "connections jsonb"],
+        "posts": ["id bigint", "social_media_id bigint", "key character varying", "value character varying",
+                  "timestamp timestamp with time zone", "metadata character varying"],
+        "groups": ["id character varying", "social_media_id bigint", "name character varying", "joined timestamp with time zone"],
+        "large_data": ["id bigint", "user_id bigint", "blob1 character varying", "blob2 character varying", "blob3 character varying",
+                       "blob4 character varying", "blob5 character varying"],
+    ]
+
+    static let parents: [String: String] = [
+        "addresses": "user_id -> users", "profiles": "user_id -> users", "education": "profile_id -> profiles",
+        "experience": "profile_id -> profiles", "preferences": "user_id -> users", "settings": "preference_id -> preferences",
+        "activity_log": "user_id -> users", "transactions": "user_id -> users", "messages": "user_id -> users",
+        "attachments": "message_id -> messages", "social_media": "user_id -> users", "posts": "social_media_id -> social_media",
+        "groups": "social_media_id -> social_media", "large_data": "user_id -> users",
+    ]
+
+    @Test func migrateCreatesExactlyTheFifteenTablesWithTheirColumnsAndKeys() throws {
+        let sandbox = try Sandbox()
+        let result = try sandbox.job("migrate")
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.contains("applied 1 migration"))
+        let db = try sandbox.db()
+        let tables = try db.execute("""
+            SELECT table_name FROM information_schema.tables
+            WHERE table_schema = 'public' AND table_name NOT LIKE 'etl\\_%' ORDER BY 1
+            """).rows.map { $0[0]! }
+        #expect(tables == Self.expected.keys.sorted())
+        for (table, columns) in Self.expected {
+            let actual = try db.query("""
+                SELECT column_name || ' ' || data_type, is_nullable FROM information_schema.columns
+                WHERE table_schema = 'public' AND table_name = $1 ORDER BY ordinal_position
+                """, [table]).rows
+            #expect(actual.map { $0[0]! } == columns, "\(table)")
+            #expect(actual.allSatisfy { $0[1] == "NO" }, "\(table): every column NOT NULL")
+            let primaryKey = try db.query("""
+                SELECT a.attname FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY(c.conkey)
+                WHERE c.conrelid = $1::regclass AND c.contype = 'p'
+                """, ["\"\(table)\""]).rows.map { $0[0]! }
+            #expect(primaryKey == ["id"], "\(table)")
+            let foreignKeys = try db.query("""
+                SELECT a.attname || ' -> ' || c.confrelid::regclass::text, c.confdeltype FROM pg_constraint c
+                JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY(c.conkey)
+                WHERE c.conrelid = $1::regclass AND c.contype = 'f'
+                """, ["\"\(table)\""]).rows
+            #expect(foreignKeys.map { $0[0]! } == (Self.parents[table].map { [$0] } ?? []), "\(table)")
+            #expect(foreignKeys.allSatisfy { $0[1] == "c" }, "\(table): ON DELETE CASCADE")
+        }
+        let bookkeeping = try db.execute("SELECT to_regclass('etl_checkpoints') IS NOT NULL, to_regclass('etl_migrations') IS NOT NULL").rows[0]
+        #expect(bookkeeping == ["t", "t"])
+    }
+
+    @Test func migrateIsIdempotent() throws {
+        let sandbox = try Sandbox()
+        #expect(try sandbox.job("migrate").status == 0)
+        let second = try sandbox.job("migrate")
+        #expect(second.status == 0)
+        #expect(second.stdout.contains("schema is up to date"))
+        #expect(try sandbox.db().execute("SELECT count(*) FROM etl_migrations").rows[0][0] == "1")
+    }
+}
+
+@Suite(.serialized) struct ConnectivityTests {
+    @Test(arguments: ["start", "resume", "migrate"])
+    func aWrongPostgresPortIsOneClearLineWithoutThePassword(command: String) throws {
+        let sandbox = try Sandbox()
+        let result = try sandbox.run([command, "--postgres-url", "postgresql://etl:TopSecret42@127.0.0.1:1/etl",
+                                      "--mongodb-url", Services.mongoURL, "--state-dir", sandbox.stateDirectory])
+        #expect(result.status == 69)
+        #expect(result.seconds < 10)
+        #expect(result.stderr.split(separator: "\n").count == 1, "\(result.stderr)")
+        #expect(result.stderr.hasPrefix("etl-job: error: cannot connect to PostgreSQL at postgresql://etl:***@127.0.0.1:1/etl"))
+        #expect(!(result.stdout + result.stderr).contains("TopSecret42"))
+    }
+
+    @Test(arguments: ["start", "seed"])
+    func aWrongMongoPortIsOneClearLineWithoutThePassword(command: String) throws {
+        let sandbox = try Sandbox()
+        let result = try sandbox.run([command, "--postgres-url", sandbox.postgresURL,
+                                      "--mongodb-url", "mongodb://admin:TopSecret42@127.0.0.1:1/?authSource=admin",
+                                      "--state-dir", sandbox.stateDirectory])
+        #expect(result.status == 69)
+        #expect(result.seconds < 10)
+        #expect(result.stderr.split(separator: "\n").count == 1, "\(result.stderr)")
+        #expect(result.stderr.hasPrefix("etl-job: error: cannot reach MongoDB at mongodb://admin:***@127.0.0.1:1/"))
+        #expect(!(result.stdout + result.stderr).contains("TopSecret42"))
+    }
+
+    @Test(arguments: [
+        (["--mongodb-url", "http://u:TopSecret42@h"], "malformed MongoDB URL http://u:***@h"),
+        (["--postgres-url", "mysql://u:TopSecret42@h/db"], "malformed PostgreSQL URL mysql://u:***@h/db"),
+        (["--postgres-url", "postgresql://u:TopSecret42@h:notaport/db"], "malformed PostgreSQL URL postgresql://u:***@h:notaport/db"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--workers", "many"], "many"),
+    ])
+    func badFlagsAndURLsExit64WithOneLine(arguments: [String], message: String) throws {
+        let sandbox = try Sandbox()
+        let result = try sandbox.run(["start", "--state-dir", sandbox.stateDirectory] + arguments)
+        #expect(result.status == 64, "\(result.stderr)")
+        #expect(result.stderr.split(separator: "\n").count == 1, "\(result.stderr)")
+        #expect(result.stderr.contains(message), "\(result.stderr)")
+        #expect(!result.stderr.contains("TopSecret42"))
+    }
+
+    @Test func theEnvironmentAndDotEnvAreUsedInThatOrderAfterFlags() throws {
+        let sandbox = try Sandbox()
+        let dotenv = sandbox.stateDirectory + ".env"
+        try "POSTGRES_URL=postgresql://etl:FromDotEnv@127.0.0.1:2/etl\nMONGODB_URL=\"\(Services.mongoURL)\"\n"
+            .write(toFile: dotenv, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: dotenv) }
+        let base = ["migrate", "--env-file", dotenv]
+        let fromFile = try sandbox.run(base)
+        #expect(fromFile.stderr.contains("127.0.0.1:2/etl"), "\(fromFile.stderr)")
+        let fromEnv = try sandbox.run(base, environment: ["POSTGRES_URL": "postgresql://etl:FromEnv@127.0.0.1:3/etl"])
+        #expect(fromEnv.stderr.contains("127.0.0.1:3/etl"), "\(fromEnv.stderr)")
+        let fromFlag = try sandbox.run(base + ["--postgres-url", sandbox.postgresURL],
+                                       environment: ["POSTGRES_URL": "postgresql://etl:FromEnv@127.0.0.1:3/etl"])
+        #expect(fromFlag.status == 0, "\(fromFlag.stderr)")
+        #expect(!(fromFile.stderr + fromEnv.stderr).contains("FromDotEnv") && !fromEnv.stderr.contains("FromEnv@"))
+    }
+
+    @Test func aMissingServiceIsAFailureNotASkip() {
+        #expect(throws: Services.Missing.self) { try Services.postgres("postgresql://etl:etl@127.0.0.1:1/etl") }
+        #expect(throws: Services.Missing.self) { try Services.mongo("mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=500") }
+    }
+}
+
+@Suite(.serialized) struct SeedTests {
+    @Test func seedStoresExactlyTheGeneratorsDocuments() throws {
+        let sandbox = try Sandbox()
+        let result = try sandbox.run(["seed", "--users", "300", "--seed", "7", "--drop", "--database", sandbox.mongoDatabase,
+                                      "--mongodb-url", Services.mongoURL])
+        #expect(result.status == 0, "\(result.stderr)")
+        let generator = UserGenerator(seed: 7)
+        let cursor = try sandbox.users.scanById(afterIdElement: nil, batchSize: 100)
+        var id: Int64 = 0
+        while let doc = try cursor.next() {
+            id += 1
+            #expect(Array(doc) == generator.document(id: id).bytes, "user \(id)")
+        }
+        #expect(id == 300)
+        // --drop makes a second seed replace, not add.
+        #expect(try sandbox.run(["seed", "--users", "10", "--drop", "--database", sandbox.mongoDatabase, "--mongodb-url", Services.mongoURL]).status == 0)
+        #expect(try sandbox.users.estimatedCount() == 10)
+    }
+}
