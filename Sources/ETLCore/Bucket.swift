@@ -100,7 +100,7 @@ public final class Bucket<Item>: @unchecked Sendable {
             if ContinuousClock.now >= due {
                 do { try flushLocked() } catch { failure = error }
             } else {
-                condition.wait(until: Date(timeIntervalSinceNow: (due - .now).seconds))
+                _ = condition.wait(until: Date(timeIntervalSinceNow: (due - .now).seconds))
             }
         }
     }

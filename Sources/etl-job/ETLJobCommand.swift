@@ -5,7 +5,7 @@ struct ETLJobCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "etl-job",
         abstract: "Move a MongoDB collection into 15 PostgreSQL tables, resumably.",
-        subcommands: [Start.self, Resume.self, Status.self, Seed.self, Migrate.self, Scan.self])
+        subcommands: [Start.self, Resume.self, Status.self, Verify.self, Seed.self, Migrate.self, Scan.self])
 }
 
 /// Parses and runs the command. A bad flag prints one line (no usage dump) and exits 64.

@@ -164,6 +164,30 @@ enum Reference {
         #expect(try sandbox.counts()["users"] == 50)
     }
 
+    @Test func verifyAgreesAfterARunAndNamesEveryDamagedRow() throws {
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: 300)
+        #expect(try sandbox.job("start").status == 0)
+        let ok = try sandbox.job("verify")
+        #expect(ok.status == 0, "\(ok.stdout)\(ok.stderr)")
+        #expect(ok.stdout.contains("OK: source and target agree"))
+        try sandbox.db().execute("""
+            DELETE FROM activity_log WHERE id = 1000002;
+            UPDATE users SET email = 'changed@example.com' WHERE id = 7;
+            UPDATE profiles SET skills = '["COBOL"]' WHERE id = 8;
+            INSERT INTO posts VALUES (999999999, 1, 'k', 'v', now(), '{}');
+            """)
+        let bad = try sandbox.job("verify", ["--json"])
+        #expect(bad.status == 1)
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(bad.stdout.utf8)) as? [String: Any])
+        let tables = Dictionary(uniqueKeysWithValues: (report["tables"] as! [[String: Any]]).map { ($0["table"] as! String, $0) })
+        #expect(tables["activity_log"]?["firstMissing"] as? [String] == ["1000002"])
+        #expect(tables["users"]?["firstDiffering"] as? [String] == ["7"])
+        #expect(tables["profiles"]?["firstDiffering"] as? [String] == ["8"])
+        #expect(tables["posts"]?["firstUnexpected"] as? [String] == ["999999999"])
+        #expect(tables["addresses"]?["differing"] as? Int == 0)
+    }
+
     @Test func resumeWithoutAJobSaysSo() throws {
         let sandbox = try Sandbox()
         let result = try sandbox.job("resume")
