@@ -8,40 +8,54 @@ public struct BucketConfig: Sendable, Equatable {
     public var managerWorkers: Int
     /// Extraction pauses while more batches than this wait in the queue.
     public var maxPendingBatches: Int
+    /// A batch is flushed early once its items weigh this much (bytes), so a run of large
+    /// documents cannot make one batch huge.
+    public var maxBatchBytes: Int
 
     public init(
         batchSize: Int = 500,
         workers: Int = 2 * ProcessInfo.processInfo.activeProcessorCount,
         flushTimeout: Duration = .seconds(5),
         managerWorkers: Int = 1,
-        maxPendingBatches: Int = 64
+        maxPendingBatches: Int = 64,
+        maxBatchBytes: Int = 32 << 20
     ) {
         self.batchSize = batchSize
         self.workers = workers
         self.flushTimeout = flushTimeout
         self.managerWorkers = managerWorkers
         self.maxPendingBatches = maxPendingBatches
+        self.maxBatchBytes = maxBatchBytes
     }
 }
 
 /// Groups items into batches and hands each batch, in order, to `flush`: when `size` items
-/// have arrived, or when the oldest waiting item is `flushTimeout` old, or at `finish()`.
+/// have arrived or they weigh `maxWeight`, or when the oldest waiting item is `flushTimeout`
+/// old, or at `finish()`.
 ///
 /// `add` blocks while a flush runs, which is the backpressure the producer feels.
 public final class Bucket<Item>: @unchecked Sendable {
     // Safe: every mutable field is read and written only while holding `condition`.
     private let condition = NSCondition()
     private var items: [Item] = []
+    private var weight = 0
     private var oldest: ContinuousClock.Instant?
     private var failure: (any Error)?
     private var finished = false
     private let size: Int
+    private let maxWeight: Int
+    private let weigh: (Item) -> Int
     private let flushTimeout: Duration
     private let flush: ([Item]) throws -> Void
 
-    public init(size: Int, flushTimeout: Duration, flush: @escaping ([Item]) throws -> Void) {
+    public init(
+        size: Int, maxWeight: Int = .max, weigh: @escaping (Item) -> Int = { _ in 0 }, flushTimeout: Duration,
+        flush: @escaping ([Item]) throws -> Void
+    ) {
         precondition(size > 0, "batch size must be positive")
         self.size = size
+        self.maxWeight = maxWeight
+        self.weigh = weigh
         self.flushTimeout = flushTimeout
         self.flush = flush
         items.reserveCapacity(size)
@@ -59,7 +73,8 @@ public final class Bucket<Item>: @unchecked Sendable {
             condition.broadcast()
         }
         items.append(item)
-        if items.count >= size { try flushLocked() }
+        weight += weigh(item)
+        if items.count >= size || weight >= maxWeight { try flushLocked() }
     }
 
     /// Flushes what is left and stops the timer. Rethrows a failure of a timed flush.
@@ -84,6 +99,7 @@ public final class Bucket<Item>: @unchecked Sendable {
     private func flushLocked() throws {
         let batch = items
         items.removeAll(keepingCapacity: true)
+        weight = 0
         oldest = nil
         try flush(batch)
     }

@@ -7,6 +7,9 @@ public protocol ETLProcessor: Sendable {
     associatedtype Item
     associatedtype Worker: ETLWorker
 
+    /// An item's size in bytes, for `BucketConfig.maxBatchBytes`.
+    func weight(of item: Item) -> Int
+
     var name: String { get }
 
     /// Runs before anything is extracted (schema migration, recovery of a previous run).
@@ -104,9 +107,10 @@ public struct ETLRunner<P: ETLProcessor>: Pipeline {
     }
 
     private static func extract(_ processor: P, config: BucketConfig, stop: StopToken) throws {
-        let bucket = Bucket<P.Item>(size: config.batchSize, flushTimeout: config.flushTimeout) {
-            try processor.stage($0, stop: stop)
-        }
+        let bucket = Bucket<P.Item>(
+            size: config.batchSize, maxWeight: config.maxBatchBytes, weigh: processor.weight(of:),
+            flushTimeout: config.flushTimeout
+        ) { try processor.stage($0, stop: stop) }
         let complete: Bool
         do {
             complete = try processor.extract({ try bucket.add($0) }, stop: stop)

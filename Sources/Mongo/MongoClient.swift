@@ -103,7 +103,17 @@ public final class MongoCollection {
                 guard var it = BSONIterator(document: bytes), it.next() else {
                     throw MongoError(message: "stored extract position is not a BSON document")
                 }
-                filter.writer.appendDocument("_id") { range in it.append(to: range, as: "$gt") }
+                // `$gt` compares within one type only ({_id: {$gt: 5}} skips "abc"), so documents
+                // whose _id type sorts later are asked for by type.
+                let later = BSONType.typeAliasesSorting(after: it.type)
+                filter.writer.appendArray("$or") { or in
+                    or.appendDocument("0") { $0.appendDocument("_id") { range in it.append(to: range, as: "$gt") } }
+                    if !later.isEmpty {
+                        or.appendDocument("1") { $0.appendDocument("_id") { t in
+                            t.appendArray("$type") { list in for (i, alias) in later.enumerated() { list.append(String(i), alias) } }
+                        } }
+                    }
+                }
             }
         }
         let options = BSONDocument()
@@ -169,5 +179,36 @@ public final class MongoCursor {
         var error = bson_error_t()
         if mongoc_cursor_error(handle, &error) { throw MongoError(error) }
         return nil
+    }
+}
+
+extension BSONType {
+    /// MongoDB's order of types when sorting, as `$type` aliases, bracket by bracket.
+    private static let sortBrackets: [[String]] = [
+        ["minKey"], ["null", "undefined"], ["double", "int", "long", "decimal"], ["symbol", "string"], ["object"],
+        ["array"], ["binData"], ["objectId"], ["bool"], ["date"], ["timestamp"], ["regex"], ["maxKey"],
+    ]
+
+    private var sortBracket: Int? {
+        switch self {
+        case .null, .undefined: 1
+        case .double, .int32, .int64, .decimal128: 2
+        case .symbol, .utf8: 3
+        case .document: 4
+        case .array: 5
+        case .binary: 6
+        case .objectId: 7
+        case .bool: 8
+        case .dateTime: 9
+        case .timestamp: 10
+        case .regex: 11
+        default: nil
+        }
+    }
+
+    /// The `$type` aliases of every type that sorts after values of this type.
+    static func typeAliasesSorting(after type: BSONType) -> [String] {
+        guard let bracket = type.sortBracket else { return [] }
+        return sortBrackets[(bracket + 1)...].flatMap { $0 }
     }
 }

@@ -17,6 +17,8 @@ public struct PGError: Error, CustomStringConvertible, Sendable {
     public let kind: Kind
     public let sqlState: String?
     public let message: String
+    /// The error came from COMMIT (the transaction did not commit, or its fate is unknown).
+    public private(set) var atCommit = false
 
     public init(kind: Kind, sqlState: String? = nil, message: String) {
         self.kind = kind
@@ -24,8 +26,23 @@ public struct PGError: Error, CustomStringConvertible, Sendable {
         self.message = message
     }
 
+    public func failingCommit() -> PGError {
+        var copy = self
+        copy.atCommit = true
+        return copy
+    }
+
     public var description: String {
         sqlState.map { "\(message) (SQLSTATE \($0))" } ?? message
+    }
+
+    /// Worth retrying the whole transaction: the connection broke, or the server rolled the
+    /// transaction back for reasons of its own (class 40: serialization, deadlock; class 57:
+    /// shutdown, admin termination; class 08: connection).
+    public var isTransient: Bool {
+        guard kind == .server else { return kind != .malformedURL }
+        guard let sqlState else { return false }
+        return ["40", "57", "08", "53"].contains(String(sqlState.prefix(2)))
     }
 
     /// Class 23 (integrity constraint), 22 (data exception): caused by the rows, not by the server.

@@ -54,10 +54,10 @@ public final class BatchLoader: ETLWorker {
                 try processor.queue.complete(batch.id, outcome: outcome)
                 CrashPoint.acknowledged.reach()
                 return
-            } catch let error as PGError where error.kind != .server && attempt < Self.maxAttempts {
+            } catch let error as PGError where (error.isTransient || error.atCommit) && attempt < Self.maxAttempts {
                 connection = nil
                 let delay = min(0.2 * Double(1 << attempt), 5)
-                processor.logger.warning("PostgreSQL connection failed; retrying the batch", metadata: [
+                processor.logger.warning("batch failed; retrying it", metadata: [
                     "batch": "\(batch.id)", "attempt": "\(attempt)", "error": "\(error)",
                 ])
                 processor.clock.measure(.waiting) { Thread.sleep(forTimeInterval: delay) }
@@ -93,7 +93,12 @@ public final class BatchLoader: ETLWorker {
                 })
             CrashPoint.copied.reach()
             try Checkpoint.insert(db, job: processor.jobId, batch: batch.id, outcome: outcome, indices: setAside.keys.sorted())
-            try processor.clock.measure(.commit) { try db.execute("COMMIT") }
+            do {
+                try processor.clock.measure(.commit) { try db.execute("COMMIT") }
+            } catch let error as PGError {
+                // A COMMIT the server refused rolled the transaction back: the batch can be retried.
+                throw error.failingCommit()
+            }
             return outcome
         } catch {
             if db.isHealthy { _ = try? db.execute("ROLLBACK") }
@@ -103,7 +108,7 @@ public final class BatchLoader: ETLWorker {
 
     /// Transforms the documents at `indices`; those that do not fit go to `setAside`.
     private func transform(_ payload: [UInt8], _ ranges: [Range<Int>], indices: [Int], setAside: inout [Int: String]) -> UserRows {
-        var rows = UserRows(expectedDocuments: indices.count)
+        var rows = UserRows(expectedDocuments: indices.count, maxDocumentBytes: processor.settings.maxDocumentBytes)
         payload.withUnsafeBytes { raw in
             for i in indices {
                 do {

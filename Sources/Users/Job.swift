@@ -69,7 +69,7 @@ public struct UsersJob {
         let lock = try takeLock()
         let db = try connectPostgres()
         let client = try connectMongo()
-        try Schema.migrate(db)
+        try migrate(db)
         if fresh {
             try discardState()
             try Schema.truncate(db)
@@ -96,7 +96,7 @@ public struct UsersJob {
         let lock = try takeLock()
         let db = try connectPostgres()
         _ = try connectMongo()
-        try Schema.migrate(db)
+        try migrate(db)
         guard DurableQueue.exists(in: settings.stateDirectory), let queue = try? openQueue(), try queue.status() != nil else {
             throw JobError(.usage, "there is no job to resume in \(settings.stateDirectory); run 'etl-job start'")
         }
@@ -118,6 +118,16 @@ public struct UsersJob {
             stages: Stage.allCases.map { ($0, clock.seconds($0)) })
     }
 
+    /// Applies pending migrations; a failure names what it was doing.
+    @discardableResult
+    public func migrate(_ db: PGConnection) throws -> Int {
+        do {
+            return try Schema.migrate(db)
+        } catch {
+            throw JobError(.failed, "cannot migrate the schema: \(error)")
+        }
+    }
+
     private func takeLock() throws -> JobLock {
         do {
             return try JobLock(directory: settings.stateDirectory)
@@ -130,7 +140,7 @@ public struct UsersJob {
 
     private func openQueue() throws -> DurableQueue {
         do {
-            return try DurableQueue(directory: settings.stateDirectory)
+            return try DurableQueue(directory: settings.stateDirectory, initialMapSize: settings.queueMapBytes)
         } catch {
             throw JobError(.unavailable, "cannot open the queue in \(settings.stateDirectory): \(error)")
         }

@@ -96,10 +96,13 @@ public enum Schema {
         do {
             // Serializes concurrent migrations of the same database.
             try db.execute("SELECT pg_advisory_xact_lock(7215829043)")
-            try db.execute("""
-                CREATE TABLE IF NOT EXISTS etl_migrations (
-                    version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())
-                """)
+            // Created only when missing: a user without CREATE rights can still run an up-to-date schema.
+            if try db.execute("SELECT to_regclass('etl_migrations') IS NULL").rows[0][0] == "t" {
+                try db.execute("""
+                    CREATE TABLE etl_migrations (
+                        version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())
+                    """)
+            }
             let applied = Set(try db.execute("SELECT version FROM etl_migrations").rows.compactMap { $0[0].flatMap(Int.init) })
             var ran = 0
             for migration in migrations where !applied.contains(migration.version) {

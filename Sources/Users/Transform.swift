@@ -1,3 +1,4 @@
+import Foundation
 import Mongo
 import Postgres
 
@@ -41,8 +42,13 @@ let maxEntriesPerArray = 10_000
 public struct UserRows: Sendable {
     public private(set) var tables: [BinaryCopyWriter]
     public private(set) var documents = 0
+    /// Larger documents are set aside (a batch of them would not fit memory or a COPY).
+    public let maxDocumentBytes: Int
 
-    public init(expectedDocuments: Int = 500) {
+    public static let defaultMaxDocumentBytes = 8 << 20
+
+    public init(expectedDocuments: Int = 500, maxDocumentBytes: Int = defaultMaxDocumentBytes) {
+        self.maxDocumentBytes = maxDocumentBytes
         tables = T.allCases.map { t in BinaryCopyWriter(capacity: expectedDocuments * Self.bytesPerDocument[t.rawValue]) }
     }
 
@@ -69,6 +75,9 @@ public struct UserRows: Sendable {
     }
 
     private mutating func emit(_ bytes: UnsafeRawBufferPointer) throws {
+        guard bytes.count <= maxDocumentBytes else {
+            throw RejectReason("the document is \(megabytes(bytes.count)), more than the \(megabytes(maxDocumentBytes)) limit (--max-document-mb)")
+        }
         guard BSON.declaredLength(bytes) == bytes.count, let root = BSONIterator(document: bytes) else {
             throw RejectReason("the document is not valid BSON")
         }
@@ -296,6 +305,11 @@ private enum Names {
 }
 
 func childId(_ userId: Int64, _ index: Int) -> Int64 { userId * 10_000 + Int64(index) }
+
+private func megabytes(_ bytes: Int) -> String {
+    let mb = Double(bytes) / 1_048_576
+    return mb.rounded() == mb ? "\(Int(mb)) MB" : String(format: "%.1f MB", mb)
+}
 
 /// Runs `body`, prefixing the path of any rejection with `field`.
 private func within<R>(_ field: String, _ body: () throws -> R) throws -> R {

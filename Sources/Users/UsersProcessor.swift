@@ -14,10 +14,13 @@ public struct JobSettings: Sendable {
     public var stateDirectory: String
     public var bucket: BucketConfig
     public var cursorBatchSize: Int32
+    public var maxDocumentBytes: Int
+    public var queueMapBytes: Int
 
     public init(
         mongoURL: String, postgresURL: String, database: String = "sample_db", collection: String = "users",
-        stateDirectory: String, bucket: BucketConfig = BucketConfig(), cursorBatchSize: Int32 = 1000
+        stateDirectory: String, bucket: BucketConfig = BucketConfig(), cursorBatchSize: Int32 = 1000,
+        maxDocumentBytes: Int = UserRows.defaultMaxDocumentBytes, queueMapBytes: Int = 64 << 20
     ) {
         self.mongoURL = mongoURL
         self.postgresURL = postgresURL
@@ -26,6 +29,8 @@ public struct JobSettings: Sendable {
         self.stateDirectory = stateDirectory
         self.bucket = bucket
         self.cursorBatchSize = cursorBatchSize
+        self.maxDocumentBytes = maxDocumentBytes
+        self.queueMapBytes = queueMapBytes
     }
 }
 
@@ -41,6 +46,8 @@ public final class UsersProcessor: ETLProcessor, @unchecked Sendable {
     let logger: Logger
 
     public var name: String { "users" }
+
+    public func weight(of item: [UInt8]) -> Int { item.count }
 
     public init(settings: JobSettings, queue: DurableQueue, jobId: String, clock: StageClock, logger: Logger) {
         self.settings = settings

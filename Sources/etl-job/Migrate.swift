@@ -10,7 +10,7 @@ struct Migrate: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let job = UsersJob(settings: try connection.resolved(), logger: connection.makeLogger())
-            let applied = try Schema.migrate(try job.connectPostgres())
+            let applied = try job.migrate(try job.connectPostgres())
             print(applied == 0 ? "schema is up to date" : "applied \(applied) migration(s)")
         }
     }

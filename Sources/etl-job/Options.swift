@@ -32,7 +32,7 @@ struct ConnectionOptions: ParsableArguments {
     @Option(name: .customLong("log-level"), help: "trace, debug, info, warning or error.")
     var logLevel: Logger.Level = .info
 
-    func resolved(bucket: BucketConfig = BucketConfig()) throws -> JobSettings {
+    func resolved(_ run: BucketOptions? = nil) throws -> JobSettings {
         let file = try DotEnv.read(envFile)
         func pick(_ flag: String?, _ key: String, _ fallback: String) -> String {
             flag ?? ProcessInfo.processInfo.environment[key] ?? file[key] ?? fallback
@@ -45,9 +45,16 @@ struct ConnectionOptions: ParsableArguments {
         guard postgres.hasPrefix("postgres://") || postgres.hasPrefix("postgresql://") else {
             throw JobError(.usage, "malformed PostgreSQL URL \(Redact.url(postgres)): it must start with postgresql:// or postgres://")
         }
-        return JobSettings(
+        var settings = JobSettings(
             mongoURL: mongo, postgresURL: postgres, database: database, collection: collection,
-            stateDirectory: pick(stateDirectory, "ETL_STATE_DIR", Self.defaultStateDirectory), bucket: bucket)
+            stateDirectory: pick(stateDirectory, "ETL_STATE_DIR", Self.defaultStateDirectory))
+        if let run {
+            settings.bucket = run.config
+            settings.cursorBatchSize = run.cursorBatchSize
+            settings.maxDocumentBytes = Int(run.maxDocumentMB * 1_048_576)
+            settings.queueMapBytes = run.queueMapMB << 20
+        }
+        return settings
     }
 
     func makeLogger() -> Logger {
@@ -77,12 +84,24 @@ struct BucketOptions: ParsableArguments {
     @Option(name: .customLong("max-pending"), help: "Extraction pauses while this many batches wait in the queue.")
     var maxPending = 64
 
+    @Option(name: .customLong("cursor-batch-size"), help: "Documents per MongoDB getMore.")
+    var cursorBatchSize: Int32 = 1000
+
+    @Option(name: .customLong("max-document-mb"), help: "Documents larger than this (MB) are set aside.")
+    var maxDocumentMB = Double(UserRows.defaultMaxDocumentBytes >> 20)
+
+    @Option(name: .customLong("queue-map-mb"), help: .hidden)
+    var queueMapMB = 64
+
     func validate() throws {
         guard batchSize > 0 else { throw ValidationError("--batch-size must be at least 1") }
         guard workers > 0 else { throw ValidationError("--workers must be at least 1") }
         guard flushTimeout > 0 else { throw ValidationError("--flush-timeout must be positive") }
         guard managerWorkers > 0 else { throw ValidationError("--manager-workers must be at least 1") }
         guard maxPending > 0 else { throw ValidationError("--max-pending must be at least 1") }
+        guard cursorBatchSize > 0 else { throw ValidationError("--cursor-batch-size must be at least 1") }
+        guard maxDocumentMB > 0 else { throw ValidationError("--max-document-mb must be positive") }
+        guard queueMapMB > 0 else { throw ValidationError("--queue-map-mb must be at least 1") }
     }
 
     var config: BucketConfig {

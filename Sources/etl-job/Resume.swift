@@ -10,7 +10,7 @@ struct Resume: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let settings = try connection.resolved(bucket: bucket.config)
+            let settings = try connection.resolved(bucket)
             let job = UsersJob(settings: settings, logger: connection.makeLogger())
             try await runInterruptibly(settings) { stop in try await job.resume(stop: stop) }
         }

@@ -21,8 +21,12 @@ struct Seed: AsyncParsableCommand {
     @Flag(help: "Drop the collection first.")
     var drop = false
 
+    @Flag(name: .customLong("bad-input"), help: "Mix in the corpus of malformed documents (etl-job sets them aside).")
+    var badInput = false
+
     func validate() throws {
         guard users >= 0 else { throw ValidationError("--users must not be negative") }
+        guard !badInput || users >= 100 else { throw ValidationError("--bad-input needs --users 100 or more") }
     }
 
     func run() async throws {
@@ -31,20 +35,32 @@ struct Seed: AsyncParsableCommand {
             let collection = try job.connectMongo().collection(database: connection.database, name: connection.collection)
             if drop { try collection.drop() }
             let generator = UserGenerator(seed: seed)
+            let corpus = badInput ? BadInputCorpus.documents(users: users, generator: generator) : []
+            let replaced = Set(corpus.compactMap { $0.id.map { $0 + firstId - 1 } })
             let chunk = 500
             let showProgress = users >= 5_000
             var next = firstId
             let end = firstId + Int64(users)
             while next < end {
                 let upper = min(next + Int64(chunk), end)
-                try collection.insertMany((next..<upper).map { generator.document(id: $0) })
+                try collection.insertMany((next..<upper).filter { !replaced.contains($0) }.map { generator.document(id: $0) })
                 next = upper
                 if showProgress {
                     FileHandle.standardError.write(Data("\rseeded \(next - firstId)/\(users) users".utf8))
                 }
             }
             if showProgress { FileHandle.standardError.write(Data("\n".utf8)) }
-            print("seeded \(users) users into \(connection.database).\(connection.collection) (seed \(seed))")
+            var refused: [String] = []
+            for bad in corpus {
+                do {
+                    try collection.insertMany([bad.document])
+                } catch let error as MongoError where bad.sourceMayRefuse {
+                    refused.append(bad.kind)
+                    FileHandle.standardError.write(Data("seed: the source refused the \(bad.kind) document (_id \(bad.displayId)): \(error)\n".utf8))
+                }
+            }
+            print("seeded \(users) users into \(connection.database).\(connection.collection) (seed \(seed))"
+                + (badInput ? ", \(corpus.filter { $0.reason != nil }.count - refused.count) of them malformed" : ""))
         }
     }
 }

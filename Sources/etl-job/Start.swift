@@ -18,7 +18,7 @@ struct Start: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let settings = try connection.resolved(bucket: bucket.config)
+            let settings = try connection.resolved(bucket)
             if fresh && !yes { try confirmTruncation(settings) }
             let job = UsersJob(settings: settings, logger: connection.makeLogger())
             try await runInterruptibly(settings) { stop in try await job.start(fresh: fresh, stop: stop) }

@@ -27,6 +27,16 @@ final class Shared<Value>: @unchecked Sendable {
         #expect(batches.withLock { $0 } == [[1, 2, 3], [4, 5, 6], [7]])
     }
 
+    @Test func flushesEarlyWhenTheBatchWeighsTooMuch() throws {
+        let batches = Shared<[[Int]]>([])
+        let bucket = Bucket<Int>(size: 100, maxWeight: 10, weigh: { $0 }, flushTimeout: .seconds(60)) { batch in
+            batches.withLock { $0.append(batch) }
+        }
+        for i in [3, 3, 3, 1, 9, 2] { try bucket.add(i) }
+        try bucket.finish()
+        #expect(batches.withLock { $0 } == [[3, 3, 3, 1], [9, 2]])
+    }
+
     @Test func flushesAPartialBatchAfterTheTimeout() async throws {
         let batches = Shared<[[Int]]>([])
         let bucket = Bucket<Int>(size: 100, flushTimeout: .milliseconds(100)) { batch in batches.withLock { $0.append(batch) } }
@@ -130,6 +140,7 @@ final class Shared<Value>: @unchecked Sendable {
         }
 
         var name: String { "counting" }
+        func weight(of item: Int) -> Int { 1 }
         func preProcess() async throws {}
         func postProcess() async throws {}
         func extract(_ emit: (Int) throws -> Void, stop: StopToken) throws -> Bool {

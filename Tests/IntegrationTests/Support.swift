@@ -34,11 +34,30 @@ enum Services {
         }
     }
 
+    static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    /// Runs `scripts/services <arguments>` (to restart a service under a running job).
+    /// posix_spawn + waitpid: the script leaves daemons behind, which Foundation's
+    /// `Process.waitUntilExit` does not cope with.
+    static func services(_ arguments: String...) throws {
+        let script = packageRoot.appendingPathComponent("scripts/services").path
+        let argv = ([script] + arguments).map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        var pid: pid_t = 0
+        #expect(posix_spawn(&pid, script, &actions, nil, argv, environ) == 0)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
+        #expect(status == 0, "scripts/services \(arguments.joined(separator: " ")) exited with \(status)")
+    }
+
     /// The etl-job executable built next to the tests.
     static let binary: String = {
         if let path = env["ETL_JOB_BIN"] { return path }
-        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        return root.appendingPathComponent(".build/debug/etl-job").path
+        return packageRoot.appendingPathComponent(".build/debug/etl-job").path
     }()
 }
 

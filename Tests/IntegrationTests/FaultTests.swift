@@ -1,0 +1,232 @@
+import Foundation
+import Mongo
+import Postgres
+import Queue
+import Testing
+import Users
+
+/// Breaks things on purpose while a run goes, then checks the target row by row.
+/// `scripts/faults` runs the long form (more kills, more users); CI runs this bounded form.
+@Suite(.serialized) struct FaultTests {
+    static let env = ProcessInfo.processInfo.environment
+    static let kills = Int(env["ETL_FAULT_KILLS"] ?? "") ?? 20
+    static let seed = UInt64(env["ETL_FAULT_SEED"] ?? "") ?? 20_261_124
+
+    /// After a fault: exactly the uninterrupted rows, no duplicate, and `verify` agrees.
+    private func expectExact(_ sandbox: Sandbox, _ context: String) throws {
+        #expect(try sandbox.checksums() == (try Reference.checksums()), "\(context)")
+        #expect(try sandbox.duplicateKeys() == 0, "\(context)")
+        let verify = try sandbox.job("verify")
+        #expect(verify.status == 0, "\(context): \(verify.stdout)")
+        let status = try sandbox.status()
+        #expect(status["complete"] as? Bool == true, "\(context)")
+        #expect((status["rows"] as? [String: Int]) == (try sandbox.counts()), "\(context): queue counters agree with the target")
+    }
+
+    /// Finishes a job that a fault may have stopped: a clear one-line error, then resume.
+    private func finish(_ sandbox: Sandbox, after result: JobResult) throws {
+        guard result.status != 0 else { return }
+        #expect(result.stderr.hasPrefix("etl-job: error: ") || result.stderr.contains("retrying"), "\(result.stderr)")
+        let resumed = try sandbox.job("resume")
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+    }
+
+    @Test func randomKillCampaignEndsExactly() throws {
+        _ = try Reference.checksums()
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: Reference.users)
+        var rng = SplitMix64(seed: Self.seed)
+        var kills = 0
+        var launches = 0
+        while true {
+            let command = (try sandbox.status()["job"] as? String) != nil ? "resume" : "start"
+            let job = try sandbox.launch([command] + sandbox.connectionArguments + ["--batch-size", "100"])
+            launches += 1
+            if kills < Self.kills {
+                Thread.sleep(forTimeInterval: 0.05 + Double(rng.next() % 300) / 1000)
+                if job.process.isRunning {
+                    job.signal(SIGKILL)
+                    _ = try job.wait()
+                    kills += 1
+                    #expect(!JobLock.isHeld(directory: sandbox.stateDirectory), "a killed run leaves no lock behind")
+                    continue
+                }
+            }
+            let result = try job.wait()
+            #expect(result.status == 0, "seed \(Self.seed), after \(kills) kills: \(result.stderr)")
+            if (try sandbox.status()["complete"] as? Bool) == true { break }
+            #expect(launches < Self.kills * 3, "seed \(Self.seed): the run makes progress")
+            if launches >= Self.kills * 3 { return }
+        }
+        #expect(kills >= Self.kills)
+        try expectExact(sandbox, "seed \(Self.seed), \(kills) kills")
+        print("fault campaign: \(kills) kills survived, \(Reference.users) users, seed \(Self.seed)")
+    }
+
+    @Test func terminatingTheWorkersBackendMidCopyIsRetried() throws {
+        _ = try Reference.checksums()
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: Reference.users)
+        let job = try sandbox.launch(["start"] + sandbox.connectionArguments + ["--batch-size", "100", "--workers", "2"])
+        let admin = try Services.postgres()
+        var terminated = 0
+        while job.process.isRunning && terminated < 4 {
+            let rows = try admin.query("""
+                SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                WHERE datname = $1 AND state = 'active' AND query LIKE 'COPY%'
+                """, [sandbox.name]).rows
+            terminated += rows.filter { $0[0] == "t" }.count
+            Thread.sleep(forTimeInterval: 0.02)
+        }
+        let result = try job.wait()
+        #expect(terminated > 0, "a COPY was caught in flight")
+        try finish(sandbox, after: result)
+        try expectExact(sandbox, "\(terminated) backends terminated")
+    }
+
+    @Test func restartingPostgreSQLMidRunIsSurvived() throws {
+        _ = try Reference.checksums()
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: Reference.users)
+        let job = try sandbox.launch(["start"] + sandbox.connectionArguments + ["--batch-size", "100", "--workers", "1"])
+        #expect(try eventually(60) { (try? sandbox.status()["done"] as? Int).flatMap { $0 } ?? 0 >= 2 })
+        try Services.services("restart", "postgres")
+        let result = try job.wait()
+        try finish(sandbox, after: result)
+        try expectExact(sandbox, "PostgreSQL restarted")
+    }
+
+    @Test func aFailingCommitIsRetriedAndLoadsOnce() throws {
+        _ = try Reference.checksums()
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: Reference.users)
+        #expect(try sandbox.job("migrate").status == 0)
+        try sandbox.db().execute("""
+            CREATE SEQUENCE commit_attempts;
+            CREATE FUNCTION fail_first_commits() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF nextval('commit_attempts') <= 3 THEN RAISE EXCEPTION 'injected commit failure'; END IF;
+                RETURN NULL;
+            END $$;
+            CREATE CONSTRAINT TRIGGER fail_first_commits AFTER INSERT ON etl_checkpoints
+                DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION fail_first_commits();
+            """)
+        let result = try sandbox.job("start", ["--batch-size", "250"])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stderr.components(separatedBy: "injected commit failure").count - 1 == 3, "\(result.stderr)")
+        try expectExact(sandbox, "3 failed commits")
+    }
+
+    @Test func restartingTheSourceMidScanNeitherSkipsNorRepeats() throws {
+        _ = try Reference.checksums()
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: Reference.users)
+        // Backpressure holds the scan open: one pending batch at most, small getMores.
+        let job = try sandbox.launch(["start"] + sandbox.connectionArguments
+            + ["--batch-size", "100", "--workers", "1", "--max-pending", "1", "--cursor-batch-size", "50"])
+        #expect(try eventually(60) { (try? sandbox.status()["done"] as? Int).flatMap { $0 } ?? 0 >= 2 })
+        let extracted = try sandbox.status()["extracted"] as? Int ?? 0
+        #expect(extracted < Reference.users, "the scan is still open")
+        try Services.services("restart", "mongo")
+        let result = try job.wait()
+        try finish(sandbox, after: result)
+        try expectExact(sandbox, "source restarted after \(extracted) documents")
+    }
+
+    @Test func aFullQueueMapGrowsDuringARun() throws {
+        _ = try Reference.checksums()
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: Reference.users)
+        let result = try sandbox.job("start", ["--queue-map-mb", "1"])
+        #expect(result.status == 0, "\(result.stderr)")
+        try expectExact(sandbox, "1 MB initial map")
+    }
+
+    /// Every kind of malformed document, mixed into a normal dataset, through a crash right
+    /// after the last numeric `_id` was queued (so the string `_id` is reached by a resumed scan).
+    @Test func theBadInputCorpusIsSetAsideWithReasonsAndEverythingElseLoads() throws {
+        let sandbox = try Sandbox()
+        let users = 2_000
+        let seeded = try sandbox.run(["seed", "--users", String(users), "--bad-input", "--database", sandbox.mongoDatabase,
+                                      "--mongodb-url", Services.mongoURL])
+        #expect(seeded.status == 0, "\(seeded.stderr)")
+        // What the source holds: a server may refuse some malformed documents (invalid UTF-8).
+        var stored = Set<String>()
+        let cursor = try sandbox.users.scanById(afterIdElement: nil, batchSize: 1000)
+        while let doc = try cursor.next() {
+            var it = BSONIterator(document: doc)!
+            if it.find("_id") { stored.insert(it.displayValue) }
+        }
+        let corpus = BadInputCorpus.documents(users: users, generator: UserGenerator(seed: 42))
+        #expect(corpus.allSatisfy { stored.contains($0.displayId) || $0.sourceMayRefuse })
+        let bad = corpus.filter { $0.reason != nil && stored.contains($0.displayId) }
+        #expect(bad.count >= 14)
+        let crashed = try sandbox.job("start", ["--batch-size", "200"], environment: ["ETL_CRASH_AT": "enqueued:10"])
+        #expect(crashed.signaled, "\(crashed.stderr)")
+        let resumed = try sandbox.job("resume")
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+        #expect(resumed.stdout.contains("documents set aside \(bad.count)"), "\(resumed.stdout)")
+
+        let status = try sandbox.status()
+        #expect(status["documentsSetAside"] as? Int == bad.count)
+        #expect(status["documentsLoaded"] as? Int == stored.count - bad.count)
+        let listed = try sandbox.run(["status", "--rejected", "--json", "--state-dir", sandbox.stateDirectory])
+        let entries = try #require(try JSONSerialization.jsonObject(with: Data(listed.stdout.utf8)) as? [[String: Any]])
+        let reasons = Dictionary(uniqueKeysWithValues: entries.map { ($0["_id"] as! String, $0["reason"] as! String) })
+        for doc in bad {
+            #expect(reasons[doc.displayId]?.contains(doc.reason!) == true, "\(doc.kind): \(reasons[doc.displayId] ?? "not set aside")")
+        }
+        #expect(reasons.count == bad.count)
+        let verify = try sandbox.job("verify")
+        #expect(verify.status == 0, "\(verify.stdout)")
+        #expect(try sandbox.duplicateKeys() == 0)
+        print("bad-input corpus: \(bad.count) malformed documents set aside, \(corpus.count - bad.count) unusual ones loaded")
+    }
+}
+
+@Suite(.serialized) struct HostileConfigurationTests {
+    @Test func aWrongPostgresPasswordIsOneLineWithoutThePassword() throws {
+        let sandbox = try Sandbox()
+        let result = try sandbox.run(["start", "--postgres-url", "postgresql://etl:WrongSecret9@127.0.0.1:55432/\(sandbox.name)",
+                                      "--mongodb-url", Services.mongoURL, "--state-dir", sandbox.stateDirectory])
+        #expect(result.status == 69)
+        #expect(result.stderr.split(separator: "\n").count == 1, "\(result.stderr)")
+        #expect(result.stderr.contains("password authentication failed for user \"etl\""))
+        #expect(!(result.stdout + result.stderr).contains("WrongSecret9"))
+    }
+
+    @Test func anUnusableStateDirectoryIsOneLine() throws {
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: 10)
+        let blocker = sandbox.stateDirectory + "-file"
+        FileManager.default.createFile(atPath: blocker, contents: Data("x".utf8))
+        defer { try? FileManager.default.removeItem(atPath: blocker) }
+        let result = try sandbox.run(["start", "--postgres-url", sandbox.postgresURL, "--mongodb-url", Services.mongoURL,
+                                      "--database", sandbox.mongoDatabase, "--state-dir", blocker + "/state"])
+        #expect(result.status == 69)
+        #expect(result.stderr.split(separator: "\n").count == 1, "\(result.stderr)")
+        #expect(result.stderr.contains("cannot use the state directory \(blocker)/state"), "\(result.stderr)")
+    }
+
+    @Test func aPostgresUserWithoutRightsIsOneLineAndLosesNothing() throws {
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: 50)
+        #expect(try sandbox.job("migrate").status == 0)
+        let role = sandbox.name + "_reader"
+        let admin = try Services.postgres()
+        try admin.execute("CREATE ROLE \(role) LOGIN PASSWORD 'ReaderSecret7'")
+        defer { _ = try? admin.execute("DROP OWNED BY \(role) CASCADE; DROP ROLE IF EXISTS \(role)") }
+        try sandbox.db().execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO \(role)")
+        let url = "postgresql://\(role):ReaderSecret7@127.0.0.1:55432/\(sandbox.name)"
+        let result = try sandbox.run(["start", "--postgres-url", url, "--mongodb-url", Services.mongoURL,
+                                      "--database", sandbox.mongoDatabase, "--state-dir", sandbox.stateDirectory])
+        #expect(result.status == 1)
+        #expect(result.stderr.split(separator: "\n").count == 1 || result.stderr.contains("permission denied"), "\(result.stderr)")
+        #expect(result.stderr.contains("permission denied for table"), "\(result.stderr)")
+        #expect(!(result.stdout + result.stderr).contains("ReaderSecret7"))
+        // Nothing is lost: with the right user, resume finishes.
+        let resumed = try sandbox.job("resume")
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+        #expect(try sandbox.counts()["users"] == 50)
+    }
+}
