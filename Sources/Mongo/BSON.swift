@@ -173,6 +173,17 @@ public enum BSON {
     /// True for well-formed UTF-8 without embedded NUL bytes (PostgreSQL text cannot hold NUL).
     public static func isValidUTF8(_ bytes: UnsafeRawBufferPointer) -> Bool {
         guard let base = bytes.baseAddress else { return true }
+        // Most text is ASCII: check 8 bytes at a time for a high bit or a NUL, and leave
+        // anything else to libbson.
+        var i = 0
+        while i + 8 <= bytes.count {
+            let word = bytes.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+            let hasZero = (word &- 0x0101_0101_0101_0101) & ~word & 0x8080_8080_8080_8080
+            if word & 0x8080_8080_8080_8080 != 0 || hasZero != 0 { break }
+            i += 8
+        }
+        while i < bytes.count, bytes[i] != 0, bytes[i] < 0x80 { i += 1 }
+        if i == bytes.count { return true }
         return bson_utf8_validate(base.assumingMemoryBound(to: CChar.self), bytes.count, false)
     }
 

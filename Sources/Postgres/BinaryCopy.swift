@@ -76,13 +76,11 @@ public struct BinaryCopyWriter: Sendable {
         withUnsafeBytes(of: length) { bytes.replaceSubrange(lengthAt..<lengthAt + 4, with: $0) }
     }
 
-    /// The stream with its trailer, ready for `PGConnection.copyIn`.
-    public func finished() -> [UInt8] {
-        var out = bytes
-        out.append(0xFF)
-        out.append(0xFF)
-        return out
-    }
+    /// The complete stream: everything written plus the trailer.
+    public func finished() -> [UInt8] { bytes + Self.trailer }
+
+    /// The trailer that ends a stream (a field count of -1).
+    public static let trailer: [UInt8] = [0xFF, 0xFF]
 
     private mutating func append<T: FixedWidthInteger>(_ v: T) {
         withUnsafeBytes(of: v.bigEndian) { bytes.append(contentsOf: $0) }

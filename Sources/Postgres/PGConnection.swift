@@ -119,16 +119,19 @@ public final class PGConnection {
         return try rows(of: result)
     }
 
-    /// Streams `data` (a complete binary COPY stream) into `table`.
-    public func copyIn(_ table: String, columns: [String], binary data: [UInt8]) throws {
+    /// Streams `parts`, which together form a binary COPY stream, into `table`.
+    public func copyIn(_ table: String, columns: [String], binary parts: [UInt8]...) throws {
         let sql = "COPY \(table) (\(columns.joined(separator: ", "))) FROM STDIN (FORMAT binary)"
         let start = PQexec(handle, sql)
         guard PQresultStatus(start) == PGRES_COPY_IN else { _ = try rows(of: start); return }
         PQclear(start)
-        let sent = data.withUnsafeBytes { raw -> Int32 in
-            raw.withMemoryRebound(to: CChar.self) { PQputCopyData(handle, $0.baseAddress, Int32($0.count)) }
+        for part in parts {
+            let sent = part.withUnsafeBytes { raw -> Int32 in
+                raw.withMemoryRebound(to: CChar.self) { PQputCopyData(handle, $0.baseAddress, Int32($0.count)) }
+            }
+            guard sent == 1 else { throw connectionError() }
         }
-        guard sent == 1, PQputCopyEnd(handle, nil) == 1 else { throw connectionError() }
+        guard PQputCopyEnd(handle, nil) == 1 else { throw connectionError() }
         // COPY reports its outcome in one result, then a NULL.
         var failure: (any Error)?
         while let result = PQgetResult(handle) {

@@ -134,7 +134,7 @@ public final class BatchLoader: ETLWorker {
         do {
             try processor.clock.measure(.copy) {
                 for (t, table) in Schema.tables.enumerated() where !rows.tables[t].isEmpty {
-                    try db.copyIn(table.quotedName, columns: table.quotedColumns, binary: rows.tables[t].finished())
+                    try db.copyIn(table.quotedName, columns: table.quotedColumns, binary: rows.tables[t].bytes, BinaryCopyWriter.trailer)
                 }
             }
             try db.execute("RELEASE SAVEPOINT isolate")

@@ -320,7 +320,14 @@ private func within<R>(_ field: String, _ body: () throws -> R) throws -> R {
 private func lookup(_ doc: BSONIterator, _ names: [StaticString]) throws -> [BSONIterator] {
     var found = [BSONIterator?](repeating: nil, count: names.count)
     var it = doc
+    var next = 0
     while it.next() {
+        // Documents usually hold their fields in the expected order: try that one first.
+        if next < names.count, found[next] == nil, it.keyIs(names[next]) {
+            found[next] = it
+            next += 1
+            continue
+        }
         for i in names.indices where found[i] == nil && it.keyIs(names[i]) {
             found[i] = it
             break

@@ -19,7 +19,7 @@ public struct JobSettings: Sendable {
 
     public init(
         mongoURL: String, postgresURL: String, database: String = "sample_db", collection: String = "users",
-        stateDirectory: String, bucket: BucketConfig = BucketConfig(), cursorBatchSize: Int32 = 1000,
+        stateDirectory: String, bucket: BucketConfig = BucketConfig(), cursorBatchSize: Int32 = 500,
         maxDocumentBytes: Int = UserRows.defaultMaxDocumentBytes, queueMapBytes: Int = 64 << 20
     ) {
         self.mongoURL = mongoURL

@@ -85,7 +85,7 @@ public struct Verifier {
 
     private func load(_ rows: UserRows) throws {
         for (t, table) in Schema.tables.enumerated() where !rows.tables[t].isEmpty {
-            try db.copyIn(expected(table), columns: table.quotedColumns, binary: rows.tables[t].finished())
+            try db.copyIn(expected(table), columns: table.quotedColumns, binary: rows.tables[t].bytes, BinaryCopyWriter.trailer)
         }
     }
 

@@ -85,7 +85,7 @@ struct BucketOptions: ParsableArguments {
     var maxPending = 64
 
     @Option(name: .customLong("cursor-batch-size"), help: "Documents per MongoDB getMore.")
-    var cursorBatchSize: Int32 = 1000
+    var cursorBatchSize: Int32 = 500
 
     @Option(name: .customLong("max-document-mb"), help: "Documents larger than this (MB) are set aside.")
     var maxDocumentMB = Double(UserRows.defaultMaxDocumentBytes >> 20)

@@ -257,3 +257,19 @@ func handWrittenUser(id: Int32 = 7, edit: ((BSONWriter) -> Void)? = nil, skip: S
         }
     }
 }
+
+@Suite struct UTF8ValidationTests {
+    @Test(arguments: [
+        ("plain ascii, longer than one word", Array("abcdefghijklmnopq".utf8), true),
+        ("multibyte after a word of ascii", Array("abcdefgh résumé ✓".utf8), true),
+        ("empty", [], true),
+        ("NUL after a word", Array("abcdefghij".utf8) + [0] + Array("kl".utf8), false),
+        ("NUL inside the first word", [0x61, 0x00, 0x62], false),
+        ("invalid continuation after a word", Array("abcdefghij".utf8) + [0xC3, 0x28], false),
+        ("lone continuation byte", [0x80], false),
+        ("overlong encoding", Array("abcdefgh".utf8) + [0xC0, 0xAF], false),
+    ] as [(String, [UInt8], Bool)])
+    func isValidUTF8(name: String, bytes: [UInt8], valid: Bool) {
+        #expect(bytes.withUnsafeBytes { BSON.isValidUTF8($0) } == valid, "\(name)")
+    }
+}
