@@ -22,6 +22,8 @@ let package = Package(
         .systemLibrary(
             name: "CLibPQ", pkgConfig: "libpq",
             providers: [.apt(["libpq-dev"])]),
+        // glibc's allocator knobs (mallopt), for the executable only.
+        .systemLibrary(name: "CMalloc"),
 
         // Pure Swift: batching, worker pools, the manager, metrics.
         .target(name: "ETLCore"),
@@ -42,7 +44,7 @@ let package = Package(
         .executableTarget(
             name: "etl-job",
             dependencies: [
-                "Users", "ETLCore", "Queue", "Mongo", "Postgres",
+                "Users", "ETLCore", "Queue", "Mongo", "Postgres", "CMalloc",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),

@@ -17,7 +17,7 @@ public struct BucketConfig: Sendable, Equatable {
         workers: Int = 2 * ProcessInfo.processInfo.activeProcessorCount,
         flushTimeout: Duration = .seconds(5),
         managerWorkers: Int = 1,
-        maxPendingBatches: Int = 64,
+        maxPendingBatches: Int = 8,
         maxBatchBytes: Int = 32 << 20
     ) {
         self.batchSize = batchSize

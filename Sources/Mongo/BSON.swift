@@ -50,6 +50,27 @@ public struct BSONIterator {
     /// Advances to the next element; false at the end or on a corrupt element.
     public mutating func next() -> Bool { bson_iter_next(iterPtr(&raw)) }
 
+    /// The element at `path` in a document: each key but the last names an embedded document.
+    public static func element(in document: UnsafeRawBufferPointer, at path: [StaticString]) -> BSONIterator? {
+        guard var it = BSONIterator(document: document) else { return nil }
+        for (i, key) in path.enumerated() {
+            guard it.find(key) else { return nil }
+            if i < path.count - 1 {
+                guard let child = it.children else { return nil }
+                it = child
+            }
+        }
+        return it
+    }
+
+    /// How many elements this array or document element holds (0 for anything else).
+    public var elementCount: Int {
+        guard var child = children else { return 0 }
+        var n = 0
+        while child.next() { n += 1 }
+        return n
+    }
+
     /// Advances to the element named `key`; false when the document has none.
     public mutating func find(_ key: StaticString) -> Bool {
         while next() {

@@ -39,17 +39,7 @@ extension UserGenerator {
     func hasGroups(_ id: Int64) -> Bool { arrayLength(id, "socialMedia", "groups") > 0 }
 
     private func arrayLength(_ id: Int64, _ path: StaticString...) -> Int {
-        document(id: id).withUnsafeBytes { raw in
-            var it = BSONIterator(document: raw)!
-            for (i, key) in path.enumerated() {
-                guard it.find(key) else { return 0 }
-                if i < path.count - 1 { it = it.children! }
-            }
-            var child = it.children!
-            var n = 0
-            while child.next() { n += 1 }
-            return n
-        }
+        document(id: id).withUnsafeBytes { BSONIterator.element(in: $0, at: path)?.elementCount ?? 0 }
     }
 }
 

@@ -205,15 +205,12 @@ public struct UserRows: Sendable {
     }
 
     private mutating func messages(_ array: BSONIterator, _ id: Int64) throws {
-        var seen: [UnsafeRawBufferPointer] = []
+        var seen = DistinctIds(kind: "message")
         var attachmentIndex = 0
         try each(array) { entry, _ in
             let m = try lookup(entry, Names.message)
             let messageId = try m[0].string("id")
-            guard !seen.contains(where: { $0.elementsEqual(messageId) }) else {
-                throw RejectReason("repeats the message id \"\(String(decoding: messageId, as: UTF8.self))\" within the document", at: "id")
-            }
-            seen.append(messageId)
+            try seen.insert(messageId)
             try row(.messages, 8) { w in
                 w.text(messageId)
                 w.int8(id)
@@ -253,15 +250,12 @@ public struct UserRows: Sendable {
         }
         let (posts, groups) = (try f[1].array("posts"), try f[2].array("groups"))
         try within("posts") { try entries(posts, .posts, id) }
-        var seen: [UnsafeRawBufferPointer] = []
+        var seen = DistinctIds(kind: "group")
         try within("groups") {
             try each(groups) { entry, _ in
                 let g = try lookup(entry, Names.group)
                 let groupId = try g[0].string("id")
-                guard !seen.contains(where: { $0.elementsEqual(groupId) }) else {
-                    throw RejectReason("repeats the group id \"\(String(decoding: groupId, as: UTF8.self))\" within the document", at: "id")
-                }
-                seen.append(groupId)
+                try seen.insert(groupId)
                 try row(.groups, 4) { w in
                     w.text(groupId)
                     w.int8(id)
@@ -305,6 +299,21 @@ private enum Names {
 }
 
 func childId(_ userId: Int64, _ index: Int) -> Int64 { userId * 10_000 + Int64(index) }
+
+/// String ids (messages, groups) seen so far in one document: a repeat is a rejection.
+private struct DistinctIds {
+    let kind: String
+    private var seen: [UnsafeRawBufferPointer] = []
+
+    init(kind: String) { self.kind = kind }
+
+    mutating func insert(_ id: UnsafeRawBufferPointer) throws {
+        guard !seen.contains(where: { $0.elementsEqual(id) }) else {
+            throw RejectReason("repeats the \(kind) id \"\(String(decoding: id, as: UTF8.self))\" within the document", at: "id")
+        }
+        seen.append(id)
+    }
+}
 
 private func megabytes(_ bytes: Int) -> String {
     let mb = Double(bytes) / 1_048_576

@@ -82,7 +82,7 @@ struct BucketOptions: ParsableArguments {
     var managerWorkers = 1
 
     @Option(name: .customLong("max-pending"), help: "Extraction pauses while this many batches wait in the queue.")
-    var maxPending = 64
+    var maxPending = 8
 
     @Option(name: .customLong("cursor-batch-size"), help: "Documents per MongoDB getMore.")
     var cursorBatchSize: Int32 = 500

@@ -9,15 +9,7 @@ import Users
 func expectedCounts(_ sandbox: Sandbox, excluding: Set<Int64> = []) throws -> [String: Int] {
     var counts = Dictionary(uniqueKeysWithValues: Schema.tableNames.map { ($0, 0) })
     func length(_ doc: UnsafeRawBufferPointer, _ path: [StaticString]) -> Int {
-        var it = BSONIterator(document: doc)!
-        for (i, key) in path.enumerated() {
-            guard it.find(key) else { return 0 }
-            if i < path.count - 1 { it = it.children! }
-        }
-        var child = it.children!
-        var n = 0
-        while child.next() { n += 1 }
-        return n
+        BSONIterator.element(in: doc, at: path)?.elementCount ?? 0
     }
     let cursor = try sandbox.users.scanById(afterIdElement: nil, batchSize: 500)
     while let doc = try cursor.next() {
@@ -93,15 +85,7 @@ enum Reference {
         let doc = UserGenerator(seed: 3).document(id: id)
         let db = try sandbox.db()
         try doc.withUnsafeBytes { raw in
-            func field(_ path: StaticString...) -> BSONIterator {
-                var it = BSONIterator(document: raw)!
-                for (i, key) in path.enumerated() {
-                    let found = it.find(key)
-                    #expect(found)
-                    if i < path.count - 1 { it = it.children! }
-                }
-                return it
-            }
+            func field(_ path: StaticString...) -> BSONIterator { BSONIterator.element(in: raw, at: path)! }
             func text(_ it: BSONIterator) -> String { String(decoding: it.utf8!, as: UTF8.self) }
             let user = try db.query("""
                 SELECT username, email, first_name, last_name, age::text,
