@@ -87,17 +87,20 @@ public final class UsersProcessor: ETLProcessor, @unchecked Sendable {
         let client = try MongoClient(url: settings.mongoURL)
         let collection = client.collection(database: settings.database, name: settings.collection)
         var position = try queue.extractPosition
+        var lastRead: [UInt8]?
         var failures = 0
         while !stop.isStopRequested {
             do {
                 let cursor = try collection.scanById(afterIdElement: position, batchSize: settings.cursorBatchSize)
                 while !stop.isStopRequested {
                     guard let doc = try clock.measure(.extract, { try cursor.next() }) else { return true }
-                    try emit(Array(doc))
-                    position = idElement(doc) ?? position
+                    let bytes = Array(doc)
+                    try emit(bytes)
+                    lastRead = bytes
                     failures = 0
                 }
             } catch let error as MongoError {
+                position = lastRead.flatMap { $0.withUnsafeBytes(idElement) } ?? position
                 // The server went away mid-scan: reopen the cursor after the last document read.
                 failures += 1
                 guard failures <= 8 else { throw error }
