@@ -117,6 +117,32 @@ import Users
         try expectExact(sandbox, "3 failed commits")
     }
 
+    /// The backend dies while COMMIT runs: the client cannot know whether the batch landed,
+    /// reconnects, and the checkpoint row decides (here: it did not land, so it is loaded again).
+    @Test func aConnectionLostDuringCommitIsSettledByTheCheckpoint() throws {
+        _ = try Reference.checksums()
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: Reference.users)
+        #expect(try sandbox.job("migrate").status == 0)
+        try sandbox.db().execute("""
+            CREATE SEQUENCE commit_kills;
+            CREATE FUNCTION die_during_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF nextval('commit_kills') <= 2 THEN
+                    PERFORM pg_terminate_backend(pg_backend_pid());
+                    PERFORM pg_sleep(1);
+                END IF;
+                RETURN NULL;
+            END $$;
+            CREATE CONSTRAINT TRIGGER die_during_commit AFTER INSERT ON etl_checkpoints
+                DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION die_during_commit();
+            """)
+        let result = try sandbox.job("start", ["--batch-size", "250"])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stderr.components(separatedBy: "lost the connection to PostgreSQL").count - 1 == 2, "\(result.stderr)")
+        try expectExact(sandbox, "2 connections lost during COMMIT")
+    }
+
     @Test func restartingTheSourceMidScanNeitherSkipsNorRepeats() throws {
         _ = try Reference.checksums()
         let sandbox = try Sandbox()
