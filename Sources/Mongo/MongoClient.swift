@@ -64,10 +64,7 @@ public final class MongoClient {
     public func ping() throws {
         let command = BSONDocument()
         command.writer.append("ping", Int32(1))
-        var error = bson_error_t()
-        guard mongoc_client_command_simple(handle, "admin", command.handle, nil, nil, &error) else {
-            throw MongoError(error)
-        }
+        try runCommand(command, database: "admin")
     }
 
     /// Drops a whole database; one that does not exist is not an error.
@@ -76,6 +73,14 @@ public final class MongoClient {
         defer { mongoc_database_destroy(database) }
         var error = bson_error_t()
         guard mongoc_database_drop_with_opts(database, nil, &error) else { throw MongoError(error) }
+    }
+
+    /// Runs a database command and throws the server's error, if any.
+    public func runCommand(_ command: BSONDocument, database: String) throws {
+        var error = bson_error_t()
+        guard mongoc_client_command_simple(handle, database, command.handle, nil, nil, &error) else {
+            throw MongoError(error)
+        }
     }
 
     public func collection(database: String, name: String) -> MongoCollection {
