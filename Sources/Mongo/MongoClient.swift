@@ -25,9 +25,10 @@ public struct MongoError: Error, CustomStringConvertible, Sendable {
 }
 
 private let initializeDriver: Void = {
-    mongoc_init()
-    // The driver logs warnings of its own to stderr; our errors carry the same text.
+    // The driver logs warnings of its own to stderr (some during mongoc_init, such as
+    // "Falling back to malloc for counters"); our errors carry what matters.
     mongoc_log_set_handler(nil, nil)
+    mongoc_init()
 }()
 
 /// A connection pool to one deployment; use it from one thread at a time.
@@ -215,5 +216,21 @@ extension BSONType {
     static func typeAliasesSorting(after type: BSONType) -> [String] {
         guard let bracket = type.sortBracket else { return [] }
         return sortBrackets[(bracket + 1)...].flatMap { $0 }
+    }
+}
+
+public enum MongoDriver {
+    /// Debian's libmongoc initializes itself when the library loads, before `main`, and keeps
+    /// its counters in a shared-memory segment, /dev/shm/mongoc-<pid>, that only
+    /// `mongoc_cleanup` removes: every killed run leaks one, and a later process that gets the
+    /// same pid prints a warning on stderr. The switch that keeps counters in the heap is read
+    /// at load time, so the process sets it and executes itself again, once, after removing
+    /// the segment the first load made. If that exec fails, the process simply goes on.
+    public static func keepCountersOutOfSharedMemory() {
+        guard getenv("MONGOC_DISABLE_SHM") == nil else { return }
+        setenv("MONGOC_DISABLE_SHM", "1", 1)
+        mongoc_cleanup()
+        execv("/proc/self/exe", CommandLine.unsafeArgv)
+        mongoc_init()
     }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import CMalloc
 import Foundation
+import Mongo
 
 struct ETLJobCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -13,6 +14,7 @@ struct ETLJobCommand: AsyncParsableCommand {
 @main
 enum Main {
     static func main() async {
+        MongoDriver.keepCountersOutOfSharedMemory()
         keepMemoryFlat()
         do {
             var command = try ETLJobCommand.parseAsRoot()
