@@ -31,6 +31,22 @@ import Users
         #expect(resumed.status == 0, "\(resumed.stderr)")
     }
 
+    /// Runs `statement` while the first `times` batch transactions COMMIT: a deferred trigger
+    /// on the checkpoint row fires inside COMMIT itself.
+    private func sabotageCommits(_ sandbox: Sandbox, times: Int, with statement: String) throws {
+        #expect(try sandbox.job("migrate").status == 0)
+        try sandbox.db().execute("""
+            CREATE SEQUENCE sabotaged_commits;
+            CREATE FUNCTION sabotage_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF nextval('sabotaged_commits') <= \(times) THEN \(statement); END IF;
+                RETURN NULL;
+            END $$;
+            CREATE CONSTRAINT TRIGGER sabotage_commit AFTER INSERT ON etl_checkpoints
+                DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION sabotage_commit();
+            """)
+    }
+
     @Test func randomKillCampaignEndsExactly() throws {
         _ = try Reference.checksums()
         let sandbox = try Sandbox()
@@ -100,17 +116,7 @@ import Users
         _ = try Reference.checksums()
         let sandbox = try Sandbox()
         try sandbox.seed(users: Reference.users)
-        #expect(try sandbox.job("migrate").status == 0)
-        try sandbox.db().execute("""
-            CREATE SEQUENCE commit_attempts;
-            CREATE FUNCTION fail_first_commits() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-                IF nextval('commit_attempts') <= 3 THEN RAISE EXCEPTION 'injected commit failure'; END IF;
-                RETURN NULL;
-            END $$;
-            CREATE CONSTRAINT TRIGGER fail_first_commits AFTER INSERT ON etl_checkpoints
-                DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION fail_first_commits();
-            """)
+        try sabotageCommits(sandbox, times: 3, with: "RAISE EXCEPTION 'injected commit failure'")
         let result = try sandbox.job("start", ["--batch-size", "250"])
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stderr.components(separatedBy: "injected commit failure").count - 1 == 3, "\(result.stderr)")
@@ -123,20 +129,7 @@ import Users
         _ = try Reference.checksums()
         let sandbox = try Sandbox()
         try sandbox.seed(users: Reference.users)
-        #expect(try sandbox.job("migrate").status == 0)
-        try sandbox.db().execute("""
-            CREATE SEQUENCE commit_kills;
-            CREATE FUNCTION die_during_commit() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-                IF nextval('commit_kills') <= 2 THEN
-                    PERFORM pg_terminate_backend(pg_backend_pid());
-                    PERFORM pg_sleep(1);
-                END IF;
-                RETURN NULL;
-            END $$;
-            CREATE CONSTRAINT TRIGGER die_during_commit AFTER INSERT ON etl_checkpoints
-                DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION die_during_commit();
-            """)
+        try sabotageCommits(sandbox, times: 2, with: "PERFORM pg_terminate_backend(pg_backend_pid()); PERFORM pg_sleep(1)")
         let result = try sandbox.job("start", ["--batch-size", "250"])
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stderr.components(separatedBy: "lost the connection to PostgreSQL").count - 1 == 2, "\(result.stderr)")
