@@ -29,15 +29,4 @@ public enum Threads {
             }
         }
     }
-
-    /// Runs one blocking closure on its own thread and returns its result.
-    public static func run<T: Sendable>(name: String, _ body: @escaping @Sendable () throws -> T) async throws -> T {
-        let result = Mutex<Result<T, any Error>?>(nil)
-        let errors = await run(count: 1, name: name) { _ in
-            let value = try body()
-            result.withLock { $0 = .success(value) }
-        }
-        if let error = errors.first { throw error }
-        return try result.withLock { $0! }.get()
-    }
 }

@@ -152,20 +152,6 @@ public struct BSONIterator {
         return BSONIterator(raw: child)
     }
 
-    /// The raw bytes of an embedded document or array element.
-    public var embeddedBytes: UnsafeRawBufferPointer? {
-        var copy = raw
-        var length: UInt32 = 0
-        var data: UnsafePointer<UInt8>?
-        switch type {
-        case .document: bson_iter_document(iterPtr(&copy), &length, &data)
-        case .array: bson_iter_array(iterPtr(&copy), &length, &data)
-        default: return nil
-        }
-        guard let data else { return nil }
-        return UnsafeRawBufferPointer(start: data, count: Int(length))
-    }
-
     /// A short human-readable rendering of a scalar value, for error messages.
     public var displayValue: String {
         if let i = integer { return String(i) }
@@ -233,13 +219,6 @@ public final class BSONDocument {
     let handle: OpaquePointer
 
     public init() { handle = bson_new() }
-
-    public init?(bytes: UnsafeRawBufferPointer) {
-        guard let base = bytes.baseAddress,
-              let h = bson_new_from_data(base.assumingMemoryBound(to: UInt8.self), bytes.count)
-        else { return nil }
-        handle = h
-    }
 
     deinit { bson_destroy(handle) }
 

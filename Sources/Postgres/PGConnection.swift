@@ -56,10 +56,6 @@ public struct PGError: Error, CustomStringConvertible, Sendable {
 public struct PGRows: Sendable {
     public let columns: [String]
     public let rows: [[String?]]
-
-    public subscript(row: Int, column: String) -> String? {
-        rows[row][columns.firstIndex(of: column)!]
-    }
 }
 
 /// One libpq connection; frees its `PGconn` exactly once. Use from one thread at a time.
@@ -100,9 +96,6 @@ public final class PGConnection {
     deinit { PQfinish(handle) }
 
     public var isHealthy: Bool { PQstatus(handle) == CONNECTION_OK }
-
-    /// The server process serving this connection.
-    public var backendPID: Int32 { PQbackendPID(handle) }
 
     /// Runs one or more statements without parameters.
     @discardableResult

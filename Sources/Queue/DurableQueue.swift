@@ -278,10 +278,6 @@ public final class DurableQueue: @unchecked Sendable {
             return docs
         }
     }
-
-    public func state(of id: UInt64) throws -> BatchState? {
-        try env.transaction(write: false) { try $0.state(id) }
-    }
 }
 
 public enum QueueError: Error, CustomStringConvertible {

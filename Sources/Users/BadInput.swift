@@ -52,7 +52,8 @@ public enum BadInputCorpus {
         var docs: [BadDocument] = []
         func bad(_ kind: String, _ reason: String?, _ make: (Int64) -> BSONDocument) {
             let id = slots.next()!
-            docs.append(BadDocument(id: id, displayId: String(id), kind: kind, reason: reason, document: make(id)))
+            let document = make(id)
+            docs.append(BadDocument(id: id, displayId: String(id), kind: kind, reason: reason, document: document))
         }
         bad("missing field", "field 'email' is missing") { g.document(id: $0, without: "email") }
         bad("string for an object", "field 'address' is a string, expected an object") {
@@ -114,34 +115,34 @@ public enum BadInputCorpus {
             }
         }
         // Repeats of ids that an earlier, valid user already has: PostgreSQL's primary keys catch them.
-        let slotForMessage = slots.next()!
-        let replaced = Set(docs.compactMap(\.id))
-        let messageOwner = (1..<slotForMessage).last { g.hasMessages($0) && !replaced.contains($0) }!
-        docs.append(BadDocument(
-            id: slotForMessage, displayId: String(slotForMessage), kind: "messages.id of another user",
-            reason: "duplicate key value violates unique constraint \"messages_pkey\"",
-            document: g.document(id: slotForMessage, without: "messages") { w in
+        // The owner is a valid user: never one the corpus replaced.
+        func validOwner(below id: Int64, _ has: (Int64) -> Bool) -> Int64 {
+            let replaced = Set(docs.compactMap(\.id))
+            return (1..<id).last { has($0) && !replaced.contains($0) }!
+        }
+        bad("messages.id of another user", "duplicate key value violates unique constraint \"messages_pkey\"") { id in
+            let owner = validOwner(below: id, g.hasMessages)
+            return g.document(id: id, without: "messages") { w in
                 w.appendArray("messages") { a in
                     a.appendDocument("0") { d in
-                        d.append("id", "msg\(messageOwner)_0"); d.append("from", "a@example.com"); d.append("to", "b@example.com")
+                        d.append("id", "msg\(owner)_0"); d.append("from", "a@example.com"); d.append("to", "b@example.com")
                         d.append("subject", "s"); d.append("body", "b"); d.append("timestamp", dateTimeMillis: 0); d.append("read", false)
                         d.appendArray("attachments") { _ in }
                     }
                 }
-            }))
-        let slotForGroup = slots.next()!
-        let groupOwner = (1..<slotForGroup).last { g.hasGroups($0) && !replaced.contains($0) }!
-        docs.append(BadDocument(
-            id: slotForGroup, displayId: String(slotForGroup), kind: "groups.id of another user",
-            reason: "duplicate key value violates unique constraint \"groups_pkey\"",
-            document: g.document(id: slotForGroup, without: "socialMedia") { w in
+            }
+        }
+        bad("groups.id of another user", "duplicate key value violates unique constraint \"groups_pkey\"") { id in
+            let owner = validOwner(below: id, g.hasGroups)
+            return g.document(id: id, without: "socialMedia") { w in
                 w.appendDocument("socialMedia") { s in
                     s.appendArray("connections") { _ in }; s.appendArray("posts") { _ in }
                     s.appendArray("groups") { a in
-                        a.appendDocument("0") { x in x.append("id", "group\(groupOwner)_0"); x.append("name", "n"); x.append("joined", dateTimeMillis: 0) }
+                        a.appendDocument("0") { x in x.append("id", "group\(owner)_0"); x.append("name", "n"); x.append("joined", dateTimeMillis: 0) }
                     }
                 }
-            }))
+            }
+        }
         // Unusual but valid: integral double and int64 numbers.
         bad("integral double _id and int64 age (valid)", nil) { id in
             g.document(id: id) { element, w in

@@ -23,6 +23,14 @@ import Users
         #expect((status["rows"] as? [String: Int]) == (try sandbox.counts()), "\(context): queue counters agree with the target")
     }
 
+    /// A sandbox holding the reference dataset (whose uninterrupted checksums are computed first).
+    private func seededSandbox() throws -> Sandbox {
+        _ = try Reference.checksums()
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: Reference.users)
+        return sandbox
+    }
+
     /// Finishes a job that a fault may have stopped: a clear one-line error, then resume.
     private func finish(_ sandbox: Sandbox, after result: JobResult) throws {
         guard result.status != 0 else { return }
@@ -48,9 +56,7 @@ import Users
     }
 
     @Test func randomKillCampaignEndsExactly() throws {
-        _ = try Reference.checksums()
-        let sandbox = try Sandbox()
-        try sandbox.seed(users: Reference.users)
+        let sandbox = try seededSandbox()
         var rng = SplitMix64(seed: Self.seed)
         var kills = 0
         var launches = 0
@@ -80,9 +86,7 @@ import Users
     }
 
     @Test func terminatingTheWorkersBackendMidCopyIsRetried() throws {
-        _ = try Reference.checksums()
-        let sandbox = try Sandbox()
-        try sandbox.seed(users: Reference.users)
+        let sandbox = try seededSandbox()
         let job = try sandbox.launch(["start"] + sandbox.connectionArguments + ["--batch-size", "100", "--workers", "2"])
         let admin = try Services.postgres()
         var terminated = 0
@@ -101,9 +105,7 @@ import Users
     }
 
     @Test func restartingPostgreSQLMidRunIsSurvived() throws {
-        _ = try Reference.checksums()
-        let sandbox = try Sandbox()
-        try sandbox.seed(users: Reference.users)
+        let sandbox = try seededSandbox()
         let job = try sandbox.launch(["start"] + sandbox.connectionArguments + ["--batch-size", "100", "--workers", "1"])
         #expect(try eventually(60) { (try? sandbox.status()["done"] as? Int).flatMap { $0 } ?? 0 >= 2 })
         try Services.services("restart", "postgres")
@@ -113,9 +115,7 @@ import Users
     }
 
     @Test func aFailingCommitIsRetriedAndLoadsOnce() throws {
-        _ = try Reference.checksums()
-        let sandbox = try Sandbox()
-        try sandbox.seed(users: Reference.users)
+        let sandbox = try seededSandbox()
         try sabotageCommits(sandbox, times: 3, with: "RAISE EXCEPTION 'injected commit failure'")
         let result = try sandbox.job("start", ["--batch-size", "250"])
         #expect(result.status == 0, "\(result.stderr)")
@@ -126,9 +126,7 @@ import Users
     /// The backend dies while COMMIT runs: the client cannot know whether the batch landed,
     /// reconnects, and the checkpoint row decides (here: it did not land, so it is loaded again).
     @Test func aConnectionLostDuringCommitIsSettledByTheCheckpoint() throws {
-        _ = try Reference.checksums()
-        let sandbox = try Sandbox()
-        try sandbox.seed(users: Reference.users)
+        let sandbox = try seededSandbox()
         try sabotageCommits(sandbox, times: 2, with: "PERFORM pg_terminate_backend(pg_backend_pid()); PERFORM pg_sleep(1)")
         let result = try sandbox.job("start", ["--batch-size", "250"])
         #expect(result.status == 0, "\(result.stderr)")
@@ -137,9 +135,7 @@ import Users
     }
 
     @Test func restartingTheSourceMidScanNeitherSkipsNorRepeats() throws {
-        _ = try Reference.checksums()
-        let sandbox = try Sandbox()
-        try sandbox.seed(users: Reference.users)
+        let sandbox = try seededSandbox()
         // Backpressure holds the scan open: one pending batch at most, small getMores.
         let job = try sandbox.launch(["start"] + sandbox.connectionArguments
             + ["--batch-size", "100", "--workers", "1", "--max-pending", "1", "--cursor-batch-size", "50"])
@@ -153,9 +149,7 @@ import Users
     }
 
     @Test func aFullQueueMapGrowsDuringARun() throws {
-        _ = try Reference.checksums()
-        let sandbox = try Sandbox()
-        try sandbox.seed(users: Reference.users)
+        let sandbox = try seededSandbox()
         let result = try sandbox.job("start", ["--queue-map-mb", "1"])
         #expect(result.status == 0, "\(result.stderr)")
         try expectExact(sandbox, "1 MB initial map")
