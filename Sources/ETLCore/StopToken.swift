@@ -1,40 +1,117 @@
 import Dispatch
+import Foundation
 import Synchronization
 
 /// A request to stop, observed by extract and workers at safe points (between batches,
-/// between documents), so that a stop never leaves a batch half-written.
-public final class StopToken: Sendable {
+/// between documents), so that a stop never leaves a batch half-written. Every wait of the
+/// job (`sleep`, retry backoff) wakes as soon as a stop is requested.
+public final class StopToken: @unchecked Sendable {
+    // Safe: `reason` and `handlers` are guarded by `condition`'s lock.
     public enum Reason: Equatable, Sendable {
         case signal(Int32)
         case failure
     }
 
-    private let state = Mutex<Reason?>(nil)
+    private let condition = NSCondition()
+    private var stopReason: Reason?
+    private var handlers: [Int: @Sendable () -> Void] = [:]
+    private var nextHandler = 0
 
     public init() {}
 
-    public var isStopRequested: Bool { state.withLock { $0 != nil } }
-    public var reason: Reason? { state.withLock { $0 } }
+    public var isStopRequested: Bool { reason != nil }
+    public var reason: Reason? {
+        condition.lock()
+        defer { condition.unlock() }
+        return stopReason
+    }
 
-    /// Records the first reason; later requests keep it.
+    /// Records the first reason (later requests keep it) and wakes every sleeper.
     public func request(_ reason: Reason) {
-        state.withLock { if $0 == nil { $0 = reason } }
+        condition.lock()
+        let first = stopReason == nil
+        if first { stopReason = reason }
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// Sleeps up to `seconds`; returns false when a stop was requested (at once if it was already).
+    @discardableResult
+    public func sleep(_ seconds: Double) -> Bool {
+        let deadline = Date(timeIntervalSinceNow: seconds)
+        condition.lock()
+        defer { condition.unlock() }
+        while stopReason == nil {
+            if !condition.wait(until: deadline) { break }
+        }
+        return stopReason == nil
+    }
+
+    /// Registers work to run when the stop escalates (`escalate()`), such as cancelling a
+    /// statement on a server; returns a key for `remove`.
+    public func onEscalation(_ handler: @escaping @Sendable () -> Void) -> Int {
+        condition.lock()
+        defer { condition.unlock() }
+        nextHandler += 1
+        handlers[nextHandler] = handler
+        return nextHandler
+    }
+
+    public func remove(_ key: Int) {
+        condition.lock()
+        handlers[key] = nil
+        condition.unlock()
+    }
+
+    /// The graceful part of a stop is over: cancel what is still waiting on a server.
+    public func escalate() {
+        condition.lock()
+        let pending = Array(handlers.values)
+        condition.unlock()
+        pending.forEach { $0() }
+    }
+}
+
+/// The one backoff of every retry loop: exponential from `base`, capped, with jitter so
+/// that workers retrying together do not hit a recovering server in step.
+public enum Backoff {
+    public static func delay(attempt: Int, base: Double = 0.2, cap: Double = 5) -> Double {
+        let exponential = min(cap, base * Double(1 << min(max(attempt - 1, 0), 16)))
+        return exponential * Double.random(in: 0.75...1.0)
+    }
+
+    /// Waits before retry `attempt`; false when a stop was requested meanwhile.
+    public static func wait(attempt: Int, stop: StopToken, base: Double = 0.2, cap: Double = 5) -> Bool {
+        stop.sleep(delay(attempt: attempt, base: base, cap: cap))
     }
 }
 
 /// Turns SIGINT and SIGTERM into a stop request. A second signal exits at once.
+///
+/// A stop must end the process within `deadline` seconds whatever the services do. After
+/// `grace` seconds the stop escalates (statements still running are cancelled); at
+/// `deadline` the process exits with 128 + signal as a kill would, which the queue and the
+/// checkpoints are built to survive: the run stays resumable.
 public final class SignalTrap {
     private let sources: [any DispatchSourceSignal]
 
-    public init(stop: StopToken, onFirst: @escaping @Sendable (Int32) -> Void = { _ in }) {
+    public init(
+        stop: StopToken, grace: Double = 2, deadline: Double = 4.5,
+        onFirst: @escaping @Sendable (Int32) -> Void = { _ in }
+    ) {
         let queue = DispatchQueue(label: "etl.signals")
         sources = [SIGINT, SIGTERM].map { number in
             signal(number, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: number, queue: queue)
             source.setEventHandler {
-                if stop.isStopRequested, case .signal = stop.reason { exit(128 + number) }
+                if stop.isStopRequested, case .signal = stop.reason { _exit(128 + number) }
                 stop.request(.signal(number))
                 onFirst(number)
+                queue.asyncAfter(deadline: .now() + grace) { stop.escalate() }
+                queue.asyncAfter(deadline: .now() + deadline) {
+                    Console.standardError.line("etl-job: stopping took longer than \(Int(deadline)) s; exiting now (resumable with 'etl-job resume')")
+                    _exit(128 + number)
+                }
             }
             source.resume()
             return source
@@ -43,9 +120,3 @@ public final class SignalTrap {
 
     deinit { sources.forEach { $0.cancel() } }
 }
-
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif

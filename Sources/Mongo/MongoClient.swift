@@ -35,17 +35,22 @@ private let initializeDriver: Void = {
 public final class MongoClient {
     private let handle: OpaquePointer
     public let redactedURL: String
+    /// The deployment's hosts as the URL lists them (`host:port,host:port`), without credentials.
+    public let servers: String
 
     /// Parses `url` and prepares a client. Connections are made lazily, so call `ping()`
     /// to find out whether the server answers.
     public init(url: String, serverSelectionTimeoutMS: Int32 = 5000) throws {
         _ = initializeDriver
+        Secrets.register(url: url)
         redactedURL = Redact.url(url)
         var error = bson_error_t()
         guard let uri = mongoc_uri_new_with_error(url, &error) else {
-            throw MongoError(message: "malformed MongoDB URL \(redactedURL): \(MongoError(error).message)")
+            throw MongoError(message: Redact.url("malformed MongoDB URL \(redactedURL): \(MongoError(error).message)"))
         }
         defer { mongoc_uri_destroy(uri) }
+        Secrets.register(mongoc_uri_get_password(uri).map { String(cString: $0) })
+        servers = Self.hostList(uri)
         if !url.contains("serverSelectionTimeoutMS") {
             mongoc_uri_set_option_as_int32(uri, MONGOC_URI_SERVERSELECTIONTIMEOUTMS, serverSelectionTimeoutMS)
         }
@@ -60,6 +65,35 @@ public final class MongoClient {
     }
 
     deinit { mongoc_client_destroy(handle) }
+
+    private static func hostList(_ uri: OpaquePointer) -> String {
+        var hosts: [String] = []
+        var host = mongoc_uri_get_hosts(uri)
+        while let h = host {
+            let name = withUnsafeBytes(of: h.pointee.host_and_port) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            hosts.append(name)
+            host = UnsafePointer(h.pointee.next)
+        }
+        return hosts.isEmpty ? (mongoc_uri_get_service(uri).map { String(cString: $0) } ?? "") : hosts.joined(separator: ",")
+    }
+
+    /// The names of the collections of `database`, sorted.
+    public func collectionNames(database: String) throws -> [String] {
+        let db = mongoc_client_get_database(handle, database)
+        defer { mongoc_database_destroy(db) }
+        var error = bson_error_t()
+        guard let names = mongoc_database_get_collection_names_with_opts(db, nil, &error) else { throw MongoError(error) }
+        defer { bson_strfreev(names) }
+        var result: [String] = []
+        var i = 0
+        while let name = names[i] {
+            result.append(String(cString: name))
+            i += 1
+        }
+        return result.sorted()
+    }
 
     /// Round-trips a `ping` to the server.
     public func ping() throws {

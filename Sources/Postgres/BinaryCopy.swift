@@ -57,7 +57,12 @@ public struct BinaryCopyWriter: Sendable {
         s.withUTF8 { text(UnsafeRawBufferPointer($0)) }
     }
 
-    /// timestamptz from milliseconds since the Unix epoch.
+    /// The milliseconds since the Unix epoch that a timestamptz can hold: 4713 BC to 294276 AD
+    /// (PostgreSQL's MIN_TIMESTAMP and END_TIMESTAMP). Inside it, the epoch shift and the
+    /// conversion to microseconds below cannot overflow.
+    public static let timestampRangeMillis: Range<Int64> = -210_866_803_200_000..<9_224_318_016_000_000
+
+    /// timestamptz from milliseconds since the Unix epoch, which must lie in `timestampRangeMillis`.
     public mutating func timestamp(millis: Int64) {
         append(UInt32(8))
         append(UInt64(bitPattern: (millis - Self.postgresEpochOffsetMillis) * 1000))

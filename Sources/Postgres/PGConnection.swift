@@ -36,19 +36,62 @@ public struct PGError: Error, CustomStringConvertible, Sendable {
         sqlState.map { "\(message) (SQLSTATE \($0))" } ?? message
     }
 
-    /// Worth retrying the whole transaction: the connection broke, or the server rolled the
-    /// transaction back for reasons of its own (class 40: serialization, deadlock; class 57:
-    /// shutdown, admin termination; class 08: connection).
-    public var isTransient: Bool {
-        guard kind == .server else { return kind != .malformedURL }
-        guard let sqlState else { return false }
-        return ["40", "57", "08", "53"].contains(String(sqlState.prefix(2)))
+    /// What the job does about an error, by SQLSTATE. The one table of it: the longest
+    /// matching prefix wins; a state not listed stops the job.
+    public enum Disposition: Sendable, Equatable {
+        /// The rows caused it: isolate the documents at fault and set them aside.
+        case documentsAtFault
+        /// The server or the network: retry the transaction with the stop-aware backoff.
+        case transient
+        /// Anything else (a changed target, missing rights, a bug): stop the job, exit 70.
+        case fatal
     }
 
-    /// Class 23 (integrity constraint), 22 (data exception): caused by the rows, not by the server.
-    public var isDataError: Bool {
-        guard kind == .server, let sqlState else { return false }
-        return sqlState.hasPrefix("23") || sqlState.hasPrefix("22")
+    static let dispositions: [(sqlState: String, Disposition)] = [
+        ("22", .documentsAtFault),   // data exception: a value the column cannot hold
+        ("23", .documentsAtFault),   // integrity constraint: a duplicate key, a CHECK
+        ("54", .documentsAtFault),   // program limit: a key too large for its index
+        ("08", .transient),          // connection exception
+        ("08P01", .fatal),           // protocol violation: a COPY the target's columns do not match
+        ("40001", .transient),       // serialization failure
+        ("40P01", .transient),       // deadlock detected
+        ("53", .transient),          // insufficient resources (disk full, out of memory, too many connections)
+        ("57P01", .transient),       // admin shutdown
+        ("57P02", .transient),       // crash shutdown
+        ("57P03", .transient),       // cannot connect now (starting up)
+        ("57014", .transient),       // query canceled (by a stop, or a statement timeout)
+    ]
+
+    public var disposition: Disposition {
+        switch kind {
+        case .malformedURL: return .fatal
+        case .connection, .connectionLost: return .transient
+        case .server:
+            guard let sqlState else { return .fatal }
+            let match = Self.dispositions.filter { sqlState.hasPrefix($0.sqlState) }.max { $0.sqlState.count < $1.sqlState.count }
+            return match?.1 ?? .fatal
+        }
+    }
+
+    /// Worth retrying the whole transaction.
+    public var isTransient: Bool { disposition == .transient }
+
+    /// Caused by the rows, not by the server.
+    public var isDataError: Bool { disposition == .documentsAtFault }
+}
+
+/// Cancels the statement running on one connection (`PQcancel`); safe from any thread.
+public final class PGCanceller: @unchecked Sendable {
+    // Safe: libpq documents PQcancel as thread-safe on a PGcancel object; it is freed once.
+    private let handle: OpaquePointer
+
+    init(_ handle: OpaquePointer) { self.handle = handle }
+
+    deinit { PQfreeCancel(handle) }
+
+    public func cancel() {
+        var buffer = [CChar](repeating: 0, count: 256)
+        _ = PQcancel(handle, &buffer, Int32(buffer.count))
     }
 }
 
@@ -65,12 +108,13 @@ public final class PGConnection {
 
     /// Connects, giving up after `connectTimeout` seconds when the URL does not set one.
     public init(url: String, connectTimeout: Int = 5, applicationName: String = "etl-job") throws {
+        Self.registerPassword(of: url)
         redactedURL = Redact.url(url)
         var parseError: UnsafeMutablePointer<CChar>?
         guard let options = PQconninfoParse(url, &parseError) else {
             let reason = parseError.map { String(cString: $0).trimmingTrailingNewlines } ?? "cannot parse"
             if let parseError { PQfreemem(parseError) }
-            throw PGError(kind: .malformedURL, message: "malformed PostgreSQL URL \(redactedURL): \(reason)")
+            throw PGError(kind: .malformedURL, message: Redact.url("malformed PostgreSQL URL \(redactedURL): \(reason)"))
         }
         PQconninfoFree(options)
         let keys = ["dbname", "connect_timeout", "fallback_application_name"]
@@ -84,9 +128,9 @@ public final class PGConnection {
             PQfinish(conn)
             // libpq checks option values (a port that is not a number) only when connecting.
             if message.hasPrefix("invalid ") && message.contains("connection option") {
-                throw PGError(kind: .malformedURL, message: "malformed PostgreSQL URL \(redactedURL): \(message)")
+                throw PGError(kind: .malformedURL, message: Redact.url("malformed PostgreSQL URL \(redactedURL): \(message)"))
             }
-            throw PGError(kind: .connection, message: "cannot connect to PostgreSQL at \(redactedURL): \(message)")
+            throw PGError(kind: .connection, message: Redact.url("cannot connect to PostgreSQL at \(redactedURL): \(message)"))
         }
         handle = conn
         _ = PQsetClientEncoding(conn, "UTF8")
@@ -94,6 +138,45 @@ public final class PGConnection {
     }
 
     deinit { PQfinish(handle) }
+
+    /// Registers the password a connection string holds with `Secrets`, as libpq's own
+    /// parser reads it, and as the URL's user-info writes it (for strings libpq refuses).
+    public static func registerPassword(of url: String) {
+        Secrets.register(url: url)
+        guard let options = PQconninfoParse(url, nil) else { return }
+        defer { PQconninfoFree(options) }
+        var found: [String: String] = [:]
+        var option = options
+        while let keyword = option.pointee.keyword {
+            if let value = option.pointee.val { found[String(cString: keyword)] = String(cString: value) }
+            option += 1
+        }
+        Secrets.register(found["password"], visible: [found["user"], found["dbname"]])
+    }
+
+    /// The host, port and database a connection string names (nil where it names none),
+    /// read with libpq's parser, without connecting.
+    public static func named(in url: String) -> (host: String?, port: String?, database: String?) {
+        guard let options = PQconninfoParse(url, nil) else { return (nil, nil, nil) }
+        defer { PQconninfoFree(options) }
+        var found: [String: String] = [:]
+        var option = options
+        while let keyword = option.pointee.keyword {
+            if let value = option.pointee.val { found[String(cString: keyword)] = String(cString: value) }
+            option += 1
+        }
+        return (found["host"], found["port"], found["dbname"])
+    }
+
+    /// Where this connection went, as libpq resolved it (URL, PG* variables, defaults).
+    public var server: (host: String, port: String, database: String) {
+        (String(cString: PQhost(handle)), String(cString: PQport(handle)), String(cString: PQdb(handle)))
+    }
+
+    /// A handle that cancels the statement running on this connection, from any thread.
+    public func canceller() -> PGCanceller? {
+        PQgetCancel(handle).map(PGCanceller.init)
+    }
 
     public var isHealthy: Bool { PQstatus(handle) == CONNECTION_OK }
 

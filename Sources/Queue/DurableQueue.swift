@@ -90,13 +90,24 @@ public final class DurableQueue: @unchecked Sendable {
         get throws { try env.transaction(write: false) { try $0.get("meta", Key.jobId).map { String(decoding: $0, as: UTF8.self) } } }
     }
 
-    /// Starts a job in an empty queue.
-    public func createJob(id: String, sourceTotal: Int64?) throws {
+    /// Starts a job in an empty queue, recording what it moves from where to where.
+    public func createJob(id: String, sourceTotal: Int64?, identity: JobIdentity) throws {
+        let encoded = try JSONEncoder().encode(identity)
         try env.transaction(write: true) { txn in
             guard try txn.get("meta", Key.jobId) == nil else { throw QueueError.jobExists }
             try txn.put("meta", Key.jobId, Array(id.utf8))
             try txn.put("meta", Key.createdAt, Codec.double(Date().timeIntervalSince1970))
+            try txn.put("meta", Key.identity, Array(encoded))
             if let sourceTotal { try txn.put("meta", Key.sourceTotal, Codec.int(sourceTotal)) }
+        }
+    }
+
+    /// What the job was started on; nil for a job recorded before identities were kept.
+    public var identity: JobIdentity? {
+        get throws {
+            try env.transaction(write: false) { txn in
+                try txn.get("meta", Key.identity).flatMap { try? JSONDecoder().decode(JobIdentity.self, from: Data($0)) }
+            }
         }
     }
 
@@ -280,6 +291,46 @@ public final class DurableQueue: @unchecked Sendable {
     }
 }
 
+/// What a job moves from where to where, recorded when it starts (never a credential), so
+/// that a later command pointed elsewhere is refused instead of quietly mixing two jobs.
+public struct JobIdentity: Codable, Sendable, Equatable {
+    public var pipeline: String
+    /// The source deployment's hosts, `host:port[,host:port]`.
+    public var sourceServers: String
+    public var database: String
+    public var collection: String
+    public var targetHost: String
+    public var targetPort: String
+    public var targetDatabase: String
+    public var targetSchema: String
+
+    public init(
+        pipeline: String, sourceServers: String, database: String, collection: String,
+        targetHost: String, targetPort: String, targetDatabase: String, targetSchema: String
+    ) {
+        self.pipeline = pipeline
+        self.sourceServers = sourceServers
+        self.database = database
+        self.collection = collection
+        self.targetHost = targetHost
+        self.targetPort = targetPort
+        self.targetDatabase = targetDatabase
+        self.targetSchema = targetSchema
+    }
+
+    /// Each field where `other` differs: (what, recorded value, other value).
+    public func differences(from other: JobIdentity) -> [(field: String, recorded: String, given: String)] {
+        let fields: [(String, KeyPath<JobIdentity, String>)] = [
+            ("pipeline", \.pipeline), ("source server", \.sourceServers), ("database", \.database),
+            ("collection", \.collection), ("target host", \.targetHost), ("target port", \.targetPort),
+            ("target database", \.targetDatabase), ("target schema", \.targetSchema),
+        ]
+        return fields.compactMap { name, path in
+            self[keyPath: path] == other[keyPath: path] ? nil : (name, self[keyPath: path], other[keyPath: path])
+        }
+    }
+}
+
 public enum QueueError: Error, CustomStringConvertible {
     case jobExists
 
@@ -293,6 +344,7 @@ public enum BatchState: UInt8, Sendable {
 private enum Key {
     static let jobId = Array("job_id".utf8)
     static let createdAt = Array("created_at".utf8)
+    static let identity = Array("identity".utf8)
     static let sourceTotal = Array("source_total".utf8)
     static let position = Array("extract_position".utf8)
     static let extractionFinished = Array("extraction_finished".utf8)

@@ -12,6 +12,11 @@ public final class JobLock {
     public struct Busy: Error, CustomStringConvertible {
         public let directory: String
         public let pid: String?
+
+        public init(directory: String, pid: String?) {
+            self.directory = directory
+            self.pid = pid
+        }
         public var description: String {
             "another etl-job run is active on \(directory)" + (pid.map { " (pid \($0))" } ?? "")
         }
@@ -26,9 +31,8 @@ public final class JobLock {
             throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: path])
         }
         guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
-            let pid = (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
             close(fd)
-            throw Busy(directory: directory, pid: pid?.isEmpty == false ? pid : nil)
+            throw Busy(directory: directory, pid: Self.holder(directory: directory))
         }
         let pid = Array("\(getpid())\n".utf8)
         _ = ftruncate(fd, 0)
@@ -38,6 +42,13 @@ public final class JobLock {
     deinit {
         flock(fd, LOCK_UN)
         close(fd)
+    }
+
+    /// The pid the holder wrote into the lock file, if any.
+    public static func holder(directory: String) -> String? {
+        let pid = (try? String(contentsOfFile: directory + "/job.lock", encoding: .utf8))?
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        return pid?.isEmpty == false ? pid : nil
     }
 
     /// Whether some process holds the lock of `directory` right now.

@@ -1,5 +1,6 @@
 import CLMDB
 import Foundation
+import Synchronization
 
 /// An LMDB error code with the library's own message.
 public struct LMDBError: Error, CustomStringConvertible, Sendable {
@@ -7,6 +8,12 @@ public struct LMDBError: Error, CustomStringConvertible, Sendable {
     public let context: String
 
     public var description: String { "\(context): \(String(cString: mdb_strerror(code)))" }
+
+    /// The state files cannot be written or trusted: a full or read-only disk, an I/O error,
+    /// damaged pages. The job must stop (exit 74) rather than retry.
+    public var isStorageFailure: Bool {
+        [ENOSPC, EIO, EROFS, EDQUOT, MDB_CORRUPTED, MDB_PAGE_NOTFOUND, MDB_INVALID, MDB_VERSION_MISMATCH, MDB_BAD_TXN].contains(code)
+    }
 
     static func check(_ code: Int32, _ context: @autoclosure () -> String) throws {
         if code != 0 { throw LMDBError(code: code, context: context()) }
@@ -18,43 +25,74 @@ public struct LMDBError: Error, CustomStringConvertible, Sendable {
 /// Every transaction of this process goes through one lock: a write transaction must stay on
 /// its thread, and growing the map requires that no transaction of the process is open.
 /// Transactions are short (one batch's bookkeeping), so the lock costs nothing measurable.
+///
+/// LMDB forbids opening one environment twice in a process (closing the second breaks the
+/// first's locks), so each directory may have one instance at a time: a second open throws.
+/// The handle is closed exactly once, in `deinit`; a failed open closes it before `self` exists.
 final class LMDBEnvironment: @unchecked Sendable {
     // Safe: `env` is used only inside `transaction`, which holds `lock`.
     private let env: OpaquePointer
     private let lock = NSLock()
     private let readOnly: Bool
-    private var dbis: [String: MDB_dbi] = [:]
+    private let dbis: [String: MDB_dbi]
+    private let registryKey: String
+
+    private static let open = Mutex<Set<String>>([])
 
     init(directory: String, databases: [String], initialMapSize: Int, readOnly: Bool) throws {
+        let key = URL(fileURLWithPath: directory).resolvingSymlinksInPath().standardizedFileURL.path
+        guard Self.open.withLock({ $0.insert(key).inserted }) else {
+            throw LMDBError(code: EBUSY, context: "the queue in \(directory) is already open in this process")
+        }
         var env: OpaquePointer?
-        try LMDBError.check(mdb_env_create(&env), "cannot create an LMDB environment")
-        self.env = env!
-        self.readOnly = readOnly
         do {
-            try LMDBError.check(mdb_env_set_maxdbs(self.env, MDB_dbi(databases.count)), "mdb_env_set_maxdbs")
-            try LMDBError.check(mdb_env_set_mapsize(self.env, initialMapSize), "mdb_env_set_mapsize")
-            // MDB_NOTLS: read transactions are not tied to a thread (Swift tasks move between threads).
-            let flags = UInt32(MDB_NOTLS) | (readOnly ? UInt32(MDB_RDONLY) : 0)
-            try LMDBError.check(mdb_env_open(self.env, directory, flags, 0o644), "cannot open the queue in \(directory)")
-            try openDatabases(databases)
+            try LMDBError.check(mdb_env_create(&env), "cannot create an LMDB environment")
+            try Self.configure(env!, directory: directory, databases: databases, initialMapSize: initialMapSize, readOnly: readOnly)
+            self.dbis = try Self.openDatabases(env!, databases, readOnly: readOnly)
         } catch {
-            mdb_env_close(self.env)
+            if let env { mdb_env_close(env) }
+            Self.open.withLock { _ = $0.remove(key) }
             throw error
         }
+        self.env = env!
+        self.readOnly = readOnly
+        self.registryKey = key
     }
 
-    deinit { mdb_env_close(env) }
+    deinit {
+        mdb_env_close(env)
+        Self.open.withLock { _ = $0.remove(registryKey) }
+    }
 
-    private func openDatabases(_ names: [String]) throws {
-        try transaction(write: !readOnly) { txn in
+    private static func configure(
+        _ env: OpaquePointer, directory: String, databases: [String], initialMapSize: Int, readOnly: Bool
+    ) throws {
+        try LMDBError.check(mdb_env_set_maxdbs(env, MDB_dbi(databases.count)), "mdb_env_set_maxdbs")
+        try LMDBError.check(mdb_env_set_mapsize(env, initialMapSize), "mdb_env_set_mapsize")
+        // MDB_NOTLS: read transactions are not tied to a thread (Swift tasks move between threads).
+        let flags = UInt32(MDB_NOTLS) | (readOnly ? UInt32(MDB_RDONLY) : 0)
+        try LMDBError.check(mdb_env_open(env, directory, flags, 0o644), "cannot open the queue in \(directory)")
+    }
+
+    private static func openDatabases(_ env: OpaquePointer, _ names: [String], readOnly: Bool) throws -> [String: MDB_dbi] {
+        var txn: OpaquePointer?
+        try LMDBError.check(mdb_txn_begin(env, nil, readOnly ? UInt32(MDB_RDONLY) : 0, &txn), "cannot begin a queue transaction")
+        var dbis: [String: MDB_dbi] = [:]
+        do {
             for name in names {
                 var dbi: MDB_dbi = 0
                 try LMDBError.check(
-                    mdb_dbi_open(txn.handle, name, readOnly ? 0 : UInt32(MDB_CREATE), &dbi),
+                    mdb_dbi_open(txn, name, readOnly ? 0 : UInt32(MDB_CREATE), &dbi),
                     "cannot open the queue's \(name) table")
                 dbis[name] = dbi
             }
+        } catch {
+            mdb_txn_abort(txn)
+            throw error
         }
+        // mdb_txn_commit frees the transaction whatever it returns: never abort it afterwards.
+        try LMDBError.check(mdb_txn_commit(txn), "cannot commit a queue transaction")
+        return dbis
     }
 
     func dbi(_ name: String) -> MDB_dbi { dbis[name]! }
@@ -74,17 +112,25 @@ final class LMDBEnvironment: @unchecked Sendable {
         defer { lock.unlock() }
         while true {
             let txn = try begin(write: write)
+            let result: R
             do {
-                let result = try body(LMDBTransaction(handle: txn, env: self))
-                try LMDBError.check(mdb_txn_commit(txn), "cannot commit a queue transaction")
-                return result
+                result = try body(LMDBTransaction(handle: txn, env: self))
             } catch let error as LMDBError where error.code == MDB_MAP_FULL && write {
                 mdb_txn_abort(txn)
                 try grow()
+                continue
             } catch {
                 mdb_txn_abort(txn)
                 throw error
             }
+            // mdb_txn_commit frees the transaction whatever it returns: never abort it afterwards.
+            let rc = mdb_txn_commit(txn)
+            if rc == MDB_MAP_FULL && write {
+                try grow()
+                continue
+            }
+            try LMDBError.check(rc, "cannot commit a queue transaction")
+            return result
         }
     }
 

@@ -30,7 +30,7 @@ public final class BatchLoader: ETLWorker {
             return .idle
         }
         do {
-            try load(batch)
+            try load(batch, stop: stop)
         } catch {
             try? queue.requeue(batch.id)
             throw error
@@ -38,14 +38,19 @@ public final class BatchLoader: ETLWorker {
         return .worked
     }
 
-    private func load(_ batch: QueueBatch) throws {
+    private func load(_ batch: QueueBatch, stop: StopToken) throws {
         var attempt = 0
         while true {
             attempt += 1
             do {
                 let db = try database()
-                // After a broken connection the last COMMIT may have landed: the checkpoint row says.
-                if attempt > 1, let outcome = try Checkpoint.outcome(db, job: processor.jobId, batch: batch.id, payload: batch.payload) {
+                // A stop that outlasts its grace period cancels the statement running here.
+                let cancel = db.canceller()
+                let key = stop.onEscalation { cancel?.cancel() }
+                defer { stop.remove(key) }
+                // The batch may have committed already, its reply lost: after a broken connection,
+                // or in an earlier run that requeued it. The checkpoint row says; one lookup per batch.
+                if let outcome = try Checkpoint.outcome(db, job: processor.jobId, batch: batch.id, payload: batch.payload) {
                     try processor.queue.complete(batch.id, outcome: outcome)
                     return
                 }
@@ -56,11 +61,12 @@ public final class BatchLoader: ETLWorker {
                 return
             } catch let error as PGError where (error.isTransient || error.atCommit) && attempt < Self.maxAttempts {
                 connection = nil
-                let delay = min(0.2 * Double(1 << attempt), 5)
+                if stop.isStopRequested { throw error }
                 processor.logger.warning("batch failed; retrying it", metadata: [
                     "batch": "\(batch.id)", "attempt": "\(attempt)", "error": "\(error)",
                 ])
-                processor.clock.measure(.waiting) { Thread.sleep(forTimeInterval: delay) }
+                let waited = processor.clock.measure(.waiting) { Backoff.wait(attempt: attempt, stop: stop) }
+                if !waited { throw error }
             }
         }
     }

@@ -423,6 +423,9 @@ extension BSONIterator {
 
     fileprivate func date(_ name: StaticString) throws -> Int64 {
         guard let v = dateTimeMillis else { throw fail(name, expected: "a date") }
+        guard BinaryCopyWriter.timestampRangeMillis.contains(v) else {
+            throw RejectReason("is a date out of range (\(v) ms from 1970; PostgreSQL's timestamptz holds 4713 BC to 294276 AD)", at: "\(name)")
+        }
         return v
     }
 

@@ -16,6 +16,12 @@ public struct JobSettings: Sendable {
     public var cursorBatchSize: Int32
     public var maxDocumentBytes: Int
     public var queueMapBytes: Int
+    /// False when `database` / `collection` are defaults, not named by the user: a resume
+    /// then takes the recorded job's.
+    public var databaseGiven = true
+    public var collectionGiven = true
+    public var maxSetAside = SetAsideLimit.default
+    public var allowEmpty = false
 
     public init(
         mongoURL: String, postgresURL: String, database: String = "sample_db", collection: String = "users",
@@ -77,9 +83,8 @@ public final class UsersProcessor: ETLProcessor, @unchecked Sendable {
         ])
     }
 
-    public func postProcess() async throws {
-        try queue.markFinished()
-    }
+    /// The job decides whether the run succeeded (the set-aside limit) and marks it finished.
+    public func postProcess() async throws {}
 
     // MARK: Extract
 
@@ -107,7 +112,7 @@ public final class UsersProcessor: ETLProcessor, @unchecked Sendable {
                 logger.warning("source scan failed; reopening after the last document read", metadata: [
                     "attempt": "\(failures)", "error": "\(error)",
                 ])
-                clock.measure(.waiting) { Thread.sleep(forTimeInterval: min(0.25 * Double(1 << failures), 8)) }
+                _ = clock.measure(.waiting) { Backoff.wait(attempt: failures, stop: stop, base: 0.25, cap: 8) }
             }
         }
         return false

@@ -32,7 +32,14 @@ public struct Verifier {
         public var rejectedByRules: [String]
         public var tables: [TableResult]
 
-        public var agrees: Bool { rejectedByRules.isEmpty && tables.allSatisfy(\.agrees) }
+        /// True when every table holds exactly the expected rows, and something was compared:
+        /// a source with documents whose target expects no row at all is not agreement.
+        public var agrees: Bool {
+            rejectedByRules.isEmpty && tables.allSatisfy(\.agrees) && !comparedNothing
+        }
+
+        /// The source has documents, yet no row was expected (all set aside, or none readable).
+        public var comparedNothing: Bool { sourceDocuments > 0 && tables.allSatisfy { $0.expected == 0 } }
     }
 
     let db: PGConnection
@@ -131,7 +138,9 @@ extension Verifier.Report {
             if !t.firstDiffering.isEmpty { lines.append("    differing ids: \(t.firstDiffering.joined(separator: ", "))") }
         }
         let rows = tables.reduce(0) { $0 + $1.expected }
-        lines.append(agrees ? "OK: source and target agree (\(n(rows)) rows compared)" : "MISMATCH: source and target disagree")
+        lines.append(agrees ? "OK: source and target agree (\(n(rows)) rows compared)"
+            : comparedNothing ? "NOT VERIFIED: the source has \(n(sourceDocuments)) documents but no row was compared"
+            : "MISMATCH: source and target disagree")
         return lines.joined(separator: "\n")
     }
 }

@@ -20,20 +20,20 @@ struct ConnectionOptions: ParsableArguments {
     @Option(name: .customLong("state-dir"), help: "Directory of the durable queue (env ETL_STATE_DIR; default \(defaultStateDirectory)).")
     var stateDirectory: String?
 
-    @Option(name: .customLong("env-file"), help: "File of KEY=VALUE lines read after the environment.")
-    var envFile: String = ".env"
+    @Option(name: .customLong("env-file"), help: "File of KEY=VALUE lines read after the environment (default .env, when present).")
+    var envFile: String?
 
-    @Option(help: "Source database.")
-    var database: String = "sample_db"
+    @Option(help: "Source database (default sample_db; resume, status and verify default to the job's).")
+    var database: String?
 
-    @Option(help: "Source collection.")
-    var collection: String = "users"
+    @Option(help: "Source collection (default users; resume, status and verify default to the job's).")
+    var collection: String?
 
     @Option(name: .customLong("log-level"), help: "trace, debug, info, warning or error.")
     var logLevel: Logger.Level = .info
 
     func resolved(_ run: BucketOptions? = nil) throws -> JobSettings {
-        let file = try DotEnv.read(envFile)
+        let file = try DotEnv.read(envFile ?? ".env", required: envFile != nil)
         func pick(_ flag: String?, _ key: String, _ fallback: String) -> String {
             flag ?? ProcessInfo.processInfo.environment[key] ?? file[key] ?? fallback
         }
@@ -46,22 +46,57 @@ struct ConnectionOptions: ParsableArguments {
             throw JobError(.usage, "malformed PostgreSQL URL \(Redact.url(postgres)): it must start with postgresql:// or postgres://")
         }
         var settings = JobSettings(
-            mongoURL: mongo, postgresURL: postgres, database: database, collection: collection,
+            mongoURL: mongo, postgresURL: postgres, database: database ?? "sample_db", collection: collection ?? "users",
             stateDirectory: pick(stateDirectory, "ETL_STATE_DIR", Self.defaultStateDirectory))
+        settings.databaseGiven = database != nil
+        settings.collectionGiven = collection != nil
         if let run {
             settings.bucket = run.config
             settings.cursorBatchSize = run.cursorBatchSize
             settings.maxDocumentBytes = Int(run.maxDocumentMB * 1_048_576)
             settings.queueMapBytes = run.queueMapMB << 20
+            settings.maxSetAside = run.setAsideLimit
+            settings.allowEmpty = run.allowEmpty
         }
         return settings
     }
 
+    /// Whether the user named a URL (flag, environment or `.env`) rather than taking the default.
+    func urlsGiven() throws -> (mongo: Bool, postgres: Bool) {
+        let file = try DotEnv.read(envFile ?? ".env", required: envFile != nil)
+        let env = ProcessInfo.processInfo.environment
+        return (mongoURL != nil || env["MONGODB_URL"] != nil || file["MONGODB_URL"] != nil,
+                postgresURL != nil || env["POSTGRES_URL"] != nil || file["POSTGRES_URL"] != nil)
+    }
+
     func makeLogger() -> Logger {
-        LoggingSystem.bootstrap(StreamLogHandler.standardError)
+        LoggingSystem.bootstrap { label in ConsoleLogHandler(label: label) }
         var logger = Logger(label: "etl-job")
         logger.logLevel = logLevel
         return logger
+    }
+}
+
+/// Log lines on stderr through the shared `Console`, so that they never glue onto the
+/// progress line and never carry a password.
+struct ConsoleLogHandler: LogHandler {
+    let label: String
+    var logLevel: Logger.Level = .info
+    var metadata: Logger.Metadata = [:]
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(
+        level: Logger.Level, message: Logger.Message, metadata explicit: Logger.Metadata?,
+        source: String, file: String, function: String, line: UInt
+    ) {
+        let all = metadata.merging(explicit ?? [:]) { $1 }
+        let fields = all.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+        let time = Date().formatted(.iso8601.year().month().day().time(includingFractionalSeconds: false))
+        Console.standardError.line("\(time) \(level) \(label): \(message)" + (fields.isEmpty ? "" : " " + fields))
     }
 }
 
@@ -93,6 +128,14 @@ struct BucketOptions: ParsableArguments {
     @Option(name: .customLong("queue-map-mb"), help: .hidden)
     var queueMapMB = 64
 
+    @Option(name: .customLong("max-set-aside"), help: "Fail (exit 65) when more documents than this are set aside: N or N% of those read.")
+    var maxSetAside = SetAsideLimit.default.description
+
+    @Flag(name: .customLong("allow-empty"), help: "Run on an empty collection instead of refusing it (exit 66).")
+    var allowEmpty = false
+
+    var setAsideLimit: SetAsideLimit { SetAsideLimit(maxSetAside) ?? .default }
+
     func validate() throws {
         guard batchSize > 0 else { throw ValidationError("--batch-size must be at least 1") }
         guard workers > 0 else { throw ValidationError("--workers must be at least 1") }
@@ -102,6 +145,9 @@ struct BucketOptions: ParsableArguments {
         guard cursorBatchSize > 0 else { throw ValidationError("--cursor-batch-size must be at least 1") }
         guard maxDocumentMB > 0 else { throw ValidationError("--max-document-mb must be positive") }
         guard queueMapMB > 0 else { throw ValidationError("--queue-map-mb must be at least 1") }
+        guard SetAsideLimit(maxSetAside) != nil else {
+            throw ValidationError("--max-set-aside must be a count (e.g. 100) or a percentage (e.g. 2.5%), not '\(maxSetAside)'")
+        }
     }
 
     var config: BucketConfig {
@@ -111,10 +157,14 @@ struct BucketOptions: ParsableArguments {
     }
 }
 
-/// `.env`: KEY=VALUE lines, `#` comments, optional quotes. A missing file is empty.
+/// `.env`: KEY=VALUE lines, `#` comments, optional quotes. A missing default `.env` is
+/// empty; a file the user named must exist.
 enum DotEnv {
-    static func read(_ path: String) throws -> [String: String] {
-        guard FileManager.default.fileExists(atPath: path) else { return [:] }
+    static func read(_ path: String, required: Bool) throws -> [String: String] {
+        guard FileManager.default.fileExists(atPath: path) else {
+            if required { throw JobError(.usage, "--env-file \(path): no such file") }
+            return [:]
+        }
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
             throw JobError(.usage, "cannot read \(path)")
         }
@@ -138,27 +188,31 @@ enum DotEnv {
 func reportingErrors(_ body: () async throws -> Void) async throws {
     do {
         try await body()
-    } catch let error as JobError {
-        fail(error.description, code: error.kind.exitCode)
     } catch let error as ExitCode {
         throw error
     } catch {
-        fail("\(error)", code: 1)
+        let job = JobError.classify(error)
+        fail(job.description, code: job.kind.exitCode)
     }
 }
 
 func fail(_ message: String, code: Int32) -> Never {
     let oneLine = message.split(whereSeparator: \.isNewline).joined(separator: "; ")
-    FileHandle.standardError.write(Data("etl-job: error: \(Redact.url(oneLine))\n".utf8))
+    Console.standardError.line("etl-job: error: \(Redact.url(oneLine))")
     exit(code)
 }
 
 extension JobError.Kind {
-    /// sysexits.h: 64 usage, 69 unavailable, 75 temporary failure (another run holds the state).
+    /// sysexits.h where one fits: 64 usage, 65 data, 66 no input, 69 unavailable, 70 software,
+    /// 74 I/O, 75 temporary failure (another run holds the state).
     var exitCode: Int32 {
         switch self {
         case .usage: 64
+        case .dataError: 65
+        case .noInput: 66
         case .unavailable: 69
+        case .software: 70
+        case .ioError: 74
         case .busy: 75
         case .failed: 1
         }

@@ -12,7 +12,7 @@ struct Resume: AsyncParsableCommand {
         try await reportingErrors {
             let settings = try connection.resolved(bucket)
             let job = UsersJob(settings: settings, logger: connection.makeLogger())
-            try await runInterruptibly(settings) { stop in try await job.resume(stop: stop) }
+            try await runInterruptibly { stop, progress in try await job.resume(stop: stop, observer: progress) }
         }
     }
 }

@@ -15,8 +15,9 @@ struct Scan: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let job = UsersJob(settings: try connection.resolved(), logger: connection.makeLogger())
-            let collection = try job.connectMongo().collection(database: connection.database, name: connection.collection)
+            let settings = try connection.resolved()
+            let job = UsersJob(settings: settings, logger: connection.makeLogger())
+            let collection = try job.connectMongo().collection(database: settings.database, name: settings.collection)
             let start = ContinuousClock.now
             let cursor = try collection.scanById(afterIdElement: nil, batchSize: cursorBatchSize)
             var documents = 0

@@ -1,4 +1,5 @@
 import ArgumentParser
+import ETLCore
 import Foundation
 import Mongo
 import Users
@@ -31,8 +32,9 @@ struct Seed: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let job = UsersJob(settings: try connection.resolved(), logger: connection.makeLogger())
-            let collection = try job.connectMongo().collection(database: connection.database, name: connection.collection)
+            let settings = try connection.resolved()
+            let job = UsersJob(settings: settings, logger: connection.makeLogger())
+            let collection = try job.connectMongo().collection(database: settings.database, name: settings.collection)
             if drop { try collection.drop() }
             let generator = UserGenerator(seed: seed)
             let corpus = badInput ? BadInputCorpus.documents(users: users, generator: generator) : []
@@ -45,21 +47,19 @@ struct Seed: AsyncParsableCommand {
                 let upper = min(next + Int64(chunk), end)
                 try collection.insertMany((next..<upper).filter { !replaced.contains($0) }.map { generator.document(id: $0) })
                 next = upper
-                if showProgress {
-                    FileHandle.standardError.write(Data("\rseeded \(next - firstId)/\(users) users".utf8))
-                }
+                if showProgress { Console.standardError.status("seeded \(next - firstId)/\(users) users") }
             }
-            if showProgress { FileHandle.standardError.write(Data("\n".utf8)) }
+            Console.standardError.endStatus()
             var refused: [String] = []
             for bad in corpus {
                 do {
                     try collection.insertMany([bad.document])
                 } catch let error as MongoError where bad.sourceMayRefuse {
                     refused.append(bad.kind)
-                    FileHandle.standardError.write(Data("seed: the source refused the \(bad.kind) document (_id \(bad.displayId)): \(error)\n".utf8))
+                    Console.standardError.line("seed: the source refused the \(bad.kind) document (_id \(bad.displayId)): \(error)")
                 }
             }
-            print("seeded \(users) users into \(connection.database).\(connection.collection) (seed \(seed))"
+            print("seeded \(users) users into \(settings.database).\(settings.collection) (seed \(seed))"
                 + (badInput ? ", \(corpus.filter { $0.reason != nil }.count - refused.count) of them malformed" : ""))
         }
     }

@@ -21,7 +21,7 @@ struct Start: AsyncParsableCommand {
             let settings = try connection.resolved(bucket)
             if fresh && !yes { try confirmTruncation(settings) }
             let job = UsersJob(settings: settings, logger: connection.makeLogger())
-            try await runInterruptibly(settings) { stop in try await job.start(fresh: fresh, stop: stop) }
+            try await runInterruptibly { stop, progress in try await job.start(fresh: fresh, stop: stop, observer: progress) }
         }
     }
 
@@ -38,28 +38,26 @@ struct Start: AsyncParsableCommand {
 
 /// Runs a start or resume: SIGINT/SIGTERM stop it gracefully (exit 130/143, resumable), a
 /// progress line goes to a terminal's stderr, the report to stdout.
-func runInterruptibly(_ settings: JobSettings, _ body: @escaping (StopToken) async throws -> RunReport) async throws {
+func runInterruptibly(_ body: @escaping (StopToken, RunObserver?) async throws -> RunReport) async throws {
     let stop = StopToken()
     let trap = SignalTrap(stop: stop) { signal in
-        FileHandle.standardError.write(Data("\netl-job: stopping (signal \(signal)): finishing batches in flight; run 'etl-job resume' to continue\n".utf8))
+        Console.standardError.line("etl-job: stopping (signal \(signal)): finishing batches in flight; run 'etl-job resume' to continue")
     }
-    let progress = isatty(2) == 1 ? Task { await Progress.show(settings.stateDirectory) } : nil
-    defer { progress?.cancel() }
+    let progress = Console.standardError.isTerminal ? Progress() : nil
     let report: RunReport
     do {
-        report = try await body(stop)
+        report = try await body(stop, progress)
     } catch {
-        progress?.cancel()
         if case .signal(let number) = stop.reason { throw interrupted(number) }
         throw error
     }
-    progress?.cancel()
     withExtendedLifetime(trap) {}
     if case .signal(let number) = stop.reason { throw interrupted(number) }
     print(report.render())
+    if let failure = report.failure { throw failure }
 }
 
 private func interrupted(_ signal: Int32) -> ExitCode {
-    FileHandle.standardError.write(Data("etl-job: stopped; the run is resumable with 'etl-job resume'\n".utf8))
+    Console.standardError.line("etl-job: stopped; the run is resumable with 'etl-job resume'")
     return ExitCode(128 + signal)
 }

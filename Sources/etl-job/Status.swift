@@ -1,6 +1,9 @@
 import ArgumentParser
+import ETLCore
 import Foundation
+import Logging
 import Mongo
+import Postgres
 import Queue
 import Users
 
@@ -32,6 +35,7 @@ struct Status: AsyncParsableCommand {
             } catch {
                 throw JobError(.unavailable, "cannot read the queue in \(directory): \(error)")
             }
+            try refuseMismatch(try queue.identity, directory: directory)
             if rejected {
                 try printRejected(try queue.setAsideDocuments())
             } else if let status = try queue.status() {
@@ -41,6 +45,24 @@ struct Status: AsyncParsableCommand {
                 print(json ? "{\"job\":null}" : "no job in \(directory)")
             }
         }
+    }
+
+    /// Refuses (exit 64) when a setting the user named differs from what the job recorded.
+    private func refuseMismatch(_ recorded: JobIdentity?, directory: String) throws {
+        guard let recorded else { return }
+        let settings = try connection.resolved()
+        let urls = try connection.urlsGiven()
+        var given = recorded
+        if settings.databaseGiven { given.database = settings.database }
+        if settings.collectionGiven { given.collection = settings.collection }
+        if urls.mongo, let client = try? MongoClient(url: settings.mongoURL) { given.sourceServers = client.servers }
+        if urls.postgres {
+            let named = PGConnection.named(in: settings.postgresURL)
+            given.targetHost = named.host ?? given.targetHost
+            given.targetPort = named.port ?? given.targetPort
+            given.targetDatabase = named.database ?? given.targetDatabase
+        }
+        try UsersJob(settings: settings, logger: Logger(label: "etl-job")).refuseMismatch(recorded: recorded, current: given)
     }
 
     private func printRejected(_ documents: [SetAsideDocument]) throws {
@@ -66,6 +88,7 @@ struct StatusView: Encodable {
     let job: String
     let active: Bool
     let complete: Bool
+    let finished: Bool
     let sourceDocuments: Int64?
     let extracted: Int64
     let extractionFinished: Bool
@@ -84,6 +107,7 @@ struct StatusView: Encodable {
         job = s.jobId
         self.active = active
         complete = s.isComplete
+        finished = s.finishedAt != nil
         sourceDocuments = s.sourceTotal
         extracted = s.extracted
         extractionFinished = s.extractionFinished
@@ -118,7 +142,10 @@ struct StatusView: Encodable {
 
     var text: String {
         func n(_ v: Int64) -> String { v.formatted(.number.grouping(.automatic)) }
-        let state = complete ? "complete" : active ? "running" : "stopped (resumable with 'etl-job resume')"
+        let state = finished ? "complete"
+            : active ? "running"
+            : complete ? "everything read is loaded or set aside, but the job is not finished (run 'etl-job resume')"
+            : "stopped (resumable with 'etl-job resume')"
         var lines = [
             "job          \(job)  \(state)",
             "extracted    \(n(extracted))\(sourceDocuments.map { " of \(n($0))" } ?? "") documents\(extractionFinished ? " (source read to its end)" : "")",
@@ -136,19 +163,48 @@ struct StatusView: Encodable {
     }
 }
 
-/// A progress line on a terminal's stderr while a run goes.
-enum Progress {
-    static func show(_ directory: String) async {
-        guard let queue = try? DurableQueue(directory: directory, readOnly: true) else { return }
-        while !Task.isCancelled {
-            try? await Task.sleep(for: .seconds(1))
-            guard !Task.isCancelled, let status = try? queue.status() else { continue }
-            let view = StatusView(status, active: true)
-            let total = status.sourceTotal.map { "/\($0)" } ?? ""
-            let eta = view.etaSeconds.map { String(format: ", ETA %.0f s", $0) } ?? ""
-            let line = "\rloaded \(status.documentsLoaded)\(total) users, \(status.totalRows) rows, \(status.pending) batches pending\(eta)   "
-            FileHandle.standardError.write(Data(line.utf8))
+/// The live progress line on a terminal while a run goes, read through the run's own queue.
+/// It shows the running job (its id), and is removed when the run ends.
+final class Progress: RunObserver, @unchecked Sendable {
+    // Safe: `running` is guarded by `lock`; drawing happens under it too, so no line is
+    // drawn after `runEnded` removed it.
+    private let lock = NSCondition()
+    private var running = false
+
+    private var finalLine: (() -> String?)?
+
+    func runStarted(jobId: String, queue: DurableQueue) {
+        lock.lock()
+        running = true
+        finalLine = { (try? queue.status()).flatMap { $0 }.map { Self.line(jobId: jobId, $0) } }
+        lock.unlock()
+        let thread = Thread { [self] in
+            lock.lock()
+            defer { lock.unlock() }
+            while running {
+                _ = lock.wait(until: Date(timeIntervalSinceNow: 1))
+                guard running, let status = try? queue.status() else { continue }
+                Console.standardError.status(Self.line(jobId: jobId, status))
+            }
         }
-        FileHandle.standardError.write(Data("\n".utf8))
+        thread.name = "progress"
+        thread.start()
+    }
+
+    func runEnded() {
+        lock.lock()
+        running = false
+        Console.standardError.endStatus(finalLine?())
+        finalLine = nil
+        lock.broadcast()
+        lock.unlock()
+    }
+
+    static func line(jobId: String, _ status: QueueStatus) -> String {
+        let view = StatusView(status, active: true)
+        let total = status.sourceTotal.map { "/\($0)" } ?? ""
+        let eta = view.etaSeconds.map { String(format: ", ETA %.0f s", $0) } ?? ""
+        return "job \(jobId.prefix(8)): loaded \(status.documentsLoaded)\(total) documents, \(status.totalRows) rows, "
+            + "\(status.pending) batches pending\(eta)"
     }
 }

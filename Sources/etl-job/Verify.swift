@@ -1,4 +1,5 @@
 import ArgumentParser
+import ETLCore
 import Foundation
 import Queue
 import Users
@@ -15,16 +16,17 @@ struct Verify: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let settings = try connection.resolved()
-            let job = UsersJob(settings: settings, logger: connection.makeLogger())
-            let collection = try job.connectMongo().collection(database: settings.database, name: settings.collection)
-            let setAside = try setAsideIds(settings.stateDirectory)
-            let verifier = Verifier(db: try job.connectPostgres(), collection: collection, setAside: setAside)
-            let showProgress = isatty(2) == 1
-            let report = try verifier.run { n in
-                if showProgress { FileHandle.standardError.write(Data("\rverified \(n) documents".utf8)) }
-            }
-            if showProgress { FileHandle.standardError.write(Data("\n".utf8)) }
+            let recorded = try recordedJob(try connection.resolved().stateDirectory)
+            let job = UsersJob(settings: try connection.resolved(), logger: connection.makeLogger()).matching(recorded.identity)
+            let settings = job.settings
+            let client = try job.connectMongo()
+            let db = try job.connectPostgres()
+            try job.refuseMismatch(recorded: recorded.identity, current: job.identity(client, db))
+            try job.checkSourceExists(client)
+            let collection = client.collection(database: settings.database, name: settings.collection)
+            let verifier = Verifier(db: db, collection: collection, setAside: recorded.setAside)
+            let report = try verifier.run { n in Console.standardError.status("verified \(n) documents") }
+            Console.standardError.endStatus()
             if json {
                 let encoder = JSONEncoder()
                 encoder.outputFormatting = [.sortedKeys]
@@ -32,13 +34,18 @@ struct Verify: AsyncParsableCommand {
             } else {
                 print(report.render())
             }
-            if !report.agrees { throw ExitCode(1) }
+            if !report.agrees { throw ExitCode(65) }
         }
     }
 
-    private func setAsideIds(_ directory: String) throws -> Set<String> {
-        guard DurableQueue.exists(in: directory) else { return [] }
-        let queue = try DurableQueue(directory: directory, readOnly: true)
-        return Set(try queue.setAsideDocuments().map(\.documentId))
+    /// What the job in the state directory recorded: its identity and the documents it set aside.
+    private func recordedJob(_ directory: String) throws -> (identity: JobIdentity?, setAside: Set<String>) {
+        guard DurableQueue.exists(in: directory) else { return (nil, []) }
+        do {
+            let queue = try DurableQueue(directory: directory, readOnly: true)
+            return (try queue.identity, Set(try queue.setAsideDocuments().map(\.documentId)))
+        } catch {
+            throw JobError(.unavailable, "cannot read the queue in \(directory): \(error)")
+        }
     }
 }

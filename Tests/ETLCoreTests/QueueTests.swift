@@ -8,13 +8,58 @@ func temporaryDirectory() -> String {
     return path
 }
 
+extension JobIdentity {
+    static let example = JobIdentity(
+        pipeline: "users", sourceServers: "127.0.0.1:57017", database: "sample_db", collection: "users",
+        targetHost: "127.0.0.1", targetPort: "55432", targetDatabase: "etl", targetSchema: "public")
+}
+
 @Suite struct QueueTests {
+    @Test func theJobRecordsWhatItMovesAndNamesEachDifference() throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        do {
+            let queue = try DurableQueue(directory: dir)
+            try queue.createJob(id: "j", sourceTotal: nil, identity: .example)
+        }
+        let recorded = try #require(try DurableQueue(directory: dir, readOnly: true).identity)
+        #expect(recorded == .example)
+        var other = JobIdentity.example
+        other.collection = "usres"
+        other.targetPort = "5432"
+        let differences = recorded.differences(from: other)
+        #expect(differences.map(\.field) == ["collection", "target port"])
+        #expect(differences[0].recorded == "users" && differences[0].given == "usres")
+    }
+
+    @Test func aSecondEnvironmentOnTheSameDirectoryInOneProcessIsRefused() throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let queue = try DurableQueue(directory: dir)
+        try queue.createJob(id: "j", sourceTotal: nil, identity: .example)
+        #expect(throws: (any Error).self) { try DurableQueue(directory: dir, readOnly: true) }
+        #expect(throws: (any Error).self) { try DurableQueue(directory: dir + "/.") }
+        #expect(try queue.jobId == "j", "the first environment still works after the refused second open")
+    }
+
+    @Test func aFailedOpenClosesItsEnvironmentOnceAndFreesTheDirectory() throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // Read-only on a directory with no queue: mdb_env_open fails after mdb_env_create.
+        for _ in 0..<3 {
+            #expect(throws: (any Error).self) { try DurableQueue(directory: dir, readOnly: true) }
+        }
+        let queue = try DurableQueue(directory: dir)
+        try queue.createJob(id: "j", sourceTotal: nil, identity: .example)
+        #expect(try queue.jobId == "j")
+    }
+
     @Test func claimAckRequeueAndSetAsideSurviveReopening() throws {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         do {
             let queue = try DurableQueue(directory: dir)
-            try queue.createJob(id: "job-1", sourceTotal: 30)
+            try queue.createJob(id: "job-1", sourceTotal: 30, identity: .example)
             try queue.enqueue(payload: [1, 2, 3], documents: 10, position: [9])
             try queue.enqueue(payload: [4, 5], documents: 10, position: [19])
             try queue.enqueue(payload: [6], documents: 10, position: [29])
@@ -49,7 +94,7 @@ func temporaryDirectory() -> String {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let queue = try DurableQueue(directory: dir)
-        try queue.createJob(id: "j", sourceTotal: nil)
+        try queue.createJob(id: "j", sourceTotal: nil, identity: .example)
         try queue.enqueue(payload: [1], documents: 1, position: [1])
         let batch = try #require(try queue.claim())
         let outcome = BatchOutcome(documentsLoaded: 1, rows: ["users": 1], setAside: [])
@@ -63,7 +108,7 @@ func temporaryDirectory() -> String {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let queue = try DurableQueue(directory: dir)
-        try queue.createJob(id: "j", sourceTotal: nil)
+        try queue.createJob(id: "j", sourceTotal: nil, identity: .example)
         for i in 0..<400 { try queue.enqueue(payload: [UInt8(i % 256)], documents: 1, position: [1]) }
         let claimed = try await withThrowingTaskGroup(of: [UInt64].self) { group in
             for _ in 0..<8 {
@@ -83,7 +128,7 @@ func temporaryDirectory() -> String {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let queue = try DurableQueue(directory: dir, initialMapSize: 1 << 20)
-        try queue.createJob(id: "j", sourceTotal: nil)
+        try queue.createJob(id: "j", sourceTotal: nil, identity: .example)
         let payload = [UInt8](repeating: 0xAB, count: 256 << 10)
         for _ in 0..<16 { try queue.enqueue(payload: payload, documents: 1, position: [1]) }
         #expect(queue.mapSize > 1 << 20)

@@ -227,6 +227,27 @@ func handWrittenUser(id: Int32 = 7, edit: ((BSONWriter) -> Void)? = nil, skip: S
         } == "field 'profile.education[0].year' is a string, expected an integer")
     }
 
+    @Test(arguments: [Int64.max, Int64.min, -210_866_803_200_001, 9_224_318_016_000_000])
+    func aDateOutsidePostgresRangeIsSetAsideNotATrap(millis: Int64) throws {
+        var r = UserRows()
+        let doc = handWrittenUser(edit: { $0.append("createdAt", dateTimeMillis: millis) }, skip: ["createdAt"])
+        do {
+            try doc.withUnsafeBytes { try r.add(document: $0) }
+            Issue.record("a date of \(millis) ms was accepted")
+        } catch {
+            #expect("\(error)".hasPrefix("field 'createdAt' is a date out of range"), "\(error)")
+        }
+        #expect(r.documents == 0)
+    }
+
+    @Test(arguments: [Int64(-210_866_803_200_000), 9_224_318_015_999_999])
+    func theFirstAndLastDatesPostgresHoldsLoad(millis: Int64) throws {
+        var r = UserRows()
+        let doc = handWrittenUser(edit: { $0.append("createdAt", dateTimeMillis: millis) }, skip: ["createdAt"])
+        try doc.withUnsafeBytes { try r.add(document: $0) }
+        #expect(r.documents == 1)
+    }
+
     @Test func anArrayBeyondTheIdRangeIsSetAsideNotTruncated() throws {
         var r = UserRows()
         let doc = handWrittenUser(edit: { w in

@@ -341,9 +341,10 @@ extension HostileConfigurationTests {
         #expect(wrong.stderr.hasPrefix("etl-job: error: cannot reach MongoDB at mongodb://etl:***@127.0.0.1:\(server.port)/"), "\(wrong.stderr)")
         #expect(wrong.stderr.lowercased().contains("auth"), "\(wrong.stderr)")
         #expect(!(wrong.stdout + wrong.stderr).contains("WrongSecret9"))
-        // The right password gets past the source check (an empty collection loads nothing).
+        // The right password gets past authentication to the source check: this server has no such collection.
         let right = try sandbox.run(["start", "--mongodb-url", "mongodb://etl:RightSecret5@127.0.0.1:\(server.port)/?authSource=admin"] + base)
-        #expect(right.status == 0, "\(right.stderr)")
+        #expect(right.status == 66, "\(right.stderr)")
+        #expect(right.stderr.contains("the collection sample_db.users does not exist"), "\(right.stderr)")
         #expect(!(right.stdout + right.stderr).contains("RightSecret5"))
     }
 }

@@ -162,7 +162,7 @@ enum Reference {
             INSERT INTO posts VALUES (999999999, 1, 'k', 'v', now(), '{}');
             """)
         let bad = try sandbox.job("verify", ["--json"])
-        #expect(bad.status == 1)
+        #expect(bad.status == 65, "verify exits 65 when source and target differ")
         let report = try #require(try JSONSerialization.jsonObject(with: Data(bad.stdout.utf8)) as? [String: Any])
         let tables = Dictionary(uniqueKeysWithValues: (report["tables"] as! [[String: Any]]).map { ($0["table"] as! String, $0) })
         #expect(tables["activity_log"]?["firstMissing"] as? [String] == ["1000002"])
@@ -309,9 +309,12 @@ final class JobLockHolder {
         var kills = 0
         while true {
             let job = try sandbox.launch([command] + sandbox.connectionArguments + ["--batch-size", "100"])
-            Thread.sleep(forTimeInterval: Double(rng.next() % 600) / 1000)
+            // A run needs about half a second before its first batch is queued (process start,
+            // connections, the source server's first reply): kill between 0.2 and 1.2 s.
+            Thread.sleep(forTimeInterval: Double(200 + rng.next() % 1000) / 1000)
             if !job.process.isRunning {
-                #expect(try job.wait().status == 0)
+                let result = try job.wait()
+                #expect(result.status == 0, "\(command) after \(kills) kills: \(result.stderr)")
                 break
             }
             job.signal(SIGKILL)

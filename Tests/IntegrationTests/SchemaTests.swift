@@ -87,7 +87,7 @@ import Users
 }
 
 @Suite(.serialized) struct ConnectivityTests {
-    @Test(arguments: ["start", "resume", "migrate"])
+    @Test(arguments: ["start", "verify", "migrate"])
     func aWrongPostgresPortIsOneClearLineWithoutThePassword(command: String) throws {
         let sandbox = try Sandbox()
         let result = try sandbox.run([command, "--postgres-url", "postgresql://etl:TopSecret42@127.0.0.1:1/etl",

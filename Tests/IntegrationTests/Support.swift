@@ -164,8 +164,8 @@ final class RunningJob {
     private let out: URL, err: URL
     private let started = Date()
 
-    init(arguments: [String], environment: [String: String]) throws {
-        process.executableURL = URL(fileURLWithPath: Services.binary)
+    init(executable: String = Services.binary, arguments: [String], environment: [String: String]) throws {
+        process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
         var env = ProcessInfo.processInfo.environment
         env["MONGODB_URL"] = nil
@@ -175,8 +175,8 @@ final class RunningJob {
         let base = NSTemporaryDirectory() + "etl-job-" + UUID().uuidString
         out = URL(fileURLWithPath: base + ".out")
         err = URL(fileURLWithPath: base + ".err")
-        FileManager.default.createFile(atPath: out.path, contents: nil)
-        FileManager.default.createFile(atPath: err.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: out.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: err.path, contents: nil)
         process.standardOutput = try FileHandle(forWritingTo: out)
         process.standardError = try FileHandle(forWritingTo: err)
         process.standardInput = FileHandle.nullDevice
