@@ -22,6 +22,9 @@ let package = Package(
         .systemLibrary(
             name: "CLibPQ", pkgConfig: "libpq",
             providers: [.apt(["libpq-dev"])]),
+        .systemLibrary(
+            name: "CZlib", pkgConfig: "zlib",
+            providers: [.apt(["zlib1g-dev"])]),
         // glibc's allocator knobs (mallopt), for the executable only.
         .systemLibrary(name: "CMalloc"),
 
@@ -29,7 +32,7 @@ let package = Package(
         .target(name: "ETLCore"),
 
         // Thin owners of the C handles.
-        .target(name: "Queue", dependencies: ["CLMDB", "ETLCore"]),
+        .target(name: "Queue", dependencies: ["CLMDB", "CZlib", "ETLCore"]),
         .target(name: "Mongo", dependencies: ["CMongoc", "ETLCore"]),
         .target(name: "Postgres", dependencies: ["CLibPQ", "ETLCore"]),
 

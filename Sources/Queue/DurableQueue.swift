@@ -1,3 +1,5 @@
+import CLMDB
+import CZlib
 import Foundation
 
 /// A batch handed to a worker: its queue id and the documents as stored (concatenated BSON).
@@ -141,7 +143,7 @@ public final class DurableQueue: @unchecked Sendable {
         let id = try env.transaction(write: true) { txn -> UInt64 in
             let id = UInt64(try txn.counter(Key.nextBatch) + 1)
             try txn.setCounter(Key.nextBatch, Int64(id))
-            try txn.put("batches", Codec.key(id), [BatchState.pending.rawValue] + Codec.int(Int64(documents)))
+            try txn.put("batches", Codec.key(id), [BatchState.pending.rawValue] + Codec.int(Int64(documents)) + Codec.crc(payload))
             try txn.put("payloads", Codec.key(id), payload)
             try txn.put("pending", Codec.key(id), [])
             try txn.put("meta", Key.position, position)
@@ -164,10 +166,12 @@ public final class DurableQueue: @unchecked Sendable {
         let batch = try env.transaction(write: true) { txn -> QueueBatch? in
             guard let key = try txn.firstKey("pending") else { return nil }
             let id = Codec.id(key)
+            let payload = try txn.get("payloads", key).map { Array($0) } ?? []
+            // A damaged batch is never handed out, not even in part: the claim fails whole.
+            try BatchIntegrity.check(id: id, record: try txn.get("batches", key), payload: payload, directory: directory)
             try txn.delete("pending", key)
             try txn.put("inflight", key, [])
             let documents = try txn.setState(id, .inFlight)
-            let payload = try txn.get("payloads", key).map { Array($0) } ?? []
             return QueueBatch(id: id, documentCount: documents, payload: payload)
         }
         if batch != nil { notify() }
@@ -389,8 +393,55 @@ extension LMDBTransaction {
     }
 }
 
+/// What a batch record promises about its payload: the number of BSON documents, laid end to
+/// end to the last byte, and the payload's CRC-32 (zlib). A changed byte, a damaged length or
+/// a zeroed page breaks one of the three.
+enum BatchIntegrity {
+    static func check(id: UInt64, record: UnsafeRawBufferPointer?, payload: [UInt8], directory: String) throws {
+        guard let record, record.count >= 9 else {
+            throw damaged(id, directory, "its record is missing or short")
+        }
+        let documents = Int(Codec.int(UnsafeRawBufferPointer(rebasing: record[1..<9])))
+        if record.count >= 13 {
+            let stored = UInt32(littleEndian: record.loadUnaligned(fromByteOffset: 9, as: UInt32.self))
+            guard Codec.crc32(payload) == stored else { throw damaged(id, directory, "its checksum does not match") }
+        }
+        guard let framed = documentCount(payload), framed == documents else {
+            throw damaged(id, directory, "it should hold \(documents) documents laid end to end")
+        }
+    }
+
+    /// How many BSON documents `payload` holds end to end, or nil when a length breaks the chain.
+    static func documentCount(_ payload: [UInt8]) -> Int? {
+        payload.withUnsafeBytes { raw in
+            var offset = 0
+            var count = 0
+            while offset < raw.count {
+                guard offset + 5 <= raw.count else { return nil }
+                let length = Int(Int32(littleEndian: raw.loadUnaligned(fromByteOffset: offset, as: Int32.self)))
+                guard length >= 5, offset + length <= raw.count, raw[offset + length - 1] == 0 else { return nil }
+                offset += length
+                count += 1
+            }
+            return count
+        }
+    }
+
+    private static func damaged(_ id: UInt64, _ directory: String, _ what: String) -> LMDBError {
+        LMDBError(code: MDB_CORRUPTED, context: "batch \(id) in the queue \(directory)/data.mdb is damaged: \(what)", complete: true)
+    }
+}
+
 /// Byte layouts of keys and values. Keys are big-endian so LMDB's order is numeric order.
 enum Codec {
+    static func crc32(_ bytes: [UInt8]) -> UInt32 {
+        bytes.withUnsafeBytes { raw in
+            UInt32(CZlib.crc32_z(0, raw.baseAddress?.assumingMemoryBound(to: UInt8.self), raw.count))
+        }
+    }
+
+    static func crc(_ bytes: [UInt8]) -> [UInt8] { withUnsafeBytes(of: crc32(bytes).littleEndian, Array.init) }
+
     static func key(_ id: UInt64) -> [UInt8] { withUnsafeBytes(of: id.bigEndian, Array.init) }
     static func id(_ key: [UInt8]) -> UInt64 { key.withUnsafeBytes { UInt64(bigEndian: $0.loadUnaligned(as: UInt64.self)) } }
     static func int32(_ v: UInt32) -> [UInt8] { withUnsafeBytes(of: v.bigEndian, Array.init) }

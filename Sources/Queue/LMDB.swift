@@ -6,8 +6,16 @@ import Synchronization
 public struct LMDBError: Error, CustomStringConvertible, Sendable {
     public let code: Int32
     public let context: String
+    /// The context says everything already (found by our own checks, not by LMDB).
+    let complete: Bool
 
-    public var description: String { "\(context): \(String(cString: mdb_strerror(code)))" }
+    public init(code: Int32, context: String, complete: Bool = false) {
+        self.code = code
+        self.context = context
+        self.complete = complete
+    }
+
+    public var description: String { complete ? context : "\(context): \(String(cString: mdb_strerror(code)))" }
 
     /// The state files cannot be written or trusted: a full or read-only disk, an I/O error,
     /// damaged pages. The job must stop (exit 74) rather than retry.
@@ -36,6 +44,7 @@ final class LMDBEnvironment: @unchecked Sendable {
     private let readOnly: Bool
     private let dbis: [String: MDB_dbi]
     private let registryKey: String
+    private let directory: String
 
     private static let open = Mutex<Set<String>>([])
 
@@ -57,6 +66,7 @@ final class LMDBEnvironment: @unchecked Sendable {
         self.env = env!
         self.readOnly = readOnly
         self.registryKey = key
+        self.directory = directory
     }
 
     deinit {
@@ -72,6 +82,24 @@ final class LMDBEnvironment: @unchecked Sendable {
         // MDB_NOTLS: read transactions are not tied to a thread (Swift tasks move between threads).
         let flags = UInt32(MDB_NOTLS) | (readOnly ? UInt32(MDB_RDONLY) : 0)
         try LMDBError.check(mdb_env_open(env, directory, flags, 0o644), "cannot open the queue in \(directory)")
+        try checkNotTruncated(env, directory: directory)
+    }
+
+    /// A data file shorter than its last used page would make the first read of that page
+    /// a SIGBUS: refuse it before any page is touched.
+    private static func checkNotTruncated(_ env: OpaquePointer, directory: String) throws {
+        var info = MDB_envinfo()
+        var stat = MDB_stat()
+        try LMDBError.check(mdb_env_info(env, &info), "cannot read the queue's header in \(directory)")
+        try LMDBError.check(mdb_env_stat(env, &stat), "cannot read the queue's header in \(directory)")
+        let path = directory + "/data.mdb"
+        let needed = (UInt64(info.me_last_pgno) + 1) * UInt64(stat.ms_psize)
+        let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? UInt64) ?? 0
+        if size < needed {
+            throw LMDBError(
+                code: MDB_CORRUPTED, context: "the queue file \(path) is \(size) bytes but its pages reach \(needed): it was truncated",
+                complete: true)
+        }
     }
 
     private static func openDatabases(_ env: OpaquePointer, _ names: [String], readOnly: Bool) throws -> [String: MDB_dbi] {
@@ -129,9 +157,18 @@ final class LMDBEnvironment: @unchecked Sendable {
                 try grow()
                 continue
             }
-            try LMDBError.check(rc, "cannot commit a queue transaction")
+            try LMDBError.check(storageCode(rc), "cannot write the queue in \(directory)")
             return result
         }
+    }
+
+    /// LMDB reports a short write as EIO; when the filesystem is (nearly) full, that is
+    /// ENOSPC, which says what to do about it.
+    private func storageCode(_ rc: Int32) -> Int32 {
+        guard rc == EIO else { return rc }
+        var fs = statvfs()
+        guard statvfs(directory, &fs) == 0 else { return rc }
+        return UInt64(fs.f_bavail) * UInt64(fs.f_frsize) < 4 << 20 ? ENOSPC : rc
     }
 
     private func begin(write: Bool) throws -> OpaquePointer {

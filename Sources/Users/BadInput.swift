@@ -143,6 +143,23 @@ public enum BadInputCorpus {
                 }
             }
         }
+        bad("messages.id too large for its index", "index row requires") { id in
+            // 10,000 pseudo-random letters: PostgreSQL cannot compress them under the btree limit (SQLSTATE 54000).
+            var state = UInt64(bitPattern: id) &* 0x9E37_79B9_7F4A_7C15
+            let letters = (0..<10_000).map { _ -> Character in
+                state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+                return Character(UnicodeScalar(UInt8(ascii: "a") + UInt8((state >> 33) % 26)))
+            }
+            return g.document(id: id, without: "messages") { w in
+                w.appendArray("messages") { a in
+                    a.appendDocument("0") { d in
+                        d.append("id", String(letters)); d.append("from", "a@example.com"); d.append("to", "b@example.com")
+                        d.append("subject", "s"); d.append("body", "b"); d.append("timestamp", dateTimeMillis: 0); d.append("read", false)
+                        d.appendArray("attachments") { _ in }
+                    }
+                }
+            }
+        }
         // Unusual but valid: integral double and int64 numbers.
         bad("integral double _id and int64 age (valid)", nil) { id in
             g.document(id: id) { element, w in

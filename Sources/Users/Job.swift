@@ -35,6 +35,15 @@ public struct JobError: Error, CustomStringConvertible {
         self.description = description
     }
 
+    /// A queue that cannot be opened or read: damaged or unwritable state files are exit 74
+    /// with what to do; anything else (permissions, a path under a file) is 69.
+    public static func queue(_ error: any Error, _ directory: String) -> JobError {
+        if let error = error as? LMDBError, error.isStorageFailure {
+            return classify(error)
+        }
+        return JobError(.unavailable, "cannot use the queue in \(directory): \(error)")
+    }
+
     /// Any error of a run as the user sees it: a `JobError` as it is; a PostgreSQL error the
     /// job cannot get past, or state files it cannot write or trust, with their own exit
     /// codes; anything else as a failure. Wrapped errors (a pipeline's, several workers')
@@ -48,11 +57,17 @@ public struct JobError: Error, CustomStringConvertible {
         case let error as ETLErrors:
             let all = error.errors.map(classify)
             let worst = all.max { $0.kind.severity < $1.kind.severity }!
-            return JobError(worst.kind, all.map(\.description).joined(separator: "; "))
+            var seen = Set<String>()
+            let distinct = all.map(\.description).filter { seen.insert($0).inserted }
+            return JobError(worst.kind, distinct.joined(separator: "; "))
         case let error as PGError where error.disposition == .fatal && error.kind == .server:
             return JobError(.software, "PostgreSQL refused the job: \(error)")
         case let error as LMDBError where error.isStorageFailure:
-            return JobError(.ioError, "\(error); the queue is unchanged since its last transaction: free space or repair, then run 'etl-job resume' (or 'etl-job start --fresh' to begin again)")
+            if error.code == ENOSPC || error.code == EDQUOT {
+                return JobError(.ioError, "\(error); the queue is unchanged since its last transaction: free space, then run 'etl-job resume'")
+            }
+            return JobError(.ioError, "\(error); the state files cannot be trusted: move the state directory aside and run "
+                + "'etl-job start --fresh' to load again (the target's etl_checkpoints table records what was committed)")
         default:
             return JobError(.failed, "\(error)")
         }
@@ -208,8 +223,10 @@ public struct UsersJob {
         if !fresh, let table = try firstNonEmptyTable(db) {
             throw JobError(.usage, "the target table \(table) already holds rows; use 'etl-job start --fresh' to truncate the target tables first")
         }
+        let targetLock = try lockTarget()
         let lock = try takeLock()
         try migrate(db)
+        try checkTarget(db)
         if fresh {
             try discardState()
             try Schema.truncate(db)
@@ -218,7 +235,7 @@ public struct UsersJob {
         let queue = try openQueue()
         try queue.createJob(id: UUID().uuidString.lowercased(), sourceTotal: total, identity: identity(client, db))
         logger.info("started a new job", metadata: ["documents": "\(total.map(String.init) ?? "unknown")"])
-        return try await run(queue: queue, lock: lock, stop: stop, observer: observer)
+        return try await run(queue: queue, locks: (lock, targetLock), stop: stop, observer: observer)
     }
 
     /// Continues the job in the state directory where it stopped, on the source and target it
@@ -241,8 +258,10 @@ public struct UsersJob {
         let client = try job.connectMongo()
         try job.refuseMismatch(recorded: try queue.identity, current: job.identity(client, db))
         try job.checkSourceExists(client)
+        let targetLock = try job.lockTarget()
         try job.migrate(db)
-        return try await job.run(queue: queue, lock: lock, stop: stop, observer: observer)
+        try job.checkTarget(db)
+        return try await job.run(queue: queue, locks: (lock, targetLock), stop: stop, observer: observer)
     }
 
     /// These settings with the source database and collection the job recorded, where the
@@ -303,7 +322,7 @@ public struct UsersJob {
         }
     }
 
-    private func run(queue: DurableQueue, lock: JobLock, stop: StopToken, observer: RunObserver?) async throws -> RunReport {
+    private func run(queue: DurableQueue, locks: (JobLock, TargetLock), stop: StopToken, observer: RunObserver?) async throws -> RunReport {
         let started = ContinuousClock.now
         let clock = StageClock()
         guard let jobId = try queue.jobId else { throw JobError(.failed, "the queue holds no job id") }
@@ -313,7 +332,7 @@ public struct UsersJob {
         let processor = UsersProcessor(settings: settings, queue: queue, jobId: jobId, clock: clock, logger: logger)
         let runner = ETLRunner(processor: processor, config: settings.bucket, extractSource: !(try queue.extractionFinished))
         try await Manager(workers: settings.bucket.managerWorkers).runAll([runner], stop: stop)
-        withExtendedLifetime(lock) {}
+        withExtendedLifetime(locks) {}
         guard var status = try queue.status() else { throw JobError(.failed, "the queue lost its job") }
         var failure: JobError?
         if status.isComplete && !stop.isStopRequested {
@@ -339,6 +358,32 @@ public struct UsersJob {
         }
     }
 
+    /// Refuses (exit 70) a target whose tables no longer match what the job writes, say a
+    /// column altered between runs: loading into it would set every document aside.
+    public func checkTarget(_ db: PGConnection) throws {
+        let differences = try Schema.differences(db)
+        guard !differences.isEmpty else { return }
+        throw JobError(.software, "the target tables differ from what the \(Self.pipeline) pipeline writes: "
+            + differences.prefix(5).joined(separator: "; ") + (differences.count > 5 ? "; and \(differences.count - 5) more" : "")
+            + "; restore them (or start again with a fresh target) and run the job again")
+    }
+
+    /// Takes the target's lock for this pipeline and schema, held by its own connection for
+    /// the whole run, so that two jobs (say, with different state directories) never load
+    /// the same tables at once. Waits up to `wait` seconds for a run that is ending, then
+    /// refuses (exit 75) naming the session that holds it.
+    public func lockTarget(wait: Double = 2) throws -> TargetLock {
+        let lock = try TargetLock(connection: connectPostgres(), name: "etl-job \(Self.pipeline) \(Self.targetSchema)")
+        let deadline = Date(timeIntervalSinceNow: wait)
+        while true {
+            if try lock.tryAcquire() { return lock }
+            if Date() >= deadline { break }
+            Thread.sleep(forTimeInterval: 0.25)
+        }
+        let holder = (try? lock.holder()) ?? "another session"
+        throw JobError(.busy, "another etl-job run is loading the \(Self.pipeline) pipeline into schema \(Self.targetSchema) of this target (\(holder)); wait for it to finish or stop it")
+    }
+
     /// Another process holds the state directory: refuse at once, before touching anything.
     private func refuseIfBusy() throws {
         if JobLock.isHeld(directory: settings.stateDirectory) {
@@ -352,7 +397,7 @@ public struct UsersJob {
         do {
             return try DurableQueue(directory: settings.stateDirectory, readOnly: true).status()
         } catch {
-            throw JobError(.unavailable, "cannot read the queue in \(settings.stateDirectory): \(error)")
+            throw JobError.queue(error, settings.stateDirectory)
         }
     }
 
@@ -370,7 +415,7 @@ public struct UsersJob {
         do {
             return try DurableQueue(directory: settings.stateDirectory, initialMapSize: settings.queueMapBytes)
         } catch {
-            throw JobError(.unavailable, "cannot open the queue in \(settings.stateDirectory): \(error)")
+            throw JobError.queue(error, settings.stateDirectory)
         }
     }
 
@@ -411,5 +456,36 @@ public struct UsersJob {
             if exists, try db.execute("SELECT 1 FROM \(table.quotedName) LIMIT 1").rows.count > 0 { return table.name }
         }
         return nil
+    }
+}
+
+/// A session-level advisory lock on the target, keyed by a name (pipeline and schema), held
+/// as long as its connection lives. The two-key form keeps it apart from the migration lock.
+public final class TargetLock {
+    static let namespace: Int32 = 0x45_54_4C_4A  // "ETLJ"
+    private let connection: PGConnection
+    private let name: String
+
+    init(connection: PGConnection, name: String) throws {
+        self.connection = connection
+        self.name = name
+        let host = ProcessInfo.processInfo.hostName
+        try connection.query("SELECT set_config('application_name', $1, false)", ["etl-job pid \(getpid()) on \(host)"])
+    }
+
+    func tryAcquire() throws -> Bool {
+        try connection.query("SELECT pg_try_advisory_lock($1, hashtext($2))", [String(Self.namespace), name]).rows[0][0] == "t"
+    }
+
+    /// Who holds the lock, from pg_locks and pg_stat_activity.
+    func holder() throws -> String? {
+        let row = try connection.query("""
+            SELECT a.pid, a.application_name, coalesce(host(a.client_addr), 'local socket'), to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SS TZ')
+            FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+            WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+              AND l.classid = ($1::int4)::oid AND l.objid = (hashtext($2))::oid AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+            """, [String(Self.namespace), name]).rows.first
+        guard let row else { return nil }
+        return "PostgreSQL session \(row[0] ?? "?"), application '\(row[1] ?? "")', client \(row[2] ?? "?"), connected since \(row[3] ?? "?")"
     }
 }

@@ -119,6 +119,49 @@ public enum Schema {
         }
     }
 
+    /// How information_schema names each column type the tables use.
+    static let informationSchemaTypes = [
+        "varchar": "character varying", "bigint": "bigint", "integer": "integer",
+        "timestamptz": "timestamp with time zone", "jsonb": "jsonb", "boolean": "boolean",
+    ]
+
+    /// Every way the target's tables differ from what the pipeline writes: a missing table or
+    /// column, a column of another type, an extra NOT NULL column without a default (COPY
+    /// cannot fill it). Extra nullable columns are left alone.
+    public static func differences(_ db: PGConnection) throws -> [String] {
+        let found = try db.query("""
+            SELECT table_name, column_name, data_type, is_nullable = 'NO' AND column_default IS NULL
+            FROM information_schema.columns
+            WHERE table_schema = current_schema() AND table_name = ANY($1::text[])
+            """, ["{" + tableNames.joined(separator: ",") + "}"]).rows
+        var columns: [String: [String: (type: String, required: Bool)]] = [:]
+        for row in found {
+            columns[row[0]!, default: [:]][row[1]!] = (row[2]!, row[3] == "t")
+        }
+        var differences: [String] = []
+        for table in tables {
+            guard let have = columns[table.name] else {
+                differences.append("table \(table.name) is missing")
+                continue
+            }
+            for column in table.columns {
+                let expected = informationSchemaTypes[column.type] ?? column.type
+                guard let actual = have[column.name] else {
+                    differences.append("\(table.name).\(column.name) is missing (expected \(expected))")
+                    continue
+                }
+                if actual.type != expected {
+                    differences.append("\(table.name).\(column.name) is \(actual.type), expected \(expected)")
+                }
+            }
+            let known = Set(table.columns.map(\.name))
+            for (name, extra) in have.sorted(by: { $0.key < $1.key }) where !known.contains(name) && extra.required {
+                differences.append("\(table.name).\(name) is an extra NOT NULL column without a default, which the job cannot fill")
+            }
+        }
+        return differences
+    }
+
     /// Empties the 15 tables and the checkpoints (for `start --fresh`).
     public static func truncate(_ db: PGConnection) throws {
         let names = (tables.map(\.quotedName) + ["etl_checkpoints"]).joined(separator: ", ")

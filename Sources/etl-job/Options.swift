@@ -197,8 +197,7 @@ func reportingErrors(_ body: () async throws -> Void) async throws {
 }
 
 func fail(_ message: String, code: Int32) -> Never {
-    let oneLine = message.split(whereSeparator: \.isNewline).joined(separator: "; ")
-    Console.standardError.line("etl-job: error: \(Redact.url(oneLine))")
+    Console.standardError.line("etl-job: error: \(Redact.url(message))")
     exit(code)
 }
 

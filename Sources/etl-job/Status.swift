@@ -33,7 +33,7 @@ struct Status: AsyncParsableCommand {
             do {
                 queue = try DurableQueue(directory: directory, readOnly: true)
             } catch {
-                throw JobError(.unavailable, "cannot read the queue in \(directory): \(error)")
+                throw JobError.queue(error, directory)
             }
             try refuseMismatch(try queue.identity, directory: directory)
             if rejected {

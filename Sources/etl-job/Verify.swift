@@ -45,7 +45,7 @@ struct Verify: AsyncParsableCommand {
             let queue = try DurableQueue(directory: directory, readOnly: true)
             return (try queue.identity, Set(try queue.setAsideDocuments().map(\.documentId)))
         } catch {
-            throw JobError(.unavailable, "cannot read the queue in \(directory): \(error)")
+            throw JobError.queue(error, directory)
         }
     }
 }

@@ -8,6 +8,15 @@ func temporaryDirectory() -> String {
     return path
 }
 
+/// A BSON-framed stand-in document of `size` bytes: an int32 length, filler, a final NUL.
+func document(size: Int = 8, filler: UInt8 = 0) -> [UInt8] {
+    withUnsafeBytes(of: Int32(size).littleEndian, Array.init) + [UInt8](repeating: filler, count: size - 5) + [0]
+}
+
+func documents(_ n: Int, filler: UInt8 = 0) -> [UInt8] {
+    (0..<n).flatMap { _ in document(filler: filler) }
+}
+
 extension JobIdentity {
     static let example = JobIdentity(
         pipeline: "users", sourceServers: "127.0.0.1:57017", database: "sample_db", collection: "users",
@@ -60,14 +69,14 @@ extension JobIdentity {
         do {
             let queue = try DurableQueue(directory: dir)
             try queue.createJob(id: "job-1", sourceTotal: 30, identity: .example)
-            try queue.enqueue(payload: [1, 2, 3], documents: 10, position: [9])
-            try queue.enqueue(payload: [4, 5], documents: 10, position: [19])
-            try queue.enqueue(payload: [6], documents: 10, position: [29])
+            try queue.enqueue(payload: documents(10, filler: 1), documents: 10, position: [9])
+            try queue.enqueue(payload: documents(10, filler: 2), documents: 10, position: [19])
+            try queue.enqueue(payload: documents(10, filler: 3), documents: 10, position: [29])
             try queue.finishExtraction()
 
             let first = try #require(try queue.claim())
             let second = try #require(try queue.claim())
-            #expect(first.id == 1 && first.payload == [1, 2, 3] && first.documentCount == 10)
+            #expect(first.id == 1 && first.payload == documents(10, filler: 1) && first.documentCount == 10)
             #expect(second.id == 2)
             let aside = SetAsideDocument(batch: 1, documentId: "5", reason: "field 'age' is missing", document: [7, 7])
             try queue.complete(first.id, outcome: BatchOutcome(documentsLoaded: 9, rows: ["users": 9, "posts": 40], setAside: [aside]))
@@ -95,7 +104,7 @@ extension JobIdentity {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let queue = try DurableQueue(directory: dir)
         try queue.createJob(id: "j", sourceTotal: nil, identity: .example)
-        try queue.enqueue(payload: [1], documents: 1, position: [1])
+        try queue.enqueue(payload: documents(1), documents: 1, position: [1])
         let batch = try #require(try queue.claim())
         let outcome = BatchOutcome(documentsLoaded: 1, rows: ["users": 1], setAside: [])
         try queue.complete(batch.id, outcome: outcome)
@@ -109,7 +118,7 @@ extension JobIdentity {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let queue = try DurableQueue(directory: dir)
         try queue.createJob(id: "j", sourceTotal: nil, identity: .example)
-        for i in 0..<400 { try queue.enqueue(payload: [UInt8(i % 256)], documents: 1, position: [1]) }
+        for i in 0..<400 { try queue.enqueue(payload: documents(1, filler: UInt8(i % 256)), documents: 1, position: [1]) }
         let claimed = try await withThrowingTaskGroup(of: [UInt64].self) { group in
             for _ in 0..<8 {
                 group.addTask {
@@ -124,12 +133,27 @@ extension JobIdentity {
         #expect(Set(claimed).count == 400)
     }
 
+    /// (A changed byte, which only the checksum catches, is changed on disk by an integration test.)
+    @Test(arguments: ["broken length", "wrong count"])
+    func aBatchWhoseDocumentsDoNotAddUpIsNeverHandedOut(damage: String) throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let queue = try DurableQueue(directory: dir)
+        try queue.createJob(id: "j", sourceTotal: nil, identity: .example)
+        var payload = documents(3, filler: 7)
+        if damage == "broken length" { payload[8] = 200 }
+        try queue.enqueue(payload: payload, documents: damage == "wrong count" ? 4 : 3, position: [1])
+        #expect(throws: (any Error).self) { try queue.claim() }
+        #expect(try queue.status()?.pending == 1, "the batch stays pending, not in flight")
+        #expect(try queue.inFlight().isEmpty)
+    }
+
     @Test func aFullMapGrowsInsteadOfFailing() throws {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let queue = try DurableQueue(directory: dir, initialMapSize: 1 << 20)
         try queue.createJob(id: "j", sourceTotal: nil, identity: .example)
-        let payload = [UInt8](repeating: 0xAB, count: 256 << 10)
+        let payload = document(size: 256 << 10, filler: 0xAB)
         for _ in 0..<16 { try queue.enqueue(payload: payload, documents: 1, position: [1]) }
         #expect(queue.mapSize > 1 << 20)
         #expect(try queue.status()?.pending == 16)

@@ -156,12 +156,7 @@ import Users
         try sandbox.seed(users: 2_000)
         // Each batch takes at least 0.1 s to commit, so the run (and its open scan, held by
         // backpressure) outlasts stopping a service.
-        #expect(try sandbox.job("migrate").status == 0)
-        try sandbox.db().execute("""
-            CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN PERFORM pg_sleep(0.1); RETURN NULL; END $$;
-            CREATE TRIGGER slow_commit AFTER INSERT ON etl_checkpoints FOR EACH ROW EXECUTE FUNCTION slow_commit();
-            """)
+        try sandbox.slowCommits(seconds: 0.1)
         let job = try sandbox.launch(["start"] + sandbox.connectionArguments
             + ["--batch-size", "50", "--workers", "1", "--max-pending", "1", "--cursor-batch-size", "50"])
         #expect(try eventually(60) { (try? sandbox.status()["done"] as? Int).flatMap { $0 } ?? 0 >= 2 })

@@ -141,6 +141,17 @@ final class Sandbox {
         try checksums().mapValues { Int($0.split(separator: " ")[0])! }
     }
 
+    /// Migrates the sandbox's target and makes every batch's COMMIT take at least `seconds`
+    /// (a trigger on the checkpoint row), so that a run outlasts what a test does meanwhile.
+    func slowCommits(seconds: Double) throws {
+        #expect(try job("migrate").status == 0)
+        try db().execute("""
+            CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN PERFORM pg_sleep(\(seconds)); RETURN NULL; END $$;
+            CREATE TRIGGER slow_commit AFTER INSERT ON etl_checkpoints FOR EACH ROW EXECUTE FUNCTION slow_commit();
+            """)
+    }
+
     /// No table may hold a primary key twice (primary keys forbid it, but say so explicitly).
     func duplicateKeys() throws -> Int {
         let db = try db()

@@ -1,0 +1,181 @@
+import Foundation
+import Mongo
+import Postgres
+import Testing
+import Users
+
+/// The world attacking a job: a full disk under the state directory, damaged state files, a
+/// second job on the same target, a target changed between runs, dates at the edge of BSON.
+/// Each must end in a clear error with its exit code or in an exact result.
+@Suite(.serialized) struct DamageTests {
+    /// A job killed after queuing a few batches, so the queue holds pending payloads.
+    private func interruptedJob(users: Int = 600) throws -> Sandbox {
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: users)
+        let crashed = try sandbox.job("start", ["--batch-size", "100", "--workers", "1", "--max-pending", "4"],
+                                      environment: ["ETL_CRASH_AT": "enqueued:4"])
+        #expect(crashed.signaled || crashed.status == 137, "\(crashed.stderr)")
+        return sandbox
+    }
+
+    /// `commands` end with exit 74 and one error line naming the damage, never a signal.
+    private func expectDamageRefused(_ sandbox: Sandbox, _ what: String, naming: String, commands: [String]) throws {
+        for command in commands {
+            let result = try sandbox.job(command)
+            let last = result.stderr.split(separator: "\n").last.map(String.init) ?? ""
+            #expect(result.status == 74 && !result.signaled, "\(what), \(command): exit \(result.status) \(result.stderr)")
+            #expect(last.hasPrefix("etl-job: error: ") && last.contains(naming), "\(what): \(result.stderr)")
+        }
+    }
+
+    @Test func aTruncatedQueueFileIsAClearErrorNeverASignal() throws {
+        let sandbox = try interruptedJob()
+        let path = sandbox.stateDirectory + "/data.mdb"
+        #expect(truncate(path, 40_000) == 0)
+        let loaded = try sandbox.counts()
+        try expectDamageRefused(sandbox, "truncated data.mdb", naming: "\(path) is 40000 bytes", commands: ["resume", "status"])
+        #expect(try sandbox.counts() == loaded, "nothing was loaded from a truncated queue")
+    }
+
+    @Test func aChangedByteInAQueuedDocumentIsCaughtBeforeLoading() throws {
+        let sandbox = try interruptedJob()
+        let path = sandbox.stateDirectory + "/data.mdb"
+        var data = try Data(contentsOf: URL(fileURLWithPath: path))
+        // The e-mail of a user in the last batch queued before the kill (301-400), which no worker took yet.
+        let marker = Data("_399@example.com".utf8)
+        let at = try #require(data.range(of: marker)).lowerBound
+        data[at + 1] = UInt8(ascii: "6")
+        try data.write(to: URL(fileURLWithPath: path))
+        try expectDamageRefused(sandbox, "a changed byte", naming: "batch 4 in the queue", commands: ["resume"])
+        let damagedBatch = try sandbox.db().execute("SELECT count(*) FROM users WHERE id BETWEEN 301 AND 400").rows[0][0]
+        #expect(damagedBatch == "0", "no row of the damaged batch is loaded")
+    }
+
+    @Test func zeroedPagesInTheMiddleAreNeverASilentSuccess() throws {
+        let sandbox = try interruptedJob()
+        let path = sandbox.stateDirectory + "/data.mdb"
+        let handle = try FileHandle(forUpdating: URL(fileURLWithPath: path))
+        let size = try handle.seekToEnd()
+        try handle.seek(toOffset: size / 2 / 4096 * 4096)
+        handle.write(Data(count: 3 * 4096))
+        try handle.close()
+        let result = try sandbox.job("resume")
+        #expect(!result.signaled)
+        if result.status == 0 {
+            #expect(try sandbox.counts() == (try expectedCounts(sandbox)), "a resume that says done loaded everything")
+        } else {
+            #expect(result.status == 74, "\(result.stderr)")
+        }
+    }
+
+    @Test func aFullDiskUnderTheStateDirectoryExits74AndAResumeAfterFreeingSpaceIsExact() throws {
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: 2_000)
+        let mountPoint = sandbox.stateDirectory + "-fs"
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        #expect(try shell("mount -t tmpfs -o size=3m tmpfs \(mountPoint)") == 0, "mounting a tmpfs needs root")
+        defer { _ = try? shell("umount \(mountPoint)"); try? FileManager.default.removeItem(atPath: mountPoint) }
+        let state = ["--state-dir", mountPoint + "/state"]
+        let full = try sandbox.job("start", state + ["--max-pending", "100"])
+        #expect(full.status == 74 && !full.signaled, "exit \(full.status): \(full.stderr)")
+        #expect(full.stderr.contains("cannot write the queue in \(mountPoint)/state: No space left on device"), "\(full.stderr)")
+        #expect(try shell("mount -o remount,size=64m \(mountPoint)") == 0)
+        let resumed = try sandbox.job("resume", state)
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+        #expect(try sandbox.counts() == (try expectedCounts(sandbox)))
+        #expect(try sandbox.job("verify", state).status == 0)
+    }
+
+    @Test func aSecondJobOnTheSameTargetRefusesWithin5SecondsNamingTheFirst() throws {
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: 1_000)
+        try sandbox.slowCommits(seconds: 0.3)
+        let first = try sandbox.launch(["start"] + sandbox.connectionArguments + ["--batch-size", "50", "--workers", "1"])
+        #expect(try eventually(30) { (try? sandbox.status()["done"] as? Int).flatMap { $0 } ?? 0 >= 1 })
+        var arguments = sandbox.connectionArguments
+        arguments[arguments.firstIndex(of: "--state-dir")! + 1] = sandbox.stateDirectory + "-second"
+        defer { try? FileManager.default.removeItem(atPath: sandbox.stateDirectory + "-second") }
+        let second = try sandbox.run(["start", "--fresh", "--yes"] + arguments)
+        #expect(second.status == 75, "\(second.stderr)")
+        #expect(second.seconds < 5)
+        #expect(second.stderr.contains("another etl-job run is loading the users pipeline into schema public"), "\(second.stderr)")
+        #expect(second.stderr.contains("application 'etl-job pid \(first.pid) on"), "the holder is named: \(second.stderr)")
+        let result = try first.wait()
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(try sandbox.counts() == (try expectedCounts(sandbox)), "the refused --fresh truncated nothing")
+    }
+
+    @Test func aCommitWhoseReplyIsLostWhileTheServerStaysAwayIsSettledByItsCheckpoint() throws {
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: 600)
+        let target = URLComponents(string: sandbox.postgresURL)!
+        let proxy = try LostCommitReplyProxy(targetPort: target.port!, loseCommit: 2, refuseFor: 10)
+        defer { proxy.stop() }
+        var viaProxy = target
+        viaProxy.port = proxy.port
+        viaProxy.query = "sslmode=disable&gssencmode=disable"
+        var arguments = sandbox.connectionArguments
+        arguments[arguments.firstIndex(of: "--postgres-url")! + 1] = viaProxy.string!
+        let first = try sandbox.run(["start"] + arguments + ["--batch-size", "100", "--workers", "1"])
+        #expect(proxy.lostCommits == 1)
+        // The server stayed away longer than the retries: a clear failure, the batch's fate unknown to the queue.
+        #expect(first.status != 0 && !first.signaled, "\(first.stderr)")
+        #expect(first.stderr.split(separator: "\n").last?.hasPrefix("etl-job: error: ") == true, "\(first.stderr)")
+        Thread.sleep(until: (proxy.refusingUntil ?? Date()).addingTimeInterval(0.5))
+        let resumed = try sandbox.run(["resume"] + arguments)
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+        #expect(try sandbox.counts() == (try expectedCounts(sandbox)))
+        #expect(try sandbox.status()["documentsSetAside"] as? Int == 0)
+        #expect(try sandbox.duplicateKeys() == 0)
+        #expect(try sandbox.run(["verify"] + arguments).status == 0)
+    }
+
+    @Test func aTargetAlteredBetweenRunsStopsWith70NamingTableColumnAndTypes() throws {
+        let sandbox = try interruptedJob()
+        try sandbox.db().execute("ALTER TABLE users ALTER COLUMN age TYPE text")
+        let refused = try sandbox.job("resume")
+        #expect(refused.status == 70, "\(refused.stderr)")
+        #expect(refused.stderr.contains("users.age is text, expected integer"), "\(refused.stderr)")
+        #expect(try sandbox.status()["documentsSetAside"] as? Int == 0, "nothing was set aside for it")
+        try sandbox.db().execute("ALTER TABLE users ALTER COLUMN age TYPE integer USING age::integer")
+        let resumed = try sandbox.job("resume")
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+        #expect(try sandbox.counts() == (try expectedCounts(sandbox)))
+    }
+
+    @Test func theFirstAndLastInstantsPostgresHoldsLoadAndOneBeyondIsSetAside() throws {
+        let sandbox = try Sandbox()
+        #expect(try sandbox.job("migrate").status == 0)
+        let generator = UserGenerator(seed: 1)
+        var rows = UserRows()
+        let first = Int64(-210_866_803_200_000), last = Int64(9_224_318_015_999_999)
+        for (id, millis) in [(Int64(1), first), (2, last)] {
+            try generator.document(id: id, without: "createdAt") { $0.append("createdAt", dateTimeMillis: millis) }
+                .withUnsafeBytes { try rows.add(document: $0) }
+        }
+        for beyond in [first - 1, last + 1, Int64.max, Int64.min] {
+            #expect(throws: (any Error).self) {
+                try generator.document(id: 3, without: "createdAt") { $0.append("createdAt", dateTimeMillis: beyond) }
+                    .withUnsafeBytes { try rows.add(document: $0) }
+            }
+        }
+        let db = try sandbox.db()
+        for (t, table) in Schema.tables.enumerated() where rows.rowCount(t) > 0 {
+            try db.copyIn(table.quotedName, columns: table.quotedColumns, binary: rows.tables[t].bytes, BinaryCopyWriter.trailer)
+        }
+        try db.execute("SET TIME ZONE 'UTC'")
+        let stored = try db.execute("SELECT created_at::text FROM users ORDER BY id").rows.map { $0[0]! }
+        #expect(stored == ["4714-11-24 00:00:00+00 BC", "294276-12-31 23:59:59.999+00"])
+    }
+}
+
+/// Runs a shell command line; returns its exit status.
+func shell(_ command: String) throws -> Int32 {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/bin/sh")
+    process.arguments = ["-c", command]
+    process.standardOutput = FileHandle.nullDevice
+    try process.run()
+    process.waitUntilExit()
+    return process.terminationStatus
+}
