@@ -138,12 +138,16 @@ public final class DurableQueue: @unchecked Sendable {
     }
 
     /// Stores a batch as pending together with the extract position after it, atomically.
+    /// The batch record also keeps the batch's extent in the source (the position before it and
+    /// its last document's), so that a batch found damaged can be read again from the source.
     @discardableResult
     public func enqueue(payload: [UInt8], documents: Int, position: [UInt8]) throws -> UInt64 {
         let id = try env.transaction(write: true) { txn -> UInt64 in
             let id = UInt64(try txn.counter(Key.nextBatch) + 1)
             try txn.setCounter(Key.nextBatch, Int64(id))
-            try txn.put("batches", Codec.key(id), [BatchState.pending.rawValue] + Codec.int(Int64(documents)) + Codec.crc(payload))
+            let before = try txn.get("meta", Key.position).map { Array($0) } ?? []
+            let extent = Codec.int32(UInt32(before.count)) + before + position
+            try txn.put("batches", Codec.key(id), [BatchState.pending.rawValue] + Codec.int(Int64(documents)) + Codec.crc(payload) + extent)
             try txn.put("payloads", Codec.key(id), payload)
             try txn.put("pending", Codec.key(id), [])
             try txn.put("meta", Key.position, position)
@@ -176,6 +180,36 @@ public final class DurableQueue: @unchecked Sendable {
         }
         if batch != nil { notify() }
         return batch
+    }
+
+    /// Where a batch came from: the extract position before it (nil for the first batch),
+    /// its last document's `{"_id": …}` and its document count; nil for a batch recorded
+    /// before extents were kept.
+    public func extent(of id: UInt64) throws -> (after: [UInt8]?, last: [UInt8], documents: Int)? {
+        try env.transaction(write: false) { txn in
+            guard let record = try txn.get("batches", Codec.key(id)), record.count > 17 else { return nil }
+            let documents = Int(Codec.int(UnsafeRawBufferPointer(rebasing: record[1..<9])))
+            let length = Int(UInt32(bigEndian: record.loadUnaligned(fromByteOffset: 13, as: UInt32.self)))
+            guard 17 + length <= record.count else { return nil }
+            let after = Array(record[17..<(17 + length)])
+            return (after.isEmpty ? nil : after, Array(record[(17 + length)...]), documents)
+        }
+    }
+
+    /// Replaces the payload of a pending batch found damaged with the same documents read
+    /// again from the source; its checksum is recomputed, its extent kept.
+    public func replacePayload(_ id: UInt64, with payload: [UInt8]) throws {
+        try env.transaction(write: true) { txn in
+            let key = Codec.key(id)
+            guard try txn.state(id) == .pending, let record = try txn.get("batches", key), record.count >= 13 else {
+                throw QueueError.notPending(id)
+            }
+            var updated = Array(record)
+            updated.replaceSubrange(9..<13, with: Codec.crc(payload))
+            try txn.put("batches", key, updated)
+            try txn.put("payloads", key, payload)
+        }
+        notify()
     }
 
     /// Marks an in-flight batch done, frees its payload, keeps its set-aside documents and
@@ -337,8 +371,29 @@ public struct JobIdentity: Codable, Sendable, Equatable {
 
 public enum QueueError: Error, CustomStringConvertible {
     case jobExists
+    case notPending(UInt64)
 
-    public var description: String { "the queue already holds a job" }
+    public var description: String {
+        switch self {
+        case .jobExists: "the queue already holds a job"
+        case .notPending(let id): "batch \(id) is not pending"
+        }
+    }
+}
+
+/// A queued batch whose payload does not match its record: never handed out, not even in part.
+public struct DamagedBatch: Error, CustomStringConvertible, Sendable {
+    public let id: UInt64
+    public let file: String
+    public let problem: String
+
+    public init(id: UInt64, file: String, problem: String) {
+        self.id = id
+        self.file = file
+        self.problem = problem
+    }
+
+    public var description: String { "batch \(id) in the queue \(file) is damaged: \(problem)" }
 }
 
 public enum BatchState: UInt8, Sendable {
@@ -396,7 +451,7 @@ extension LMDBTransaction {
 /// What a batch record promises about its payload: the number of BSON documents, laid end to
 /// end to the last byte, and the payload's CRC-32 (zlib). A changed byte, a damaged length or
 /// a zeroed page breaks one of the three.
-enum BatchIntegrity {
+public enum BatchIntegrity {
     static func check(id: UInt64, record: UnsafeRawBufferPointer?, payload: [UInt8], directory: String) throws {
         guard let record, record.count >= 9 else {
             throw damaged(id, directory, "its record is missing or short")
@@ -412,7 +467,7 @@ enum BatchIntegrity {
     }
 
     /// How many BSON documents `payload` holds end to end, or nil when a length breaks the chain.
-    static func documentCount(_ payload: [UInt8]) -> Int? {
+    public static func documentCount(_ payload: [UInt8]) -> Int? {
         payload.withUnsafeBytes { raw in
             var offset = 0
             var count = 0
@@ -427,8 +482,8 @@ enum BatchIntegrity {
         }
     }
 
-    private static func damaged(_ id: UInt64, _ directory: String, _ what: String) -> LMDBError {
-        LMDBError(code: MDB_CORRUPTED, context: "batch \(id) in the queue \(directory)/data.mdb is damaged: \(what)", complete: true)
+    private static func damaged(_ id: UInt64, _ directory: String, _ what: String) -> DamagedBatch {
+        DamagedBatch(id: id, file: directory + "/data.mdb", problem: what)
     }
 }
 

@@ -24,7 +24,14 @@ public final class BatchLoader: ETLWorker {
 
     public func step(stop: StopToken) throws -> WorkerStep {
         let queue = processor.queue
-        guard let batch = try queue.claim() else {
+        let claimed: QueueBatch?
+        do {
+            claimed = try queue.claim()
+        } catch let damaged as DamagedBatch {
+            try processor.reread(damaged)
+            return .worked
+        }
+        guard let batch = claimed else {
             if try queue.isDrained() { return .drained }
             processor.clock.measure(.waiting) { queue.waitForChange(timeout: 0.5) }
             return .idle

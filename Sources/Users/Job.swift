@@ -44,6 +44,9 @@ public struct JobError: Error, CustomStringConvertible {
         return JobError(.unavailable, "cannot use the queue in \(directory): \(error)")
     }
 
+    static let untrustedState = "the state files cannot be trusted: move the state directory aside and run "
+        + "'etl-job start --fresh' to load again (the target's etl_checkpoints table records what was committed)"
+
     /// Any error of a run as the user sees it: a `JobError` as it is; a PostgreSQL error the
     /// job cannot get past, or state files it cannot write or trust, with their own exit
     /// codes; anything else as a failure. Wrapped errors (a pipeline's, several workers')
@@ -66,8 +69,9 @@ public struct JobError: Error, CustomStringConvertible {
             if error.code == ENOSPC || error.code == EDQUOT {
                 return JobError(.ioError, "\(error); the queue is unchanged since its last transaction: free space, then run 'etl-job resume'")
             }
-            return JobError(.ioError, "\(error); the state files cannot be trusted: move the state directory aside and run "
-                + "'etl-job start --fresh' to load again (the target's etl_checkpoints table records what was committed)")
+            return JobError(.ioError, "\(error); \(untrustedState)")
+        case let error as DamagedBatch:
+            return JobError(.ioError, "\(error); \(untrustedState)")
         default:
             return JobError(.failed, "\(error)")
         }

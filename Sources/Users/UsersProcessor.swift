@@ -4,6 +4,7 @@ import Logging
 import Mongo
 import Postgres
 import Queue
+import Synchronization
 
 /// Where the job reads, writes and keeps its state.
 public struct JobSettings: Sendable {
@@ -50,6 +51,8 @@ public final class UsersProcessor: ETLProcessor, @unchecked Sendable {
     let jobId: String
     let clock: StageClock
     let logger: Logger
+    /// Batches read again from the source in this run (true once done): a second damage stops the job.
+    private let reread = Mutex<[UInt64: Bool]>([:])
 
     public var name: String { "users" }
 
@@ -134,6 +137,48 @@ public final class UsersProcessor: ETLProcessor, @unchecked Sendable {
             try queue.enqueue(payload: payload, documents: batch.count, position: position)
         }
         CrashPoint.enqueued.reach()
+    }
+
+    /// Reads a batch found damaged in the queue again from the source, once: the documents
+    /// after its recorded start position, as many as it held, ending with the same `_id`.
+    /// When the source cannot give exactly that (it changed, or the extent was lost too),
+    /// the damage stands and stops the job.
+    func reread(_ damaged: DamagedBatch) throws {
+        // Several workers meet the same damaged batch: one reads it again, the others wait.
+        let state = reread.withLock { started -> Bool? in
+            if let done = started[damaged.id] { return done }
+            started[damaged.id] = false
+            return nil
+        }
+        switch state {
+        case false?:
+            queue.waitForChange(timeout: 0.2)
+            return
+        case true?:
+            throw damaged  // damaged again after it was read again: the queue cannot hold it
+        case nil:
+            break
+        }
+        defer { reread.withLock { $0[damaged.id] = true } }
+        guard let extent = try queue.extent(of: damaged.id), extent.documents > 0 else { throw damaged }
+        let client = try MongoClient(url: settings.mongoURL)
+        let cursor = try client.collection(database: settings.database, name: settings.collection)
+            .scanById(afterIdElement: extent.after, batchSize: Int32(min(extent.documents, 1_000)))
+        var payload: [UInt8] = []
+        var last: [UInt8]?
+        for _ in 0..<extent.documents {
+            guard let doc = try cursor.next() else { break }
+            payload.append(contentsOf: doc)
+            last = idElement(doc)
+        }
+        guard last == extent.last, BatchIntegrity.documentCount(payload) == extent.documents else {
+            throw DamagedBatch(id: damaged.id, file: damaged.file,
+                               problem: damaged.problem + ", and the source no longer holds the same documents to read it again")
+        }
+        try queue.replacePayload(damaged.id, with: payload)
+        logger.warning("a queued batch was damaged; read its documents again from the source", metadata: [
+            "batch": "\(damaged.id)", "problem": "\(damaged.problem)", "documents": "\(extent.documents)",
+        ])
     }
 
     public func finishExtraction() throws {

@@ -37,16 +37,39 @@ import Users
         #expect(try sandbox.counts() == loaded, "nothing was loaded from a truncated queue")
     }
 
-    @Test func aChangedByteInAQueuedDocumentIsCaughtBeforeLoading() throws {
-        let sandbox = try interruptedJob()
+    /// Changes one byte of a document queued in the last batch before the kill (users 301-400,
+    /// which no worker took yet): the e-mail of user 399.
+    private func damageAQueuedDocument(_ sandbox: Sandbox) throws {
         let path = sandbox.stateDirectory + "/data.mdb"
         var data = try Data(contentsOf: URL(fileURLWithPath: path))
-        // The e-mail of a user in the last batch queued before the kill (301-400), which no worker took yet.
-        let marker = Data("_399@example.com".utf8)
-        let at = try #require(data.range(of: marker)).lowerBound
+        let at = try #require(data.range(of: Data("_399@example.com".utf8))).lowerBound
         data[at + 1] = UInt8(ascii: "6")
         try data.write(to: URL(fileURLWithPath: path))
-        try expectDamageRefused(sandbox, "a changed byte", naming: "batch 4 in the queue", commands: ["resume"])
+    }
+
+    @Test func aChangedByteInAQueuedDocumentIsCaughtAndTheBatchReadAgainFromTheSource() throws {
+        let sandbox = try interruptedJob()
+        try damageAQueuedDocument(sandbox)
+        let resumed = try sandbox.job("resume")
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+        #expect(resumed.stderr.contains("a queued batch was damaged; read its documents again from the source batch=4"), "\(resumed.stderr)")
+        #expect(try sandbox.counts() == (try expectedCounts(sandbox)))
+        #expect(try sandbox.job("verify").status == 0, "user 399 holds its e-mail from the source, not the damaged one")
+    }
+
+    @Test func aDamagedBatchTheSourceCanNoLongerGiveStopsWith74AndLoadsNoneOfIt() throws {
+        let sandbox = try interruptedJob()
+        try damageAQueuedDocument(sandbox)
+        let filter = BSONDocument()
+        filter.writer.append("delete", "users")
+        filter.writer.appendArray("deletes") { d in
+            d.appendDocument("0") { one in
+                one.appendDocument("q") { $0.append("_id", Int64(350)) }
+                one.append("limit", Int32(1))
+            }
+        }
+        try sandbox.mongo.runCommand(filter, database: sandbox.mongoDatabase)
+        try expectDamageRefused(sandbox, "a changed byte, source changed", naming: "batch 4 in the queue", commands: ["resume"])
         let damagedBatch = try sandbox.db().execute("SELECT count(*) FROM users WHERE id BETWEEN 301 AND 400").rows[0][0]
         #expect(damagedBatch == "0", "no row of the damaged batch is loaded")
     }
