@@ -143,21 +143,20 @@ public final class PGConnection {
     /// parser reads it, and as the URL's user-info writes it (for strings libpq refuses).
     public static func registerPassword(of url: String) {
         Secrets.register(url: url)
-        guard let options = PQconninfoParse(url, nil) else { return }
-        defer { PQconninfoFree(options) }
-        var found: [String: String] = [:]
-        var option = options
-        while let keyword = option.pointee.keyword {
-            if let value = option.pointee.val { found[String(cString: keyword)] = String(cString: value) }
-            option += 1
-        }
+        guard let found = options(of: url) else { return }
         Secrets.register(found["password"], visible: [found["user"], found["dbname"]])
     }
 
     /// The host, port and database a connection string names (nil where it names none),
     /// read with libpq's parser, without connecting.
     public static func named(in url: String) -> (host: String?, port: String?, database: String?) {
-        guard let options = PQconninfoParse(url, nil) else { return (nil, nil, nil) }
+        let found = options(of: url) ?? [:]
+        return (found["host"], found["port"], found["dbname"])
+    }
+
+    /// The options a connection string sets, as `PQconninfoParse` reads them; nil when it cannot.
+    private static func options(of url: String) -> [String: String]? {
+        guard let options = PQconninfoParse(url, nil) else { return nil }
         defer { PQconninfoFree(options) }
         var found: [String: String] = [:]
         var option = options
@@ -165,7 +164,7 @@ public final class PGConnection {
             if let value = option.pointee.val { found[String(cString: keyword)] = String(cString: value) }
             option += 1
         }
-        return (found["host"], found["port"], found["dbname"])
+        return found
     }
 
     /// Where this connection went, as libpq resolved it (URL, PG* variables, defaults).

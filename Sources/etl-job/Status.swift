@@ -29,21 +29,41 @@ struct Status: AsyncParsableCommand {
                 if json { print("{\"job\":null}") } else { print("no job in \(directory)") }
                 return
             }
-            let queue: DurableQueue
             do {
-                queue = try DurableQueue(directory: directory, readOnly: true)
-            } catch {
-                throw JobError.queue(error, directory)
+                let queue = try DurableQueue(directory: directory, readOnly: true)
+                try refuseMismatch(try queue.identity, directory: directory)
+                if rejected {
+                    try printRejected(try queue.setAsideDocuments())
+                } else if let status = try queue.status() {
+                    let view = StatusView(status, active: JobLock.isHeld(directory: directory))
+                    print(json ? view.json : view.text)
+                } else {
+                    print(json ? "{\"job\":null}" : "no job in \(directory)")
+                }
+            } catch let error where !(error is JobError) {
+                let failure = JobError.queue(error, directory)
+                if failure.kind == .ioError { printCheckpoints(try connection.resolved().postgresURL) }
+                throw failure
             }
-            try refuseMismatch(try queue.identity, directory: directory)
-            if rejected {
-                try printRejected(try queue.setAsideDocuments())
-            } else if let status = try queue.status() {
-                let view = StatusView(status, active: JobLock.isHeld(directory: directory))
-                print(json ? view.json : view.text)
-            } else {
-                print(json ? "{\"job\":null}" : "no job in \(directory)")
-            }
+        }
+    }
+
+    /// When the queue cannot be read, what the target's checkpoint rows still tell: the
+    /// batches each job committed there, the documents they loaded, the last commit.
+    private func printCheckpoints(_ url: String) {
+        guard let db = try? PGConnection(url: url, connectTimeout: 3),
+              let rows = try? db.execute("""
+                  SELECT job_id, count(*), sum(documents_loaded), max(committed_at)::text FROM etl_checkpoints
+                  GROUP BY job_id ORDER BY max(committed_at) DESC
+                  """).rows
+        else {
+            print("the queue cannot be read, and neither can the target's checkpoints at \(Redact.url(url))")
+            return
+        }
+        print("the queue cannot be read; the target's checkpoints at \(Redact.url(url)) record:")
+        if rows.isEmpty { print("  no committed batch") }
+        for row in rows {
+            print("  job \(row[0] ?? "?"): \(row[1] ?? "0") batches committed, \(row[2] ?? "0") documents loaded, the last at \(row[3] ?? "?")")
         }
     }
 

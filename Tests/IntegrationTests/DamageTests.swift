@@ -35,6 +35,11 @@ import Users
         let loaded = try sandbox.counts()
         try expectDamageRefused(sandbox, "truncated data.mdb", naming: "\(path) is 40000 bytes", commands: ["resume", "status"])
         #expect(try sandbox.counts() == loaded, "nothing was loaded from a truncated queue")
+        let status = try sandbox.job("status")
+        let committed = try sandbox.db().execute("SELECT count(*), sum(documents_loaded) FROM etl_checkpoints").rows[0]
+        #expect(status.stdout.contains("the target's checkpoints at"), "\(status.stdout)")
+        let expected = committed[0] == "0" ? "no committed batch" : "\(committed[0]!) batches committed, \(committed[1]!) documents loaded"
+        #expect(status.stdout.contains(expected), "\(status.stdout)")
     }
 
     /// Changes one byte of a document queued in the last batch before the kill (users 301-400,

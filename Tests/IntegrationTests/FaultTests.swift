@@ -55,34 +55,67 @@ import Users
             """)
     }
 
+    /// Kills until `kills` have landed: each run is killed at a random moment (one kill in four
+    /// during start-up, the others shortly after the run made progress: a batch queued or
+    /// committed, so kills fall in every stage), resumed, and so on until it completes; then
+    /// the tables must equal the uninterrupted run, and the next round starts afresh.
     @Test func randomKillCampaignEndsExactly() throws {
         let sandbox = try seededSandbox()
+        let reference = try Reference.checksums()
         var rng = SplitMix64(seed: Self.seed)
-        var kills = 0
-        var launches = 0
-        while true {
-            let command = (try sandbox.status()["job"] as? String) != nil ? "resume" : "start"
-            let job = try sandbox.launch([command] + sandbox.connectionArguments + ["--batch-size", "100"])
-            launches += 1
-            if kills < Self.kills {
-                Thread.sleep(forTimeInterval: 0.05 + Double(rng.next() % 300) / 1000)
-                if job.process.isRunning {
-                    job.signal(SIGKILL)
-                    _ = try job.wait()
+        var kills = 0, launches = 0, rounds = 0, rowsCompared = 0, lost = 0, duplicated = 0
+        while kills < Self.kills {
+            rounds += 1
+            var command = rounds == 1 ? ["start"] : ["start", "--fresh", "--yes"]
+            while true {
+                let before = try progress(sandbox)
+                let job = try sandbox.launch(command + sandbox.connectionArguments + ["--batch-size", "100"])
+                launches += 1
+                command = ["resume"]
+                if kills < Self.kills, try killAtARandomMoment(job, sandbox, after: before, &rng) {
                     kills += 1
                     #expect(!JobLock.isHeld(directory: sandbox.stateDirectory), "a killed run leaves no lock behind")
+                    guard launches < Self.kills * 4 else {
+                        Issue.record("seed \(Self.seed): no progress after \(launches) launches")
+                        return
+                    }
                     continue
                 }
+                let result = try job.wait()
+                #expect(result.status == 0, "seed \(Self.seed), after \(kills) kills: \(result.stderr)")
+                break
             }
-            let result = try job.wait()
-            #expect(result.status == 0, "seed \(Self.seed), after \(kills) kills: \(result.stderr)")
-            if (try sandbox.status()["complete"] as? Bool) == true { break }
-            #expect(launches < Self.kills * 3, "seed \(Self.seed): the run makes progress")
-            if launches >= Self.kills * 3 { return }
+            let sums = try sandbox.checksums()
+            #expect(sums == reference, "seed \(Self.seed), round \(rounds), \(kills) kills")
+            let rows = try sandbox.counts().values.reduce(0, +)
+            let expected = reference.values.reduce(0) { $0 + Int($1.split(separator: " ")[0])! }
+            rowsCompared += rows
+            lost += max(0, expected - rows)
+            duplicated += try sandbox.duplicateKeys()
         }
-        #expect(kills >= Self.kills)
         try expectExact(sandbox, "seed \(Self.seed), \(kills) kills")
-        print("fault campaign: \(kills) kills survived, \(Reference.users) users, seed \(Self.seed)")
+        print("fault campaign: \(kills) kills at random moments in \(rounds) runs to completion (\(launches) launches), "
+            + "\(Reference.users) users, seed \(Self.seed): \(rowsCompared) rows compared, \(lost) lost, \(duplicated) duplicated")
+    }
+
+    /// Batches queued and committed so far (zero before the first run).
+    private func progress(_ sandbox: Sandbox) throws -> Int {
+        let status = try sandbox.status()
+        return (status["batches"] as? Int ?? 0) + (status["done"] as? Int ?? 0)
+    }
+
+    /// Kills `job` at a random moment; false when it ended first.
+    private func killAtARandomMoment(_ job: RunningJob, _ sandbox: Sandbox, after before: Int, _ rng: inout SplitMix64) throws -> Bool {
+        if rng.next() % 4 == 0 {
+            Thread.sleep(forTimeInterval: 0.05 + Double(rng.next() % 300) / 1000)
+        } else {
+            _ = try eventually(60) { try !job.process.isRunning || progress(sandbox) > before }
+            Thread.sleep(forTimeInterval: Double(rng.next() % 400) / 1000)
+        }
+        guard job.process.isRunning else { return false }
+        job.signal(SIGKILL)
+        _ = try job.wait()
+        return true
     }
 
     @Test func terminatingTheWorkersBackendMidCopyIsRetried() throws {

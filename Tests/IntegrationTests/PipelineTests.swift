@@ -40,20 +40,25 @@ func expectedCounts(_ sandbox: Sandbox, excluding: Set<Int64> = []) throws -> [S
 /// The checksums of an uninterrupted run over `users` users, computed once per process.
 enum Reference {
     static let users = Int(ProcessInfo.processInfo.environment["ETL_FAULT_USERS"] ?? "") ?? 2_000
-    nonisolated(unsafe) private static var cached: [String: String]?
+    nonisolated(unsafe) private static var cached: (sums: [String: String], seconds: Double)?
     private static let lock = NSLock()
 
-    static func checksums() throws -> [String: String] {
+    static func checksums() throws -> [String: String] { try measured().sums }
+
+    /// How long the uninterrupted run took (process start to exit), to spread kills over.
+    static func seconds() throws -> Double { try measured().seconds }
+
+    private static func measured() throws -> (sums: [String: String], seconds: Double) {
         lock.lock()
         defer { lock.unlock() }
         if let cached { return cached }
         let sandbox = try Sandbox()
         try sandbox.seed(users: users)
-        let result = try sandbox.job("start")
+        let result = try sandbox.job("start", ["--batch-size", "100"])
         #expect(result.status == 0, "\(result.stderr)")
-        let sums = try sandbox.checksums()
-        cached = sums
-        return sums
+        let measured = (try sandbox.checksums(), result.seconds)
+        cached = measured
+        return measured
     }
 }
 
@@ -310,8 +315,10 @@ final class JobLockHolder {
         while true {
             let job = try sandbox.launch([command] + sandbox.connectionArguments + ["--batch-size", "100"])
             // A run needs about half a second before its first batch is queued (process start,
-            // connections, the source server's first reply): kill between 0.2 and 1.2 s.
-            Thread.sleep(forTimeInterval: Double(200 + rng.next() % 1000) / 1000)
+            // connections, the source server's first reply): kill between 0.2 s and 0.2 s past
+            // an uninterrupted run's length.
+            let window = UInt64(max(1_000, try Reference.seconds() * 1000))
+            Thread.sleep(forTimeInterval: Double(200 + rng.next() % window) / 1000)
             if !job.process.isRunning {
                 let result = try job.wait()
                 #expect(result.status == 0, "\(command) after \(kills) kills: \(result.stderr)")
