@@ -315,9 +315,9 @@ final class JobLockHolder {
         while true {
             let job = try sandbox.launch([command] + sandbox.connectionArguments + ["--batch-size", "100"])
             // A run needs about half a second before its first batch is queued (process start,
-            // connections, the source server's first reply): kill between 0.2 s and 0.2 s past
-            // an uninterrupted run's length.
-            let window = UInt64(max(1_000, try Reference.seconds() * 1000))
+            // connections, the source server's first reply): kill between 0.2 s and a third of
+            // an uninterrupted run's length past that (at least 1 s), so it is killed several times.
+            let window = UInt64(max(1_000, try Reference.seconds() * 1000 / 3))
             Thread.sleep(forTimeInterval: Double(200 + rng.next() % window) / 1000)
             if !job.process.isRunning {
                 let result = try job.wait()
