@@ -64,14 +64,17 @@ import Users
         let reference = try Reference.checksums()
         var rng = SplitMix64(seed: Self.seed)
         var kills = 0, launches = 0, rounds = 0, rowsCompared = 0, lost = 0, duplicated = 0
+        var finishedJob: String?
         while kills < Self.kills {
             rounds += 1
-            var command = rounds == 1 ? ["start"] : ["start", "--fresh", "--yes"]
+            let start = rounds == 1 ? ["start"] : ["start", "--fresh", "--yes"]
             while true {
+                // Resume this round's job; a kill before it was recorded leaves nothing to resume: start again.
+                let recorded = try sandbox.status()["job"] as? String
+                let command = recorded != nil && recorded != finishedJob ? ["resume"] : start
                 let before = try progress(sandbox)
                 let job = try sandbox.launch(command + sandbox.connectionArguments + ["--batch-size", "100"])
                 launches += 1
-                command = ["resume"]
                 if kills < Self.kills, try killAtARandomMoment(job, sandbox, after: before, &rng) {
                     kills += 1
                     #expect(!JobLock.isHeld(directory: sandbox.stateDirectory), "a killed run leaves no lock behind")
@@ -85,6 +88,7 @@ import Users
                 #expect(result.status == 0, "seed \(Self.seed), after \(kills) kills: \(result.stderr)")
                 break
             }
+            finishedJob = try sandbox.status()["job"] as? String
             let sums = try sandbox.checksums()
             #expect(sums == reference, "seed \(Self.seed), round \(rounds), \(kills) kills")
             let rows = try sandbox.counts().values.reduce(0, +)
@@ -98,9 +102,10 @@ import Users
             + "\(Reference.users) users, seed \(Self.seed): \(rowsCompared) rows compared, \(lost) lost, \(duplicated) duplicated")
     }
 
-    /// Batches queued and committed so far (zero before the first run).
+    /// Batches queued and committed so far (zero before the first run, or while a starting
+    /// run is still creating its queue and `status` cannot read it yet).
     private func progress(_ sandbox: Sandbox) throws -> Int {
-        let status = try sandbox.status()
+        let status = (try? sandbox.status()) ?? [:]
         return (status["batches"] as? Int ?? 0) + (status["done"] as? Int ?? 0)
     }
 
