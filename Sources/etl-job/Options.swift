@@ -165,7 +165,9 @@ enum DotEnv {
             if required { throw JobError(.usage, "--env-file \(path): no such file") }
             return [:]
         }
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+        // Read through a file handle, so that a device such as /dev/null reads as empty.
+        guard let data = FileHandle(forReadingAtPath: path)?.readDataToEndOfFile(),
+              let text = String(data: data, encoding: .utf8) else {
             throw JobError(.usage, "cannot read \(path)")
         }
         var values: [String: String] = [:]
