@@ -17,6 +17,9 @@ public struct LMDBError: Error, CustomStringConvertible, Sendable {
 
     public var description: String { complete ? context : "\(context): \(String(cString: mdb_strerror(code)))" }
 
+    /// A key or table that does not exist (yet: a queue still being created reads so).
+    public var isNotFound: Bool { code == MDB_NOTFOUND }
+
     /// The state files cannot be written or trusted: a full or read-only disk, an I/O error,
     /// damaged pages. The job must stop (exit 74) rather than retry.
     public var isStorageFailure: Bool {

@@ -24,14 +24,15 @@ struct Status: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let directory = try connection.resolved().stateDirectory
+            let settings = try connection.resolved()
+            let directory = settings.stateDirectory
             guard DurableQueue.exists(in: directory) else {
                 if json { print("{\"job\":null}") } else { print("no job in \(directory)") }
                 return
             }
             do {
                 let queue = try DurableQueue(directory: directory, readOnly: true)
-                try refuseMismatch(try queue.identity, directory: directory)
+                try refuseMismatch(try queue.identity, settings: settings)
                 if rejected {
                     try printRejected(try queue.setAsideDocuments())
                 } else if let status = try queue.status() {
@@ -40,9 +41,12 @@ struct Status: AsyncParsableCommand {
                 } else {
                     print(json ? "{\"job\":null}" : "no job in \(directory)")
                 }
+            } catch let error as LMDBError where error.isNotFound && JobLock.isHeld(directory: directory) {
+                // A run that holds the directory is still creating its queue's tables.
+                print(json ? "{\"job\":null}" : "no job in \(directory) yet: a run is starting")
             } catch let error where !(error is JobError) {
                 let failure = JobError.queue(error, directory)
-                if failure.kind == .ioError { printCheckpoints(try connection.resolved().postgresURL) }
+                if failure.kind == .ioError { printCheckpoints(settings.postgresURL) }
                 throw failure
             }
         }
@@ -68,9 +72,8 @@ struct Status: AsyncParsableCommand {
     }
 
     /// Refuses (exit 64) when a setting the user named differs from what the job recorded.
-    private func refuseMismatch(_ recorded: JobIdentity?, directory: String) throws {
+    private func refuseMismatch(_ recorded: JobIdentity?, settings: JobSettings) throws {
         guard let recorded else { return }
-        let settings = try connection.resolved()
         let urls = try connection.urlsGiven()
         var given = recorded
         if settings.databaseGiven { given.database = settings.database }

@@ -16,8 +16,9 @@ struct Verify: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let recorded = try recordedJob(try connection.resolved().stateDirectory)
-            let job = UsersJob(settings: try connection.resolved(), logger: connection.makeLogger()).matching(recorded.identity)
+            let given = try connection.resolved()
+            let recorded = try recordedJob(given.stateDirectory)
+            let job = UsersJob(settings: given, logger: connection.makeLogger()).matching(recorded.identity)
             let settings = job.settings
             let client = try job.connectMongo()
             let db = try job.connectPostgres()
