@@ -36,23 +36,47 @@ let package = Package(
         .target(name: "Mongo", dependencies: ["CMongoc", "ETLCore"]),
         .target(name: "Postgres", dependencies: ["CLibPQ", "ETLCore"]),
 
-        // The users pipeline: BSON -> 15 tables, schema, generator, job.
+        // The durable engine: extract, queue, load with checkpoints, recovery, migrations,
+        // verify, status. Generic over a DocumentMapping; it knows no pipeline's tables.
         .target(
-            name: "Users",
+            name: "DurableETL",
             dependencies: [
                 "ETLCore", "Queue", "Mongo", "Postgres",
                 .product(name: "Logging", package: "swift-log"),
             ]),
 
+        // The users pipeline: one DocumentMapping (BSON -> 15 tables).
+        .target(name: "Users", dependencies: ["DurableETL", "Mongo", "Postgres"]),
+        // The users dataset generator and bad-input corpus (for `seed` and the tests).
+        .target(name: "UsersFixtures", dependencies: ["Mongo"]),
+
         .executableTarget(
             name: "etl-job",
             dependencies: [
-                "Users", "ETLCore", "Queue", "Mongo", "Postgres", "CMalloc",
+                "DurableETL", "Users", "UsersFixtures", "ETLCore", "Queue", "Mongo", "Postgres", "CMalloc",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
 
-        .testTarget(name: "ETLCoreTests", dependencies: ["ETLCore", "Queue", "Users", "Mongo"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["Users", "Queue", "Mongo", "Postgres", "ETLCore"]),
+        // Test helpers shared by every test target: services, sandboxes, processes.
+        .target(
+            name: "TestSupport",
+            dependencies: ["DurableETL", "Queue", "Mongo", "Postgres", "ETLCore"],
+            path: "Tests/TestSupport"),
+        // A pipeline written against the engine alone (the README's example), and a small
+        // program that runs it, which the engine tests kill and resume. Neither may depend on Users.
+        .target(name: "NotesPipeline", dependencies: ["DurableETL", "Mongo"], path: "Tests/NotesPipeline"),
+        .executableTarget(
+            name: "notes-pipeline",
+            dependencies: ["NotesPipeline", "DurableETL", "ETLCore", .product(name: "Logging", package: "swift-log")],
+            path: "Tests/NotesPipelineRunner"),
+
+        .testTarget(name: "ETLCoreTests", dependencies: ["ETLCore", "Queue", "DurableETL", "Users", "UsersFixtures", "Mongo", "TestSupport"]),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: ["DurableETL", "Users", "UsersFixtures", "Queue", "Mongo", "Postgres", "ETLCore", "TestSupport"]),
+        .testTarget(
+            name: "EngineTests",
+            dependencies: ["DurableETL", "Queue", "Mongo", "Postgres", "ETLCore", "TestSupport", "NotesPipeline", "notes-pipeline"]),
     ]
 )

@@ -5,7 +5,6 @@ public struct BucketConfig: Sendable, Equatable {
     public var batchSize: Int
     public var workers: Int
     public var flushTimeout: Duration
-    public var managerWorkers: Int
     /// Extraction pauses while more batches than this wait in the queue.
     public var maxPendingBatches: Int
     /// A batch is flushed early once its items weigh this much (bytes), so a run of large
@@ -16,14 +15,12 @@ public struct BucketConfig: Sendable, Equatable {
         batchSize: Int = 500,
         workers: Int = 2 * ProcessInfo.processInfo.activeProcessorCount,
         flushTimeout: Duration = .seconds(5),
-        managerWorkers: Int = 1,
         maxPendingBatches: Int = 8,
         maxBatchBytes: Int = 32 << 20
     ) {
         self.batchSize = batchSize
         self.workers = workers
         self.flushTimeout = flushTimeout
-        self.managerWorkers = managerWorkers
         self.maxPendingBatches = maxPendingBatches
         self.maxBatchBytes = maxBatchBytes
     }

@@ -1,6 +1,6 @@
 /// The roles of one extract → transform → load job.
 ///
-/// Extraction feeds a `Bucket`, whose batches go to `stage` (for the users job: into the
+/// Extraction feeds a `Bucket`, whose batches go to `stage` (for the durable engine: into the
 /// durable queue). Workers, each made by `makeWorker` with resources of its own, then take
 /// staged batches, transform and load them until nothing is left.
 public protocol ETLProcessor: Sendable {
@@ -12,8 +12,8 @@ public protocol ETLProcessor: Sendable {
 
     var name: String { get }
 
-    /// Runs before anything is extracted (schema migration, recovery of a previous run).
-    func preProcess() async throws
+    /// Runs before anything is extracted (recovery of a previous run), on a thread of its own.
+    func preProcess() throws
     /// Calls `emit` for each source item, in order, until the source is exhausted or `stop`
     /// is requested; returns true when the source was read to its end.
     func extract(_ emit: (Item) throws -> Void, stop: StopToken) throws -> Bool
@@ -22,8 +22,8 @@ public protocol ETLProcessor: Sendable {
     /// Records that the source has been read to its end.
     func finishExtraction() throws
     func makeWorker(index: Int) throws -> Worker
-    /// Runs after every worker has drained (reporting, bookkeeping).
-    func postProcess() async throws
+    /// Runs after every worker has drained (reporting, bookkeeping), on a thread of its own.
+    func postProcess() throws
 }
 
 public enum WorkerStep: Sendable {
@@ -86,8 +86,8 @@ public struct ETLRunner<P: ETLProcessor>: Pipeline {
     public var name: String { processor.name }
 
     public func run(stop: StopToken) async throws {
-        try await processor.preProcess()
         let processor = processor
+        try await Threads.blocking(name: "\(processor.name)-recover") { try processor.preProcess() }
         let config = config
         let extractSource = extractSource
         let errors = await Threads.run(count: config.workers + 1, name: processor.name) { index in
@@ -103,7 +103,9 @@ public struct ETLRunner<P: ETLProcessor>: Pipeline {
             }
         }
         try ETLErrors.throwIfAny(errors)
-        if !stop.isStopRequested { try await processor.postProcess() }
+        if !stop.isStopRequested {
+            try await Threads.blocking(name: "\(processor.name)-finish") { try processor.postProcess() }
+        }
     }
 
     private static func extract(_ processor: P, config: BucketConfig, stop: StopToken) throws {

@@ -1,9 +1,24 @@
 import Foundation
 import Synchronization
 
-/// Dedicated threads for work that blocks in C (a database round trip, an fsync): such work
-/// must not occupy the few threads of Swift's cooperative pool.
+/// Dedicated threads for work that blocks in C (a database round trip, an fsync).
+///
+/// The rule for every contributor: a call into libpq, libmongoc or LMDB never runs on Swift's
+/// cooperative pool (an `async` function's own thread). That pool has one thread per core;
+/// on a 2-core machine two blocked calls stop every task, the signal handling included. Run
+/// such work in `Threads.blocking` (one call) or `Threads.run` (a pool of workers).
 public enum Threads {
+    /// Runs `body` on a thread of its own and returns its result to the awaiting task.
+    public static func blocking<T: Sendable>(name: String, _ body: @escaping @Sendable () throws -> T) async throws -> T {
+        let result = Mutex<Result<T, any Error>?>(nil)
+        let errors = await run(count: 1, name: name) { _ in
+            let value = try body()
+            result.withLock { $0 = .success(value) }
+        }
+        if let error = errors.first { throw error }
+        return try result.withLock { $0 }!.get()
+    }
+
     /// Runs `body(0..<count)` on `count` threads and returns every error thrown, in index order.
     public static func run(
         count: Int, name: String, _ body: @escaping @Sendable (Int) throws -> Void

@@ -130,6 +130,17 @@ public struct BSONIterator {
         return UnsafeRawBufferPointer(start: p, count: Int(length))
     }
 
+    /// Binary data and its subtype, read in place.
+    public var binary: (subtype: UInt8, bytes: UnsafeRawBufferPointer)? {
+        guard type == .binary else { return nil }
+        var copy = raw
+        var subtype = bson_subtype_t(0)
+        var length: UInt32 = 0
+        var data: UnsafePointer<UInt8>?
+        bson_iter_binary(iterPtr(&copy), &subtype, &length, &data)
+        return (UInt8(truncatingIfNeeded: subtype.rawValue), UnsafeRawBufferPointer(start: data, count: Int(length)))
+    }
+
     /// Milliseconds since the Unix epoch, UTC.
     public var dateTimeMillis: Int64? {
         guard type == .dateTime else { return nil }
@@ -260,6 +271,21 @@ public struct BSONWriter {
     public func append(_ key: String, _ value: Int64) { _ = bson_append_int64(handle, key, Int32(key.utf8.count), value) }
     public func append(_ key: String, _ value: Double) { _ = bson_append_double(handle, key, Int32(key.utf8.count), value) }
     public func append(_ key: String, _ value: Bool) { _ = bson_append_bool(handle, key, Int32(key.utf8.count), value) }
+    /// An ObjectId from its 12 bytes.
+    public func append(_ key: String, objectId bytes: [UInt8]) {
+        precondition(bytes.count == 12, "an ObjectId is 12 bytes")
+        var oid = bson_oid_t()
+        withUnsafeMutableBytes(of: &oid.bytes) { $0.copyBytes(from: bytes) }
+        _ = bson_append_oid(handle, key, Int32(key.utf8.count), &oid)
+    }
+
+    /// Binary data of a subtype (0 generic, 4 UUID).
+    public func append(_ key: String, binary bytes: [UInt8], subtype: UInt8 = 0) {
+        _ = bytes.withUnsafeBufferPointer {
+            bson_append_binary(handle, key, Int32(key.utf8.count), bson_subtype_t(UInt32(subtype)), $0.baseAddress, UInt32($0.count))
+        }
+    }
+
     public func appendNull(_ key: String) { _ = bson_append_null(handle, key, Int32(key.utf8.count)) }
 
     public func append(_ key: String, dateTimeMillis: Int64) {

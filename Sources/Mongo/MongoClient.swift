@@ -138,6 +138,7 @@ public final class MongoCollection {
     /// (a document `{"_id": value}`), or from the beginning when it is nil.
     public func scanById(afterIdElement: [UInt8]?, batchSize: Int32) throws -> MongoCursor {
         let filter = BSONDocument()
+        var skip: [UInt8]?
         if let afterIdElement {
             try afterIdElement.withUnsafeBytes { bytes in
                 guard var it = BSONIterator(document: bytes), it.next() else {
@@ -147,7 +148,16 @@ public final class MongoCollection {
                 // whose _id type sorts later are asked for by type.
                 let later = BSONType.typeAliasesSorting(after: it.type)
                 filter.writer.appendArray("$or") { or in
-                    or.appendDocument("0") { $0.appendDocument("_id") { range in it.append(to: range, as: "$gt") } }
+                    if it.type == .binary {
+                        // Binary _ids sort by length, then subtype, then bytes. Servers differ in
+                        // how `$gt` compares them (the bundled wire server compares bytes only),
+                        // so all binary _ids are asked for, in order, and those up to the position
+                        // are skipped here.
+                        or.appendDocument("0") { $0.appendDocument("_id") { $0.append("$type", "binData") } }
+                        skip = Array(bytes)
+                    } else {
+                        or.appendDocument("0") { $0.appendDocument("_id") { range in it.append(to: range, as: "$gt") } }
+                    }
                     if !later.isEmpty {
                         or.appendDocument("1") { $0.appendDocument("_id") { t in
                             t.appendArray("$type") { list in for (i, alias) in later.enumerated() { list.append(String(i), alias) } }
@@ -162,7 +172,7 @@ public final class MongoCollection {
         guard let cursor = mongoc_collection_find_with_opts(handle, filter.handle, options.handle, nil) else {
             throw MongoError(message: "could not open a cursor")
         }
-        return MongoCursor(collection: self, handle: cursor)
+        return MongoCursor(collection: self, handle: cursor, skipThrough: skip)
     }
 
     public func insertMany(_ documents: [BSONDocument]) throws {
@@ -200,10 +210,13 @@ public final class MongoCollection {
 public final class MongoCursor {
     private let collection: MongoCollection
     private let handle: OpaquePointer
+    /// `{_id: binary}`: leading documents whose binary `_id` sorts at or before it are skipped.
+    private var skipThrough: [UInt8]?
 
-    init(collection: MongoCollection, handle: OpaquePointer) {
+    init(collection: MongoCollection, handle: OpaquePointer, skipThrough: [UInt8]? = nil) {
         self.collection = collection
         self.handle = handle
+        self.skipThrough = skipThrough
     }
 
     deinit { mongoc_cursor_destroy(handle) }
@@ -211,14 +224,33 @@ public final class MongoCursor {
     /// The next document's bytes, or nil at the end of the results.
     public func next() throws -> UnsafeRawBufferPointer? {
         var document: OpaquePointer?
-        if mongoc_cursor_next(handle, &document), let document {
+        while mongoc_cursor_next(handle, &document), let document {
             let data = UnsafeRawPointer(bson_get_data(document)!)
             let length = Int(data.loadUnaligned(as: Int32.self).littleEndian)
-            return UnsafeRawBufferPointer(start: data, count: length)
+            let bytes = UnsafeRawBufferPointer(start: data, count: length)
+            if let position = skipThrough {
+                if Self.binaryId(of: bytes, sortsAtOrBefore: position) { continue }
+                skipThrough = nil
+            }
+            return bytes
         }
         var error = bson_error_t()
         if mongoc_cursor_error(handle, &error) { throw MongoError(error) }
         return nil
+    }
+}
+
+extension MongoCursor {
+    /// Whether the document's `_id` is binary and sorts at or before the binary `_id` of
+    /// `position`, in MongoDB's order: length, then subtype, then bytes.
+    static func binaryId(of document: UnsafeRawBufferPointer, sortsAtOrBefore position: [UInt8]) -> Bool {
+        guard var it = BSONIterator(document: document), it.find("_id"), let id = it.binary else { return false }
+        return position.withUnsafeBytes { raw in
+            guard var p = BSONIterator(document: raw), p.next(), let pivot = p.binary else { return false }
+            if id.bytes.count != pivot.bytes.count { return id.bytes.count < pivot.bytes.count }
+            if id.subtype != pivot.subtype { return id.subtype < pivot.subtype }
+            return !pivot.bytes.lexicographicallyPrecedes(id.bytes)
+        }
     }
 }
 

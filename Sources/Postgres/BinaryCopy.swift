@@ -31,6 +31,11 @@ public struct BinaryCopyWriter: Sendable {
         append(UInt16(fields))
     }
 
+    /// SQL NULL, in a column of any type.
+    public mutating func null() {
+        append(UInt32(bitPattern: -1))
+    }
+
     public mutating func int8(_ v: Int64) {
         append(UInt32(8))
         append(UInt64(bitPattern: v))

@@ -19,6 +19,8 @@ public struct LMDBError: Error, CustomStringConvertible, Sendable {
 
     /// A key or table that does not exist (yet: a queue still being created reads so).
     public var isNotFound: Bool { code == MDB_NOTFOUND }
+    /// What a queue without a recorded job reads as.
+    public static let notFound = LMDBError(code: MDB_NOTFOUND, context: "no job recorded")
 
     /// The state files cannot be written or trusted: a full or read-only disk, an I/O error,
     /// damaged pages. The job must stop (exit 74) rather than retry.

@@ -6,7 +6,7 @@ import Mongo
 struct ETLJobCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "etl-job",
-        abstract: "Move a MongoDB collection into 15 PostgreSQL tables, resumably.",
+        abstract: "Move MongoDB collections into normalized PostgreSQL tables, resumably: one pipeline per collection, several at once.",
         subcommands: [Start.self, Resume.self, Status.self, Verify.self, Seed.self, Migrate.self, Scan.self])
 }
 

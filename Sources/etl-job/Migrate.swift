@@ -1,16 +1,22 @@
 import ArgumentParser
-import Users
+import DurableETL
+import ETLCore
 
 struct Migrate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Create the 15 target tables and the job's bookkeeping tables (idempotent).")
+        abstract: "Create the pipelines' target tables and the job's bookkeeping tables (idempotent).")
 
     @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var pipelines: PipelineOptions
 
     func run() async throws {
         try await reportingErrors {
-            let job = UsersJob(settings: try connection.resolved(), logger: connection.makeLogger())
-            let applied = try job.migrate(try job.connectPostgres())
+            let settings = try connection.resolved()
+            let mappings = pipelines.mappings
+            let applied = try await Threads.blocking(name: "migrate") {
+                let job = DurableJob(settings: settings, logger: connection.makeLogger())
+                return try job.migrate(try PipelineJob(mapping: mappings[0], settings: settings).connectPostgres(), mappings)
+            }
             print(applied == 0 ? "schema is up to date" : "applied \(applied) migration(s)")
         }
     }

@@ -2,7 +2,7 @@ import ArgumentParser
 import ETLCore
 import Foundation
 import Logging
-import Users
+import DurableETL
 
 /// Where the services and the state are: flag, then environment, then `.env`, then the
 /// local services that `scripts/services start` runs.
@@ -23,11 +23,16 @@ struct ConnectionOptions: ParsableArguments {
     @Option(name: .customLong("env-file"), help: "File of KEY=VALUE lines read after the environment (default .env, when present).")
     var envFile: String?
 
-    @Option(help: "Source database (default sample_db; resume, status and verify default to the job's).")
+    @Option(help: "Source database (default the pipeline's; resume, status and verify default to the job's).")
     var database: String?
 
-    @Option(help: "Source collection (default users; resume, status and verify default to the job's).")
+    @Option(help: "Source collection (default the pipeline's; resume, status and verify default to the job's).")
     var collection: String?
+
+    @Option(name: .customLong("target-schema"), help: ArgumentHelp(
+        "PostgreSQL schema of the tables, checkpoints and migrations, created if missing (default public; resume, status and verify default to the job's).",
+        valueName: "name"))
+    var targetSchema: String?
 
     @Option(name: .customLong("log-level"), help: "trace, debug, info, warning or error.")
     var logLevel: Logger.Level = .info
@@ -45,11 +50,14 @@ struct ConnectionOptions: ParsableArguments {
         guard postgres.hasPrefix("postgres://") || postgres.hasPrefix("postgresql://") else {
             throw JobError(.usage, "malformed PostgreSQL URL \(Redact.url(postgres)): it must start with postgresql:// or postgres://")
         }
+        if let targetSchema, targetSchema.isEmpty || targetSchema.utf8.count > 63 || targetSchema.contains("\0") {
+            throw JobError(.usage, "--target-schema must be a PostgreSQL name of 1 to 63 bytes, not '\(targetSchema)'")
+        }
         var settings = JobSettings(
-            mongoURL: mongo, postgresURL: postgres, database: database ?? "sample_db", collection: collection ?? "users",
-            stateDirectory: pick(stateDirectory, "ETL_STATE_DIR", Self.defaultStateDirectory))
-        settings.databaseGiven = database != nil
-        settings.collectionGiven = collection != nil
+            mongoURL: mongo, postgresURL: postgres,
+            stateDirectory: pick(stateDirectory, "ETL_STATE_DIR", Self.defaultStateDirectory), targetSchema: targetSchema)
+        settings.database = database
+        settings.collection = collection
         if let run {
             settings.bucket = run.config
             settings.cursorBatchSize = run.cursorBatchSize
@@ -107,14 +115,11 @@ struct BucketOptions: ParsableArguments {
     @Option(name: .customLong("batch-size"), help: "Documents per batch.")
     var batchSize = 500
 
-    @Option(help: "Transform/load workers, each with its own PostgreSQL connection (default 2 × cores).")
+    @Option(help: "Transform/load workers, each with its own PostgreSQL connection, shared among the pipelines (default 2 × cores).")
     var workers = 2 * ProcessInfo.processInfo.activeProcessorCount
 
     @Option(name: .customLong("flush-timeout"), help: "Seconds after which a partial batch is queued anyway.")
     var flushTimeout = 5.0
-
-    @Option(name: .customLong("manager-workers"), help: "Pipelines run at once.")
-    var managerWorkers = 1
 
     @Option(name: .customLong("max-pending"), help: "Extraction pauses while this many batches wait in the queue.")
     var maxPending = 8
@@ -123,7 +128,7 @@ struct BucketOptions: ParsableArguments {
     var cursorBatchSize: Int32 = 500
 
     @Option(name: .customLong("max-document-mb"), help: "Documents larger than this (MB) are set aside.")
-    var maxDocumentMB = Double(UserRows.defaultMaxDocumentBytes >> 20)
+    var maxDocumentMB = Double(JobSettings.defaultMaxDocumentBytes >> 20)
 
     @Option(name: .customLong("queue-map-mb"), help: .hidden)
     var queueMapMB = 64
@@ -140,7 +145,6 @@ struct BucketOptions: ParsableArguments {
         guard batchSize > 0 else { throw ValidationError("--batch-size must be at least 1") }
         guard workers > 0 else { throw ValidationError("--workers must be at least 1") }
         guard flushTimeout > 0 else { throw ValidationError("--flush-timeout must be positive") }
-        guard managerWorkers > 0 else { throw ValidationError("--manager-workers must be at least 1") }
         guard maxPending > 0 else { throw ValidationError("--max-pending must be at least 1") }
         guard cursorBatchSize > 0 else { throw ValidationError("--cursor-batch-size must be at least 1") }
         guard maxDocumentMB > 0 else { throw ValidationError("--max-document-mb must be positive") }
@@ -153,7 +157,7 @@ struct BucketOptions: ParsableArguments {
     var config: BucketConfig {
         BucketConfig(
             batchSize: batchSize, workers: workers, flushTimeout: .milliseconds(Int(flushTimeout * 1000)),
-            managerWorkers: managerWorkers, maxPendingBatches: maxPending)
+            maxPendingBatches: maxPending)
     }
 }
 

@@ -1,9 +1,9 @@
 import ArgumentParser
-import Users
+import DurableETL
 
 struct Resume: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Continue an interrupted run exactly where it stopped.")
+        abstract: "Continue an interrupted run exactly where it stopped, every pipeline it runs.")
 
     @OptionGroup var connection: ConnectionOptions
     @OptionGroup var bucket: BucketOptions
@@ -11,8 +11,10 @@ struct Resume: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let settings = try connection.resolved(bucket)
-            let job = UsersJob(settings: settings, logger: connection.makeLogger())
-            try await runInterruptibly { stop, progress in try await job.resume(stop: stop, observer: progress) }
+            let job = DurableJob(settings: settings, logger: connection.makeLogger())
+            try await runInterruptibly { stop, progress in
+                try await job.resume(resolve: Pipelines.mapping(named:), stop: stop, observer: progress)
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
-import Users
+import DurableETL
+import ETLCore
 
 /// The source limit: how fast the collection can be read in `_id` order, decoding nothing.
 struct Scan: AsyncParsableCommand {
@@ -9,25 +10,28 @@ struct Scan: AsyncParsableCommand {
         shouldDisplay: false)
 
     @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var pipelines: PipelineOptions
 
     @Option(name: .customLong("cursor-batch-size"), help: "Documents per getMore.")
     var cursorBatchSize: Int32 = 1000
 
     func run() async throws {
         try await reportingErrors {
-            let settings = try connection.resolved()
-            let job = UsersJob(settings: settings, logger: connection.makeLogger())
-            let collection = try job.connectMongo().collection(database: settings.database, name: settings.collection)
-            let start = ContinuousClock.now
-            let cursor = try collection.scanById(afterIdElement: nil, batchSize: cursorBatchSize)
-            var documents = 0
-            var bytes = 0
-            while let doc = try cursor.next() {
-                documents += 1
-                bytes += doc.count
-            }
-            let elapsed = ContinuousClock.now - start
-            print("scanned \(documents) documents (\(bytes) bytes) in \(String(format: "%.3f", Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)) s")
+            let job = PipelineJob(mapping: pipelines.mappings[0], settings: try connection.resolved())
+            try await Threads.blocking(name: "scan") { try Self.scan(job, cursorBatchSize: cursorBatchSize) }
         }
+    }
+
+    private static func scan(_ job: PipelineJob, cursorBatchSize: Int32) throws {
+        let collection = try job.connectMongo().collection(database: job.source.database, name: job.source.collection)
+        let start = ContinuousClock.now
+        let cursor = try collection.scanById(afterIdElement: nil, batchSize: cursorBatchSize)
+        var documents = 0
+        var bytes = 0
+        while let doc = try cursor.next() {
+            documents += 1
+            bytes += doc.count
+        }
+        print("scanned \(documents) documents (\(bytes) bytes) in \(String(format: "%.3f", (ContinuousClock.now - start).seconds)) s")
     }
 }

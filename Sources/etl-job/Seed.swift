@@ -2,7 +2,9 @@ import ArgumentParser
 import ETLCore
 import Foundation
 import Mongo
+import DurableETL
 import Users
+import UsersFixtures
 
 struct Seed: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -32,35 +34,39 @@ struct Seed: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let settings = try connection.resolved()
-            let job = UsersJob(settings: settings, logger: connection.makeLogger())
-            let collection = try job.connectMongo().collection(database: settings.database, name: settings.collection)
-            if drop { try collection.drop() }
-            let generator = UserGenerator(seed: seed)
-            let corpus = badInput ? BadInputCorpus.documents(users: users, generator: generator) : []
-            let replaced = Set(corpus.compactMap { $0.id.map { $0 + firstId - 1 } })
-            let chunk = 500
-            let showProgress = users >= 5_000
-            var next = firstId
-            let end = firstId + Int64(users)
-            while next < end {
-                let upper = min(next + Int64(chunk), end)
-                try collection.insertMany((next..<upper).filter { !replaced.contains($0) }.map { generator.document(id: $0) })
-                next = upper
-                if showProgress { Console.standardError.status("seeded \(next - firstId)/\(users) users") }
-            }
-            Console.standardError.endStatus()
-            var refused: [String] = []
-            for bad in corpus {
-                do {
-                    try collection.insertMany([bad.document])
-                } catch let error as MongoError where bad.sourceMayRefuse {
-                    refused.append(bad.kind)
-                    Console.standardError.line("seed: the source refused the \(bad.kind) document (_id \(bad.displayId)): \(error)")
-                }
-            }
-            print("seeded \(users) users into \(settings.database).\(settings.collection) (seed \(seed))"
-                + (badInput ? ", \(corpus.filter { $0.reason != nil }.count - refused.count) of them malformed" : ""))
+            let job = PipelineJob(mapping: UsersMapping(), settings: try connection.resolved())
+            try await Threads.blocking(name: "seed") { try insert(job) }
         }
+    }
+
+    private func insert(_ job: PipelineJob) throws {
+        let source = job.source
+        let collection = try job.connectMongo().collection(database: source.database, name: source.collection)
+        if drop { try collection.drop() }
+        let generator = UserGenerator(seed: seed)
+        let corpus = badInput ? BadInputCorpus.documents(users: users, generator: generator) : []
+        let replaced = Set(corpus.compactMap { $0.id.map { $0 + firstId - 1 } })
+        let chunk = 500
+        let showProgress = users >= 5_000
+        var next = firstId
+        let end = firstId + Int64(users)
+        while next < end {
+            let upper = min(next + Int64(chunk), end)
+            try collection.insertMany((next..<upper).filter { !replaced.contains($0) }.map { generator.document(id: $0) })
+            next = upper
+            if showProgress { Console.standardError.status("seeded \(next - firstId)/\(users) users") }
+        }
+        Console.standardError.endStatus()
+        var refused: [String] = []
+        for bad in corpus {
+            do {
+                try collection.insertMany([bad.document])
+            } catch let error as MongoError where bad.sourceMayRefuse {
+                refused.append(bad.kind)
+                Console.standardError.line("seed: the source refused the \(bad.kind) document (_id \(bad.displayId)): \(error)")
+            }
+        }
+        print("seeded \(users) users into \(source.database).\(source.collection) (seed \(seed))"
+            + (badInput ? ", \(corpus.filter { $0.reason != nil }.count - refused.count) of them malformed" : ""))
     }
 }

@@ -1,16 +1,17 @@
 import ArgumentParser
 import ETLCore
 import Foundation
-import Users
+import DurableETL
 
 struct Start: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Start a new run: migrate the schema, extract, transform and load.")
 
     @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var pipelines: PipelineOptions
     @OptionGroup var bucket: BucketOptions
 
-    @Flag(help: "Discard the job in the state directory and truncate the target tables first.")
+    @Flag(help: "Discard the job in the state directory and empty the pipelines' target tables first.")
     var fresh = false
 
     @Flag(help: "Do not ask before --fresh truncates the target tables.")
@@ -19,17 +20,23 @@ struct Start: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let settings = try connection.resolved(bucket)
-            if fresh && !yes { try confirmTruncation(settings) }
-            let job = UsersJob(settings: settings, logger: connection.makeLogger())
-            try await runInterruptibly { stop, progress in try await job.start(fresh: fresh, stop: stop, observer: progress) }
+            let mappings = pipelines.mappings
+            if mappings.count > 1, settings.database != nil || settings.collection != nil {
+                throw JobError(.usage, "--database and --collection name the source of one pipeline; this run has \(mappings.count)")
+            }
+            if fresh && !yes { try confirmTruncation(settings, mappings) }
+            let job = DurableJob(settings: settings, logger: connection.makeLogger())
+            try await runInterruptibly { stop, progress in try await job.start(mappings, fresh: fresh, stop: stop, observer: progress) }
         }
     }
 
-    private func confirmTruncation(_ settings: JobSettings) throws {
+    private func confirmTruncation(_ settings: JobSettings, _ mappings: [any DocumentMapping]) throws {
+        let tables = mappings.reduce(0) { $0 + $1.tables.count }
+        let names = mappings.map(\.name).joined(separator: ", ")
         guard isatty(0) == 1 else {
-            throw JobError(.usage, "--fresh truncates the 15 target tables; add --yes to confirm when not running interactively")
+            throw JobError(.usage, "--fresh truncates the \(tables) target tables of \(names); add --yes to confirm when not running interactively")
         }
-        FileHandle.standardError.write(Data("This discards the job in \(settings.stateDirectory) and truncates the 15 target tables at \(Redact.url(settings.postgresURL)). Continue? [y/N] ".utf8))
+        FileHandle.standardError.write(Data("This discards the job in \(settings.stateDirectory) and truncates the \(tables) target tables of \(names) at \(Redact.url(settings.postgresURL)). Continue? [y/N] ".utf8))
         guard let answer = readLine(), ["y", "yes"].contains(answer.lowercased()) else {
             throw JobError(.usage, "not confirmed; nothing was changed")
         }

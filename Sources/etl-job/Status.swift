@@ -5,13 +5,16 @@ import Logging
 import Mongo
 import Postgres
 import Queue
-import Users
+import DurableETL
 
 struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Show the queue: pending, in flight, done, set aside, rows loaded, throughput, ETA.")
+        abstract: "Show each pipeline's queue: pending, in flight, done, set aside, rows loaded, throughput, ETA.")
 
     @OptionGroup var connection: ConnectionOptions
+
+    @Option(name: .customLong("pipeline"), help: ArgumentHelp("Show only this pipeline of the job (repeatable).", valueName: "name"))
+    var only: [String] = []
 
     @Flag(help: "Print JSON for scripts.")
     var json = false
@@ -25,59 +28,74 @@ struct Status: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let settings = try connection.resolved()
-            let directory = settings.stateDirectory
-            guard DurableQueue.exists(in: directory) else {
-                if json { print("{\"job\":null}") } else { print("no job in \(directory)") }
-                return
-            }
-            do {
-                let queue = try DurableQueue(directory: directory, readOnly: true)
-                try refuseMismatch(try queue.identity, settings: settings)
-                if rejected {
-                    try printRejected(try queue.setAsideDocuments())
-                } else if let status = try queue.status() {
-                    let view = StatusView(status, active: JobLock.isHeld(directory: directory))
-                    print(json ? view.json : view.text)
-                } else {
-                    print(json ? "{\"job\":null}" : "no job in \(directory)")
-                }
-            } catch let error as LMDBError where error.isNotFound && JobLock.isHeld(directory: directory) {
-                // A run that holds the directory is still creating its queue's tables.
-                print(json ? "{\"job\":null}" : "no job in \(directory) yet: a run is starting")
-            } catch let error where !(error is JobError) {
-                let failure = JobError.queue(error, directory)
-                if failure.kind == .ioError { printCheckpoints(settings.postgresURL) }
-                throw failure
-            }
+            let urls = try connection.urlsGiven()
+            try await Threads.blocking(name: "status") { try show(settings, urls: urls) }
         }
     }
 
-    /// When the queue cannot be read, what the target's checkpoint rows still tell: the
-    /// batches each job committed there, the documents they loaded, the last commit.
-    private func printCheckpoints(_ url: String) {
-        guard let db = try? PGConnection(url: url, connectTimeout: 3),
-              let rows = try? db.execute("""
-                  SELECT job_id, count(*), sum(documents_loaded), max(committed_at)::text FROM etl_checkpoints
-                  GROUP BY job_id ORDER BY max(committed_at) DESC
-                  """).rows
-        else {
-            print("the queue cannot be read, and neither can the target's checkpoints at \(Redact.url(url))")
+    private func show(_ settings: JobSettings, urls: (mongo: Bool, postgres: Bool)) throws {
+        let directory = settings.stateDirectory
+        guard let manifest = try RunManifest.read(directory) else {
+            print(json ? StatusView.noJob : "no job in \(directory)")
             return
         }
-        print("the queue cannot be read; the target's checkpoints at \(Redact.url(url)) record:")
+        if let unknown = only.first(where: { !manifest.pipelines.contains($0) }) {
+            throw JobError(.usage, "the job in \(directory) has no pipeline '\(unknown)'; it runs \(manifest.pipelines.joined(separator: ", "))")
+        }
+        let active = JobLock.isHeld(directory: directory)
+        var views: [StatusView] = []
+        var rejectedDocuments: [(String, [SetAsideDocument])] = []
+        for name in manifest.pipelines where only.isEmpty || only.contains(name) {
+            let queueDirectory = RunManifest.queueDirectory(directory, name)
+            do {
+                guard DurableQueue.exists(in: queueDirectory) else { throw LMDBError.notFound }
+                let queue = try DurableQueue(directory: queueDirectory, readOnly: true)
+                try refuseMismatch(name, try queue.identity, settings: settings, urls: urls)
+                guard let status = try queue.status() else { throw LMDBError.notFound }
+                if rejected { rejectedDocuments.append((name, try queue.setAsideDocuments())) }
+                views.append(StatusView(pipeline: name, status, active: active))
+            } catch let error as LMDBError where error.isNotFound && active {
+                // A run that holds the directory is still creating this pipeline's queue.
+                views.append(StatusView.starting(pipeline: name))
+            } catch let error where !(error is JobError) {
+                let failure = JobError.queue(error, queueDirectory)
+                if failure.kind == .ioError { printCheckpoints(Target(url: settings.postgresURL, schema: settings.targetSchema ?? JobSettings.defaultSchema)) }
+                throw failure
+            }
+        }
+        if rejected {
+            try printRejected(rejectedDocuments)
+        } else {
+            print(json ? StatusView.json(views) : StatusView.text(views))
+        }
+    }
+
+    /// When a queue cannot be read, what the target's checkpoint rows still tell: the
+    /// batches each job committed there, the documents they loaded, the last commit.
+    private func printCheckpoints(_ target: Target) {
+        guard let db = try? target.connect(connectTimeout: 3),
+              let rows = try? db.execute("""
+                  SELECT pipeline, job_id, count(*), sum(documents_loaded), max(committed_at)::text FROM etl_checkpoints
+                  GROUP BY pipeline, job_id ORDER BY max(committed_at) DESC
+                  """).rows
+        else {
+            print("the queue cannot be read, and neither can the target's checkpoints at \(Redact.url(target.url))")
+            return
+        }
+        print("the queue cannot be read; the target's checkpoints at \(Redact.url(target.url)) (schema \(target.schema)) record:")
         if rows.isEmpty { print("  no committed batch") }
         for row in rows {
-            print("  job \(row[0] ?? "?"): \(row[1] ?? "0") batches committed, \(row[2] ?? "0") documents loaded, the last at \(row[3] ?? "?")")
+            print("  \(row[0] ?? "?") job \(row[1] ?? "?"): \(row[2] ?? "0") batches committed, \(row[3] ?? "0") documents loaded, the last at \(row[4] ?? "?")")
         }
     }
 
     /// Refuses (exit 64) when a setting the user named differs from what the job recorded.
-    private func refuseMismatch(_ recorded: JobIdentity?, settings: JobSettings) throws {
+    private func refuseMismatch(_ name: String, _ recorded: JobIdentity?, settings: JobSettings, urls: (mongo: Bool, postgres: Bool)) throws {
         guard let recorded else { return }
-        let urls = try connection.urlsGiven()
         var given = recorded
-        if settings.databaseGiven { given.database = settings.database }
-        if settings.collectionGiven { given.collection = settings.collection }
+        if let database = settings.database { given.database = database }
+        if let collection = settings.collection { given.collection = collection }
+        if let schema = settings.targetSchema { given.targetSchema = schema }
         if urls.mongo, let client = try? MongoClient(url: settings.mongoURL) { given.sourceServers = client.servers }
         if urls.postgres {
             let named = PGConnection.named(in: settings.postgresURL)
@@ -85,13 +103,15 @@ struct Status: AsyncParsableCommand {
             given.targetPort = named.port ?? given.targetPort
             given.targetDatabase = named.database ?? given.targetDatabase
         }
-        try UsersJob(settings: settings, logger: Logger(label: "etl-job")).refuseMismatch(recorded: recorded, current: given)
+        let mapping = Pipelines.mapping(named: name) ?? Pipelines.builtIn[0]
+        try PipelineJob(mapping: mapping, settings: settings, recorded: recorded).refuseMismatch(recorded: recorded, current: given)
     }
 
-    private func printRejected(_ documents: [SetAsideDocument]) throws {
+    private func printRejected(_ pipelines: [(String, [SetAsideDocument])]) throws {
+        let documents = pipelines.flatMap { name, documents in documents.map { (name, $0) } }
         if json {
-            let entries = documents.map { d -> [String: Any] in
-                var e: [String: Any] = ["batch": d.batch, "_id": d.documentId, "reason": d.reason]
+            let entries = documents.map { name, d -> [String: Any] in
+                var e: [String: Any] = ["pipeline": name, "batch": d.batch, "_id": d.documentId, "reason": d.reason]
                 if withDocuments { e["document"] = d.document.withUnsafeBytes { BSON.json($0) } }
                 return e
             }
@@ -99,16 +119,17 @@ struct Status: AsyncParsableCommand {
             return
         }
         print("\(documents.count) document(s) set aside")
-        for d in documents {
-            print("_id \(d.documentId) (batch \(d.batch)): \(d.reason)")
+        for (name, d) in documents {
+            print("\(pipelines.count > 1 ? name + " " : "")_id \(d.documentId) (batch \(d.batch)): \(d.reason)")
             if withDocuments { print("  " + d.document.withUnsafeBytes { BSON.json($0, limit: 2000) }) }
         }
     }
 }
 
-/// The status numbers with what is derived from them: throughput and ETA.
+/// The status numbers of one pipeline with what is derived from them: throughput and ETA.
 struct StatusView: Encodable {
-    let job: String
+    let pipeline: String
+    let job: String?
     let active: Bool
     let complete: Bool
     let finished: Bool
@@ -126,7 +147,8 @@ struct StatusView: Encodable {
     let documentsPerSecond: Double?
     let etaSeconds: Double?
 
-    init(_ s: QueueStatus, active: Bool, now: Double = Date().timeIntervalSince1970) {
+    init(pipeline: String, _ s: QueueStatus, active: Bool, now: Double = Date().timeIntervalSince1970) {
+        self.pipeline = pipeline
         job = s.jobId
         self.active = active
         complete = s.isComplete
@@ -157,19 +179,68 @@ struct StatusView: Encodable {
         }
     }
 
-    var json: String {
+    /// A pipeline whose queue a running start is still creating.
+    private init(starting pipeline: String) {
+        self.pipeline = pipeline
+        job = nil
+        active = true
+        complete = false
+        finished = false
+        sourceDocuments = nil
+        extracted = 0
+        extractionFinished = false
+        (batches, pending, inFlight, done) = (0, 0, 0, 0)
+        (documentsLoaded, documentsSetAside, totalRows) = (0, 0, 0)
+        rows = [:]
+        documentsPerSecond = nil
+        etaSeconds = nil
+    }
+
+    static func starting(pipeline: String) -> StatusView { StatusView(starting: pipeline) }
+
+    /// The sum over pipelines, for scripts.
+    struct Total: Encodable {
+        let documentsLoaded: Int64
+        let documentsSetAside: Int64
+        let totalRows: Int64
+        let finished: Bool
+    }
+
+    static let noJob = #"{"pipelines":[],"schemaVersion":1,"total":null}"#
+
+    static func json(_ views: [StatusView]) -> String {
+        struct Document: Encodable {
+            let schemaVersion = 1
+            let pipelines: [StatusView]
+            let total: Total
+        }
+        let total = Total(
+            documentsLoaded: views.reduce(0) { $0 + $1.documentsLoaded }, documentsSetAside: views.reduce(0) { $0 + $1.documentsSetAside },
+            totalRows: views.reduce(0) { $0 + $1.totalRows }, finished: views.allSatisfy(\.finished))
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
-        return String(decoding: try! encoder.encode(self), as: UTF8.self)
+        return String(decoding: try! encoder.encode(Document(pipelines: views, total: total)), as: UTF8.self)
+    }
+
+    static func text(_ views: [StatusView]) -> String {
+        var blocks = views.map(\.text)
+        if views.count > 1 {
+            func n(_ v: Int64) -> String { v.formatted(.number.grouping(.automatic)) }
+            blocks.append("all \(views.count) pipelines: \(n(views.reduce(0) { $0 + $1.documentsLoaded })) documents loaded, "
+                + "\(n(views.reduce(0) { $0 + $1.totalRows })) rows, \(n(views.reduce(0) { $0 + $1.documentsSetAside })) set aside")
+        }
+        return blocks.joined(separator: "\n\n")
     }
 
     var text: String {
         func n(_ v: Int64) -> String { v.formatted(.number.grouping(.automatic)) }
+        guard let job else { return "pipeline     \(pipeline)\nno job yet: a run is starting" }
         let state = finished ? "complete"
             : active ? "running"
             : complete ? "everything read is loaded or set aside, but the job is not finished (run 'etl-job resume')"
             : "stopped (resumable with 'etl-job resume')"
         var lines = [
+            "pipeline     \(pipeline)",
             "job          \(job)  \(state)",
             "extracted    \(n(extracted))\(sourceDocuments.map { " of \(n($0))" } ?? "") documents\(extractionFinished ? " (source read to its end)" : "")",
             "batches      \(batches): \(pending) pending, \(inFlight) in flight, \(done) done",
@@ -179,15 +250,17 @@ struct StatusView: Encodable {
         if let rate = documentsPerSecond { lines.append("throughput   \(n(Int64(rate))) documents/s") }
         if let eta = etaSeconds, !complete { lines.append("ETA          \(Int(eta.rounded())) s") }
         lines.append("rows per table")
-        for table in Schema.tableNames {
+        let order = Pipelines.mapping(named: pipeline).map { $0.tables.map(\.name) } ?? rows.keys.sorted()
+        for table in order {
             lines.append("  \(table.padding(toLength: 14, withPad: " ", startingAt: 0)) \(n(rows[table] ?? 0))")
         }
         return lines.joined(separator: "\n")
     }
 }
 
-/// The live progress line on a terminal while a run goes, read through the run's own queue.
-/// It shows the running job (its id), and is removed when the run ends.
+/// The live progress line on a terminal while a run goes, read through the run's own
+/// queues: the running job (its id) and, for several pipelines, their sum. Removed when the
+/// run ends, leaving its last state on a line of its own.
 final class Progress: RunObserver, @unchecked Sendable {
     // Safe: `running` is guarded by `lock`; drawing happens under it too, so no line is
     // drawn after `runEnded` removed it.
@@ -196,18 +269,18 @@ final class Progress: RunObserver, @unchecked Sendable {
 
     private var finalLine: (() -> String?)?
 
-    func runStarted(jobId: String, queue: DurableQueue) {
+    func runStarted(_ pipelines: [RunningPipeline]) {
         lock.lock()
         running = true
-        finalLine = { (try? queue.status()).flatMap { $0 }.map { Self.line(jobId: jobId, $0) } }
+        finalLine = { Self.line(pipelines) }
         lock.unlock()
         let thread = Thread { [self] in
             lock.lock()
             defer { lock.unlock() }
             while running {
                 _ = lock.wait(until: Date(timeIntervalSinceNow: 1))
-                guard running, let status = try? queue.status() else { continue }
-                Console.standardError.status(Self.line(jobId: jobId, status))
+                guard running, let line = Self.line(pipelines) else { continue }
+                Console.standardError.status(line)
             }
         }
         thread.name = "progress"
@@ -223,11 +296,17 @@ final class Progress: RunObserver, @unchecked Sendable {
         lock.unlock()
     }
 
-    static func line(jobId: String, _ status: QueueStatus) -> String {
-        let view = StatusView(status, active: true)
-        let total = status.sourceTotal.map { "/\($0)" } ?? ""
-        let eta = view.etaSeconds.map { String(format: ", ETA %.0f s", $0) } ?? ""
-        return "job \(jobId.prefix(8)): loaded \(status.documentsLoaded)\(total) documents, \(status.totalRows) rows, "
-            + "\(status.pending) batches pending\(eta)"
+    static func line(_ pipelines: [RunningPipeline]) -> String? {
+        var parts: [String] = []
+        for p in pipelines {
+            guard let status = (try? p.queue.status()).flatMap({ $0 }) else { return nil }
+            let view = StatusView(pipeline: p.name, status, active: true)
+            let total = status.sourceTotal.map { "/\($0)" } ?? ""
+            let eta = view.etaSeconds.map { String(format: ", ETA %.0f s", $0) } ?? ""
+            let name = pipelines.count > 1 ? "\(p.name) " : ""
+            parts.append("\(name)job \(p.jobId.prefix(8)): loaded \(status.documentsLoaded)\(total) documents, \(status.totalRows) rows, "
+                + "\(status.pending) batches pending\(eta)")
+        }
+        return parts.joined(separator: " | ")
     }
 }

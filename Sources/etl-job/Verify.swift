@@ -1,15 +1,16 @@
 import ArgumentParser
+import DurableETL
 import ETLCore
 import Foundation
 import Queue
-import Users
 
 struct Verify: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Check the target against the source: counts, missing and unexpected keys, row contents.",
-        discussion: "Exits 0 only when every table holds exactly the rows the source documents give, less the documents the job set aside.")
+        discussion: "Exits 0 only when every table of every pipeline holds exactly the rows its source documents give, less the documents the job set aside.")
 
     @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var pipelines: PipelineOptions
 
     @Flag(help: "Print JSON for scripts.")
     var json = false
@@ -17,29 +18,61 @@ struct Verify: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let given = try connection.resolved()
-            let recorded = try recordedJob(given.stateDirectory)
-            let job = UsersJob(settings: given, logger: connection.makeLogger()).matching(recorded.identity)
-            let settings = job.settings
-            let client = try job.connectMongo()
-            let db = try job.connectPostgres()
-            try job.refuseMismatch(recorded: recorded.identity, current: job.identity(client, db))
-            try job.checkSourceExists(client)
-            let collection = client.collection(database: settings.database, name: settings.collection)
-            let verifier = Verifier(db: db, collection: collection, setAside: recorded.setAside)
-            let report = try verifier.run { n in Console.standardError.status("verified \(n) documents") }
-            Console.standardError.endStatus()
+            let reports = try await Threads.blocking(name: "verify") { try verifyAll(given) }
             if json {
+                struct Document: Encodable {
+                    let schemaVersion = 1
+                    let agrees: Bool
+                    let pipelines: [Verifier.Report]
+                }
+                let document = Document(agrees: reports.allSatisfy(\.agrees), pipelines: reports)
                 let encoder = JSONEncoder()
                 encoder.outputFormatting = [.sortedKeys]
-                print(String(decoding: try encoder.encode(report), as: UTF8.self))
+                print(String(decoding: try encoder.encode(document), as: UTF8.self))
             } else {
-                print(report.render())
+                print(reports.map { reports.count > 1 ? "pipeline \($0.pipeline)\n\($0.render())" : $0.render() }.joined(separator: "\n\n"))
             }
-            if !report.agrees { throw ExitCode(65) }
+            if !reports.allSatisfy(\.agrees) { throw ExitCode(65) }
         }
     }
 
-    /// What the job in the state directory recorded: its identity and the documents it set aside.
+    /// Verifies each pipeline of the job in the state directory (or those named; users when
+    /// there is no job) against the source and target it recorded.
+    private func verifyAll(_ settings: JobSettings) throws -> [Verifier.Report] {
+        let directory = settings.stateDirectory
+        let manifest = try RunManifest.read(directory)
+        var names = manifest?.pipelines ?? pipelines.mappings.map(\.name)
+        if !pipelines.names.isEmpty {
+            if let manifest, let unknown = pipelines.names.first(where: { !manifest.pipelines.contains($0) }) {
+                throw JobError(.usage, "the job in \(directory) has no pipeline '\(unknown)'; it runs \(manifest.pipelines.joined(separator: ", "))")
+            }
+            names = pipelines.names
+        }
+        if names.count > 1, settings.database != nil || settings.collection != nil {
+            throw JobError(.usage, "--database and --collection name the source of one pipeline; this job runs \(names.count)")
+        }
+        return try names.map { name in
+            guard let mapping = Pipelines.mapping(named: name) else {
+                throw JobError(.usage, "the job in \(directory) runs the pipeline '\(name)', which this etl-job does not know")
+            }
+            return try verify(mapping, settings, recorded: try recordedJob(RunManifest.queueDirectory(directory, name)))
+        }
+    }
+
+    private func verify(_ mapping: any DocumentMapping, _ settings: JobSettings, recorded: (identity: JobIdentity?, setAside: Set<String>)) throws -> Verifier.Report {
+        let job = PipelineJob(mapping: mapping, settings: settings, recorded: recorded.identity)
+        let client = try job.connectMongo()
+        let db = try job.connectPostgres()
+        try job.refuseMismatch(recorded: recorded.identity, current: job.identity(client, db))
+        try job.checkSourceExists(client)
+        let collection = client.collection(database: job.source.database, name: job.source.collection)
+        let verifier = Verifier(db: db, mapping: mapping, collection: collection, setAside: recorded.setAside, maxDocumentBytes: settings.maxDocumentBytes)
+        let report = try verifier.run { n in Console.standardError.status("\(mapping.name): verified \(n) documents") }
+        Console.standardError.endStatus()
+        return report
+    }
+
+    /// What a pipeline's queue recorded: its identity and the documents it set aside.
     private func recordedJob(_ directory: String) throws -> (identity: JobIdentity?, setAside: Set<String>) {
         guard DurableQueue.exists(in: directory) else { return (nil, []) }
         do {

@@ -63,7 +63,6 @@ final class Shared<Value>: @unchecked Sendable {
         #expect(config.batchSize == 500)
         #expect(config.workers == 2 * ProcessInfo.processInfo.activeProcessorCount)
         #expect(config.flushTimeout == .seconds(5))
-        #expect(config.managerWorkers == 1)
     }
 }
 
@@ -141,8 +140,8 @@ final class Shared<Value>: @unchecked Sendable {
 
         var name: String { "counting" }
         func weight(of item: Int) -> Int { 1 }
-        func preProcess() async throws {}
-        func postProcess() async throws {}
+        func preProcess() throws {}
+        func postProcess() throws {}
         func extract(_ emit: (Int) throws -> Void, stop: StopToken) throws -> Bool {
             for i in 0..<n where !stop.isStopRequested { try emit(i) }
             return !stop.isStopRequested

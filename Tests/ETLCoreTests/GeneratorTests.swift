@@ -1,6 +1,9 @@
 import Mongo
 import Testing
+import DurableETL
+import TestSupport
 import Users
+import UsersFixtures
 
 @Suite struct GeneratorTests {
     @Test func theSameSeedGivesByteIdenticalDocuments() {
@@ -16,7 +19,7 @@ import Users
         let generator = UserGenerator(seed: 42)
         let n = 10_000
         var lengths: [String: Int] = [:]
-        var rows = UserRows(expectedDocuments: n)
+        var rows = userRows(expectedDocuments: n)
         var bytes = 0
         var ages = 0
         for id in 1...Int64(n) {
@@ -41,7 +44,7 @@ import Users
             #expect(abs(mean(key) - midpoint) / midpoint < 0.03, "\(key): mean \(mean(key)), midpoint \(midpoint)")
         }
         #expect(abs(Double(ages) / Double(n) - 49) < 1)
-        let totalRows = Schema.tables.indices.reduce(0) { $0 + rows.rowCount($1) }
+        let totalRows = UsersMapping.tables.indices.reduce(0) { $0 + rows.rowCount($1) }
         let perUser = Double(totalRows) / Double(n)
         #expect(perUser > 39 && perUser < 42, "rows per user: \(perUser)")
         let kbPerDocument = Double(bytes) / Double(n) / 1000

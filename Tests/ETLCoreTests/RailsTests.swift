@@ -1,7 +1,10 @@
 import ETLCore
 import Foundation
 import Testing
+import DurableETL
+import TestSupport
 import Users
+import UsersFixtures
 
 @Suite struct SetAsideLimitTests {
     @Test func parsesCountsAndPercentagesAndRejectsTheRest() {

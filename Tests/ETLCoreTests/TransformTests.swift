@@ -1,10 +1,13 @@
 import Foundation
 import Mongo
 import Testing
+import DurableETL
+import TestSupport
 import Users
+import UsersFixtures
 
 /// Reads a binary COPY stream back into text rows, using the schema's column types.
-func decodeCopy(_ bytes: [UInt8], table: Table) -> [[String]] {
+func decodeCopy(_ bytes: [UInt8], table: TableSpec) -> [[String]] {
     var offset = 19
     func int<T: FixedWidthInteger>(_: T.Type) -> T {
         defer { offset += MemoryLayout<T>.size }
@@ -47,9 +50,9 @@ func isoMillis(_ millis: Int64) -> String {
     return whole.dropLast() + "." + fraction + "Z"
 }
 
-func rows(_ r: UserRows, _ table: String) -> [[String]] {
-    let index = Schema.tableNames.firstIndex(of: table)!
-    return decodeCopy(r.tables[index].finished(), table: Schema.tables[index])
+func rows(_ r: MappedRows, _ table: String) -> [[String]] {
+    let index = UsersMapping.tableNames.firstIndex(of: table)!
+    return decodeCopy(r.tables[index].finished(), table: UsersMapping.tables[index])
 }
 
 /// 2024-03-01T12:00:00.123Z and a few days after.
@@ -150,7 +153,7 @@ func handWrittenUser(id: Int32 = 7, edit: ((BSONWriter) -> Void)? = nil, skip: S
 
 @Suite struct TransformTests {
     @Test func aHandWrittenDocumentBecomesExactlyTheseRows() throws {
-        var r = UserRows()
+        var r = userRows()
         try handWrittenUser().withUnsafeBytes { try r.add(document: $0) }
         #expect(rows(r, "users") == [["7", "ada_lovelace_7", "ada@example.com", "Ada", "Lovelace", "36", t0Text, "2024-03-01T12:00:00.124Z"]])
         #expect(rows(r, "addresses") == [["7", "7", "1 Main St", "Boston", "MA", "02110", "USA", "{\"lat\": 42.5, \"lng\": -71.0}"]])
@@ -186,22 +189,22 @@ func handWrittenUser(id: Int32 = 7, edit: ((BSONWriter) -> Void)? = nil, skip: S
         ("_id", "field '_id' is missing"),
     ])
     func aMissingFieldSetsTheDocumentAside(field: String, reason: String) throws {
-        var r = UserRows()
+        var r = userRows()
         try handWrittenUser(id: 1).withUnsafeBytes { try r.add(document: $0) }
-        let before = Schema.tableNames.map { rows(r, $0) }
+        let before = UsersMapping.tableNames.map { rows(r, $0) }
         #expect(throws: (any Error).self) { try handWrittenUser(id: 2, skip: [field]).withUnsafeBytes { try r.add(document: $0) } }
         do {
             try handWrittenUser(id: 2, skip: [field]).withUnsafeBytes { try r.add(document: $0) }
         } catch {
             #expect("\(error)" == reason)
         }
-        #expect(Schema.tableNames.map { rows(r, $0) } == before, "a rejected document adds no row anywhere")
+        #expect(UsersMapping.tableNames.map { rows(r, $0) } == before, "a rejected document adds no row anywhere")
         #expect(r.documents == 1)
     }
 
     @Test func wrongTypesNameTheFieldAndTheTypes() throws {
         func reason(_ skip: String, _ edit: @escaping (BSONWriter) -> Void) -> String {
-            var r = UserRows()
+            var r = userRows()
             do {
                 try handWrittenUser(edit: edit, skip: [skip]).withUnsafeBytes { try r.add(document: $0) }
                 return "accepted"
@@ -229,7 +232,7 @@ func handWrittenUser(id: Int32 = 7, edit: ((BSONWriter) -> Void)? = nil, skip: S
 
     @Test(arguments: [Int64.max, Int64.min, -210_866_803_200_001, 9_224_318_016_000_000])
     func aDateOutsidePostgresRangeIsSetAsideNotATrap(millis: Int64) throws {
-        var r = UserRows()
+        var r = userRows()
         let doc = handWrittenUser(edit: { $0.append("createdAt", dateTimeMillis: millis) }, skip: ["createdAt"])
         do {
             try doc.withUnsafeBytes { try r.add(document: $0) }
@@ -242,14 +245,14 @@ func handWrittenUser(id: Int32 = 7, edit: ((BSONWriter) -> Void)? = nil, skip: S
 
     @Test(arguments: [Int64(-210_866_803_200_000), 9_224_318_015_999_999])
     func theFirstAndLastDatesPostgresHoldsLoad(millis: Int64) throws {
-        var r = UserRows()
+        var r = userRows()
         let doc = handWrittenUser(edit: { $0.append("createdAt", dateTimeMillis: millis) }, skip: ["createdAt"])
         try doc.withUnsafeBytes { try r.add(document: $0) }
         #expect(r.documents == 1)
     }
 
     @Test func anArrayBeyondTheIdRangeIsSetAsideNotTruncated() throws {
-        var r = UserRows()
+        var r = userRows()
         let doc = handWrittenUser(edit: { w in
             w.appendArray("activityLog") { a in for i in 0..<10_001 { entry(a, "\(i)", "login", "success", t0, "{}") } }
         }, skip: ["activityLog"])
@@ -259,7 +262,7 @@ func handWrittenUser(id: Int32 = 7, edit: ((BSONWriter) -> Void)? = nil, skip: S
     }
 
     @Test func aRepeatedMessageIdWithinADocumentIsSetAside() throws {
-        var r = UserRows()
+        var r = userRows()
         let doc = handWrittenUser(edit: { w in
             w.appendArray("messages") { a in
                 for m in 0..<2 {

@@ -2,7 +2,10 @@ import Foundation
 import Mongo
 import Postgres
 import Testing
+import DurableETL
+import TestSupport
 import Users
+import UsersFixtures
 
 /// The world attacking a job: a full disk under the state directory, damaged state files, a
 /// second job on the same target, a target changed between runs, dates at the edge of BSON.
@@ -30,7 +33,7 @@ import Users
 
     @Test func aTruncatedQueueFileIsAClearErrorNeverASignal() throws {
         let sandbox = try interruptedJob()
-        let path = sandbox.stateDirectory + "/data.mdb"
+        let path = sandbox.stateDirectory + "/users/data.mdb"
         #expect(truncate(path, 40_000) == 0)
         let loaded = try sandbox.counts()
         try expectDamageRefused(sandbox, "truncated data.mdb", naming: "\(path) is 40000 bytes", commands: ["resume", "status"])
@@ -45,7 +48,7 @@ import Users
     /// Changes one byte of a document queued in the last batch before the kill (users 301-400,
     /// which no worker took yet): the e-mail of user 399.
     private func damageAQueuedDocument(_ sandbox: Sandbox) throws {
-        let path = sandbox.stateDirectory + "/data.mdb"
+        let path = sandbox.stateDirectory + "/users/data.mdb"
         var data = try Data(contentsOf: URL(fileURLWithPath: path))
         let at = try #require(data.range(of: Data("_399@example.com".utf8))).lowerBound
         data[at + 1] = UInt8(ascii: "6")
@@ -81,7 +84,7 @@ import Users
 
     @Test func zeroedPagesInTheMiddleAreNeverASilentSuccess() throws {
         let sandbox = try interruptedJob()
-        let path = sandbox.stateDirectory + "/data.mdb"
+        let path = sandbox.stateDirectory + "/users/data.mdb"
         let handle = try FileHandle(forUpdating: URL(fileURLWithPath: path))
         let size = try handle.seekToEnd()
         try handle.seek(toOffset: size / 2 / 4096 * 4096)
@@ -106,7 +109,7 @@ import Users
         let state = ["--state-dir", mountPoint + "/state"]
         let full = try sandbox.job("start", state + ["--max-pending", "100"])
         #expect(full.status == 74 && !full.signaled, "exit \(full.status): \(full.stderr)")
-        #expect(full.stderr.contains("cannot write the queue in \(mountPoint)/state: No space left on device"), "\(full.stderr)")
+        #expect(full.stderr.contains("cannot write the queue in \(mountPoint)/state/users: No space left on device"), "\(full.stderr)")
         #expect(try shell("mount -o remount,size=64m \(mountPoint)") == 0)
         let resumed = try sandbox.job("resume", state)
         #expect(resumed.status == 0, "\(resumed.stderr)")
@@ -175,7 +178,7 @@ import Users
         let sandbox = try Sandbox()
         #expect(try sandbox.job("migrate").status == 0)
         let generator = UserGenerator(seed: 1)
-        var rows = UserRows()
+        var rows = MappedRows(UsersMapping())
         let first = Int64(-210_866_803_200_000), last = Int64(9_224_318_015_999_999)
         for (id, millis) in [(Int64(1), first), (2, last)] {
             try generator.document(id: id, without: "createdAt") { $0.append("createdAt", dateTimeMillis: millis) }
@@ -188,7 +191,7 @@ import Users
             }
         }
         let db = try sandbox.db()
-        for (t, table) in Schema.tables.enumerated() where rows.rowCount(t) > 0 {
+        for (t, table) in UsersMapping.tables.enumerated() where rows.rowCount(t) > 0 {
             try db.copyIn(table.quotedName, columns: table.quotedColumns, binary: rows.tables[t].bytes, BinaryCopyWriter.trailer)
         }
         try db.execute("SET TIME ZONE 'UTC'")

@@ -3,7 +3,10 @@ import Mongo
 import Postgres
 import Queue
 import Testing
+import DurableETL
+import TestSupport
 import Users
+import UsersFixtures
 
 /// Breaks things on purpose while a run goes, then checks the target row by row.
 /// `scripts/faults` runs the long form (more kills, more users); CI runs this bounded form.
@@ -216,7 +219,7 @@ import Users
         #expect(crashed.signaled, "\(crashed.stderr)")
         let resumed = try sandbox.job("resume")
         #expect(resumed.status == 0, "\(resumed.stderr)")
-        #expect(resumed.stdout.contains("documents set aside \(bad.count)"), "\(resumed.stdout)")
+        #expect(resumed.stdout.contains("set aside         \(bad.count)"), "\(resumed.stdout)")
 
         let status = try sandbox.status()
         #expect(status["documentsSetAside"] as? Int == bad.count)

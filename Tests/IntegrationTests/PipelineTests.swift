@@ -2,12 +2,15 @@ import Foundation
 import Mongo
 import Postgres
 import Testing
+import DurableETL
+import TestSupport
 import Users
+import UsersFixtures
 
 /// Row counts DATA.md's rules give for the source documents, computed from the documents
 /// with plain BSON reading (independently of the transform).
 func expectedCounts(_ sandbox: Sandbox, excluding: Set<Int64> = []) throws -> [String: Int] {
-    var counts = Dictionary(uniqueKeysWithValues: Schema.tableNames.map { ($0, 0) })
+    var counts = Dictionary(uniqueKeysWithValues: UsersMapping.tableNames.map { ($0, 0) })
     func length(_ doc: UnsafeRawBufferPointer, _ path: [StaticString]) -> Int {
         BSONIterator.element(in: doc, at: path)?.elementCount ?? 0
     }
@@ -70,7 +73,7 @@ enum Reference {
         #expect(result.status == 0, "\(result.stderr)")
         let expected = try expectedCounts(sandbox)
         #expect(try sandbox.counts() == expected)
-        #expect(result.stdout.contains("users loaded      2,000"))
+        #expect(result.stdout.contains("documents loaded  2,000"))
         #expect(result.stdout.contains("rows              \(expected.values.reduce(0, +).formatted(.number.grouping(.automatic)))"))
 
         let status = try sandbox.status()
@@ -168,7 +171,10 @@ enum Reference {
             """)
         let bad = try sandbox.job("verify", ["--json"])
         #expect(bad.status == 65, "verify exits 65 when source and target differ")
-        let report = try #require(try JSONSerialization.jsonObject(with: Data(bad.stdout.utf8)) as? [String: Any])
+        let document = try #require(try JSONSerialization.jsonObject(with: Data(bad.stdout.utf8)) as? [String: Any])
+        #expect(document["agrees"] as? Bool == false && document["schemaVersion"] as? Int == 1)
+        let report = try #require((document["pipelines"] as? [[String: Any]])?.first)
+        #expect(report["pipeline"] as? String == "users" && report["agrees"] as? Bool == false)
         let tables = Dictionary(uniqueKeysWithValues: (report["tables"] as! [[String: Any]]).map { ($0["table"] as! String, $0) })
         #expect(tables["activity_log"]?["firstMissing"] as? [String] == ["1000002"])
         #expect(tables["users"]?["firstDiffering"] as? [String] == ["7"])
@@ -251,7 +257,7 @@ enum Reference {
         let result = try sandbox.job("start", ["--batch-size", "100"])
         #expect(result.status == 0, "\(result.stderr)")
         #expect(try sandbox.counts() == (try expectedCounts(sandbox, excluding: bad)))
-        #expect(result.stdout.contains("documents set aside 3"))
+        #expect(result.stdout.contains("set aside         3"))
         let status = try sandbox.status()
         #expect(status["documentsSetAside"] as? Int == 3)
         #expect(status["documentsLoaded"] as? Int == 297)
@@ -267,19 +273,6 @@ enum Reference {
         let text = try sandbox.run(["status", "--rejected", "--state-dir", sandbox.stateDirectory])
         #expect(text.stdout.contains("_id 120 (batch 2): field 'age' is missing"))
     }
-}
-
-/// Holds a state directory's job lock from the test process.
-final class JobLockHolder {
-    private let fd: Int32
-    init(directory: String) throws {
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        fd = open(directory + "/job.lock", O_RDWR | O_CREAT, 0o644)
-        #expect(flock(fd, LOCK_EX | LOCK_NB) == 0)
-        let pid = Array("\(getpid())\n".utf8)
-        _ = pid.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
-    }
-    deinit { close(fd) }
 }
 
 @Suite(.serialized) struct CrashTests {

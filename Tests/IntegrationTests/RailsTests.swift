@@ -2,7 +2,10 @@ import Foundation
 import Mongo
 import Postgres
 import Testing
+import DurableETL
+import TestSupport
 import Users
+import UsersFixtures
 
 /// What a person meets at a terminal, and the rails that keep a run from ending with rows
 /// missing and exit 0: a job remembers what it moves, nothing moved is not success, Ctrl-C
@@ -19,11 +22,11 @@ import Users
         let resumed = try sandbox.inTerminal(["resume"] + sandbox.connectionArguments)
         #expect(resumed.status == 0, "\(resumed.stdout)")
         #expect(resumed.stdout.contains("etl-job: run complete"))
-        #expect(resumed.stdout.contains("users loaded      300") || resumed.stdout.contains("users loaded      250"),
+        #expect(resumed.stdout.contains("documents loaded  300") || resumed.stdout.contains("documents loaded  250"),
                 "\(resumed.stdout)")
         let started = try sandbox.inTerminal(["start", "--fresh", "--yes"] + sandbox.connectionArguments)
         #expect(started.status == 0, "\(started.stdout)")
-        #expect(started.stdout.contains("users loaded      300"), "\(started.stdout)")
+        #expect(started.stdout.contains("documents loaded  300"), "\(started.stdout)")
         let status = try sandbox.inTerminal(["status", "--state-dir", sandbox.stateDirectory])
         #expect(status.status == 0)
         #expect(status.stdout.contains("complete"), "\(status.stdout)")
@@ -234,69 +237,5 @@ import Users
         try stop.run()
         stop.waitUntilExit()
         #expect(stranger.isRunning, "a pid file naming another process must not get it killed")
-    }
-}
-
-extension Services {
-    /// Kills the bundled MongoDB-wire server with SIGKILL, as a crash would, and waits until it is gone.
-    static func killMongo() throws {
-        let pidFile = packageRoot.appendingPathComponent("var/run/mongo.pid").path
-        let pid = try #require(Int32(try String(contentsOfFile: pidFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)))
-        kill(pid, SIGKILL)
-        #expect(eventually(10) { kill(pid, 0) != 0 }, "the server is gone")
-    }
-}
-
-extension Sandbox {
-    /// How many tables the sandbox's PostgreSQL database holds in its public schema.
-    func tableCount() throws -> Int {
-        Int(try db().execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'").rows[0][0]!)!
-    }
-
-    /// Runs `etl-job` under a pseudo-terminal (`script`), as a person at a terminal would;
-    /// `stdout` is everything the terminal received.
-    func inTerminal(_ arguments: [String], environment: [String: String] = [:]) throws -> JobResult {
-        let command = ([Services.binary] + arguments).map(shellQuoted).joined(separator: " ")
-        let job = try RunningJob(executable: "/usr/bin/script", arguments: ["-qec", command, "/dev/null"], environment: environment)
-        return try job.wait()
-    }
-}
-
-private func shellQuoted(_ word: String) -> String {
-    "'" + word.replacingOccurrences(of: "'", with: "'\\''") + "'"
-}
-
-/// The lines a terminal shows for some output: `\r` returns to the start of the line,
-/// `ESC[K` erases to its end, other escapes are dropped.
-struct TerminalScreen {
-    let lines: [String]
-
-    init(_ output: String) {
-        var lines: [String] = []
-        var line: [Character] = []
-        var column = 0
-        var chars = Array(output)[...]
-        while let c = chars.popFirst() {
-            switch c {
-            case "\n", "\r\n":
-                lines.append(String(line))
-                line = []
-                column = 0
-            case "\r":
-                column = 0
-            case "\u{1B}":
-                var sequence = ""
-                while let next = chars.popFirst() {
-                    sequence.append(next)
-                    if next.isLetter { break }
-                }
-                if sequence == "[K" { line.removeSubrange(min(column, line.count)...) }
-            default:
-                if column < line.count { line[column] = c } else { line.append(c) }
-                column += 1
-            }
-        }
-        if !line.isEmpty { lines.append(String(line)) }
-        self.lines = lines
     }
 }

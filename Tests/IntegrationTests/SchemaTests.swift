@@ -1,7 +1,10 @@
 import Foundation
 import Postgres
 import Testing
+import DurableETL
+import TestSupport
 import Users
+import UsersFixtures
 
 @Suite(.serialized) struct SchemaTests {
     /// DATA.md's tables, written out independently of Schema.swift.
@@ -45,7 +48,7 @@ import Users
         let sandbox = try Sandbox()
         let result = try sandbox.job("migrate")
         #expect(result.status == 0, "\(result.stderr)")
-        #expect(result.stdout.contains("applied 1 migration"))
+        #expect(result.stdout.contains("applied 2 migration"), "the engine's checkpoints and the users tables")
         let db = try sandbox.db()
         let tables = try db.execute("""
             SELECT table_name FROM information_schema.tables
@@ -82,7 +85,32 @@ import Users
         let second = try sandbox.job("migrate")
         #expect(second.status == 0)
         #expect(second.stdout.contains("schema is up to date"))
-        #expect(try sandbox.db().execute("SELECT count(*) FROM etl_migrations").rows[0][0] == "1")
+        #expect(try sandbox.db().execute("SELECT pipeline || ':' || version FROM etl_migrations ORDER BY 1").rows.map { $0[0]! }
+            == ["etl-job:1", "users:1"])
+    }
+
+    /// Another schema (a name that needs quoting), a kill mid-COPY, a resume that takes the
+    /// recorded schema: exactly the rows of an uninterrupted run, and nothing in public.
+    @Test func usersLoadIntoAnotherSchemaThroughKillAndResume() throws {
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: 600)
+        let schema = "Staging Area"
+        let killed = try sandbox.job("start", ["--target-schema", schema, "--batch-size", "100"], environment: ["ETL_CRASH_AT": "copied:3"])
+        #expect(killed.signaled, "\(killed.stderr)")
+        let resumed = try sandbox.job("resume")
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+        let straightState = sandbox.stateDirectory + "-straight"
+        defer { try? FileManager.default.removeItem(atPath: straightState) }
+        var arguments = sandbox.connectionArguments
+        arguments[arguments.firstIndex(of: "--state-dir")! + 1] = straightState
+        let straight = try sandbox.run(["start"] + arguments + ["--target-schema", "straight"])
+        #expect(straight.status == 0, "\(straight.stderr)")
+        #expect(try sandbox.checksums(schema: schema) == (try sandbox.checksums(schema: "straight")))
+        #expect(try sandbox.counts(schema: schema)["users"] == 600)
+        #expect(try sandbox.tableCount() == 0, "nothing is written to public")
+        #expect(try sandbox.job("verify").status == 0, "verify takes the recorded schema")
+        let other = try sandbox.job("status", ["--target-schema", "public"])
+        #expect(other.status == 64 && other.stderr.contains("target schema is 'public' but the job was started on 'Staging Area'"), "\(other.stderr)")
     }
 }
 

@@ -2,21 +2,20 @@ import Foundation
 import Mongo
 import Postgres
 import Testing
-import Users
 
 /// The services the tests run against: the local ones `scripts/services start` runs, unless
 /// ETL_TEST_POSTGRES_URL / ETL_TEST_MONGODB_URL say otherwise. A missing service fails the
 /// test that needs it (never skips it).
-enum Services {
-    static let env = ProcessInfo.processInfo.environment
-    static let postgresURL = env["ETL_TEST_POSTGRES_URL"] ?? "postgresql://etl:etl@127.0.0.1:55432/etl"
-    static let mongoURL = env["ETL_TEST_MONGODB_URL"] ?? "mongodb://127.0.0.1:57017"
+public enum Services {
+    public static let env = ProcessInfo.processInfo.environment
+    public static let postgresURL = env["ETL_TEST_POSTGRES_URL"] ?? "postgresql://etl:etl@127.0.0.1:55432/etl"
+    public static let mongoURL = env["ETL_TEST_MONGODB_URL"] ?? "mongodb://127.0.0.1:57017"
 
-    struct Missing: Error, CustomStringConvertible {
-        let description: String
+    public struct Missing: Error, CustomStringConvertible {
+        public let description: String
     }
 
-    static func postgres(_ url: String = postgresURL) throws -> PGConnection {
+    public static func postgres(_ url: String = postgresURL) throws -> PGConnection {
         do {
             return try PGConnection(url: url, connectTimeout: 3)
         } catch {
@@ -24,7 +23,7 @@ enum Services {
         }
     }
 
-    static func mongo(_ url: String = mongoURL) throws -> MongoClient {
+    public static func mongo(_ url: String = mongoURL) throws -> MongoClient {
         do {
             let client = try MongoClient(url: url, serverSelectionTimeoutMS: 3000)
             try client.ping()
@@ -34,12 +33,12 @@ enum Services {
         }
     }
 
-    static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    public static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
     /// Runs `scripts/services <arguments>` (to restart a service under a running job).
     /// posix_spawn + waitpid: the script leaves daemons behind, which Foundation's
     /// `Process.waitUntilExit` does not cope with.
-    static func services(_ arguments: String...) throws {
+    public static func services(_ arguments: String...) throws {
         let script = packageRoot.appendingPathComponent("scripts/services").path
         let argv = ([script] + arguments).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
@@ -55,21 +54,26 @@ enum Services {
     }
 
     /// The etl-job executable built next to the tests.
-    static let binary: String = {
+    public static let binary: String = {
         if let path = env["ETL_JOB_BIN"] { return path }
         return packageRoot.appendingPathComponent(".build/debug/etl-job").path
     }()
+
+    /// Another executable built next to the tests.
+    public static func sibling(_ name: String) -> String {
+        URL(fileURLWithPath: binary).deletingLastPathComponent().appendingPathComponent(name).path
+    }
 }
 
 /// A private world for one test: its own PostgreSQL database, MongoDB database and state directory.
-final class Sandbox {
-    let name: String
-    let postgresURL: String
-    let mongoDatabase: String
-    let stateDirectory: String
-    let mongo: MongoClient
+public final class Sandbox {
+    public let name: String
+    public let postgresURL: String
+    public let mongoDatabase: String
+    public let stateDirectory: String
+    public let mongo: MongoClient
 
-    init() throws {
+    public init() throws {
         name = "etl_t_" + UUID().uuidString.prefix(8).lowercased()
         let admin = try Services.postgres()
         try admin.execute("CREATE DATABASE \(name)")
@@ -88,62 +92,52 @@ final class Sandbox {
         try? FileManager.default.removeItem(atPath: stateDirectory)
     }
 
-    var users: MongoCollection { mongo.collection(database: mongoDatabase, name: "users") }
-
-    func db() throws -> PGConnection { try Services.postgres(postgresURL) }
-
-    func seed(users n: Int, seed: UInt64 = 42, firstId: Int64 = 1) throws {
-        let generator = UserGenerator(seed: seed)
-        var next = firstId
-        while next < firstId + Int64(n) {
-            let upper = min(next + 500, firstId + Int64(n))
-            try users.insertMany((next..<upper).map { generator.document(id: $0) })
-            next = upper
-        }
-    }
+    public func db() throws -> PGConnection { try Services.postgres(postgresURL) }
 
     /// Arguments every job command needs to use this sandbox.
-    var connectionArguments: [String] {
+    public var connectionArguments: [String] {
         ["--postgres-url", postgresURL, "--mongodb-url", Services.mongoURL, "--database", mongoDatabase, "--state-dir", stateDirectory]
     }
 
-    func launch(_ arguments: [String], environment: [String: String] = [:]) throws -> RunningJob {
+    public func launch(_ arguments: [String], environment: [String: String] = [:]) throws -> RunningJob {
         try RunningJob(arguments: arguments, environment: environment)
     }
 
     /// Runs `etl-job` to completion.
     @discardableResult
-    func run(_ arguments: [String], environment: [String: String] = [:]) throws -> JobResult {
+    public func run(_ arguments: [String], environment: [String: String] = [:]) throws -> JobResult {
         try launch(arguments, environment: environment).wait()
     }
 
-    func job(_ command: String, _ extra: [String] = [], environment: [String: String] = [:]) throws -> JobResult {
+    public func job(_ command: String, _ extra: [String] = [], environment: [String: String] = [:]) throws -> JobResult {
         try run([command] + connectionArguments + extra, environment: environment)
     }
 
-    func status() throws -> [String: Any] {
+    /// The status of the state directory's first pipeline (`status --json`), or [:] without a job.
+    public func status() throws -> [String: Any] {
         let result = try run(["status", "--json", "--state-dir", stateDirectory])
-        return try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any] ?? [:]
+        let document = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any] ?? [:]
+        return (document["pipelines"] as? [[String: Any]])?.first ?? [:]
     }
 
-    /// Row count and an order-independent content checksum of each of the 15 tables.
-    func checksums() throws -> [String: String] {
+    /// Row count and an order-independent content checksum of each table (in `schema`).
+    public func checksums(tables: [String], schema: String = "public") throws -> [String: String] {
         let db = try db()
         var sums: [String: String] = [:]
-        for table in Schema.tableNames {
-            let row = try db.execute("SELECT count(*), md5(coalesce(string_agg(x::text, '|' ORDER BY x.id), '')) FROM \"\(table)\" x").rows[0]
+        for table in tables {
+            let row = try db.execute("SELECT count(*), md5(coalesce(string_agg(x::text, '|' ORDER BY x::text), '')) FROM \"\(schema)\".\"\(table)\" x").rows[0]
             sums[table] = "\(row[0]!) \(row[1]!)"
         }
         return sums
     }
 
-    func counts() throws -> [String: Int] {
-        try checksums().mapValues { Int($0.split(separator: " ")[0])! }
+    public func counts(tables: [String], schema: String = "public") throws -> [String: Int] {
+        try checksums(tables: tables, schema: schema).mapValues { Int($0.split(separator: " ")[0])! }
     }
 
     /// Migrates the sandbox's target and makes every batch's COMMIT take at least `seconds`
     /// (a trigger on the checkpoint row), so that a run outlasts what a test does meanwhile.
-    func slowCommits(seconds: Double) throws {
+    public func slowCommits(seconds: Double) throws {
         #expect(try job("migrate").status == 0)
         try db().execute("""
             CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -153,29 +147,29 @@ final class Sandbox {
     }
 
     /// No table may hold a primary key twice (primary keys forbid it, but say so explicitly).
-    func duplicateKeys() throws -> Int {
+    public func duplicateKeys(tables: [String], schema: String = "public") throws -> Int {
         let db = try db()
-        return try Schema.tableNames.reduce(0) { total, table in
-            total + Int(try db.execute("SELECT count(*) - count(DISTINCT id) FROM \"\(table)\"").rows[0][0]!)!
+        return try tables.reduce(0) { total, table in
+            total + Int(try db.execute("SELECT count(*) - count(DISTINCT id) FROM \"\(schema)\".\"\(table)\"").rows[0][0]!)!
         }
     }
 }
 
-struct JobResult {
-    let status: Int32
-    let signaled: Bool
-    let stdout: String
-    let stderr: String
-    let seconds: Double
+public struct JobResult {
+    public let status: Int32
+    public let signaled: Bool
+    public let stdout: String
+    public let stderr: String
+    public let seconds: Double
 }
 
 /// A running etl-job process, with its output captured to files.
-final class RunningJob {
-    let process = Process()
+public final class RunningJob {
+    public let process = Process()
     private let out: URL, err: URL
     private let started = Date()
 
-    init(executable: String = Services.binary, arguments: [String], environment: [String: String]) throws {
+    public init(executable: String = Services.binary, arguments: [String], environment: [String: String]) throws {
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
         var env = ProcessInfo.processInfo.environment
@@ -194,11 +188,11 @@ final class RunningJob {
         try process.run()
     }
 
-    var pid: Int32 { process.processIdentifier }
+    public var pid: Int32 { process.processIdentifier }
 
-    func signal(_ number: Int32) { kill(process.processIdentifier, number) }
+    public func signal(_ number: Int32) { kill(process.processIdentifier, number) }
 
-    func wait() throws -> JobResult {
+    public func wait() throws -> JobResult {
         process.waitUntilExit()
         let result = JobResult(
             status: process.terminationStatus, signaled: process.terminationReason == .uncaughtSignal,
@@ -211,7 +205,7 @@ final class RunningJob {
 }
 
 /// Polls `condition` every 50 ms for up to `seconds`.
-func eventually(_ seconds: Double, _ condition: () throws -> Bool) rethrows -> Bool {
+public func eventually(_ seconds: Double, _ condition: () throws -> Bool) rethrows -> Bool {
     let deadline = Date().addingTimeInterval(seconds)
     while Date() < deadline {
         if try condition() { return true }

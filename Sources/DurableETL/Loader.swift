@@ -7,22 +7,22 @@ import Queue
 
 /// One worker: claims a batch, transforms it and loads it with COPY in one transaction that
 /// also writes the batch's checkpoint row; only after COMMIT is the batch marked done.
-public final class BatchLoader: ETLWorker {
-    private let processor: UsersProcessor
+final class BatchLoader: ETLWorker {
+    private let processor: PipelineProcessor
     private let index: Int
     private var connection: PGConnection?
 
     /// Attempts per batch when the connection to PostgreSQL breaks.
     static let maxAttempts = 6
 
-    init(processor: UsersProcessor, index: Int) {
+    init(processor: PipelineProcessor, index: Int) {
         self.processor = processor
         self.index = index
     }
 
-    public func close() { connection = nil }
+    func close() { connection = nil }
 
-    public func step(stop: StopToken) throws -> WorkerStep {
+    func step(stop: StopToken) throws -> WorkerStep {
         let queue = processor.queue
         let claimed: QueueBatch?
         do {
@@ -57,7 +57,7 @@ public final class BatchLoader: ETLWorker {
                 defer { stop.remove(key) }
                 // The batch may have committed already, its reply lost: after a broken connection,
                 // or in an earlier run that requeued it. The checkpoint row says; one lookup per batch.
-                if let outcome = try Checkpoint.outcome(db, job: processor.jobId, batch: batch.id, payload: batch.payload) {
+                if let outcome = try Checkpoint.outcome(db, pipeline: processor.name, job: processor.jobId, batch: batch.id, payload: batch.payload) {
                     try processor.queue.complete(batch.id, outcome: outcome)
                     return
                 }
@@ -70,7 +70,7 @@ public final class BatchLoader: ETLWorker {
                 connection = nil
                 if stop.isStopRequested { throw error }
                 processor.logger.warning("batch failed; retrying it", metadata: [
-                    "batch": "\(batch.id)", "attempt": "\(attempt)", "error": "\(error)",
+                    "pipeline": "\(processor.name)", "batch": "\(batch.id)", "attempt": "\(attempt)", "error": "\(error)",
                 ])
                 let waited = processor.clock.measure(.waiting) { Backoff.wait(attempt: attempt, stop: stop) }
                 if !waited { throw error }
@@ -80,7 +80,7 @@ public final class BatchLoader: ETLWorker {
 
     private func database() throws -> PGConnection {
         if let connection, connection.isHealthy { return connection }
-        let db = try PGConnection(url: processor.settings.postgresURL)
+        let db = try processor.target.connect()
         connection = db
         return db
     }
@@ -88,7 +88,7 @@ public final class BatchLoader: ETLWorker {
     /// One transaction: COPY the batch's rows, isolating documents PostgreSQL rejects, write
     /// the checkpoint row, COMMIT.
     private func loadOnce(_ batch: QueueBatch, into db: PGConnection) throws -> BatchOutcome {
-        let ranges = documentRanges(batch.payload)
+        let ranges = BSONSequence.ranges(batch.payload)
         var setAside: [Int: String] = [:]
         let rows = processor.clock.measure(.transform) { transform(batch.payload, ranges, indices: Array(ranges.indices), setAside: &setAside) }
         let good = ranges.indices.filter { setAside[$0] == nil }
@@ -98,14 +98,14 @@ public final class BatchLoader: ETLWorker {
             let counts = try copyIsolating(db, batch.payload, ranges, good, prebuilt: rows, setAside: &setAside)
             let outcome = BatchOutcome(
                 documentsLoaded: ranges.count - setAside.count,
-                rows: Dictionary(uniqueKeysWithValues: zip(Schema.tableNames, counts.map(Int64.init))),
+                rows: Dictionary(uniqueKeysWithValues: zip(processor.mapping.tables.map(\.name), counts.map(Int64.init))),
                 setAside: setAside.keys.sorted().map { i in
                     batch.payload[ranges[i]].withUnsafeBytes { doc in
-                        SetAsideDocument(batch: batch.id, documentId: displayId(doc), reason: setAside[i]!, document: Array(doc))
+                        SetAsideDocument(batch: batch.id, documentId: BSONSequence.displayId(doc), reason: setAside[i]!, document: Array(doc))
                     }
                 })
             CrashPoint.copied.reach()
-            try Checkpoint.insert(db, job: processor.jobId, batch: batch.id, outcome: outcome, indices: setAside.keys.sorted())
+            try Checkpoint.insert(db, pipeline: processor.name, job: processor.jobId, batch: batch.id, outcome: outcome, indices: setAside.keys.sorted())
             do {
                 try processor.clock.measure(.commit) { try db.execute("COMMIT") }
             } catch let error as PGError {
@@ -120,8 +120,8 @@ public final class BatchLoader: ETLWorker {
     }
 
     /// Transforms the documents at `indices`; those that do not fit go to `setAside`.
-    private func transform(_ payload: [UInt8], _ ranges: [Range<Int>], indices: [Int], setAside: inout [Int: String]) -> UserRows {
-        var rows = UserRows(expectedDocuments: indices.count, maxDocumentBytes: processor.settings.maxDocumentBytes)
+    private func transform(_ payload: [UInt8], _ ranges: [Range<Int>], indices: [Int], setAside: inout [Int: String]) -> MappedRows {
+        var rows = MappedRows(processor.mapping, expectedDocuments: indices.count, maxDocumentBytes: processor.settings.maxDocumentBytes)
         payload.withUnsafeBytes { raw in
             for i in indices {
                 do {
@@ -139,24 +139,25 @@ public final class BatchLoader: ETLWorker {
     /// which are set aside with the server's message. Returns rows loaded per table.
     private func copyIsolating(
         _ db: PGConnection, _ payload: [UInt8], _ ranges: [Range<Int>], _ indices: [Int],
-        prebuilt: UserRows?, setAside: inout [Int: String]
+        prebuilt: MappedRows?, setAside: inout [Int: String]
     ) throws -> [Int] {
-        guard !indices.isEmpty else { return Array(repeating: 0, count: Schema.tables.count) }
+        let tables = processor.mapping.tables
+        guard !indices.isEmpty else { return Array(repeating: 0, count: tables.count) }
         let rows = prebuilt ?? transform(payload, ranges, indices: indices, setAside: &setAside)
         try db.execute("SAVEPOINT isolate")
         do {
             try processor.clock.measure(.copy) {
-                for (t, table) in Schema.tables.enumerated() where !rows.tables[t].isEmpty {
+                for (t, table) in tables.enumerated() where !rows.tables[t].isEmpty {
                     try db.copyIn(table.quotedName, columns: table.quotedColumns, binary: rows.tables[t].bytes, BinaryCopyWriter.trailer)
                 }
             }
             try db.execute("RELEASE SAVEPOINT isolate")
-            return Schema.tables.indices.map { rows.rowCount($0) }
+            return rows.tables.map(\.rowCount)
         } catch let error as PGError where error.isDataError {
             try db.execute("ROLLBACK TO SAVEPOINT isolate; RELEASE SAVEPOINT isolate")
             if indices.count == 1 {
                 setAside[indices[0]] = "rejected by PostgreSQL: \(error)"
-                return Array(repeating: 0, count: Schema.tables.count)
+                return Array(repeating: 0, count: tables.count)
             }
             let half = indices.count / 2
             let first = try copyIsolating(db, payload, ranges, Array(indices[..<half]), prebuilt: nil, setAside: &setAside)
@@ -169,21 +170,21 @@ public final class BatchLoader: ETLWorker {
 /// The checkpoint row: written in the batch's own transaction, so it exists exactly when the
 /// batch's rows do. It carries the outcome, so a batch can be marked done from it alone.
 enum Checkpoint {
-    static func insert(_ db: PGConnection, job: String, batch: UInt64, outcome: BatchOutcome, indices: [Int]) throws {
+    static func insert(_ db: PGConnection, pipeline: String, job: String, batch: UInt64, outcome: BatchOutcome, indices: [Int]) throws {
         let setAside = zip(indices, outcome.setAside).map { ["index": $0.0, "id": $0.1.documentId, "reason": $0.1.reason] as [String: Any] }
         try db.query(
-            "INSERT INTO etl_checkpoints (job_id, batch_id, documents_loaded, rows, set_aside) VALUES ($1, $2, $3, $4, $5)",
-            [job, String(batch), String(outcome.documentsLoaded), json(outcome.rows), json(setAside)])
+            "INSERT INTO etl_checkpoints (pipeline, job_id, batch_id, documents_loaded, rows, set_aside) VALUES ($1, $2, $3, $4, $5, $6)",
+            [pipeline, job, String(batch), String(outcome.documentsLoaded), json(outcome.rows), json(setAside)])
     }
 
     /// The outcome recorded for a batch, or nil when it never committed.
-    static func outcome(_ db: PGConnection, job: String, batch: UInt64, payload: [UInt8]) throws -> BatchOutcome? {
+    static func outcome(_ db: PGConnection, pipeline: String, job: String, batch: UInt64, payload: [UInt8]) throws -> BatchOutcome? {
         let result = try db.query(
-            "SELECT documents_loaded, rows, set_aside FROM etl_checkpoints WHERE job_id = $1 AND batch_id = $2",
-            [job, String(batch)])
+            "SELECT documents_loaded, rows, set_aside FROM etl_checkpoints WHERE pipeline = $1 AND job_id = $2 AND batch_id = $3",
+            [pipeline, job, String(batch)])
         guard let row = result.rows.first else { return nil }
         let rows = (parse(row[1]) as? [String: Any] ?? [:]).compactMapValues { ($0 as? NSNumber)?.int64Value }
-        let ranges = documentRanges(payload)
+        let ranges = BSONSequence.ranges(payload)
         let setAside = (parse(row[2]) as? [[String: Any]] ?? []).map { entry -> SetAsideDocument in
             let index = (entry["index"] as? NSNumber)?.intValue ?? -1
             let document = ranges.indices.contains(index) ? Array(payload[ranges[index]]) : []

@@ -3,14 +3,14 @@ import Mongo
 import Postgres
 import Queue
 
-/// Compares the target tables with what DATA.md's rules give for the source documents.
+/// Compares the target tables with the rows a mapping gives for the source documents.
 ///
 /// The source is streamed: each chunk of documents is flattened and COPYed into temporary
-/// copies of the 15 tables (disk-backed, in PostgreSQL), so memory stays flat whatever the
-/// size of the collection. PostgreSQL then compares keys and whole rows (`row::text`, the
+/// copies of the mapping's tables (disk-backed, in PostgreSQL), so memory stays flat whatever the
+/// size of the collection. PostgreSQL then compares primary keys and whole rows (`row::text`, the
 /// same rendering on both sides: jsonb normalized, timestamps exact).
 public struct Verifier {
-    public struct TableResult: Sendable, Codable, Equatable {
+    public struct TableResult: Sendable, Encodable, Equatable {
         public var table: String
         public var expected: Int
         public var actual: Int
@@ -22,9 +22,29 @@ public struct Verifier {
         public var firstDiffering: [String]
 
         public var agrees: Bool { missing == 0 && unexpected == 0 && differing == 0 && expected == actual }
+
+        private enum CodingKeys: String, CodingKey {
+            case table, expected, actual, missing, unexpected, differing, firstMissing, firstUnexpected, firstDiffering, agrees
+        }
+
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(table, forKey: .table)
+            try c.encode(expected, forKey: .expected)
+            try c.encode(actual, forKey: .actual)
+            try c.encode(missing, forKey: .missing)
+            try c.encode(unexpected, forKey: .unexpected)
+            try c.encode(differing, forKey: .differing)
+            try c.encode(firstMissing, forKey: .firstMissing)
+            try c.encode(firstUnexpected, forKey: .firstUnexpected)
+            try c.encode(firstDiffering, forKey: .firstDiffering)
+            try c.encode(agrees, forKey: .agrees)
+        }
     }
 
-    public struct Report: Sendable, Codable {
+    /// One pipeline's comparison; encoded with what is derived (`agrees`, `comparedNothing`).
+    public struct Report: Sendable, Encodable {
+        public var pipeline: String
         public var sourceDocuments: Int
         /// Documents the job set aside (from its queue): their rows are not expected.
         public var setAsideByJob: Int
@@ -40,18 +60,41 @@ public struct Verifier {
 
         /// The source has documents, yet no row was expected (all set aside, or none readable).
         public var comparedNothing: Bool { sourceDocuments > 0 && tables.allSatisfy { $0.expected == 0 } }
+
+        private enum CodingKeys: String, CodingKey {
+            case pipeline, sourceDocuments, setAsideByJob, rejectedByRules, tables, agrees, comparedNothing
+        }
+
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(pipeline, forKey: .pipeline)
+            try c.encode(sourceDocuments, forKey: .sourceDocuments)
+            try c.encode(setAsideByJob, forKey: .setAsideByJob)
+            try c.encode(rejectedByRules, forKey: .rejectedByRules)
+            try c.encode(tables, forKey: .tables)
+            try c.encode(agrees, forKey: .agrees)
+            try c.encode(comparedNothing, forKey: .comparedNothing)
+        }
     }
 
     let db: PGConnection
+    let mapping: any DocumentMapping
     let collection: MongoCollection
     let setAside: Set<String>
+    let maxDocumentBytes: Int
     let chunk: Int
 
-    /// `setAside`: `_id`s (as the queue shows them) of documents the job set aside.
-    public init(db: PGConnection, collection: MongoCollection, setAside: Set<String>, chunk: Int = 1000) {
+    /// `db`: a connection to the target schema (`Target.connect`). `setAside`: `_id`s (as the
+    /// queue shows them) of documents the job set aside.
+    public init(
+        db: PGConnection, mapping: any DocumentMapping, collection: MongoCollection, setAside: Set<String>,
+        maxDocumentBytes: Int = JobSettings.defaultMaxDocumentBytes, chunk: Int = 1000
+    ) {
         self.db = db
+        self.mapping = mapping
         self.collection = collection
         self.setAside = setAside
+        self.maxDocumentBytes = maxDocumentBytes
         self.chunk = chunk
     }
 
@@ -59,15 +102,15 @@ public struct Verifier {
         // One snapshot of the target for the whole comparison.
         try db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         defer { _ = try? db.execute("ROLLBACK") }
-        for table in Schema.tables {
+        for table in mapping.tables {
             try db.execute("CREATE TEMP TABLE \(expected(table)) (LIKE \(table.quotedName)) ON COMMIT DROP")
         }
-        var report = Report(sourceDocuments: 0, setAsideByJob: 0, rejectedByRules: [], tables: [])
+        var report = Report(pipeline: mapping.name, sourceDocuments: 0, setAsideByJob: 0, rejectedByRules: [], tables: [])
         let cursor = try collection.scanById(afterIdElement: nil, batchSize: 1000)
-        var rows = UserRows(expectedDocuments: chunk)
+        var rows = newRows()
         while let doc = try cursor.next() {
             report.sourceDocuments += 1
-            let id = displayId(doc)
+            let id = BSONSequence.displayId(doc)
             if setAside.contains(id) {
                 report.setAsideByJob += 1
                 continue
@@ -79,41 +122,53 @@ public struct Verifier {
             }
             if rows.documents == chunk {
                 try load(rows)
-                rows = UserRows(expectedDocuments: chunk)
+                rows = newRows()
                 progress(report.sourceDocuments)
             }
         }
         try load(rows)
-        report.tables = try Schema.tables.map(compare)
+        report.tables = try mapping.tables.map(compare)
         return report
     }
 
-    private func expected(_ table: Table) -> String { quote("expected_" + table.name) }
+    private func newRows() -> MappedRows {
+        MappedRows(mapping, expectedDocuments: chunk, maxDocumentBytes: maxDocumentBytes)
+    }
 
-    private func load(_ rows: UserRows) throws {
-        for (t, table) in Schema.tables.enumerated() where !rows.tables[t].isEmpty {
+    private func expected(_ table: TableSpec) -> String { quoteIdentifier("expected_" + table.name) }
+
+    private func load(_ rows: MappedRows) throws {
+        for (t, table) in mapping.tables.enumerated() where !rows.tables[t].isEmpty {
             try db.copyIn(expected(table), columns: table.quotedColumns, binary: rows.tables[t].bytes, BinaryCopyWriter.trailer)
         }
     }
 
-    private func compare(_ table: Table) throws -> TableResult {
+    /// Joins expected and actual rows on the primary key; a row differs when its text
+    /// rendering does.
+    private func compare(_ table: TableSpec) throws -> TableResult {
         let e = expected(table), t = table.quotedName
+        let keys = table.primaryKey.map(quoteIdentifier)
+        let on = keys.map { "a.\($0) = x.\($0)" }.joined(separator: " AND ")
+        let (xKey, aKey) = (keys.map { "x." + $0 }.joined(separator: ", "), keys.map { "a." + $0 }.joined(separator: ", "))
+        let xMissing = "x.\(keys[0]) IS NULL", aMissing = "a.\(keys[0]) IS NULL"
+        let differs = "NOT \(xMissing) AND NOT \(aMissing) AND x::text <> a::text"
         let counts = try db.execute("""
             SELECT (SELECT count(*) FROM \(e)), (SELECT count(*) FROM \(t)),
-                   count(*) FILTER (WHERE a.id IS NULL), count(*) FILTER (WHERE x.id IS NULL),
-                   count(*) FILTER (WHERE x.id IS NOT NULL AND a.id IS NOT NULL AND x::text <> a::text)
-            FROM \(e) x FULL JOIN \(t) a ON a.id = x.id
+                   count(*) FILTER (WHERE \(aMissing)), count(*) FILTER (WHERE \(xMissing)), count(*) FILTER (WHERE \(differs))
+            FROM \(e) x FULL JOIN \(t) a ON \(on)
             """).rows[0].map { Int($0 ?? "0") ?? 0 }
         func first(_ condition: String) throws -> [String] {
-            try db.execute("SELECT coalesce(x.id, a.id)::text FROM \(e) x FULL JOIN \(t) a ON a.id = x.id WHERE \(condition) ORDER BY 1 LIMIT 5")
+            let key = keys.count == 1 ? "coalesce(x.\(keys[0]), a.\(keys[0]))::text"
+                : "CASE WHEN \(xMissing) THEN row(\(aKey))::text ELSE row(\(xKey))::text END"
+            return try db.execute("SELECT \(key) FROM \(e) x FULL JOIN \(t) a ON \(on) WHERE \(condition) ORDER BY 1 LIMIT 5")
                 .rows.map { $0[0] ?? "" }
         }
         return TableResult(
             table: table.name, expected: counts[0], actual: counts[1], missing: counts[2], unexpected: counts[3],
             differing: counts[4],
-            firstMissing: counts[2] > 0 ? try first("a.id IS NULL") : [],
-            firstUnexpected: counts[3] > 0 ? try first("x.id IS NULL") : [],
-            firstDiffering: counts[4] > 0 ? try first("x.id IS NOT NULL AND a.id IS NOT NULL AND x::text <> a::text") : [])
+            firstMissing: counts[2] > 0 ? try first(aMissing) : [],
+            firstUnexpected: counts[3] > 0 ? try first(xMissing) : [],
+            firstDiffering: counts[4] > 0 ? try first(differs) : [])
     }
 }
 

@@ -6,10 +6,10 @@ import Foundation
 /// The server commits; the client cannot know. (Use `sslmode=disable gssencmode=disable`:
 /// the stream is then plain protocol messages, a type byte and an int32 length that counts
 /// itself, after a startup message that has no type byte.)
-final class LostCommitReplyProxy: @unchecked Sendable {
+public final class LostCommitReplyProxy: @unchecked Sendable {
     // Safe: mutable state is guarded by `lock`; each connection's threads share only fds
     // whose closing is counted under `lock` too.
-    let port: Int
+    public let port: Int
     private let listener: Int32
     private let targetPort: Int
     private let loseCommit: Int
@@ -18,12 +18,12 @@ final class LostCommitReplyProxy: @unchecked Sendable {
     private var commitsAfterCopy = 0
     private var refuseUntil: Date?
     private var stopped = false
-    private(set) var lostCommits = 0
+    public private(set) var lostCommits = 0
 
     /// When the proxy accepts connections again (after the lost reply).
-    var refusingUntil: Date? { lock.withLock { refuseUntil } }
+    public var refusingUntil: Date? { lock.withLock { refuseUntil } }
 
-    init(targetPort: Int, loseCommit: Int, refuseFor: Double) throws {
+    public init(targetPort: Int, loseCommit: Int, refuseFor: Double) throws {
         self.targetPort = targetPort
         self.loseCommit = loseCommit
         self.refuseFor = refuseFor
@@ -44,7 +44,7 @@ final class LostCommitReplyProxy: @unchecked Sendable {
         Thread.detachNewThread { [self] in acceptLoop() }
     }
 
-    func stop() {
+    public func stop() {
         lock.withLock { stopped = true }
         shutdown(listener, Int32(SHUT_RDWR))
         close(listener)

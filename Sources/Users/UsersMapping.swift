@@ -1,35 +1,86 @@
+import DurableETL
 import Foundation
 import Mongo
 import Postgres
 
-/// Why a document was set aside: the path of the offending field and what is wrong with it.
-public struct RejectReason: Error, CustomStringConvertible, Sendable {
-    var path: [String]
-    let problem: String
+/// The users pipeline: the 15 tables of DATA.md and how one user document becomes their rows.
+public struct UsersMapping: DocumentMapping {
+    public init() {}
 
-    init(_ problem: String, at field: String? = nil) {
-        self.problem = problem
-        path = field.map { [$0] } ?? []
+    public var name: String { "users" }
+    public var source: SourceCollection { SourceCollection(database: "sample_db", collection: "users") }
+    public var tables: [TableSpec] { Self.tables }
+
+    public func map(_ document: UnsafeRawBufferPointer, into rows: inout TableRows) throws(RejectReason) {
+        var writer = UserRowWriter()
+        swap(&writer.rows, &rows)
+        defer { swap(&writer.rows, &rows) }
+        do {
+            try writer.emit(document)
+        } catch {
+            throw error as? RejectReason ?? RejectReason("\(error)")
+        }
     }
 
-    /// The same reason, one level further out (`education` → `profile.education`).
-    func inside(_ parent: String) -> RejectReason {
-        var copy = self
-        copy.path.insert(parent, at: 0)
-        return copy
-    }
+    /// In an order that satisfies the foreign keys, each with its rough COPY bytes per
+    /// document (so buffers rarely grow). Every column is NOT NULL; a child's `id` follows
+    /// the id rule of DATA.md.
+    public static let tables: [TableSpec] = [
+        table(.users, 160, [("id", big), ("username", v), ("email", v), ("first_name", v), ("last_name", v),
+                            ("age", int), ("created_at", ts), ("updated_at", ts)]),
+        table(.addresses, 140, [("id", big), ("user_id", big), ("street", v), ("city", v), ("state", v),
+                                ("zip_code", v), ("country", v), ("coordinates", json)], parent: ("user_id", .users)),
+        table(.profiles, 160, [("id", big), ("user_id", big), ("bio", v), ("interests", json), ("skills", json)],
+              parent: ("user_id", .users)),
+        table(.education, 420, [("id", big), ("profile_id", big), ("institution", v), ("degree", v), ("year", int),
+                                ("description", v)], parent: ("profile_id", .profiles)),
+        table(.experience, 520, [("id", big), ("profile_id", big), ("company", v), ("position", v), ("duration", v),
+                                 ("description", v)], parent: ("profile_id", .profiles)),
+        table(.preferences, 130, [("id", big), ("user_id", big), ("language", v), ("timezone", v),
+                                  ("notifications", json)], parent: ("user_id", .users)),
+        table(.settings, 420, [("id", big), ("preference_id", big), ("key", v), ("value", v), ("timestamp", ts),
+                               ("metadata", v)], parent: ("preference_id", .preferences)),
+        table(.activityLog, 1600, [("id", big), ("user_id", big), ("key", v), ("value", v), ("timestamp", ts),
+                                   ("metadata", v)], parent: ("user_id", .users)),
+        table(.transactions, 650, [("id", big), ("user_id", big), ("key", v), ("value", v), ("timestamp", ts),
+                                   ("metadata", v)], parent: ("user_id", .users)),
+        table(.messages, 880, [("id", v), ("user_id", big), ("from", v), ("to", v), ("subject", v), ("body", v),
+                               ("timestamp", ts), ("read", "boolean")], parent: ("user_id", .users)),
+        table(.attachments, 16, [("id", big), ("message_id", v), ("name", v), ("size", int), ("file_type", v)],
+              parent: ("message_id", .messages)),
+        table(.socialMedia, 260, [("id", big), ("user_id", big), ("connections", json)], parent: ("user_id", .users)),
+        table(.posts, 700, [("id", big), ("social_media_id", big), ("key", v), ("value", v), ("timestamp", ts),
+                            ("metadata", v)], parent: ("social_media_id", .socialMedia)),
+        table(.groups, 160, [("id", v), ("social_media_id", big), ("name", v), ("joined", ts)],
+              parent: ("social_media_id", .socialMedia)),
+        table(.largeData, 570, [("id", big), ("user_id", big), ("blob1", v), ("blob2", v), ("blob3", v), ("blob4", v),
+                                ("blob5", v)], parent: ("user_id", .users)),
+    ]
 
-    public var description: String {
-        guard var text = path.first else { return problem }
-        for part in path.dropFirst() { text += part.hasPrefix("[") ? part : "." + part }
-        return "field '\(text)' \(problem)"
+    public static var tableNames: [String] { tables.map(\.name) }
+
+    static let v = "varchar", ts = "timestamptz", big = "bigint", int = "integer", json = "jsonb"
+
+    /// A table at the position of `t`, keyed by its first column.
+    private static func table(_ t: T, _ bytes: Int, _ columns: [(String, String)], parent: (String, T)? = nil) -> TableSpec {
+        TableSpec(
+            t.name, columns: columns.map { TableSpec.Column($0.0, $0.1) }, primaryKey: [columns[0].0],
+            foreignKeys: parent.map { [TableSpec.ForeignKey([$0.0], references: $0.1.name)] } ?? [],
+            bytesPerDocument: bytes)
     }
 }
 
-/// The tables' positions in `UserRows.tables`, in load order.
+/// The tables' positions in `UsersMapping.tables`, in load order.
 enum T: Int, CaseIterable {
     case users, addresses, profiles, education, experience, preferences, settings, activityLog
     case transactions, messages, attachments, socialMedia, posts, groups, largeData
+
+    /// The table's name: the case in snake_case.
+    var name: String {
+        String(describing: self).reduce(into: "") { name, c in
+            if c.isUppercase { name += "_" + c.lowercased() } else { name.append(c) }
+        }
+    }
 }
 
 /// The largest `_id` whose child ids (`_id * 10000 + index`) still fit in a bigint.
@@ -37,50 +88,16 @@ let maxUserId: Int64 = Int64.max / 10_000 - 1
 /// Entries an array may hold before its ids would run into the next user's.
 let maxEntriesPerArray = 10_000
 
-/// Flattens user documents into the binary COPY streams of the 15 tables. A document is
-/// added whole or, when any field does not fit, not at all.
-public struct UserRows: Sendable {
-    public private(set) var tables: [BinaryCopyWriter]
-    public private(set) var documents = 0
-    /// Larger documents are set aside (a batch of them would not fit memory or a COPY).
-    public let maxDocumentBytes: Int
-
-    public static let defaultMaxDocumentBytes = 8 << 20
-
-    public init(expectedDocuments: Int = 500, maxDocumentBytes: Int = defaultMaxDocumentBytes) {
-        self.maxDocumentBytes = maxDocumentBytes
-        tables = T.allCases.map { t in BinaryCopyWriter(capacity: expectedDocuments * Self.bytesPerDocument[t.rawValue]) }
-    }
-
-    /// Rough COPY bytes per document for each table, so buffers rarely grow.
-    private static let bytesPerDocument = [160, 140, 160, 420, 520, 130, 420, 1600, 650, 880, 16, 260, 700, 160, 570]
-
-    public func rowCount(_ table: Int) -> Int { tables[table].rowCount }
-
-    /// Adds one document's rows, or throws the reason it does not fit and adds nothing.
-    public mutating func add(document bytes: UnsafeRawBufferPointer) throws(RejectReason) {
-        let marks = tables.map(\.mark)
-        do {
-            try emit(bytes)
-            documents += 1
-        } catch {
-            for i in tables.indices { tables[i].rollback(to: marks[i]) }
-            throw error as! RejectReason
-        }
-    }
+/// Writes one user document's rows into the 15 tables' COPY streams.
+struct UserRowWriter {
+    var rows = TableRows()
 
     private mutating func row(_ t: T, _ fields: Int, _ body: (inout BinaryCopyWriter) throws -> Void) rethrows {
-        tables[t.rawValue].beginRow(fields: fields)
-        try body(&tables[t.rawValue])
+        try rows.row(t.rawValue, fields: fields, body)
     }
 
-    private mutating func emit(_ bytes: UnsafeRawBufferPointer) throws {
-        guard bytes.count <= maxDocumentBytes else {
-            throw RejectReason("the document is \(megabytes(bytes.count)), more than the \(megabytes(maxDocumentBytes)) limit (--max-document-mb)")
-        }
-        guard BSON.declaredLength(bytes) == bytes.count, let root = BSONIterator(document: bytes) else {
-            throw RejectReason("the document is not valid BSON")
-        }
+    mutating func emit(_ bytes: UnsafeRawBufferPointer) throws {
+        guard let root = BSONIterator(document: bytes) else { throw RejectReason("the document is not valid BSON") }
         let f = try lookup(root, Names.top)
         let id = try f[0].int64("_id")
         guard id >= -maxUserId, id <= maxUserId else {
@@ -315,39 +332,6 @@ private struct DistinctIds {
     }
 }
 
-private func megabytes(_ bytes: Int) -> String {
-    let mb = Double(bytes) / 1_048_576
-    return mb.rounded() == mb ? "\(Int(mb)) MB" : String(format: "%.1f MB", mb)
-}
-
-/// Runs `body`, prefixing the path of any rejection with `field`.
-private func within<R>(_ field: String, _ body: () throws -> R) throws -> R {
-    do { return try body() } catch let reason as RejectReason { throw reason.inside(field) }
-}
-
-/// Finds each of `names` among the elements of a document; a missing one is a rejection.
-private func lookup(_ doc: BSONIterator, _ names: [StaticString]) throws -> [BSONIterator] {
-    var found = [BSONIterator?](repeating: nil, count: names.count)
-    var it = doc
-    var next = 0
-    while it.next() {
-        // Documents usually hold their fields in the expected order: try that one first.
-        if next < names.count, found[next] == nil, it.keyIs(names[next]) {
-            found[next] = it
-            next += 1
-            continue
-        }
-        for i in names.indices where found[i] == nil && it.keyIs(names[i]) {
-            found[i] = it
-            break
-        }
-    }
-    return try names.indices.map { i in
-        guard let element = found[i] else { throw RejectReason("is missing", at: "\(names[i])") }
-        return element
-    }
-}
-
 /// Visits the entries of an array that must hold documents, with their index; more entries
 /// than the id rule allows is a rejection.
 private func each(_ array: BSONIterator, _ body: (BSONIterator, Int) throws -> Void) throws {
@@ -385,62 +369,5 @@ private func stringArray(_ element: BSONIterator, _ name: StaticString, into w: 
             j.string(item)
         }
         j.raw("]")
-    }
-}
-
-private func article(_ type: BSONType) -> String {
-    switch type {
-    case .array, .int32, .int64, .objectId, .undefined: "an \(type.name)"
-    default: "a \(type.name)"
-    }
-}
-
-extension BSONIterator {
-    fileprivate func fail(_ name: StaticString?, expected: String) -> RejectReason {
-        RejectReason("is \(article(type)), expected \(expected)", at: name.map { "\($0)" })
-    }
-
-    fileprivate func int64(_ name: StaticString) throws -> Int64 {
-        if let v = integer { return v }
-        if type == .double { throw RejectReason("is \(displayValue), expected an integer", at: "\(name)") }
-        throw fail(name, expected: "an integer")
-    }
-
-    fileprivate func finite(_ name: StaticString) throws -> Double {
-        guard let v = number else { throw fail(name, expected: "a number") }
-        guard v.isFinite else { throw RejectReason("is \(v), expected a finite number", at: "\(name)") }
-        return v
-    }
-
-    /// A string's UTF-8 bytes; invalid UTF-8 or an embedded NUL is a rejection.
-    fileprivate func string(_ name: StaticString?) throws -> UnsafeRawBufferPointer {
-        guard let bytes = utf8 else { throw fail(name, expected: "a string") }
-        guard BSON.isValidUTF8(bytes) else {
-            throw RejectReason("is not valid UTF-8 (or contains a NUL byte)", at: name.map { "\($0)" })
-        }
-        return bytes
-    }
-
-    fileprivate func date(_ name: StaticString) throws -> Int64 {
-        guard let v = dateTimeMillis else { throw fail(name, expected: "a date") }
-        guard BinaryCopyWriter.timestampRangeMillis.contains(v) else {
-            throw RejectReason("is a date out of range (\(v) ms from 1970; PostgreSQL's timestamptz holds 4713 BC to 294276 AD)", at: "\(name)")
-        }
-        return v
-    }
-
-    fileprivate func boolean(_ name: StaticString) throws -> Bool {
-        guard let v = bool else { throw fail(name, expected: "a bool") }
-        return v
-    }
-
-    fileprivate func document(_ name: StaticString) throws -> BSONIterator {
-        guard type == .document, let c = children else { throw fail(name, expected: "an object") }
-        return c
-    }
-
-    fileprivate func array(_ name: StaticString) throws -> BSONIterator {
-        guard type == .array, let c = children else { throw fail(name, expected: "an array") }
-        return c
     }
 }

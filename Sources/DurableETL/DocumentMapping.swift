@@ -1,0 +1,172 @@
+import Foundation
+import Mongo
+import Postgres
+
+/// What a pipeline supplies to the engine: where its documents come from, the tables they
+/// become, and the function from one document to its rows. Everything durable (the queue,
+/// extraction by `_id`, COPY with a checkpoint in one transaction, retries, bisection of
+/// rejected documents, recovery, migrations, status, verify) is the engine's.
+public protocol DocumentMapping: Sendable {
+    /// Names the pipeline: keys its state directory, checkpoints, set-aside records,
+    /// migrations and target lock. Lowercase letters, digits, `-` and `_`.
+    var name: String { get }
+    /// The collection read unless the command names another.
+    var source: SourceCollection { get }
+    /// The target tables, each stated once, parents before children.
+    var tables: [TableSpec] { get }
+    /// Schema changes after the tables' first version, in order (version 1 creates `tables`).
+    var migrations: [Migration] { get }
+    /// Appends the rows of one document to `rows` (one writer per table, in `tables` order),
+    /// or throws why the document must be set aside. Rows appended before a throw are
+    /// discarded by the engine, so a document loads whole or not at all.
+    func map(_ document: UnsafeRawBufferPointer, into rows: inout TableRows) throws(RejectReason)
+}
+
+extension DocumentMapping {
+    public var migrations: [Migration] { [] }
+}
+
+public struct SourceCollection: Sendable, Equatable {
+    public var database: String
+    public var collection: String
+
+    public init(database: String, collection: String) {
+        self.database = database
+        self.collection = collection
+    }
+}
+
+/// A change to a pipeline's tables, applied once per target schema.
+public struct Migration: Sendable {
+    public let version: Int
+    public let name: String
+    public let statements: [String]
+
+    public init(version: Int, name: String, statements: [String]) {
+        self.version = version
+        self.name = name
+        self.statements = statements
+    }
+}
+
+/// One target table: its columns, primary key and foreign keys.
+public struct TableSpec: Sendable {
+    public struct Column: Sendable {
+        public let name: String
+        /// A PostgreSQL type name as CREATE TABLE takes it (`bigint`, `varchar`, `jsonb`, `text[]`).
+        public let type: String
+        public let nullable: Bool
+
+        public init(_ name: String, _ type: String, nullable: Bool = false) {
+            self.name = name
+            self.type = type
+            self.nullable = nullable
+        }
+    }
+
+    /// Columns of this table that reference the primary key of `table`, ON DELETE CASCADE.
+    public struct ForeignKey: Sendable {
+        public let columns: [String]
+        public let table: String
+
+        public init(_ columns: [String], references table: String) {
+            self.columns = columns
+            self.table = table
+        }
+    }
+
+    public let name: String
+    public let columns: [Column]
+    public let primaryKey: [String]
+    public let foreignKeys: [ForeignKey]
+    /// About how many COPY bytes one document adds here, so buffers rarely grow.
+    public let bytesPerDocument: Int
+
+    public init(
+        _ name: String, columns: [Column], primaryKey: [String], foreignKeys: [ForeignKey] = [], bytesPerDocument: Int = 256
+    ) {
+        precondition(!primaryKey.isEmpty, "table \(name) needs a primary key")
+        self.name = name
+        self.columns = columns
+        self.primaryKey = primaryKey
+        self.foreignKeys = foreignKeys
+        self.bytesPerDocument = bytesPerDocument
+    }
+
+    public var quotedName: String { quoteIdentifier(name) }
+    public var quotedColumns: [String] { columns.map { quoteIdentifier($0.name) } }
+
+    var createStatement: String {
+        var lines = columns.map { "\(quoteIdentifier($0.name)) \($0.type)\($0.nullable ? "" : " NOT NULL")" }
+        lines.append("PRIMARY KEY (\(primaryKey.map(quoteIdentifier).joined(separator: ", ")))")
+        for key in foreignKeys {
+            lines.append("FOREIGN KEY (\(key.columns.map(quoteIdentifier).joined(separator: ", "))) REFERENCES \(quoteIdentifier(key.table)) ON DELETE CASCADE")
+        }
+        return "CREATE TABLE \(quotedName) (\n    " + lines.joined(separator: ",\n    ") + "\n)"
+    }
+}
+
+/// A PostgreSQL identifier, quoted.
+public func quoteIdentifier(_ identifier: String) -> String {
+    "\"" + identifier.replacingOccurrences(of: "\"", with: "\"\"") + "\""
+}
+
+/// The binary COPY rows of a chunk of documents: one writer per table of a mapping.
+public struct TableRows: Sendable {
+    public var tables: [BinaryCopyWriter]
+
+    /// No tables (a placeholder to swap with).
+    public init() { tables = [] }
+
+    init(_ mapping: any DocumentMapping, documents: Int) {
+        tables = mapping.tables.map { BinaryCopyWriter(capacity: documents * $0.bytesPerDocument) }
+    }
+
+    /// Starts a row of `fields` values in table `index` and lets `body` write them.
+    public mutating func row(_ index: Int, fields: Int, _ body: (inout BinaryCopyWriter) throws -> Void) rethrows {
+        tables[index].beginRow(fields: fields)
+        try body(&tables[index])
+    }
+}
+
+/// Documents flattened by a mapping, added whole or not at all: what a batch's COPY sends,
+/// and what a mapping's own tests can look at.
+public struct MappedRows: Sendable {
+    public private(set) var rows: TableRows
+    public private(set) var documents = 0
+    public let mapping: any DocumentMapping
+    public let maxDocumentBytes: Int
+
+    public init(_ mapping: any DocumentMapping, expectedDocuments: Int = 500, maxDocumentBytes: Int = JobSettings.defaultMaxDocumentBytes) {
+        rows = TableRows(mapping, documents: expectedDocuments)
+        self.mapping = mapping
+        self.maxDocumentBytes = maxDocumentBytes
+    }
+
+    public var tables: [BinaryCopyWriter] { rows.tables }
+
+    public func rowCount(_ table: Int) -> Int { rows.tables[table].rowCount }
+
+    /// Adds one document's rows, or throws the reason it does not fit and adds nothing.
+    public mutating func add(document bytes: UnsafeRawBufferPointer) throws(RejectReason) {
+        guard bytes.count <= maxDocumentBytes else {
+            throw RejectReason("the document is \(megabytes(bytes.count)), more than the \(megabytes(maxDocumentBytes)) limit (--max-document-mb)")
+        }
+        guard BSON.declaredLength(bytes) == bytes.count, BSONIterator(document: bytes) != nil else {
+            throw RejectReason("the document is not valid BSON")
+        }
+        let marks = rows.tables.map(\.mark)
+        do {
+            try mapping.map(bytes, into: &rows)
+            documents += 1
+        } catch {
+            for i in rows.tables.indices { rows.tables[i].rollback(to: marks[i]) }
+            throw error
+        }
+    }
+}
+
+private func megabytes(_ bytes: Int) -> String {
+    let mb = Double(bytes) / 1_048_576
+    return mb.rounded() == mb ? "\(Int(mb)) MB" : String(format: "%.1f MB", mb)
+}

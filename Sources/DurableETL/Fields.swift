@@ -1,0 +1,123 @@
+import Mongo
+import Postgres
+
+/// Why a document was set aside: the path of the offending field and what is wrong with it.
+public struct RejectReason: Error, CustomStringConvertible, Sendable {
+    public private(set) var path: [String]
+    public let problem: String
+
+    public init(_ problem: String, at field: String? = nil) {
+        self.problem = problem
+        path = field.map { [$0] } ?? []
+    }
+
+    /// The same reason, one level further out (`education` → `profile.education`).
+    public func inside(_ parent: String) -> RejectReason {
+        var copy = self
+        copy.path.insert(parent, at: 0)
+        return copy
+    }
+
+    public var description: String {
+        guard var text = path.first else { return problem }
+        for part in path.dropFirst() { text += part.hasPrefix("[") ? part : "." + part }
+        return "field '\(text)' \(problem)"
+    }
+}
+
+/// Runs `body`, prefixing the path of any rejection with `field`.
+public func within<R>(_ field: String, _ body: () throws -> R) throws -> R {
+    do { return try body() } catch let reason as RejectReason { throw reason.inside(field) }
+}
+
+/// Finds each of `names` among the elements of a document; a missing one is a rejection.
+public func lookup(_ doc: BSONIterator, _ names: [StaticString]) throws(RejectReason) -> [BSONIterator] {
+    var found = [BSONIterator?](repeating: nil, count: names.count)
+    var it = doc
+    var next = 0
+    while it.next() {
+        // Documents usually hold their fields in the expected order: try that one first.
+        if next < names.count, found[next] == nil, it.keyIs(names[next]) {
+            found[next] = it
+            next += 1
+            continue
+        }
+        for i in names.indices where found[i] == nil && it.keyIs(names[i]) {
+            found[i] = it
+            break
+        }
+    }
+    var elements: [BSONIterator] = []
+    elements.reserveCapacity(names.count)
+    for i in names.indices {
+        guard let element = found[i] else { throw RejectReason("is missing", at: "\(names[i])") }
+        elements.append(element)
+    }
+    return elements
+}
+
+/// "an int32", "a string": a BSON type as a message names it.
+public func article(_ type: BSONType) -> String {
+    switch type {
+    case .array, .int32, .int64, .objectId, .undefined: "an \(type.name)"
+    default: "a \(type.name)"
+    }
+}
+
+/// Typed reads of one element, each a rejection naming the field when the type is wrong.
+extension BSONIterator {
+    public func mismatch(_ name: StaticString?, expected: String) -> RejectReason {
+        RejectReason("is \(article(type)), expected \(expected)", at: name.map { "\($0)" })
+    }
+
+    public func int64(_ name: StaticString) throws(RejectReason) -> Int64 {
+        if let v = integer { return v }
+        if type == .double { throw RejectReason("is \(displayValue), expected an integer", at: "\(name)") }
+        throw mismatch(name, expected: "an integer")
+    }
+
+    public func int32(_ name: StaticString) throws(RejectReason) -> Int32 {
+        let v = try int64(name)
+        guard let v32 = Int32(exactly: v) else { throw RejectReason("is \(v), not a 32-bit integer", at: "\(name)") }
+        return v32
+    }
+
+    public func finite(_ name: StaticString) throws(RejectReason) -> Double {
+        guard let v = number else { throw mismatch(name, expected: "a number") }
+        guard v.isFinite else { throw RejectReason("is \(v), expected a finite number", at: "\(name)") }
+        return v
+    }
+
+    /// A string's UTF-8 bytes; invalid UTF-8 or an embedded NUL is a rejection.
+    public func string(_ name: StaticString?) throws(RejectReason) -> UnsafeRawBufferPointer {
+        guard let bytes = utf8 else { throw mismatch(name, expected: "a string") }
+        guard BSON.isValidUTF8(bytes) else {
+            throw RejectReason("is not valid UTF-8 (or contains a NUL byte)", at: name.map { "\($0)" })
+        }
+        return bytes
+    }
+
+    /// Milliseconds since 1970 that PostgreSQL's timestamptz can hold.
+    public func date(_ name: StaticString) throws(RejectReason) -> Int64 {
+        guard let v = dateTimeMillis else { throw mismatch(name, expected: "a date") }
+        guard BinaryCopyWriter.timestampRangeMillis.contains(v) else {
+            throw RejectReason("is a date out of range (\(v) ms from 1970; PostgreSQL's timestamptz holds 4713 BC to 294276 AD)", at: "\(name)")
+        }
+        return v
+    }
+
+    public func boolean(_ name: StaticString) throws(RejectReason) -> Bool {
+        guard let v = bool else { throw mismatch(name, expected: "a bool") }
+        return v
+    }
+
+    public func document(_ name: StaticString?) throws(RejectReason) -> BSONIterator {
+        guard type == .document, let c = children else { throw mismatch(name, expected: "an object") }
+        return c
+    }
+
+    public func array(_ name: StaticString?) throws(RejectReason) -> BSONIterator {
+        guard type == .array, let c = children else { throw mismatch(name, expected: "an array") }
+        return c
+    }
+}

@@ -1,0 +1,143 @@
+import ETLCore
+import Foundation
+import Postgres
+import Queue
+
+/// A refusal or a failure the user can act on: printed as one line, never as a trace.
+/// Each kind has its exit code (sysexits.h where one fits; see the README's table).
+public struct JobError: Error, CustomStringConvertible {
+    public enum Kind: Sendable {
+        /// 64: a bad flag or URL, or a refusal that says what to run instead.
+        case usage
+        /// 65: the data did not allow the job to succeed (too many documents set aside; verify found differences).
+        case dataError
+        /// 66: the source collection does not exist or holds nothing.
+        case noInput
+        /// 69: a service cannot be reached, or the state directory cannot be used.
+        case unavailable
+        /// 74: the state files cannot be read or written (disk full, damaged files).
+        case ioError
+        /// 70: the target or the server refused the job itself (a changed table, an unexpected SQLSTATE).
+        case software
+        /// 75: another run holds the state directory or the target.
+        case busy
+        /// 1: anything else; the run stays resumable.
+        case failed
+    }
+
+    public let kind: Kind
+    public let description: String
+
+    public init(_ kind: Kind, _ description: String) {
+        self.kind = kind
+        self.description = description
+    }
+
+    /// A queue that cannot be opened or read: damaged or unwritable state files are exit 74
+    /// with what to do; anything else (permissions, a path under a file) is 69.
+    public static func queue(_ error: any Error, _ directory: String) -> JobError {
+        if let error = error as? LMDBError, error.isStorageFailure {
+            return classify(error)
+        }
+        return JobError(.unavailable, "cannot use the queue in \(directory): \(error)")
+    }
+
+    static let untrustedState = "the state files cannot be trusted: move the state directory aside and run "
+        + "'etl-job start --fresh' to load again (the target's etl_checkpoints table records what was committed)"
+
+    /// Any error of a run as the user sees it: a `JobError` as it is; a PostgreSQL error the
+    /// job cannot get past, or state files it cannot write or trust, with their own exit
+    /// codes; anything else as a failure. Wrapped errors (a pipeline's, several workers')
+    /// are opened, and the most serious kind decides the exit code.
+    public static func classify(_ error: any Error) -> JobError {
+        switch error {
+        case let error as JobError:
+            return error
+        case let error as PipelineError:
+            return classify(error.underlying)
+        case let error as ETLErrors:
+            let all = error.errors.map(classify)
+            let worst = all.max { $0.kind.severity < $1.kind.severity }!
+            var seen = Set<String>()
+            let distinct = all.map(\.description).filter { seen.insert($0).inserted }
+            return JobError(worst.kind, distinct.joined(separator: "; "))
+        case let error as PGError where error.disposition == .fatal && error.kind == .server:
+            return JobError(.software, "PostgreSQL refused the job: \(error)")
+        case let error as LMDBError where error.isStorageFailure:
+            if error.code == ENOSPC || error.code == EDQUOT {
+                return JobError(.ioError, "\(error); the queue is unchanged since its last transaction: free space, then run 'etl-job resume'")
+            }
+            return JobError(.ioError, "\(error); \(untrustedState)")
+        case let error as DamagedBatch:
+            return JobError(.ioError, "\(error); \(untrustedState)")
+        default:
+            return JobError(.failed, "\(error)")
+        }
+    }
+}
+
+extension JobError.Kind {
+    /// Which of several errors decides the exit code: what the user must fix before any retry
+    /// (storage, the target) over what a resume may get past.
+    var severity: Int {
+        switch self {
+        case .failed: 0
+        case .dataError: 1
+        case .unavailable: 2
+        case .busy: 3
+        case .noInput: 4
+        case .usage: 5
+        case .software: 6
+        case .ioError: 7
+        }
+    }
+}
+
+/// At most how many documents a run may set aside before it fails: a count or a percentage
+/// of the documents read. A run that loads nothing while setting documents aside always fails.
+public enum SetAsideLimit: Sendable, Equatable, CustomStringConvertible {
+    case count(Int64)
+    case percent(Double)
+
+    public static let `default` = SetAsideLimit.percent(1)
+
+    /// `N` or `N%`.
+    public init?(_ text: String) {
+        let trimmed = text.trimmingCharacters(in: .whitespaces)
+        if trimmed.hasSuffix("%") {
+            guard let p = Double(trimmed.dropLast()), p >= 0, p <= 100 else { return nil }
+            self = .percent(p)
+        } else {
+            guard let n = Int64(trimmed), n >= 0 else { return nil }
+            self = .count(n)
+        }
+    }
+
+    /// The largest number of documents allowed out of `read`.
+    public func allowed(of read: Int64) -> Int64 {
+        switch self {
+        case .count(let n): n
+        case .percent(let p): Int64((Double(read) * p / 100).rounded(.down))
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .count(let n): "\(n)"
+        case .percent(let p): p == p.rounded() ? "\(Int(p))%" : "\(p)%"
+        }
+    }
+
+    /// Why a run that loaded `loaded` and set aside `setAside` documents failed, or nil.
+    public func failure(loaded: Int64, setAside: Int64) -> String? {
+        guard setAside > 0 else { return nil }
+        if loaded == 0 {
+            return "every document read (\(setAside)) was set aside and none was loaded; list them with 'etl-job status --rejected'"
+        }
+        let allowed = allowed(of: loaded + setAside)
+        guard setAside > allowed else { return nil }
+        let limit = if case .percent = self { "\(allowed) (\(self) of \(loaded + setAside) documents read)" } else { "\(allowed)" }
+        return "\(setAside) documents were set aside, more than the limit of \(limit); list them with "
+            + "'etl-job status --rejected'. Everything else is loaded; to accept them, run 'etl-job resume --max-set-aside N'"
+    }
+}

@@ -1,0 +1,41 @@
+import ETLCore
+
+/// Where a run reads, writes and keeps its state, for every pipeline it runs.
+public struct JobSettings: Sendable {
+    public var mongoURL: String
+    public var postgresURL: String
+    /// Holds one queue per pipeline, in a subdirectory named after it.
+    public var stateDirectory: String
+    /// The PostgreSQL schema of the tables, checkpoints and migrations (created if missing).
+    /// Nil: the recorded job's on a resume, else `defaultSchema`.
+    public var targetSchema: String?
+    /// The whole run's worker budget, shared out among its pipelines.
+    public var bucket: BucketConfig
+    public var cursorBatchSize: Int32
+    public var maxDocumentBytes: Int
+    public var queueMapBytes: Int
+    public var maxSetAside = SetAsideLimit.default
+    public var allowEmpty = false
+    /// A database or collection named on the command line: only for a run of one pipeline.
+    /// Without them, a pipeline reads its mapping's source, and a resume the recorded one.
+    public var database: String?
+    public var collection: String?
+
+    public static let defaultSchema = "public"
+    public static let defaultMaxDocumentBytes = 8 << 20
+
+    public init(
+        mongoURL: String, postgresURL: String, stateDirectory: String, targetSchema: String? = nil,
+        bucket: BucketConfig = BucketConfig(), cursorBatchSize: Int32 = 500,
+        maxDocumentBytes: Int = defaultMaxDocumentBytes, queueMapBytes: Int = 64 << 20
+    ) {
+        self.mongoURL = mongoURL
+        self.postgresURL = postgresURL
+        self.stateDirectory = stateDirectory
+        self.targetSchema = targetSchema
+        self.bucket = bucket
+        self.cursorBatchSize = cursorBatchSize
+        self.maxDocumentBytes = maxDocumentBytes
+        self.queueMapBytes = queueMapBytes
+    }
+}

@@ -1,0 +1,166 @@
+import ETLCore
+import Foundation
+import Logging
+import Mongo
+import Postgres
+import Queue
+
+/// One pipeline of a run: its mapping, the collection and schema it uses (named on the
+/// command line, else recorded by its job, else the mapping's), and its state directory.
+/// Every check here reads only: refusals come before any write.
+public struct PipelineJob: Sendable {
+    public let mapping: any DocumentMapping
+    public let settings: JobSettings
+    public let source: SourceCollection
+    public let target: Target
+
+    public var name: String { mapping.name }
+    /// The pipeline's queue: a subdirectory of the run's state directory.
+    public var directory: String { RunManifest.queueDirectory(settings.stateDirectory, mapping.name) }
+
+    public init(mapping: any DocumentMapping, settings: JobSettings, recorded: JobIdentity? = nil) {
+        self.mapping = mapping
+        self.settings = settings
+        source = SourceCollection(
+            database: settings.database ?? recorded?.database ?? mapping.source.database,
+            collection: settings.collection ?? recorded?.collection ?? mapping.source.collection)
+        target = Target(url: settings.postgresURL, schema: settings.targetSchema ?? recorded?.targetSchema ?? JobSettings.defaultSchema)
+    }
+
+    /// What this pipeline moves from where to where, as the connections resolved it.
+    public func identity(_ client: MongoClient, _ db: PGConnection) -> JobIdentity {
+        let server = db.server
+        return JobIdentity(
+            pipeline: name, sourceServers: client.servers, database: source.database, collection: source.collection,
+            targetHost: server.host, targetPort: server.port, targetDatabase: server.database, targetSchema: target.schema)
+    }
+
+    /// Refuses (exit 64) a command whose source or target differs from the recorded job's.
+    public func refuseMismatch(recorded: JobIdentity?, current: JobIdentity) throws {
+        guard let recorded else { return }
+        let differences = recorded.differences(from: current)
+        guard !differences.isEmpty else { return }
+        let list = differences.map { "\($0.field) is '\($0.given)' but the job was started on '\($0.recorded)'" }
+        throw JobError(.usage, "the \(name) job in \(settings.stateDirectory) moves another collection or target: "
+            + list.joined(separator: "; ") + "; use the same settings, or another --state-dir")
+    }
+
+    /// Checks that the source collection exists (exit 66, naming those that do) and, unless
+    /// `allowEmpty`, that it holds documents. Returns its estimated size when known.
+    public func checkSource(_ client: MongoClient, allowEmpty: Bool) throws -> Int64? {
+        try checkSourceExists(client)
+        let total = try? client.collection(database: source.database, name: source.collection).estimatedCount()
+        if total == 0 && !allowEmpty {
+            throw JobError(.noInput, "the collection \(source.database).\(source.collection) is empty; add --allow-empty to run on it anyway")
+        }
+        return total
+    }
+
+    /// Checks that the source collection exists (exit 66, naming those that do).
+    public func checkSourceExists(_ client: MongoClient) throws {
+        let names: [String]
+        do {
+            names = try client.collectionNames(database: source.database)
+        } catch {
+            throw JobError(.unavailable, "cannot list the collections of \(source.database) at \(client.redactedURL): \(error)")
+        }
+        guard names.contains(source.collection) else {
+            let existing = names.filter { !$0.hasPrefix("system.") }
+            let shown = existing.prefix(10).joined(separator: ", ")
+            let more = existing.count > 10 ? " and \(existing.count - 10) more" : ""
+            throw JobError(.noInput, "the collection \(source.database).\(source.collection) does not exist; "
+                + (existing.isEmpty ? "the database \(source.database) holds no collection"
+                   : "collections in \(source.database): \(shown)\(more)"))
+        }
+    }
+
+    /// Refuses (exit 70) a target whose tables no longer match what the pipeline writes, say
+    /// a column altered between runs: loading into it would set every document aside.
+    public func checkTarget(_ db: PGConnection) throws {
+        let differences = try target.differences(db, mapping)
+        guard !differences.isEmpty else { return }
+        throw JobError(.software, "the target tables differ from what the \(name) pipeline writes: "
+            + differences.prefix(5).joined(separator: "; ") + (differences.count > 5 ? "; and \(differences.count - 5) more" : "")
+            + "; restore them (or start again with a fresh target) and run the job again")
+    }
+
+    /// Takes the target's lock for this pipeline and schema, held by its own connection for
+    /// the whole run, so that two jobs (say, with different state directories) never load
+    /// the same tables at once. Waits up to `wait` seconds for a run that is ending, then
+    /// refuses (exit 75) naming the session that holds it.
+    public func lockTarget(wait: Double = 2) throws -> TargetLock {
+        let lock = try TargetLock(connection: connectPostgres(), name: "etl-job \(name) \(target.schema)")
+        let deadline = Date(timeIntervalSinceNow: wait)
+        while true {
+            if try lock.tryAcquire() { return lock }
+            if Date() >= deadline { break }
+            Thread.sleep(forTimeInterval: 0.25)
+        }
+        let holder = (try? lock.holder()) ?? "another session"
+        throw JobError(.busy, "another etl-job run is loading the \(name) pipeline into schema \(target.schema) of this target (\(holder)); wait for it to finish or stop it")
+    }
+
+    func openQueue() throws -> DurableQueue {
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            return try DurableQueue(directory: directory, initialMapSize: settings.queueMapBytes)
+        } catch {
+            throw JobError.queue(error, directory)
+        }
+    }
+
+    /// A connection to the target schema; a malformed URL is a usage error.
+    public func connectPostgres() throws -> PGConnection {
+        do {
+            return try target.connect()
+        } catch let error as PGError where error.kind == .malformedURL {
+            throw JobError(.usage, error.message)
+        } catch {
+            throw JobError(.unavailable, "\(error)")
+        }
+    }
+
+    public func connectMongo() throws -> MongoClient {
+        do {
+            let client = try MongoClient(url: settings.mongoURL)
+            try client.ping()
+            return client
+        } catch let error as MongoError where error.message.hasPrefix("malformed") {
+            throw JobError(.usage, error.message)
+        } catch {
+            throw JobError(.unavailable, "cannot reach MongoDB at \(Redact.url(settings.mongoURL)): \(error)")
+        }
+    }
+}
+
+/// A session-level advisory lock on the target, keyed by a name (pipeline and schema), held
+/// as long as its connection lives. The two-key form keeps it apart from the migration lock.
+public final class TargetLock: @unchecked Sendable {
+    // Safe: used by one thread at a time (taken while a run prepares, released when it ends).
+    static let namespace: Int32 = 0x45_54_4C_4A  // "ETLJ"
+    private let connection: PGConnection
+    private let name: String
+
+    init(connection: PGConnection, name: String) throws {
+        self.connection = connection
+        self.name = name
+        let host = ProcessInfo.processInfo.hostName
+        try connection.query("SELECT set_config('application_name', $1, false)", ["etl-job pid \(getpid()) on \(host)"])
+    }
+
+    func tryAcquire() throws -> Bool {
+        try connection.query("SELECT pg_try_advisory_lock($1, hashtext($2))", [String(Self.namespace), name]).rows[0][0] == "t"
+    }
+
+    /// Who holds the lock, from pg_locks and pg_stat_activity.
+    func holder() throws -> String? {
+        let row = try connection.query("""
+            SELECT a.pid, a.application_name, coalesce(host(a.client_addr), 'local socket'), to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SS TZ')
+            FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+            WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+              AND l.classid = ($1::int4)::oid AND l.objid = (hashtext($2))::oid AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+            """, [String(Self.namespace), name]).rows.first
+        guard let row else { return nil }
+        return "PostgreSQL session \(row[0] ?? "?"), application '\(row[1] ?? "")', client \(row[2] ?? "?"), connected since \(row[3] ?? "?")"
+    }
+}

@@ -1,0 +1,108 @@
+import ETLCore
+import Foundation
+import Queue
+
+/// What one pipeline of a run did.
+public struct PipelineReport: Sendable {
+    public var name: String
+    /// Its tables, in load order.
+    public var tables: [String]
+    public var status: QueueStatus
+    /// Why the pipeline did not succeed although everything ran (too many documents set aside).
+    public var failure: String?
+    /// A resume found this pipeline's job already finished: nothing ran.
+    public var alreadyFinished = false
+
+    public init(name: String, tables: [String], status: QueueStatus, failure: String? = nil, alreadyFinished: Bool = false) {
+        self.name = name
+        self.tables = tables
+        self.status = status
+        self.failure = failure
+        self.alreadyFinished = alreadyFinished
+    }
+}
+
+/// What a run did, printed at its end: per pipeline and, for several, their sum.
+public struct RunReport: Sendable {
+    public var pipelines: [PipelineReport]
+    public var seconds: Double
+    public var usage: ProcessUsage
+    public var stages: [(Stage, Double)]
+
+    public init(pipelines: [PipelineReport], seconds: Double, usage: ProcessUsage, stages: [(Stage, Double)]) {
+        self.pipelines = pipelines
+        self.seconds = seconds
+        self.usage = usage
+        self.stages = stages
+    }
+
+    public var documentsLoaded: Int64 { pipelines.reduce(0) { $0 + $1.status.documentsLoaded } }
+    public var documentsSetAside: Int64 { pipelines.reduce(0) { $0 + $1.status.documentsSetAside } }
+    public var totalRows: Int64 { pipelines.reduce(0) { $0 + $1.status.totalRows } }
+    public var alreadyFinished: Bool { !pipelines.isEmpty && pipelines.allSatisfy(\.alreadyFinished) }
+
+    /// Set when the run went through but a pipeline did not succeed (exit 65).
+    public var failure: JobError? {
+        let reasons = pipelines.compactMap { p in p.failure.map { pipelines.count > 1 ? "\(p.name): \($0)" : $0 } }
+        return reasons.isEmpty ? nil : JobError(.dataError, reasons.joined(separator: "; "))
+    }
+
+    public func render() -> String {
+        if alreadyFinished {
+            return pipelines.map { p in
+                "etl-job: the \(p.name) job \(p.status.jobId) already finished (\(p.status.documentsLoaded) documents loaded, "
+                    + "\(p.status.documentsSetAside) set aside); nothing to resume"
+            }.joined(separator: "\n")
+        }
+        func n(_ v: Int64) -> String { v.formatted(.number.grouping(.automatic)) }
+        func rate(_ v: Int64) -> String { seconds > 0 ? n(Int64(Double(v) / seconds)) : "-" }
+        func label(_ text: String) -> String { text.padding(toLength: 18, withPad: " ", startingAt: 0) }
+        var lines = ["etl-job: run complete"]
+        for p in pipelines {
+            let s = p.status
+            lines += [
+                "  pipeline          \(p.name)\(p.alreadyFinished ? " (already finished)" : "")",
+                "  documents loaded  \(n(s.documentsLoaded))",
+                "  set aside         \(n(s.documentsSetAside))" + (s.documentsSetAside > 0 ? "  (etl-job status --rejected)" : ""),
+                "  rows              \(n(s.totalRows))",
+            ]
+            for table in p.tables {
+                lines.append("    \(label(table)) \(n(s.rows[table] ?? 0))")
+            }
+        }
+        if pipelines.count > 1 {
+            lines += [
+                "  all pipelines     \(pipelines.count)",
+                "  documents loaded  \(n(documentsLoaded))",
+                "  set aside         \(n(documentsSetAside))",
+                "  rows              \(n(totalRows))",
+            ]
+        }
+        lines += [
+            "  duration          \(String(format: "%.2f s", seconds))",
+            "  documents/s       \(rate(documentsLoaded))",
+            "  rows/s            \(rate(totalRows))",
+            "  peak memory       \(String(format: "%.1f MB", Double(usage.peakResidentBytes) / 1_048_576))",
+            "  CPU time          \(String(format: "%.2f s", usage.cpuSeconds))",
+            "  time per stage (summed over threads)",
+        ]
+        for (stage, s) in stages {
+            lines.append("    \(label(stage.label)) \(String(format: "%.2f s", s))")
+        }
+        return lines.joined(separator: "\n")
+    }
+}
+
+/// A pipeline while its run goes: read its progress through the run's own queue, since
+/// LMDB forbids a second environment on the same files in one process.
+public struct RunningPipeline: Sendable {
+    public let name: String
+    public let jobId: String
+    public let queue: DurableQueue
+}
+
+/// Follows a run once its queues are open (the progress display).
+public protocol RunObserver: AnyObject, Sendable {
+    func runStarted(_ pipelines: [RunningPipeline])
+    func runEnded()
+}

@@ -1,0 +1,176 @@
+import Foundation
+import Postgres
+
+/// The target schema: the pipelines' tables and the engine's own (`etl_migrations`,
+/// `etl_checkpoints`), each keyed by pipeline so that several pipelines share one schema.
+public struct Target: Sendable {
+    public let url: String
+    public let schema: String
+
+    public init(url: String, schema: String) {
+        self.url = url
+        self.schema = schema
+    }
+
+    /// A connection whose unqualified names resolve in the target schema (and only there).
+    public func connect(connectTimeout: Int? = nil) throws -> PGConnection {
+        let db = try connectTimeout.map { try PGConnection(url: url, connectTimeout: $0) } ?? PGConnection(url: url)
+        try db.query("SELECT set_config('search_path', $1, false)", [quoteIdentifier(schema)])
+        return db
+    }
+
+    /// The engine's bookkeeping. One row per committed batch, written in the batch's own
+    /// transaction, so it exists exactly when the batch's rows do.
+    static let engineTables = [
+        """
+        CREATE TABLE etl_checkpoints (
+            pipeline text NOT NULL,
+            job_id text NOT NULL,
+            batch_id bigint NOT NULL,
+            documents_loaded integer NOT NULL,
+            rows jsonb NOT NULL,
+            set_aside jsonb NOT NULL,
+            committed_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (pipeline, job_id, batch_id)
+        )
+        """,
+    ]
+
+    /// The engine's own migrations, recorded under this name.
+    static let enginePipeline = "etl-job"
+
+    /// Creates the schema if missing and applies, in one transaction, the engine's and each
+    /// mapping's migrations not yet applied there. Returns how many ran.
+    @discardableResult
+    public func migrate(_ db: PGConnection, _ mappings: [any DocumentMapping]) throws -> Int {
+        try db.execute("BEGIN")
+        do {
+            // Serializes concurrent migrations of the same database.
+            try db.execute("SELECT pg_advisory_xact_lock(7215829043)")
+            // Only when missing: CREATE SCHEMA IF NOT EXISTS needs the database's CREATE right even then.
+            if try db.query("SELECT to_regnamespace($1) IS NULL", [quoteIdentifier(schema)]).rows[0][0] == "t" {
+                try db.execute("CREATE SCHEMA \(quoteIdentifier(schema))")
+            }
+            try createOrUpgradeMigrationsTable(db)
+            let applied = Set(try db.execute("SELECT pipeline || ' ' || version FROM etl_migrations").rows.compactMap { $0[0] })
+            var ran = 0
+            let plans = [(Self.enginePipeline, [Migration(version: 1, name: "checkpoints", statements: Self.engineTables)])]
+                + mappings.map { ($0.name, Self.migrations(of: $0)) }
+            for (pipeline, migrations) in plans {
+                for migration in migrations where !applied.contains("\(pipeline) \(migration.version)") {
+                    for statement in migration.statements { try db.execute(statement) }
+                    try db.query("INSERT INTO etl_migrations (pipeline, version, name) VALUES ($1, $2, $3)",
+                                 [pipeline, String(migration.version), migration.name])
+                    ran += 1
+                }
+            }
+            try db.execute("COMMIT")
+            return ran
+        } catch {
+            _ = try? db.execute("ROLLBACK")
+            throw error
+        }
+    }
+
+    static func migrations(of mapping: any DocumentMapping) -> [Migration] {
+        [Migration(version: 1, name: "\(mapping.name) tables", statements: mapping.tables.map(\.createStatement))] + mapping.migrations
+    }
+
+    /// Creates `etl_migrations` when missing (so a user without CREATE rights can run an
+    /// up-to-date schema). The bookkeeping of etl-job 0.1 had no pipeline column: it is
+    /// refused with what to do, never reinterpreted.
+    private func createOrUpgradeMigrationsTable(_ db: PGConnection) throws {
+        let columns = try db.execute("""
+            SELECT attname FROM pg_attribute WHERE attrelid = to_regclass('etl_migrations') AND attnum > 0 AND NOT attisdropped
+            """).rows.compactMap { $0[0] }
+        if columns.isEmpty {
+            try db.execute("""
+                CREATE TABLE etl_migrations (
+                    pipeline text NOT NULL, version integer NOT NULL, name text NOT NULL,
+                    applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (pipeline, version))
+                """)
+        } else if !columns.contains("pipeline") {
+            throw JobError(.software, "schema \(schema) holds the bookkeeping of etl-job 0.1 (etl_migrations has no pipeline column); "
+                + "load into another --target-schema, or drop etl_migrations, etl_checkpoints and the loaded tables there")
+        }
+    }
+
+    /// Every way the target's tables differ from what `mapping` writes: a missing table or
+    /// column, a column of another type or nullability, an extra NOT NULL column without a
+    /// default (COPY cannot fill it). Extra nullable columns are left alone. Types are
+    /// compared as PostgreSQL names them (`varchar` and `character varying` are one type).
+    public func differences(_ db: PGConnection, _ mapping: any DocumentMapping) throws -> [String] {
+        let names = mapping.tables.map(\.name)
+        let found = try db.query("""
+            SELECT c.relname, a.attname, format_type(a.atttypid, NULL), a.attnotnull AND NOT a.atthasdef, a.attnotnull
+            FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+            WHERE c.relnamespace = $1::regnamespace AND c.relname = ANY($2::text[]) AND a.attnum > 0 AND NOT a.attisdropped
+            """, [quoteIdentifier(schema), postgresArray(names)]).rows
+        var columns: [String: [String: (type: String, required: Bool, notNull: Bool)]] = [:]
+        for row in found {
+            columns[row[0]!, default: [:]][row[1]!] = (row[2]!, row[3] == "t", row[4] == "t")
+        }
+        let declared = Set(mapping.tables.flatMap { $0.columns.map(\.type) })
+        let canonical = try canonicalTypes(db, Array(declared))
+        var differences: [String] = []
+        for table in mapping.tables {
+            guard let have = columns[table.name] else {
+                differences.append("table \(table.name) is missing")
+                continue
+            }
+            for column in table.columns {
+                let expected = canonical[column.type] ?? column.type
+                guard let actual = have[column.name] else {
+                    differences.append("\(table.name).\(column.name) is missing (expected \(expected))")
+                    continue
+                }
+                if actual.type != expected {
+                    differences.append("\(table.name).\(column.name) is \(actual.type), expected \(expected)")
+                } else if column.nullable && actual.notNull {
+                    differences.append("\(table.name).\(column.name) is NOT NULL, but the pipeline writes NULL there")
+                }
+            }
+            let known = Set(table.columns.map(\.name))
+            for (name, extra) in have.sorted(by: { $0.key < $1.key }) where !known.contains(name) && extra.required {
+                differences.append("\(table.name).\(name) is an extra NOT NULL column without a default, which the job cannot fill")
+            }
+        }
+        return differences
+    }
+
+    /// How PostgreSQL names each declared type (`timestamptz` → `timestamp with time zone`).
+    private func canonicalTypes(_ db: PGConnection, _ types: [String]) throws -> [String: String] {
+        var names: [String: String] = [:]
+        for type in types {
+            if let name = try? db.query("SELECT format_type($1::regtype, NULL)", [type]).rows.first?[0] { names[type] = name }
+        }
+        return names
+    }
+
+    /// The first of `mapping`'s tables that holds a row; tables that do not exist yet hold none.
+    public func firstNonEmptyTable(_ db: PGConnection, _ mapping: any DocumentMapping) throws -> String? {
+        for table in mapping.tables {
+            let exists = try db.query("SELECT to_regclass($1) IS NOT NULL", [quoteIdentifier(schema) + "." + table.quotedName]).rows[0][0] == "t"
+            if exists, try db.execute("SELECT 1 FROM \(table.quotedName) LIMIT 1").rows.count > 0 { return table.name }
+        }
+        return nil
+    }
+
+    /// Empties `mapping`'s tables and its checkpoints (for `start --fresh`).
+    public func truncate(_ db: PGConnection, _ mapping: any DocumentMapping) throws {
+        try db.execute("BEGIN")
+        do {
+            try db.execute("TRUNCATE \(mapping.tables.map(\.quotedName).joined(separator: ", "))")
+            try db.query("DELETE FROM etl_checkpoints WHERE pipeline = $1", [mapping.name])
+            try db.execute("COMMIT")
+        } catch {
+            _ = try? db.execute("ROLLBACK")
+            throw error
+        }
+    }
+}
+
+/// A text[] literal of plain names.
+func postgresArray(_ items: [String]) -> String {
+    "{" + items.map { "\"" + $0.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\"" }.joined(separator: ",") + "}"
+}
