@@ -49,7 +49,7 @@ public struct DurableJob: Sendable {
 
     private func prepareStart(_ mappings: [any DocumentMapping], fresh: Bool) throws -> Prepared {
         try refuseIfBusy()
-        let manifest = try RunManifest.read(settings.stateDirectory)
+        let manifest = try RunManifest.read(settings.stateDirectory, discardingLegacy: fresh)
         if !fresh, let manifest {
             let finished = try manifest.pipelines.allSatisfy { name in
                 try RunManifest.recordedStatus(settings.stateDirectory, name)?.finishedAt != nil
@@ -168,8 +168,13 @@ public struct DurableJob: Sendable {
         }
     }
 
-    /// Removes the previous run's queues and manifest (the lock file stays: this process holds it).
+    /// Removes the previous run's queues and manifest, and a queue of etl-job 0.1 (the lock
+    /// file stays: this process holds it).
     private func discardState(_ manifest: RunManifest?) throws {
+        for file in RunManifest.legacyQueueFiles {
+            let path = settings.stateDirectory + "/" + file
+            if FileManager.default.fileExists(atPath: path) { try FileManager.default.removeItem(atPath: path) }
+        }
         for name in manifest?.pipelines ?? [] {
             let directory = RunManifest.queueDirectory(settings.stateDirectory, name)
             if FileManager.default.fileExists(atPath: directory) { try FileManager.default.removeItem(atPath: directory) }
@@ -238,12 +243,16 @@ public struct RunManifest: Codable, Sendable, Equatable {
     public init(pipelines: [String]) { self.pipelines = pipelines }
 
     static let file = "pipelines.json"
+    /// The queue of etl-job 0.1, at the top of the state directory.
+    static let legacyQueueFiles = ["data.mdb", "lock.mdb"]
 
     /// The manifest, or nil when the directory holds no run. A queue of the one-pipeline
-    /// layout of etl-job 0.1 (`data.mdb` at the top) is refused, never reinterpreted.
-    public static func read(_ directory: String) throws -> RunManifest? {
-        if FileManager.default.fileExists(atPath: directory + "/data.mdb") {
-            throw JobError(.usage, "the state directory \(directory) holds a queue of etl-job 0.1; finish that job with etl-job 0.1, or move the directory aside")
+    /// layout of etl-job 0.1 (`data.mdb` at the top) is refused, never reinterpreted, unless
+    /// it is about to be discarded (`start --fresh`).
+    public static func read(_ directory: String, discardingLegacy: Bool = false) throws -> RunManifest? {
+        if !discardingLegacy, FileManager.default.fileExists(atPath: directory + "/" + legacyQueueFiles[0]) {
+            throw JobError(.usage, "the state directory \(directory) holds a queue of etl-job 0.1; finish that job with etl-job 0.1, "
+                + "or discard it with 'etl-job start --fresh'")
         }
         guard let data = FileManager.default.contents(atPath: directory + "/" + file) else { return nil }
         do {

@@ -51,7 +51,7 @@ public struct Target: Sendable {
             if try db.query("SELECT to_regnamespace($1) IS NULL", [quoteIdentifier(schema)]).rows[0][0] == "t" {
                 try db.execute("CREATE SCHEMA \(quoteIdentifier(schema))")
             }
-            try createOrUpgradeMigrationsTable(db)
+            try createOrUpgradeMigrationsTable(db, mappings)
             let applied = Set(try db.execute("SELECT pipeline || ' ' || version FROM etl_migrations").rows.compactMap { $0[0] })
             var ran = 0
             let plans = [(Self.enginePipeline, [Migration(version: 1, name: "checkpoints", statements: Self.engineTables)])]
@@ -77,9 +77,10 @@ public struct Target: Sendable {
     }
 
     /// Creates `etl_migrations` when missing (so a user without CREATE rights can run an
-    /// up-to-date schema). The bookkeeping of etl-job 0.1 had no pipeline column: it is
-    /// refused with what to do, never reinterpreted.
-    private func createOrUpgradeMigrationsTable(_ db: PGConnection) throws {
+    /// up-to-date schema). The bookkeeping of etl-job 0.1 had no pipeline column and one
+    /// pipeline: its rows are given to the mapping whose tables are all in this schema (the
+    /// one 0.1 loaded); without such a mapping it is refused, never guessed.
+    private func createOrUpgradeMigrationsTable(_ db: PGConnection, _ mappings: [any DocumentMapping]) throws {
         let columns = try db.execute("""
             SELECT attname FROM pg_attribute WHERE attrelid = to_regclass('etl_migrations') AND attnum > 0 AND NOT attisdropped
             """).rows.compactMap { $0[0] }
@@ -89,10 +90,30 @@ public struct Target: Sendable {
                     pipeline text NOT NULL, version integer NOT NULL, name text NOT NULL,
                     applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (pipeline, version))
                 """)
-        } else if !columns.contains("pipeline") {
-            throw JobError(.software, "schema \(schema) holds the bookkeeping of etl-job 0.1 (etl_migrations has no pipeline column); "
-                + "load into another --target-schema, or drop etl_migrations, etl_checkpoints and the loaded tables there")
+            return
         }
+        guard !columns.contains("pipeline") else { return }
+        var owner: String?
+        for mapping in mappings where try mapping.tables.allSatisfy({ table in
+            try db.query("SELECT to_regclass($1) IS NOT NULL", [quoteIdentifier(schema) + "." + table.quotedName]).rows[0][0] == "t"
+        }) {
+            owner = mapping.name
+            break
+        }
+        guard let owner else {
+            throw JobError(.software, "schema \(schema) holds the bookkeeping of etl-job 0.1 (etl_migrations has no pipeline column) "
+                + "for tables none of this run's pipelines writes; load into another --target-schema, or drop etl_migrations and etl_checkpoints there")
+        }
+        let literal = "'" + owner.replacingOccurrences(of: "'", with: "''") + "'"
+        try db.execute("""
+            ALTER TABLE etl_migrations ADD COLUMN pipeline text NOT NULL DEFAULT \(literal);
+            ALTER TABLE etl_migrations ALTER COLUMN pipeline DROP DEFAULT;
+            ALTER TABLE etl_migrations DROP CONSTRAINT etl_migrations_pkey, ADD PRIMARY KEY (pipeline, version);
+            ALTER TABLE etl_checkpoints ADD COLUMN pipeline text NOT NULL DEFAULT \(literal);
+            ALTER TABLE etl_checkpoints ALTER COLUMN pipeline DROP DEFAULT;
+            ALTER TABLE etl_checkpoints DROP CONSTRAINT etl_checkpoints_pkey, ADD PRIMARY KEY (pipeline, job_id, batch_id);
+            INSERT INTO etl_migrations (pipeline, version, name) VALUES ('\(Self.enginePipeline)', 1, 'checkpoints');
+            """)
     }
 
     /// Every way the target's tables differ from what `mapping` writes: a missing table or

@@ -89,6 +89,35 @@ import UsersFixtures
             == ["etl-job:1", "users:1"])
     }
 
+    /// A target and a state directory left by etl-job 0.1 (bookkeeping without a pipeline
+    /// column, a queue at the top of the state directory): `start` refuses the old queue,
+    /// `start --fresh` discards it, and the bookkeeping is upgraded to the users pipeline's.
+    @Test func aTargetAndStateOfVersion01AreUpgradedOrRefusedNeverMisread() throws {
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: 50)
+        #expect(try sandbox.job("migrate").status == 0)
+        try sandbox.db().execute("""
+            DROP TABLE etl_migrations, etl_checkpoints;
+            CREATE TABLE etl_migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());
+            INSERT INTO etl_migrations (version, name) VALUES (1, '15 users tables and checkpoints');
+            CREATE TABLE etl_checkpoints (job_id text NOT NULL, batch_id bigint NOT NULL, documents_loaded integer NOT NULL,
+                rows jsonb NOT NULL, set_aside jsonb NOT NULL, committed_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (job_id, batch_id));
+            INSERT INTO etl_checkpoints (job_id, batch_id, documents_loaded, rows, set_aside) VALUES ('old', 1, 0, '{}', '[]');
+            """)
+        try FileManager.default.createDirectory(atPath: sandbox.stateDirectory, withIntermediateDirectories: true)
+        #expect(FileManager.default.createFile(atPath: sandbox.stateDirectory + "/data.mdb", contents: Data(count: 8192)))
+        let refused = try sandbox.job("start")
+        #expect(refused.status == 64 && refused.stderr.contains("holds a queue of etl-job 0.1"), "\(refused.stderr)")
+        let fresh = try sandbox.job("start", ["--fresh", "--yes"])
+        #expect(fresh.status == 0, "\(fresh.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: sandbox.stateDirectory + "/data.mdb"))
+        let db = try sandbox.db()
+        #expect(try db.execute("SELECT pipeline || ':' || version FROM etl_migrations ORDER BY 1").rows.map { $0[0]! } == ["etl-job:1", "users:1"])
+        #expect(try db.execute("SELECT DISTINCT pipeline FROM etl_checkpoints").rows.map { $0[0]! } == ["users"])
+        #expect(try sandbox.counts()["users"] == 50)
+        #expect(try sandbox.job("verify").status == 0)
+    }
+
     /// Another schema (a name that needs quoting), a kill mid-COPY, a resume that takes the
     /// recorded schema: exactly the rows of an uninterrupted run, and nothing in public.
     @Test func usersLoadIntoAnotherSchemaThroughKillAndResume() throws {
