@@ -36,6 +36,9 @@ final class BatchLoader: ETLWorker {
             processor.clock.measure(.waiting) { queue.waitForChange(timeout: 0.5) }
             return .idle
         }
+        processor.logger.debug("claimed a batch", metadata: [
+            "pipeline": "\(processor.name)", "batch": "\(batch.id)", "documents": "\(batch.documentCount)",
+        ])
         do {
             try load(batch, stop: stop)
         } catch {
@@ -61,10 +64,16 @@ final class BatchLoader: ETLWorker {
                     try processor.queue.complete(batch.id, outcome: outcome)
                     return
                 }
+                let started = ContinuousClock.now
                 let outcome = try loadOnce(batch, into: db)
                 CrashPoint.committed.reach()
                 try processor.queue.complete(batch.id, outcome: outcome)
                 CrashPoint.acknowledged.reach()
+                processor.logger.debug("committed a batch", metadata: [
+                    "pipeline": "\(processor.name)", "batch": "\(batch.id)", "loaded": "\(outcome.documentsLoaded)",
+                    "setAside": "\(outcome.setAside.count)", "rows": "\(outcome.rows.values.reduce(0, +))",
+                    "ms": "\(Int((ContinuousClock.now - started).seconds * 1000))",
+                ])
                 return
             } catch let error as PGError where (error.isTransient || error.atCommit) && attempt < Self.maxAttempts {
                 connection = nil
@@ -93,7 +102,7 @@ final class BatchLoader: ETLWorker {
         let rows = processor.clock.measure(.transform) { transform(batch.payload, ranges, indices: Array(ranges.indices), setAside: &setAside) }
         let good = ranges.indices.filter { setAside[$0] == nil }
 
-        try db.execute("BEGIN")
+        try sql(db, "BEGIN", batch: batch.id)
         do {
             let counts = try copyIsolating(db, batch.payload, ranges, good, prebuilt: rows, setAside: &setAside)
             let outcome = BatchOutcome(
@@ -105,9 +114,11 @@ final class BatchLoader: ETLWorker {
                     }
                 })
             CrashPoint.copied.reach()
-            try Checkpoint.insert(db, pipeline: processor.name, job: processor.jobId, batch: batch.id, outcome: outcome, indices: setAside.keys.sorted())
+            try traced("INSERT INTO etl_checkpoints", batch: batch.id) {
+                try Checkpoint.insert(db, pipeline: processor.name, job: processor.jobId, batch: batch.id, outcome: outcome, indices: setAside.keys.sorted())
+            }
             do {
-                try processor.clock.measure(.commit) { try db.execute("COMMIT") }
+                try processor.clock.measure(.commit) { try sql(db, "COMMIT", batch: batch.id) }
             } catch let error as PGError {
                 // A COMMIT the server refused rolled the transaction back: the batch can be retried.
                 throw error.failingCommit()
@@ -144,17 +155,19 @@ final class BatchLoader: ETLWorker {
         let tables = processor.mapping.tables
         guard !indices.isEmpty else { return Array(repeating: 0, count: tables.count) }
         let rows = prebuilt ?? transform(payload, ranges, indices: indices, setAside: &setAside)
-        try db.execute("SAVEPOINT isolate")
+        try sql(db, "SAVEPOINT isolate")
         do {
             try processor.clock.measure(.copy) {
                 for (t, table) in tables.enumerated() where !rows.tables[t].isEmpty {
-                    try db.copyIn(table.quotedName, columns: table.quotedColumns, binary: rows.tables[t].bytes, BinaryCopyWriter.trailer)
+                    try traced("COPY \(table.quotedName) FROM STDIN (FORMAT binary): \(rows.tables[t].rowCount) rows, \(rows.tables[t].bytes.count) bytes") {
+                        try db.copyIn(table.quotedName, columns: table.quotedColumns, binary: rows.tables[t].bytes, BinaryCopyWriter.trailer)
+                    }
                 }
             }
-            try db.execute("RELEASE SAVEPOINT isolate")
+            try sql(db, "RELEASE SAVEPOINT isolate")
             return rows.tables.map(\.rowCount)
         } catch let error as PGError where error.isDataError {
-            try db.execute("ROLLBACK TO SAVEPOINT isolate; RELEASE SAVEPOINT isolate")
+            try sql(db, "ROLLBACK TO SAVEPOINT isolate; RELEASE SAVEPOINT isolate")
             if indices.count == 1 {
                 setAside[indices[0]] = "rejected by PostgreSQL: \(error)"
                 return Array(repeating: 0, count: tables.count)
@@ -164,6 +177,24 @@ final class BatchLoader: ETLWorker {
             let second = try copyIsolating(db, payload, ranges, Array(indices[half...]), prebuilt: nil, setAside: &setAside)
             return zip(first, second).map(+)
         }
+    }
+}
+
+extension BatchLoader {
+    /// Runs a statement, logged with its time at trace level.
+    private func sql(_ db: PGConnection, _ statement: String, batch: UInt64? = nil) throws {
+        try traced(statement, batch: batch) { _ = try db.execute(statement) }
+    }
+
+    /// Runs `body`; at trace level, logs `what` with how long it took.
+    private func traced<T>(_ what: @autoclosure () -> String, batch: UInt64? = nil, _ body: () throws -> T) rethrows -> T {
+        guard processor.logger.logLevel <= .trace else { return try body() }
+        let started = ContinuousClock.now
+        let value = try body()
+        var metadata: Logger.Metadata = ["pipeline": "\(processor.name)", "ms": "\(String(format: "%.1f", (ContinuousClock.now - started).seconds * 1000))"]
+        if let batch { metadata["batch"] = "\(batch)" }
+        processor.logger.trace("SQL \(what())", metadata: metadata)
+        return value
     }
 }
 

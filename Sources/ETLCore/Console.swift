@@ -8,13 +8,17 @@ import Synchronization
 ///
 /// On a terminal the progress line is redrawn in place; a log line first clears it, is
 /// written whole on its own line, and the progress line is drawn again below it, so the two
-/// never glue together. When stderr is not a terminal no progress line is drawn at all, so a
-/// redirected log holds no carriage return. Every write goes through `Secrets.scrub`.
+/// never glue together. When stderr is not a terminal, progress becomes a plain line at most
+/// every `plainInterval` (the first at once), so a log shows a run advancing and holds no
+/// carriage return or escape. Every write goes through `Secrets.scrub`.
 public final class Console: Sendable {
     public static let standardError = Console(fd: 2)
 
     private struct State {
         var statusLine: String?
+        var lastPlain: ContinuousClock.Instant?
+        var plainInterval: Duration = .seconds(10)
+        var quiet = false
     }
 
     /// Every line is scrubbed of longer secrets as a last defence; messages that carry a
@@ -43,12 +47,30 @@ public final class Console: Sendable {
         }
     }
 
-    /// Shows `text` as the live progress line (terminals only).
-    public func status(_ text: String) {
-        guard isTerminal else { return }
+    /// How often progress is written as a plain line when stderr is not a terminal, and
+    /// whether progress is shown at all (`quiet`: no).
+    public func configureProgress(plainInterval: Duration, quiet: Bool) {
         state.withLock { state in
-            state.statusLine = Secrets.scrub(text, minimumLength: Self.scrubbedLength)
-            write("\r\u{1B}[K" + state.statusLine!)
+            state.plainInterval = plainInterval
+            state.quiet = quiet
+        }
+    }
+
+    /// Shows `text` as the live progress line on a terminal; elsewhere, as a plain line when
+    /// the last one is `plainInterval` old.
+    public func status(_ text: String) {
+        state.withLock { state in
+            guard !state.quiet else { return }
+            let scrubbed = Secrets.scrub(text, minimumLength: Self.scrubbedLength)
+            guard isTerminal else {
+                let now = ContinuousClock.now
+                if let last = state.lastPlain, now - last < state.plainInterval { return }
+                state.lastPlain = now
+                write(scrubbed + "\n")
+                return
+            }
+            state.statusLine = scrubbed
+            write("\r\u{1B}[K" + scrubbed)
         }
     }
 
@@ -56,6 +78,7 @@ public final class Console: Sendable {
     /// followed by a newline, so what comes next starts on a line of its own.
     public func endStatus(_ final: String? = nil) {
         state.withLock { state in
+            state.lastPlain = nil
             guard let last = state.statusLine else { return }
             state.statusLine = nil
             write("\r\u{1B}[K" + Secrets.scrub(final ?? last, minimumLength: Self.scrubbedLength) + "\n")

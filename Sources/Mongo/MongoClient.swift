@@ -286,6 +286,9 @@ extension BSONType {
 }
 
 public enum MongoDriver {
+    /// The libmongoc this process runs with.
+    public static var version: String { String(cString: mongoc_get_version()) }
+
     /// Debian's libmongoc initializes itself when the library loads, before `main`, and keeps
     /// its counters in a shared-memory segment, /dev/shm/mongoc-<pid>, that only
     /// `mongoc_cleanup` removes: every killed run leaks one, and a later process that gets the

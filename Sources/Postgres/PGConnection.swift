@@ -139,6 +139,29 @@ public final class PGConnection {
 
     deinit { PQfinish(handle) }
 
+    /// Checks, without connecting, that libpq can read a connection string: a URL
+    /// (`postgresql://…`), keyword/value pairs (`host=… dbname=…`), or empty (libpq's PG*
+    /// environment and defaults). Throws `malformedURL` with libpq's reason.
+    public static func checkConnectionString(_ conninfo: String) throws {
+        registerPassword(of: conninfo)
+        if conninfo.contains("://"), !(conninfo.hasPrefix("postgresql://") || conninfo.hasPrefix("postgres://")) {
+            throw PGError(kind: .malformedURL, message: "malformed PostgreSQL URL \(Redact.url(conninfo)): it must start with postgresql:// or postgres://")
+        }
+        var parseError: UnsafeMutablePointer<CChar>?
+        guard let options = PQconninfoParse(conninfo, &parseError) else {
+            let reason = parseError.map { String(cString: $0).trimmingTrailingNewlines } ?? "cannot parse"
+            if let parseError { PQfreemem(parseError) }
+            throw PGError(kind: .malformedURL, message: Redact.url("malformed PostgreSQL connection string \(Redact.url(conninfo)): \(reason)"))
+        }
+        PQconninfoFree(options)
+    }
+
+    /// The libpq this process runs with, as `major.minor`.
+    public static var libraryVersion: String {
+        let v = Int(PQlibVersion())
+        return "\(v / 10_000).\(v % 10_000)"
+    }
+
     /// Registers the password a connection string holds with `Secrets`, as libpq's own
     /// parser reads it, and as the URL's user-info writes it (for strings libpq refuses).
     public static func registerPassword(of url: String) {

@@ -42,6 +42,13 @@ public struct LMDBError: Error, CustomStringConvertible, Sendable {
 /// LMDB forbids opening one environment twice in a process (closing the second breaks the
 /// first's locks), so each directory may have one instance at a time: a second open throws.
 /// The handle is closed exactly once, in `deinit`; a failed open closes it before `self` exists.
+/// The LMDB this process runs with, as `major.minor.patch`.
+public var lmdbVersion: String {
+    var major: Int32 = 0, minor: Int32 = 0, patch: Int32 = 0
+    _ = mdb_version(&major, &minor, &patch)
+    return "\(major).\(minor).\(patch)"
+}
+
 final class LMDBEnvironment: @unchecked Sendable {
     // Safe: `env` is used only inside `transaction`, which holds `lock`.
     private let env: OpaquePointer

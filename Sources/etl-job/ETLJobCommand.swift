@@ -4,10 +4,13 @@ import Foundation
 import Mongo
 
 struct ETLJobCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "etl-job",
-        abstract: "Move MongoDB collections into normalized PostgreSQL tables, resumably: one pipeline per collection, several at once.",
-        subcommands: [Start.self, Resume.self, Status.self, Verify.self, Seed.self, Migrate.self, Scan.self])
+    static var configuration: CommandConfiguration {
+        CommandConfiguration(
+            commandName: "etl-job",
+            abstract: "Move MongoDB collections into normalized PostgreSQL tables, resumably: one pipeline per collection, several at once.",
+            version: VersionInfo.text,
+            subcommands: [Start.self, Resume.self, Status.self, Verify.self, Seed.self, Migrate.self, Scan.self, Version.self])
+    }
 }
 
 /// Parses and runs the command. A bad flag prints one line (no usage dump) and exits 64.
@@ -28,12 +31,24 @@ enum Main {
             if code == .success {
                 print(ETLJobCommand.fullMessage(for: error))
             } else if !(error is ExitCode) {
-                let message = ETLJobCommand.message(for: error).split(whereSeparator: \.isNewline).first.map(String.init) ?? ""
-                FileHandle.standardError.write(Data("etl-job: error: \(message)\n".utf8))
+                FileHandle.standardError.write(Data(usageError(ETLJobCommand.message(for: error)).utf8))
             }
             exit(code.rawValue)
         }
     }
+}
+
+/// A usage error as the user sees it: the problem (with the valid values, when the parser
+/// lists them), then where the options are described. No usage dump, no trace.
+func usageError(_ message: String) -> String {
+    let lines = message.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+    var text = "etl-job: error: " + (lines.first ?? "invalid arguments")
+    for line in lines.dropFirst() { text += "\n  " + line }
+    let names = ETLJobCommand.configuration.subcommands.filter { $0.configuration.shouldDisplay }.map { $0._commandName }
+    guard let name = CommandLine.arguments.dropFirst().first(where: { names.contains($0) }) else {
+        return text + "\nCommands: \(names.joined(separator: ", ")). See 'etl-job --help'.\n"
+    }
+    return text + "\nSee 'etl-job \(name) --help'.\n"
 }
 
 /// Batches allocate and free multi-megabyte buffers on several threads. glibc's default

@@ -7,14 +7,15 @@ struct Migrate: AsyncParsableCommand {
         abstract: "Create the pipelines' target tables and the job's bookkeeping tables (idempotent).")
 
     @OptionGroup var connection: ConnectionOptions
-    @OptionGroup var pipelines: PipelineOptions
+    @OptionGroup(title: "Job") var pipelines: PipelineOptions
 
     func run() async throws {
         try await reportingErrors {
             let settings = try connection.resolved()
             let mappings = pipelines.mappings
+            let logger = try connection.makeLogger()
             let applied = try await Threads.blocking(name: "migrate") {
-                let job = DurableJob(settings: settings, logger: connection.makeLogger())
+                let job = DurableJob(settings: settings, logger: logger)
                 return try job.migrate(try PipelineJob(mapping: mappings[0], settings: settings).connectPostgres(), mappings)
             }
             print(applied == 0 ? "schema is up to date" : "applied \(applied) migration(s)")

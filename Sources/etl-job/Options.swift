@@ -3,61 +3,43 @@ import ETLCore
 import Foundation
 import Logging
 import DurableETL
+import Postgres
 
 /// Where the services and the state are: flag, then environment, then `.env`, then the
-/// local services that `scripts/services start` runs.
+/// local services that `scripts/services start` runs. Shown in `--help` by group.
 struct ConnectionOptions: ParsableArguments {
     static let defaultMongoURL = "mongodb://127.0.0.1:57017"
     static let defaultPostgresURL = "postgresql://etl:etl@127.0.0.1:55432/etl"
     static let defaultStateDirectory = "var/state"
 
-    @Option(name: .customLong("mongodb-url"), help: "MongoDB URL (env MONGODB_URL; default \(defaultMongoURL)).")
-    var mongoURL: String?
-
-    @Option(name: .customLong("postgres-url"), help: "PostgreSQL URL (env POSTGRES_URL; default the local cluster).")
-    var postgresURL: String?
-
-    @Option(name: .customLong("state-dir"), help: "Directory of the durable queue (env ETL_STATE_DIR; default \(defaultStateDirectory)).")
-    var stateDirectory: String?
-
-    @Option(name: .customLong("env-file"), help: "File of KEY=VALUE lines read after the environment (default .env, when present).")
-    var envFile: String?
-
-    @Option(help: "Source database (default the pipeline's; resume, status and verify default to the job's).")
-    var database: String?
-
-    @Option(help: "Source collection (default the pipeline's; resume, status and verify default to the job's).")
-    var collection: String?
-
-    @Option(name: .customLong("target-schema"), help: ArgumentHelp(
-        "PostgreSQL schema of the tables, checkpoints and migrations, created if missing (default public; resume, status and verify default to the job's).",
-        valueName: "name"))
-    var targetSchema: String?
-
-    @Option(name: .customLong("log-level"), help: "trace, debug, info, warning or error.")
-    var logLevel: Logger.Level = .info
+    @OptionGroup(title: "Source") var source: SourceOptions
+    @OptionGroup(title: "Target") var target: TargetOptions
+    @OptionGroup(title: "Job") var state: StateOptions
+    @OptionGroup(title: "Output") var output: OutputOptions
 
     func resolved(_ run: BucketOptions? = nil) throws -> JobSettings {
-        let file = try DotEnv.read(envFile ?? ".env", required: envFile != nil)
+        let file = try DotEnv.read(state.envFile ?? ".env", required: state.envFile != nil)
         func pick(_ flag: String?, _ key: String, _ fallback: String) -> String {
             flag ?? ProcessInfo.processInfo.environment[key] ?? file[key] ?? fallback
         }
-        let mongo = pick(mongoURL, "MONGODB_URL", Self.defaultMongoURL)
-        let postgres = pick(postgresURL, "POSTGRES_URL", Self.defaultPostgresURL)
+        let mongo = pick(source.mongoURL, "MONGODB_URL", Self.defaultMongoURL)
+        let postgres = pick(target.postgresURL, "POSTGRES_URL", Self.defaultPostgresFallback)
         guard mongo.hasPrefix("mongodb://") || mongo.hasPrefix("mongodb+srv://") else {
             throw JobError(.usage, "malformed MongoDB URL \(Redact.url(mongo)): it must start with mongodb:// or mongodb+srv://")
         }
-        guard postgres.hasPrefix("postgres://") || postgres.hasPrefix("postgresql://") else {
-            throw JobError(.usage, "malformed PostgreSQL URL \(Redact.url(postgres)): it must start with postgresql:// or postgres://")
+        do {
+            try PGConnection.checkConnectionString(postgres)
+        } catch let error as PGError {
+            throw JobError(.usage, error.message)
         }
-        if let targetSchema, targetSchema.isEmpty || targetSchema.utf8.count > 63 || targetSchema.contains("\0") {
-            throw JobError(.usage, "--target-schema must be a PostgreSQL name of 1 to 63 bytes, not '\(targetSchema)'")
+        if let schema = target.targetSchema, schema.isEmpty || schema.utf8.count > 63 || schema.contains("\0") {
+            throw JobError(.usage, "--target-schema must be a PostgreSQL name of 1 to 63 bytes, not '\(schema)'")
         }
         var settings = JobSettings(
             mongoURL: mongo, postgresURL: postgres,
-            stateDirectory: pick(stateDirectory, "ETL_STATE_DIR", Self.defaultStateDirectory), targetSchema: targetSchema)
-        settings.database = database
-        settings.collection = collection
+            stateDirectory: pick(state.stateDirectory, "ETL_STATE_DIR", Self.defaultStateDirectory), targetSchema: target.targetSchema)
+        settings.database = source.database
+        settings.collection = source.collection
         if let run {
             settings.bucket = run.config
             settings.cursorBatchSize = run.cursorBatchSize
@@ -69,19 +51,104 @@ struct ConnectionOptions: ParsableArguments {
         return settings
     }
 
-    /// Whether the user named a URL (flag, environment or `.env`) rather than taking the default.
-    func urlsGiven() throws -> (mongo: Bool, postgres: Bool) {
-        let file = try DotEnv.read(envFile ?? ".env", required: envFile != nil)
+    /// Without a PostgreSQL URL anywhere, libpq's own environment (`PGHOST`, `PGSERVICE`, …)
+    /// decides when it is set, as for psql; otherwise the bundled local cluster.
+    static var defaultPostgresFallback: String {
         let env = ProcessInfo.processInfo.environment
-        return (mongoURL != nil || env["MONGODB_URL"] != nil || file["MONGODB_URL"] != nil,
-                postgresURL != nil || env["POSTGRES_URL"] != nil || file["POSTGRES_URL"] != nil)
+        let libpq = ["PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE"]
+        return libpq.contains { env[$0] != nil } ? "" : defaultPostgresURL
     }
 
-    func makeLogger() -> Logger {
+    /// Whether the user named a URL (flag, environment or `.env`) rather than taking the default.
+    func urlsGiven() throws -> (mongo: Bool, postgres: Bool) {
+        let file = try DotEnv.read(state.envFile ?? ".env", required: state.envFile != nil)
+        let env = ProcessInfo.processInfo.environment
+        return (source.mongoURL != nil || env["MONGODB_URL"] != nil || file["MONGODB_URL"] != nil,
+                target.postgresURL != nil || env["POSTGRES_URL"] != nil || file["POSTGRES_URL"] != nil)
+    }
+
+    /// The logger at the level the flags and `ETL_LOG_LEVEL` ask for; also sets how progress
+    /// is shown.
+    func makeLogger() throws -> Logger {
+        let level = try output.level()
+        Console.standardError.configureProgress(plainInterval: .milliseconds(Int(output.progressInterval * 1000)), quiet: output.quiet)
         LoggingSystem.bootstrap { label in ConsoleLogHandler(label: label) }
         var logger = Logger(label: "etl-job")
-        logger.logLevel = logLevel
+        logger.logLevel = level
         return logger
+    }
+}
+
+struct SourceOptions: ParsableArguments {
+    @Option(name: .customLong("mongodb-url"), help: ArgumentHelp(
+        "MongoDB URL, options included (tls, authSource, replicaSet…) (env MONGODB_URL; default \(ConnectionOptions.defaultMongoURL)).",
+        valueName: "url"))
+    var mongoURL: String?
+
+    @Option(help: ArgumentHelp("Source database (default the pipeline's; resume, status and verify default to the job's).", valueName: "name"))
+    var database: String?
+
+    @Option(help: ArgumentHelp("Source collection (default the pipeline's; resume, status and verify default to the job's).", valueName: "name"))
+    var collection: String?
+}
+
+struct TargetOptions: ParsableArguments {
+    @Option(name: .customLong("postgres-url"), help: ArgumentHelp(
+        "PostgreSQL URL or libpq keyword/value string ('host=… dbname=…') (env POSTGRES_URL; else libpq's PG* variables when set; else the local cluster).",
+        valueName: "conninfo"))
+    var postgresURL: String?
+
+    @Option(name: .customLong("target-schema"), help: ArgumentHelp(
+        "PostgreSQL schema of the tables, checkpoints and migrations, created if missing (default public; resume, status and verify default to the job's).",
+        valueName: "name"))
+    var targetSchema: String?
+}
+
+struct StateOptions: ParsableArguments {
+    @Option(name: .customLong("state-dir"), help: ArgumentHelp(
+        "Directory of the job's durable queues (env ETL_STATE_DIR; default \(ConnectionOptions.defaultStateDirectory)).", valueName: "dir"))
+    var stateDirectory: String?
+
+    @Option(name: .customLong("env-file"), help: ArgumentHelp("File of KEY=VALUE lines read after the environment (default .env, when present).", valueName: "file"))
+    var envFile: String?
+}
+
+struct OutputOptions: ParsableArguments {
+    static let levels = Logger.Level.allCases.map(\.rawValue)
+
+    @Option(name: .customLong("log-level"), help: ArgumentHelp(
+        "One of \(levels.joined(separator: ", ")) (env ETL_LOG_LEVEL; default info). debug adds batch claims and commits; trace adds SQL and timings per batch.",
+        valueName: "level"))
+    var logLevel: String?
+
+    @Flag(name: [.customShort("v"), .long], help: "Log at debug level (batch claims and commits).")
+    var verbose = false
+
+    @Flag(name: [.customShort("q"), .long], help: "Log warnings and errors only, and no progress lines.")
+    var quiet = false
+
+    @Option(name: .customLong("progress-interval"), help: ArgumentHelp(
+        "Seconds between progress lines when stderr is not a terminal (on a terminal the line is live).", valueName: "seconds"))
+    var progressInterval = 10.0
+
+    func validate() throws {
+        guard progressInterval > 0 else { throw ValidationError("--progress-interval must be a positive number of seconds") }
+        guard !(quiet && verbose) else { throw ValidationError("-q and -v contradict each other; give one") }
+        if let logLevel, Logger.Level(rawValue: logLevel) == nil {
+            throw ValidationError("--log-level '\(logLevel)' is not a level; valid levels: \(Self.levels.joined(separator: ", "))")
+        }
+    }
+
+    /// --log-level, else -q / -v, else ETL_LOG_LEVEL, else info.
+    func level() throws -> Logger.Level {
+        if let logLevel, let level = Logger.Level(rawValue: logLevel) { return level }
+        if quiet { return .warning }
+        if verbose { return .debug }
+        guard let text = ProcessInfo.processInfo.environment["ETL_LOG_LEVEL"], !text.isEmpty else { return .info }
+        guard let level = Logger.Level(rawValue: text.lowercased()) else {
+            throw JobError(.usage, "ETL_LOG_LEVEL '\(text)' is not a level; valid levels: \(Self.levels.joined(separator: ", "))")
+        }
+        return level
     }
 }
 
@@ -107,8 +174,6 @@ struct ConsoleLogHandler: LogHandler {
         Console.standardError.line("\(time) \(level) \(label): \(message)" + (fields.isEmpty ? "" : " " + fields))
     }
 }
-
-extension Logger.Level: @retroactive ExpressibleByArgument {}
 
 /// The batching knobs of a run.
 struct BucketOptions: ParsableArguments {

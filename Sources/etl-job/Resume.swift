@@ -6,13 +6,14 @@ struct Resume: AsyncParsableCommand {
         abstract: "Continue an interrupted run exactly where it stopped, every pipeline it runs.")
 
     @OptionGroup var connection: ConnectionOptions
-    @OptionGroup var bucket: BucketOptions
+    @OptionGroup(title: "Run") var bucket: BucketOptions
+    @OptionGroup(title: "Output") var report: ReportOptions
 
     func run() async throws {
         try await reportingErrors {
             let settings = try connection.resolved(bucket)
-            let job = DurableJob(settings: settings, logger: connection.makeLogger())
-            try await runInterruptibly { stop, progress in
+            let job = DurableJob(settings: settings, logger: try connection.makeLogger())
+            try await runInterruptibly(reportJSON: report.reportJSON) { stop, progress in
                 try await job.resume(resolve: Pipelines.mapping(named:), stop: stop, observer: progress)
             }
         }

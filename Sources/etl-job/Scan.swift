@@ -10,7 +10,7 @@ struct Scan: AsyncParsableCommand {
         shouldDisplay: false)
 
     @OptionGroup var connection: ConnectionOptions
-    @OptionGroup var pipelines: PipelineOptions
+    @OptionGroup(title: "Job") var pipelines: PipelineOptions
 
     @Option(name: .customLong("cursor-batch-size"), help: "Documents per getMore.")
     var cursorBatchSize: Int32 = 1000

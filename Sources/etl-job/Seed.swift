@@ -35,6 +35,7 @@ struct Seed: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let job = PipelineJob(mapping: UsersMapping(), settings: try connection.resolved())
+            _ = try connection.makeLogger()
             try await Threads.blocking(name: "seed") { try insert(job) }
         }
     }

@@ -8,14 +8,17 @@ struct Start: AsyncParsableCommand {
         abstract: "Start a new run: migrate the schema, extract, transform and load.")
 
     @OptionGroup var connection: ConnectionOptions
-    @OptionGroup var pipelines: PipelineOptions
-    @OptionGroup var bucket: BucketOptions
+    @OptionGroup(title: "Job") var pipelines: PipelineOptions
+    @OptionGroup(title: "Run") var bucket: BucketOptions
 
     @Flag(help: "Discard the job in the state directory and empty the pipelines' target tables first.")
     var fresh = false
 
     @Flag(help: "Do not ask before --fresh truncates the target tables.")
     var yes = false
+
+    @OptionGroup(title: "Output") var report: ReportOptions
+    var reportJSON: String? { report.reportJSON }
 
     func run() async throws {
         try await reportingErrors {
@@ -25,8 +28,10 @@ struct Start: AsyncParsableCommand {
                 throw JobError(.usage, "--database and --collection name the source of one pipeline; this run has \(mappings.count)")
             }
             if fresh && !yes { try confirmTruncation(settings, mappings) }
-            let job = DurableJob(settings: settings, logger: connection.makeLogger())
-            try await runInterruptibly { stop, progress in try await job.start(mappings, fresh: fresh, stop: stop, observer: progress) }
+            let job = DurableJob(settings: settings, logger: try connection.makeLogger())
+            try await runInterruptibly(reportJSON: reportJSON) { stop, progress in
+                try await job.start(mappings, fresh: fresh, stop: stop, observer: progress)
+            }
         }
     }
 
@@ -43,28 +48,50 @@ struct Start: AsyncParsableCommand {
     }
 }
 
-/// Runs a start or resume: SIGINT/SIGTERM stop it gracefully (exit 130/143, resumable), a
-/// progress line goes to a terminal's stderr, the report to stdout.
-func runInterruptibly(_ body: @escaping (StopToken, RunObserver?) async throws -> RunReport) async throws {
+/// Runs a start or resume: SIGINT/SIGTERM stop it gracefully (exit 130/143, resumable),
+/// progress goes to stderr (live on a terminal, a plain line every --progress-interval
+/// otherwise), the report to stdout and, with `--report-json`, to a file whatever the outcome.
+func runInterruptibly(
+    reportJSON: String?, _ body: @escaping (StopToken, RunObserver?) async throws -> RunReport
+) async throws {
     let stop = StopToken()
     let trap = SignalTrap(stop: stop) { signal in
         Console.standardError.line("etl-job: stopping (signal \(signal)): finishing batches in flight; run 'etl-job resume' to continue")
     }
-    let progress = Console.standardError.isTerminal ? Progress() : nil
-    let report: RunReport
+    var report: RunReport?
+    var failure: JobError?
     do {
-        report = try await body(stop, progress)
+        report = try await body(stop, Progress())
     } catch {
-        if case .signal(let number) = stop.reason { throw interrupted(number) }
-        throw error
+        failure = JobError.classify(error)
     }
     withExtendedLifetime(trap) {}
-    if case .signal(let number) = stop.reason { throw interrupted(number) }
-    print(report.render())
-    if let failure = report.failure { throw failure }
+    let outcome = RunOutcome(stop: stop.reason, failure: failure ?? report?.failure, ran: report != nil)
+    if let reportJSON {
+        try ReportJSON.write(report, outcome: outcome, to: reportJSON)
+    }
+    if case .signal(let number) = stop.reason {
+        Console.standardError.line("etl-job: stopped; the run is resumable with 'etl-job resume'")
+        throw ExitCode(128 + number)
+    }
+    if let report { print(report.render()) }
+    if let failure = outcome.failure { throw failure }
 }
 
-private func interrupted(_ signal: Int32) -> ExitCode {
-    Console.standardError.line("etl-job: stopped; the run is resumable with 'etl-job resume'")
-    return ExitCode(128 + signal)
+/// How a run ended, for its exit code and `--report-json`.
+struct RunOutcome {
+    let exitCode: Int32
+    /// finished, set-aside-limit, interrupted or error.
+    let reason: String
+    let failure: JobError?
+
+    init(stop: StopToken.Reason?, failure: JobError?, ran: Bool) {
+        if case .signal(let number)? = stop {
+            (exitCode, reason, self.failure) = (128 + number, "interrupted", nil)
+        } else if let failure {
+            (exitCode, reason, self.failure) = (failure.kind.exitCode, ran && failure.kind == .dataError ? "set-aside-limit" : "error", failure)
+        } else {
+            (exitCode, reason, self.failure) = (0, "finished", nil)
+        }
+    }
 }

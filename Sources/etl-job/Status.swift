@@ -28,6 +28,7 @@ struct Status: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let settings = try connection.resolved()
+            _ = try connection.makeLogger()
             let urls = try connection.urlsGiven()
             try await Threads.blocking(name: "status") { try show(settings, urls: urls) }
         }
@@ -36,7 +37,11 @@ struct Status: AsyncParsableCommand {
     private func show(_ settings: JobSettings, urls: (mongo: Bool, postgres: Bool)) throws {
         let directory = settings.stateDirectory
         guard let manifest = try RunManifest.read(directory) else {
-            print(json ? StatusView.noJob : "no job in \(directory)")
+            if rejected {
+                print(json ? JSONOutput.text(["stateDirectory": directory, "documents": [Any]()]) : "no job in \(directory)")
+            } else {
+                print(json ? StatusView.json([], directory: directory, active: false) : "no job in \(directory)")
+            }
             return
         }
         if let unknown = only.first(where: { !manifest.pipelines.contains($0) }) {
@@ -64,9 +69,9 @@ struct Status: AsyncParsableCommand {
             }
         }
         if rejected {
-            try printRejected(rejectedDocuments)
+            try printRejected(rejectedDocuments, directory: directory)
         } else {
-            print(json ? StatusView.json(views) : StatusView.text(views))
+            print(json ? StatusView.json(views, directory: directory, active: active) : StatusView.text(views))
         }
     }
 
@@ -107,15 +112,16 @@ struct Status: AsyncParsableCommand {
         try PipelineJob(mapping: mapping, settings: settings, recorded: recorded).refuseMismatch(recorded: recorded, current: given)
     }
 
-    private func printRejected(_ pipelines: [(String, [SetAsideDocument])]) throws {
+    private func printRejected(_ pipelines: [(String, [SetAsideDocument])], directory: String) throws {
         let documents = pipelines.flatMap { name, documents in documents.map { (name, $0) } }
         if json {
-            let entries = documents.map { name, d -> [String: Any] in
-                var e: [String: Any] = ["pipeline": name, "batch": d.batch, "_id": d.documentId, "reason": d.reason]
-                if withDocuments { e["document"] = d.document.withUnsafeBytes { BSON.json($0) } }
-                return e
+            let entries = documents.map { name, d -> [String: Any?] in
+                [
+                    "pipeline": name, "batch": d.batch, "_id": d.documentId, "reason": d.reason,
+                    "document": withDocuments ? d.document.withUnsafeBytes { BSON.json($0) } : nil,
+                ]
             }
-            print(String(decoding: try JSONSerialization.data(withJSONObject: entries, options: [.sortedKeys]), as: UTF8.self))
+            print(JSONOutput.text(["stateDirectory": directory, "documents": entries]))
             return
         }
         print("\(documents.count) document(s) set aside")
@@ -127,7 +133,7 @@ struct Status: AsyncParsableCommand {
 }
 
 /// The status numbers of one pipeline with what is derived from them: throughput and ETA.
-struct StatusView: Encodable {
+struct StatusView {
     let pipeline: String
     let job: String?
     let active: Bool
@@ -198,28 +204,31 @@ struct StatusView: Encodable {
 
     static func starting(pipeline: String) -> StatusView { StatusView(starting: pipeline) }
 
-    /// The sum over pipelines, for scripts.
-    struct Total: Encodable {
-        let documentsLoaded: Int64
-        let documentsSetAside: Int64
-        let totalRows: Int64
-        let finished: Bool
+    /// The fields of `status --json`, every key always present.
+    var dictionary: [String: Any?] {
+        [
+            "pipeline": pipeline, "job": job, "active": active, "complete": complete, "finished": finished,
+            "sourceDocuments": sourceDocuments, "extracted": extracted, "extractionFinished": extractionFinished,
+            "batches": batches, "pending": pending, "inFlight": inFlight, "done": done,
+            "documentsLoaded": documentsLoaded, "documentsSetAside": documentsSetAside, "rows": rows, "totalRows": totalRows,
+            "documentsPerSecond": documentsPerSecond, "etaSeconds": etaSeconds,
+        ]
     }
 
-    static let noJob = #"{"pipelines":[],"schemaVersion":1,"total":null}"#
-
-    static func json(_ views: [StatusView]) -> String {
-        struct Document: Encodable {
-            let schemaVersion = 1
-            let pipelines: [StatusView]
-            let total: Total
-        }
-        let total = Total(
-            documentsLoaded: views.reduce(0) { $0 + $1.documentsLoaded }, documentsSetAside: views.reduce(0) { $0 + $1.documentsSetAside },
-            totalRows: views.reduce(0) { $0 + $1.totalRows }, finished: views.allSatisfy(\.finished))
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        return String(decoding: try! encoder.encode(Document(pipelines: views, total: total)), as: UTF8.self)
+    /// `status --json`: the state directory, whether it holds a job, each pipeline and their sum.
+    static func json(_ views: [StatusView], directory: String, active: Bool) -> String {
+        JSONOutput.text([
+            "stateDirectory": directory,
+            "hasJob": !views.isEmpty,
+            "active": active,
+            "pipelines": views.map(\.dictionary),
+            "total": [
+                "documentsLoaded": views.reduce(0) { $0 + $1.documentsLoaded },
+                "documentsSetAside": views.reduce(0) { $0 + $1.documentsSetAside },
+                "totalRows": views.reduce(0) { $0 + $1.totalRows },
+                "finished": !views.isEmpty && views.allSatisfy(\.finished),
+            ] as [String: Any],
+        ])
     }
 
     static func text(_ views: [StatusView]) -> String {

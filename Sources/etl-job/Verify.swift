@@ -10,7 +10,7 @@ struct Verify: AsyncParsableCommand {
         discussion: "Exits 0 only when every table of every pipeline holds exactly the rows its source documents give, less the documents the job set aside.")
 
     @OptionGroup var connection: ConnectionOptions
-    @OptionGroup var pipelines: PipelineOptions
+    @OptionGroup(title: "Job") var pipelines: PipelineOptions
 
     @Flag(help: "Print JSON for scripts.")
     var json = false
@@ -18,6 +18,7 @@ struct Verify: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let given = try connection.resolved()
+            _ = try connection.makeLogger()
             let reports = try await Threads.blocking(name: "verify") { try verifyAll(given) }
             if json {
                 struct Document: Encodable {

@@ -225,7 +225,8 @@ import UsersFixtures
         #expect(status["documentsSetAside"] as? Int == bad.count)
         #expect(status["documentsLoaded"] as? Int == stored.count - bad.count)
         let listed = try sandbox.run(["status", "--rejected", "--json", "--state-dir", sandbox.stateDirectory])
-        let entries = try #require(try JSONSerialization.jsonObject(with: Data(listed.stdout.utf8)) as? [[String: Any]])
+        let listing = try #require(try JSONSerialization.jsonObject(with: Data(listed.stdout.utf8)) as? [String: Any])
+        let entries = try #require(listing["documents"] as? [[String: Any]])
         let reasons = Dictionary(uniqueKeysWithValues: entries.map { ($0["_id"] as! String, $0["reason"] as! String) })
         for doc in bad {
             #expect(reasons[doc.displayId]?.contains(doc.reason!) == true, "\(doc.kind): \(reasons[doc.displayId] ?? "not set aside")")

@@ -263,7 +263,8 @@ enum Reference {
         #expect(status["documentsLoaded"] as? Int == 297)
 
         let listed = try sandbox.run(["status", "--rejected", "--json", "--with-documents", "--state-dir", sandbox.stateDirectory])
-        let entries = try #require(try JSONSerialization.jsonObject(with: Data(listed.stdout.utf8)) as? [[String: Any]])
+        let listing = try #require(try JSONSerialization.jsonObject(with: Data(listed.stdout.utf8)) as? [String: Any])
+        let entries = try #require(listing["documents"] as? [[String: Any]])
         let reasons = Dictionary(uniqueKeysWithValues: entries.map { ($0["_id"] as! String, $0["reason"] as! String) })
         #expect(reasons.keys.sorted() == ["120", "250", "50"])
         #expect(reasons["120"] == "field 'age' is missing")

@@ -94,6 +94,11 @@ public final class Sandbox {
 
     public func db() throws -> PGConnection { try Services.postgres(postgresURL) }
 
+    /// Runs `etl-job` to completion outside any sandbox.
+    public static func runBinary(_ arguments: [String], environment: [String: String] = [:]) throws -> JobResult {
+        try RunningJob(arguments: arguments, environment: environment).wait()
+    }
+
     /// Arguments every job command needs to use this sandbox.
     public var connectionArguments: [String] {
         ["--postgres-url", postgresURL, "--mongodb-url", Services.mongoURL, "--database", mongoDatabase, "--state-dir", stateDirectory]

@@ -1,0 +1,81 @@
+import ArgumentParser
+import DurableETL
+import ETLCore
+import Foundation
+import Queue
+
+/// Machine output: every `--json` document carries `schemaVersion`, its keys are always
+/// present (null where a value is unknown), and they are sorted.
+enum JSONOutput {
+    static let schemaVersion = 1
+
+    /// `object` as one line of JSON; nil values (at any depth) become null.
+    static func text(_ object: [String: Any?]) -> String {
+        String(decoding: data(object), as: UTF8.self)
+    }
+
+    static func data(_ object: [String: Any?]) -> Data {
+        var document = object
+        document["schemaVersion"] = schemaVersion
+        return try! JSONSerialization.data(withJSONObject: plain(document), options: [.sortedKeys, .withoutEscapingSlashes])
+    }
+
+    private static func plain(_ value: Any?) -> Any {
+        switch value {
+        case nil: return NSNull()
+        case let dictionary as [String: Any?]: return dictionary.mapValues(plain)
+        case let dictionary as [String: Any]: return dictionary.mapValues(plain)
+        case let array as [Any?]: return array.map(plain)
+        case let array as [Any]: return array.map(plain)
+        case let some?: return some
+        }
+    }
+}
+
+struct ReportOptions: ParsableArguments {
+    @Option(name: .customLong("report-json"), help: ArgumentHelp(
+        "Write the final report as JSON to this file (atomically), whatever the outcome.", valueName: "file"))
+    var reportJSON: String?
+}
+
+/// The final report of `start`/`resume` for `--report-json`: counts per pipeline and table,
+/// documents set aside, timings, and how the run ended.
+enum ReportJSON {
+    static func document(_ report: RunReport?, outcome: RunOutcome) -> [String: Any?] {
+        [
+            "exitCode": Int(outcome.exitCode),
+            "exitReason": outcome.reason,
+            "error": outcome.failure.map { Redact.url($0.description) },
+            "seconds": report?.seconds,
+            "cpuSeconds": report?.usage.cpuSeconds,
+            "peakMemoryBytes": report?.usage.peakResidentBytes,
+            "documentsLoaded": report?.documentsLoaded ?? 0,
+            "documentsSetAside": report?.documentsSetAside ?? 0,
+            "totalRows": report?.totalRows ?? 0,
+            "stages": Dictionary(uniqueKeysWithValues: Stage.allCases.map { stage in
+                (stage.label, report?.stages.first { $0.0 == stage }?.1 as Any?)
+            }),
+            "pipelines": (report?.pipelines ?? []).map { p -> [String: Any?] in
+                [
+                    "pipeline": p.name,
+                    "job": p.status.jobId,
+                    "documentsLoaded": p.status.documentsLoaded,
+                    "documentsSetAside": p.status.documentsSetAside,
+                    "rows": Dictionary(uniqueKeysWithValues: p.tables.map { ($0, p.status.rows[$0] ?? 0) }),
+                    "totalRows": p.status.totalRows,
+                    "finished": p.status.finishedAt != nil,
+                    "alreadyFinished": p.alreadyFinished,
+                    "failure": p.failure,
+                ]
+            },
+        ]
+    }
+
+    static func write(_ report: RunReport?, outcome: RunOutcome, to path: String) throws {
+        do {
+            try AtomicFile.write(JSONOutput.data(document(report, outcome: outcome)), to: path)
+        } catch {
+            throw JobError(.ioError, "cannot write the report to \(path): \(error.localizedDescription)")
+        }
+    }
+}
