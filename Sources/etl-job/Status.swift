@@ -64,7 +64,7 @@ struct Status: AsyncParsableCommand {
                 views.append(StatusView.starting(pipeline: name))
             } catch let error where !(error is JobError) {
                 let failure = JobError.queue(error, queueDirectory)
-                if failure.kind == .ioError { printCheckpoints(Target(url: settings.postgresURL, schema: settings.targetSchema ?? JobSettings.defaultSchema)) }
+                if failure.kind == .ioError, !json { printCheckpoints(Target(url: settings.postgresURL, schema: settings.targetSchema ?? JobSettings.defaultSchema)) }
                 throw failure
             }
         }
