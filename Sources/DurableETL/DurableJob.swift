@@ -80,7 +80,8 @@ public struct DurableJob: Sendable {
             logger.info("discarded the previous job and emptied the target tables", metadata: ["pipelines": "\(mappings.map(\.name).joined(separator: ","))"])
         }
         // The manifest first: a run killed before every queue exists is completed by resume.
-        try RunManifest(pipelines: mappings.map(\.name)).write(settings.stateDirectory)
+        try RunManifest(jobs).write(settings.stateDirectory)
+        CrashPoint.planned.reach()
         for ((job, db, total), lock) in zip(checked, locks) {
             let queue = try job.openQueue()
             try queue.createJob(id: UUID().uuidString.lowercased(), sourceTotal: total, identity: job.identity(client, db))
@@ -112,7 +113,7 @@ public struct DurableJob: Sendable {
             let probe = PipelineJob(mapping: mapping, settings: settings)
             let queue = try probe.openQueue()
             let recordedIdentity = try queue.identity
-            let job = PipelineJob(mapping: mapping, settings: settings, recorded: recordedIdentity)
+            let job = PipelineJob(mapping: mapping, settings: settings, recorded: recordedIdentity, planned: manifest.planned[mapping.name])
             let client = try job.connectMongo()
             let db = try job.connectPostgres()
             try job.refuseMismatch(recorded: recordedIdentity, current: job.identity(client, db))
@@ -239,8 +240,21 @@ public struct DurableJob: Sendable {
 public struct RunManifest: Codable, Sendable, Equatable {
     public var formatVersion = 1
     public var pipelines: [String]
+    /// Per pipeline, the source and schema the run was started with.
+    public var planned: [String: Planned]
 
-    public init(pipelines: [String]) { self.pipelines = pipelines }
+    public struct Planned: Codable, Sendable, Equatable {
+        public var database: String
+        public var collection: String
+        public var targetSchema: String
+    }
+
+    public init(_ jobs: [PipelineJob]) {
+        pipelines = jobs.map(\.name)
+        planned = Dictionary(uniqueKeysWithValues: jobs.map { job in
+            (job.name, Planned(database: job.source.database, collection: job.source.collection, targetSchema: job.target.schema))
+        })
+    }
 
     static let file = "pipelines.json"
     /// The queue of etl-job 0.1, at the top of the state directory.

@@ -18,13 +18,17 @@ public struct PipelineJob: Sendable {
     /// The pipeline's queue: a subdirectory of the run's state directory.
     public var directory: String { RunManifest.queueDirectory(settings.stateDirectory, mapping.name) }
 
-    public init(mapping: any DocumentMapping, settings: JobSettings, recorded: JobIdentity? = nil) {
+    /// `recorded`: what the pipeline's queue recorded; `planned`: what the run's manifest
+    /// recorded for it (all a run killed before the queue recorded its job leaves).
+    public init(mapping: any DocumentMapping, settings: JobSettings, recorded: JobIdentity? = nil, planned: RunManifest.Planned? = nil) {
         self.mapping = mapping
         self.settings = settings
         source = SourceCollection(
-            database: settings.database ?? recorded?.database ?? mapping.source.database,
-            collection: settings.collection ?? recorded?.collection ?? mapping.source.collection)
-        target = Target(url: settings.postgresURL, schema: settings.targetSchema ?? recorded?.targetSchema ?? JobSettings.defaultSchema)
+            database: settings.database ?? recorded?.database ?? planned?.database ?? mapping.source.database,
+            collection: settings.collection ?? recorded?.collection ?? planned?.collection ?? mapping.source.collection)
+        target = Target(
+            url: settings.postgresURL,
+            schema: settings.targetSchema ?? recorded?.targetSchema ?? planned?.targetSchema ?? JobSettings.defaultSchema)
     }
 
     /// What this pipeline moves from where to where, as the connections resolved it.

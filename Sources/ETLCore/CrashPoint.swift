@@ -5,6 +5,8 @@ import Synchronization
 /// `ETL_CRASH_AT=committed:3` kills the process the third time a batch has committed in
 /// PostgreSQL (before the queue records it). Without the variable, `reach()` is one load.
 public enum CrashPoint: String, CaseIterable, Sendable {
+    /// A run's manifest was written; no queue recorded its job yet.
+    case planned
     /// A batch was written to the queue.
     case enqueued
     /// A batch's rows were COPYed; its transaction is still open.

@@ -1,4 +1,5 @@
 import CMongoc
+import Foundation
 
 /// BSON element types the job distinguishes (the values of `bson_type_t`).
 public enum BSONType: UInt32, Sendable {
@@ -128,6 +129,37 @@ public struct BSONIterator {
         var length: UInt32 = 0
         guard let p = bson_iter_utf8(iterPtr(&copy), &length) else { return nil }
         return UnsafeRawBufferPointer(start: p, count: Int(length))
+    }
+
+    /// A Decimal128 as libbson writes it: exact decimal digits (`-12.50`, `1.2E+7`, `NaN`).
+    public var decimal128String: String? {
+        guard type == .decimal128 else { return nil }
+        var copy = raw
+        var value = bson_decimal128_t()
+        guard bson_iter_decimal128(iterPtr(&copy), &value) else { return nil }
+        var buffer = [CChar](repeating: 0, count: 64)
+        bson_decimal128_to_string(&value, &buffer)
+        return String(cString: buffer)
+    }
+
+    /// An ObjectId's 24 lowercase hex digits.
+    public var objectIdHex: String? {
+        guard type == .objectId else { return nil }
+        var copy = raw
+        guard let oid = bson_iter_oid(iterPtr(&copy)) else { return nil }
+        var buffer = [CChar](repeating: 0, count: 25)
+        bson_oid_to_string(oid, &buffer)
+        return String(cString: buffer)
+    }
+
+    /// This value as MongoDB's relaxed extended JSON (`{ "$oid" : "…" }`, `1.5`, …).
+    public var extendedJSON: String {
+        let element = BSONDocument()
+        append(to: element.writer, as: "v")
+        let json = element.withUnsafeBytes { BSON.json($0) }
+        // `{ "v" : VALUE }` → `VALUE`
+        guard let colon = json.firstIndex(of: ":"), json.hasSuffix("}") else { return json }
+        return String(json[json.index(after: colon)..<json.index(before: json.endIndex)]).trimmingCharacters(in: .whitespaces)
     }
 
     /// Binary data and its subtype, read in place.
@@ -271,6 +303,14 @@ public struct BSONWriter {
     public func append(_ key: String, _ value: Int64) { _ = bson_append_int64(handle, key, Int32(key.utf8.count), value) }
     public func append(_ key: String, _ value: Double) { _ = bson_append_double(handle, key, Int32(key.utf8.count), value) }
     public func append(_ key: String, _ value: Bool) { _ = bson_append_bool(handle, key, Int32(key.utf8.count), value) }
+    /// A Decimal128 from its decimal text (`12.50`, `-1E+3`); false when libbson cannot read it.
+    @discardableResult
+    public func append(_ key: String, decimal128 text: String) -> Bool {
+        var value = bson_decimal128_t()
+        guard bson_decimal128_from_string(text, &value) else { return false }
+        return bson_append_decimal128(handle, key, Int32(key.utf8.count), &value)
+    }
+
     /// An ObjectId from its 12 bytes.
     public func append(_ key: String, objectId bytes: [UInt8]) {
         precondition(bytes.count == 12, "an ObjectId is 12 bytes")

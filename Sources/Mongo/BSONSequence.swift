@@ -36,10 +36,6 @@ public enum BSONSequence {
         if it.type == .utf8, let s = it.utf8, BSON.isValidUTF8(s) {
             return "\"" + String(decoding: s, as: UTF8.self) + "\""
         }
-        guard let element = idElement(document) else { return "<no _id>" }
-        let json = element.withUnsafeBytes { BSON.json($0) }
-        // `{ "_id" : VALUE }` → `VALUE`
-        guard let colon = json.firstIndex(of: ":"), json.hasSuffix("}") else { return json }
-        return json[json.index(after: colon)..<json.index(before: json.endIndex)].trimmingCharacters(in: .whitespaces)
+        return it.extendedJSON
     }
 }

@@ -74,16 +74,76 @@ public struct BinaryCopyWriter: Sendable {
     }
 
     /// jsonb: a version byte (1) followed by JSON text written by `body`.
-    public mutating func jsonb(_ body: (inout JSONText) -> Void) {
+    public mutating func jsonb(_ body: (inout JSONText) throws -> Void) rethrows {
         let lengthAt = bytes.count
         append(UInt32(0))
         bytes.append(1)
         var json = JSONText(bytes: [])
         swap(&json.bytes, &bytes)
-        body(&json)
+        do {
+            try body(&json)
+        } catch {
+            // The caller rolls the half-written value back (a document loads whole or not at all).
+            swap(&json.bytes, &bytes)
+            throw error
+        }
         swap(&json.bytes, &bytes)
         let length = UInt32(bytes.count - lengthAt - 4).bigEndian
         withUnsafeBytes(of: length) { bytes.replaceSubrange(lengthAt..<lengthAt + 4, with: $0) }
+    }
+
+    public mutating func float8(_ v: Double) {
+        append(UInt32(8))
+        append(v.bitPattern)
+    }
+
+    /// uuid from its 16 bytes.
+    public mutating func uuid(_ bytes16: UnsafeRawBufferPointer) {
+        precondition(bytes16.count == 16, "a uuid is 16 bytes")
+        bytea(bytes16)
+    }
+
+    /// bytea (and any type whose binary form is the bytes as they are).
+    public mutating func bytea(_ data: UnsafeRawBufferPointer) {
+        append(UInt32(data.count))
+        bytes.append(contentsOf: data)
+    }
+
+    /// numeric from a decimal string as libbson writes a Decimal128 (`-12.50`, `1.2E+7`,
+    /// `NaN`, `Infinity`), exactly, with its scale. False when `decimal` is not such a number.
+    public mutating func numeric(_ decimal: String) -> Bool {
+        guard let value = NumericValue(decimal) else { return false }
+        append(UInt32(8 + 2 * value.digits.count))
+        append(Int16(value.digits.count))
+        append(value.weight)
+        append(value.sign)
+        append(value.scale)
+        for digit in value.digits { append(digit) }
+        return true
+    }
+
+    /// A one-dimensional array of `count` elements of the type `elementOID`, each written by
+    /// `element` with this writer's value methods (or `null()`).
+    public mutating func array(elementOID: UInt32, count: Int, _ element: (inout BinaryCopyWriter, Int) -> Void) {
+        let lengthAt = bytes.count
+        append(UInt32(0))
+        append(Int32(count == 0 ? 0 : 1))  // dimensions
+        append(Int32(0))  // flags: ignored by the server, nulls are marked per element
+        append(elementOID)
+        if count > 0 {
+            append(Int32(count))
+            append(Int32(1))  // lower bound
+            for i in 0..<count { element(&self, i) }
+        }
+        let length = UInt32(bytes.count - lengthAt - 4).bigEndian
+        withUnsafeBytes(of: length) { bytes.replaceSubrange(lengthAt..<lengthAt + 4, with: $0) }
+    }
+
+    /// Type OIDs of array elements.
+    public enum OID {
+        public static let bool: UInt32 = 16, bytea: UInt32 = 17, int8: UInt32 = 20, int4: UInt32 = 23, text: UInt32 = 25
+        public static let float8: UInt32 = 701, timestamptz: UInt32 = 1184, numeric: UInt32 = 1700, uuid: UInt32 = 2950
+        public static let jsonb: UInt32 = 3802
     }
 
     /// The complete stream: everything written plus the trailer.
@@ -97,6 +157,81 @@ public struct BinaryCopyWriter: Sendable {
     }
 }
 
+/// A decimal number in PostgreSQL's numeric form: base-10000 digits, the weight of the
+/// first, a sign, and the display scale.
+struct NumericValue: Equatable {
+    var digits: [Int16]
+    var weight: Int16
+    var sign: Int16
+    var scale: Int16
+
+    static let positive: Int16 = 0x0000, negative: Int16 = 0x4000
+    static let nan = Int16(bitPattern: 0xC000), plusInfinity = Int16(bitPattern: 0xD000), minusInfinity = Int16(bitPattern: 0xF000)
+
+    init?(_ text: String) {
+        var rest = Substring(text)
+        var negative = false
+        if rest.first == "-" || rest.first == "+" {
+            negative = rest.first == "-"
+            rest = rest.dropFirst()
+        }
+        switch rest {
+        case "NaN": self.init(digits: [], weight: 0, sign: Self.nan, scale: 0); return
+        case "Infinity", "Inf": self.init(digits: [], weight: 0, sign: negative ? Self.minusInfinity : Self.plusInfinity, scale: 0); return
+        default: break
+        }
+        var exponent = 0
+        if let e = rest.firstIndex(where: { $0 == "E" || $0 == "e" }) {
+            guard let value = Int(rest[rest.index(after: e)...]), abs(value) < 100_000 else { return nil }
+            exponent = value
+            rest = rest[..<e]
+        }
+        let parts = rest.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count <= 2, !rest.isEmpty, parts.allSatisfy({ $0.allSatisfy(\.isASCII) && $0.allSatisfy(\.isNumber) }),
+              parts.contains(where: { !$0.isEmpty })
+        else { return nil }
+        let fraction = parts.count == 2 ? String(parts[1]) : ""
+        let all = String(parts[0]) + fraction
+        let power = exponent - fraction.count  // value = all × 10^power
+        guard -power <= 16_383 else { return nil }  // numeric's largest display scale
+        var integer: String, decimals: String
+        if power >= 0 {
+            (integer, decimals) = (all + String(repeating: "0", count: power), "")
+        } else if all.count > -power {
+            (integer, decimals) = (String(all.dropLast(-power)), String(all.suffix(-power)))
+        } else {
+            (integer, decimals) = ("", String(repeating: "0", count: -power - all.count) + all)
+        }
+        integer = String(integer.drop { $0 == "0" })
+        integer = String(repeating: "0", count: (4 - integer.count % 4) % 4) + integer
+        decimals += String(repeating: "0", count: (4 - decimals.count % 4) % 4)
+        func groups(_ s: String) -> [Int16] {
+            stride(from: 0, to: s.count, by: 4).map { i in
+                Int16(s[s.index(s.startIndex, offsetBy: i)..<s.index(s.startIndex, offsetBy: i + 4)])!
+            }
+        }
+        var digits = groups(integer) + groups(decimals)
+        var weight = integer.count / 4 - 1
+        while digits.first == 0 {
+            digits.removeFirst()
+            weight -= 1
+        }
+        while digits.last == 0 { digits.removeLast() }
+        guard abs(weight) < Int(Int16.max) else { return nil }
+        let zero = digits.isEmpty
+        self.init(
+            digits: digits, weight: zero ? 0 : Int16(weight), sign: negative && !zero ? Self.negative : Self.positive,
+            scale: Int16(max(0, -power)))
+    }
+
+    init(digits: [Int16], weight: Int16, sign: Int16, scale: Int16) {
+        self.digits = digits
+        self.weight = weight
+        self.sign = sign
+        self.scale = scale
+    }
+}
+
 /// JSON text appended straight into a COPY buffer.
 public struct JSONText: Sendable {
     var bytes: [UInt8]
@@ -106,6 +241,9 @@ public struct JSONText: Sendable {
     }
 
     public mutating func bool(_ v: Bool) { v ? raw("true") : raw("false") }
+
+    /// Text that is already JSON (a number's digits, a nested value), as it is.
+    public mutating func raw(_ s: String) { bytes.append(contentsOf: s.utf8) }
 
     /// A finite double in the shortest form that reads back to the same value.
     public mutating func number(_ v: Double) {

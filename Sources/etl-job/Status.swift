@@ -59,9 +59,10 @@ struct Status: AsyncParsableCommand {
                 guard let status = try queue.status() else { throw LMDBError.notFound }
                 if rejected { rejectedDocuments.append((name, try queue.setAsideDocuments())) }
                 views.append(StatusView(pipeline: name, status, active: active))
-            } catch let error as LMDBError where error.isNotFound && active {
-                // A run that holds the directory is still creating this pipeline's queue.
-                views.append(StatusView.starting(pipeline: name))
+            } catch let error as LMDBError where error.isNotFound {
+                // A run is still creating this pipeline's queue, or was killed before it
+                // recorded its job there (a resume starts it).
+                views.append(StatusView.notStarted(pipeline: name, active: active))
             } catch let error where !(error is JobError) {
                 let failure = JobError.queue(error, queueDirectory)
                 if failure.kind == .ioError, !json { printCheckpoints(Target(url: settings.postgresURL, schema: settings.targetSchema ?? JobSettings.defaultSchema)) }
@@ -185,11 +186,11 @@ struct StatusView {
         }
     }
 
-    /// A pipeline whose queue a running start is still creating.
-    private init(starting pipeline: String) {
+    /// A pipeline named by the run's manifest whose queue records no job yet.
+    private init(notStarted pipeline: String, active: Bool) {
         self.pipeline = pipeline
         job = nil
-        active = true
+        self.active = active
         complete = false
         finished = false
         sourceDocuments = nil
@@ -202,7 +203,7 @@ struct StatusView {
         etaSeconds = nil
     }
 
-    static func starting(pipeline: String) -> StatusView { StatusView(starting: pipeline) }
+    static func notStarted(pipeline: String, active: Bool) -> StatusView { StatusView(notStarted: pipeline, active: active) }
 
     /// The fields of `status --json`, every key always present.
     var dictionary: [String: Any?] {
@@ -243,7 +244,10 @@ struct StatusView {
 
     var text: String {
         func n(_ v: Int64) -> String { v.formatted(.number.grouping(.automatic)) }
-        guard let job else { return "pipeline     \(pipeline)\nno job yet: a run is starting" }
+        guard let job else {
+            return "pipeline     \(pipeline)\n" + (active ? "no job yet: a run is starting"
+                : "not started: the run was stopped before this pipeline recorded its job; 'etl-job resume' starts it")
+        }
         let state = finished ? "complete"
             : active ? "running"
             : complete ? "everything read is loaded or set aside, but the job is not finished (run 'etl-job resume')"

@@ -72,9 +72,11 @@ import UsersFixtures
             rounds += 1
             let start = rounds == 1 ? ["start"] : ["start", "--fresh", "--yes"]
             while true {
-                // Resume this round's job; a kill before it was recorded leaves nothing to resume: start again.
-                let recorded = try sandbox.status()["job"] as? String
-                let command = recorded != nil && recorded != finishedJob ? ["resume"] : start
+                // Resume this round's job (one the run named in its manifest, even before its queue
+                // recorded it); a kill before the manifest leaves nothing to resume: start again.
+                let status = try sandbox.status()
+                let recorded = status["job"] as? String
+                let command = status["pipeline"] != nil && (recorded == nil || recorded != finishedJob) ? ["resume"] : start
                 let before = try progress(sandbox)
                 let job = try sandbox.launch(command + sandbox.connectionArguments + ["--batch-size", "100"])
                 launches += 1

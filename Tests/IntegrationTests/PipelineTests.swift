@@ -321,7 +321,7 @@ enum Reference {
             job.signal(SIGKILL)
             _ = try job.wait()
             kills += 1
-            command = (try sandbox.status()["job"] as? String) != nil ? "resume" : "start"
+            command = try sandbox.status()["pipeline"] != nil ? "resume" : "start"
             #expect(kills < 60, "the run makes progress between kills")
             if kills >= 60 { return }
         }

@@ -118,6 +118,23 @@ import UsersFixtures
         #expect(try sandbox.job("verify").status == 0)
     }
 
+    /// Killed after the run named its pipelines and before the queue recorded the job: status
+    /// says so, and resume starts the job on the source and schema the start was given.
+    @Test func aRunKilledBeforeItsQueueRecordedTheJobIsStartedByResume() throws {
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: 120)
+        let killed = try sandbox.job("start", ["--target-schema", "planned"], environment: ["ETL_CRASH_AT": "planned"])
+        #expect(killed.signaled, "\(killed.stderr)")
+        let status = try sandbox.job("status")
+        #expect(status.status == 0 && status.stdout.contains("not started: the run was stopped before this pipeline recorded its job"), "\(status.stdout)\(status.stderr)")
+        #expect(try sandbox.status()["job"] is NSNull)
+        let resumed = try sandbox.run(["resume", "--postgres-url", sandbox.postgresURL, "--mongodb-url", Services.mongoURL,
+                                       "--state-dir", sandbox.stateDirectory])
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+        #expect(try sandbox.counts(schema: "planned")["users"] == 120)
+        #expect(try sandbox.job("verify").status == 0)
+    }
+
     /// Another schema (a name that needs quoting), a kill mid-COPY, a resume that takes the
     /// recorded schema: exactly the rows of an uninterrupted run, and nothing in public.
     @Test func usersLoadIntoAnotherSchemaThroughKillAndResume() throws {

@@ -1,0 +1,98 @@
+import Foundation
+import Mongo
+import Postgres
+
+/// Any BSON value as JSON, for jsonb columns: documents and arrays as they are, numbers as
+/// numbers (Decimal128 exactly), dates as ISO 8601 text in UTC, ObjectIds as their hex,
+/// UUIDs in their canonical form, other binary as base64, and the rest (regex, timestamp,
+/// min/max key…) as MongoDB's extended JSON. What JSON cannot hold (NaN, infinities, invalid
+/// UTF-8) is a rejection naming the field.
+extension JSONText {
+    /// Writes one value; a rejection's path starts below it (the caller adds its own field).
+    public mutating func value(_ it: BSONIterator) throws(RejectReason) {
+        switch it.type {
+        case .document, .array:
+            guard let child = it.children else { throw RejectReason("is not valid BSON") }
+            try members(child, isArray: it.type == .array)
+        case .utf8:
+            guard let s = it.utf8, BSON.isValidUTF8(s) else { throw RejectReason("is not valid UTF-8 (or contains a NUL byte)") }
+            string(s)
+        case .int32, .int64:
+            raw(String(it.integer!))
+        case .double:
+            guard let d = it.number, d.isFinite else { throw RejectReason("is \(it.number ?? .nan), which JSON cannot hold") }
+            number(d)
+        case .decimal128:
+            guard let text = it.decimal128String, !text.contains("N"), !text.contains("I") else {
+                throw RejectReason("is a Decimal128 NaN or infinity, which JSON cannot hold")
+            }
+            raw(text)
+        case .bool:
+            bool(it.bool!)
+        case .null, .undefined:
+            raw("null")
+        case .dateTime:
+            raw("\"" + Self.iso8601(millis: it.dateTimeMillis!) + "\"")
+        case .objectId:
+            raw("\"" + (it.objectIdHex ?? "") + "\"")
+        case .binary:
+            let (subtype, bytes) = it.binary!
+            raw("\"" + (subtype == 4 && bytes.count == 16 ? Self.uuidText(bytes) : Data(bytes).base64EncodedString()) + "\"")
+        default:
+            raw(it.extendedJSON)
+        }
+    }
+
+    /// A whole document as a JSON object.
+    public mutating func document(_ bytes: UnsafeRawBufferPointer) throws(RejectReason) {
+        guard let it = BSONIterator(document: bytes) else { throw RejectReason("is not valid BSON") }
+        try members(it, isArray: false)
+    }
+
+    private mutating func members(_ iterator: BSONIterator, isArray: Bool) throws(RejectReason) {
+        var child = iterator
+        raw(isArray ? "[" : "{")
+        var first = true
+        while child.next() {
+            if !first { raw(", ") }
+            first = false
+            var key = child.key
+            if !isArray {
+                key.withUTF8 { string(UnsafeRawBufferPointer($0)) }
+                raw(": ")
+            }
+            do {
+                try value(child)
+            } catch {
+                throw error.inside(isArray ? "[\(key)]" : key)
+            }
+        }
+        raw(isArray ? "]" : "}")
+    }
+
+    static func iso8601(millis: Int64) -> String {
+        // Whole seconds through Foundation, milliseconds exactly (a Double would round them).
+        let (seconds, ms) = (millis.floorDivided(by: 1000), millis - millis.floorDivided(by: 1000) * 1000)
+        let text = Date.ISO8601FormatStyle(timeZone: .gmt).format(Date(timeIntervalSince1970: Double(seconds)))
+        return text.dropLast() + String(format: ".%03dZ", ms)
+    }
+
+    /// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
+    static func uuidText(_ bytes: UnsafeRawBufferPointer) -> String {
+        let hex = bytes.map { String(format: "%02x", $0) }.joined()
+        var text = ""
+        for (i, c) in hex.enumerated() {
+            if [8, 12, 16, 20].contains(i) { text.append("-") }
+            text.append(c)
+        }
+        return text
+    }
+}
+
+extension Int64 {
+    /// Division rounding toward negative infinity (dates before 1970 too).
+    func floorDivided(by d: Int64) -> Int64 {
+        let q = self / d
+        return (self % d != 0 && (self < 0) != (d < 0)) ? q - 1 : q
+    }
+}
