@@ -45,6 +45,9 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]),
 
+        // Mapping files: any collection described in JSON, run by the engine; `init` infers them.
+        .target(name: "Mappings", dependencies: ["DurableETL", "Mongo", "Postgres"]),
+
         // The users pipeline: one DocumentMapping (BSON -> 15 tables).
         .target(name: "Users", dependencies: ["DurableETL", "Mongo", "Postgres"]),
         // The users dataset generator and bad-input corpus (for `seed` and the tests).
@@ -53,7 +56,7 @@ let package = Package(
         .executableTarget(
             name: "etl-job",
             dependencies: [
-                "DurableETL", "Users", "UsersFixtures", "ETLCore", "Queue", "Mongo", "Postgres", "CMalloc",
+                "DurableETL", "Mappings", "Users", "UsersFixtures", "ETLCore", "Queue", "Mongo", "Postgres", "CMalloc",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -74,7 +77,7 @@ let package = Package(
         .testTarget(name: "ETLCoreTests", dependencies: ["ETLCore", "Queue", "DurableETL", "Users", "UsersFixtures", "Mongo", "TestSupport"]),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["DurableETL", "Users", "UsersFixtures", "Queue", "Mongo", "Postgres", "ETLCore", "TestSupport"]),
+            dependencies: ["DurableETL", "Mappings", "Users", "UsersFixtures", "Queue", "Mongo", "Postgres", "ETLCore", "TestSupport"]),
         .testTarget(
             name: "EngineTests",
             dependencies: ["DurableETL", "Queue", "Mongo", "Postgres", "ETLCore", "TestSupport", "NotesPipeline", "notes-pipeline"]),

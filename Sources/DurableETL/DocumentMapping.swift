@@ -16,6 +16,10 @@ public protocol DocumentMapping: Sendable {
     var tables: [TableSpec] { get }
     /// Schema changes after the tables' first version, in order (version 1 creates `tables`).
     var migrations: [Migration] { get }
+    /// For a pipeline defined by data (a mapping file): that definition, recorded with the
+    /// job so that a resume runs the same one and can refuse a changed one. Nil when the
+    /// pipeline is code.
+    var definition: String? { get }
     /// Appends the rows of one document to `rows` (one writer per table, in `tables` order),
     /// or throws why the document must be set aside. Rows appended before a throw are
     /// discarded by the engine, so a document loads whole or not at all.
@@ -24,6 +28,7 @@ public protocol DocumentMapping: Sendable {
 
 extension DocumentMapping {
     public var migrations: [Migration] { [] }
+    public var definition: String? { nil }
 }
 
 public struct SourceCollection: Sendable, Equatable {

@@ -29,8 +29,9 @@ public struct DurableJob: Sendable {
     }
 
     /// Continues the run in the state directory where it stopped, each pipeline on the source
-    /// and target it was started on. `resolve` gives the mapping of a recorded pipeline name.
-    public func resume(resolve: @escaping @Sendable (String) -> (any DocumentMapping)?, stop: StopToken, observer: RunObserver? = nil) async throws -> RunReport {
+    /// and target it was started on. `resolve` gives the mapping of a recorded pipeline name
+    /// (and recorded definition, for one defined by data), or throws why it will not.
+    public func resume(resolve: @escaping @Sendable (String, String?) throws -> (any DocumentMapping)?, stop: StopToken, observer: RunObserver? = nil) async throws -> RunReport {
         let prepared = try await Threads.blocking(name: "prepare") { try prepareResume(resolve: resolve) }
         if prepared.pipelines.isEmpty { return prepared.finishedReport }
         return try await run(prepared, stop: stop, observer: observer)
@@ -91,7 +92,7 @@ public struct DurableJob: Sendable {
         return prepared
     }
 
-    private func prepareResume(resolve: (String) -> (any DocumentMapping)?) throws -> Prepared {
+    private func prepareResume(resolve: (String, String?) throws -> (any DocumentMapping)?) throws -> Prepared {
         try refuseIfBusy()
         guard let manifest = try RunManifest.read(settings.stateDirectory) else {
             throw JobError(.usage, "there is no job to resume in \(settings.stateDirectory); run 'etl-job start'")
@@ -100,7 +101,7 @@ public struct DurableJob: Sendable {
         prepared.lock = try takeLock()
         var mappings: [any DocumentMapping] = []
         for name in manifest.pipelines {
-            guard let mapping = resolve(name) else {
+            guard let mapping = try resolve(name, manifest.planned[name]?.definition) else {
                 throw JobError(.usage, "the job in \(settings.stateDirectory) runs the pipeline '\(name)', which this etl-job does not know")
             }
             mappings.append(mapping)
@@ -247,12 +248,16 @@ public struct RunManifest: Codable, Sendable, Equatable {
         public var database: String
         public var collection: String
         public var targetSchema: String
+        /// The mapping's `definition`, for a pipeline defined by data.
+        public var definition: String?
     }
 
     public init(_ jobs: [PipelineJob]) {
         pipelines = jobs.map(\.name)
         planned = Dictionary(uniqueKeysWithValues: jobs.map { job in
-            (job.name, Planned(database: job.source.database, collection: job.source.collection, targetSchema: job.target.schema))
+            (job.name, Planned(
+                database: job.source.database, collection: job.source.collection, targetSchema: job.target.schema,
+                definition: job.mapping.definition))
         })
     }
 

@@ -42,7 +42,7 @@ public struct JobError: Error, CustomStringConvertible {
         return JobError(.unavailable, "cannot use the queue in \(directory): \(error)")
     }
 
-    static let untrustedState = "the state files cannot be trusted: move the state directory aside and run "
+    public static let untrustedState = "the state files cannot be trusted: move the state directory aside and run "
         + "'etl-job start --fresh' to load again (the target's etl_checkpoints table records what was committed)"
 
     /// Any error of a run as the user sees it: a `JobError` as it is; a PostgreSQL error the

@@ -73,6 +73,14 @@ public struct BSONIterator {
     }
 
     /// Advances to the element named `key`; false when the document has none.
+    /// Moves to the element named `key` (a name known only at run time), searching from here.
+    public mutating func find(key: String) -> Bool {
+        while next() {
+            if strcmp(keyPointer, key) == 0 { return true }
+        }
+        return false
+    }
+
     public mutating func find(_ key: StaticString) -> Bool {
         while next() {
             if keyIs(key) { return true }

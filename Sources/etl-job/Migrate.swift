@@ -12,7 +12,7 @@ struct Migrate: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let settings = try connection.resolved()
-            let mappings = pipelines.mappings
+            let mappings = try pipelines.mappings()
             let logger = try connection.makeLogger()
             let applied = try await Threads.blocking(name: "migrate") {
                 let job = DurableJob(settings: settings, logger: logger)

@@ -1,5 +1,7 @@
 import ArgumentParser
 import DurableETL
+import Foundation
+import Mappings
 import Users
 
 /// The pipelines built into etl-job: one line each.
@@ -11,14 +13,61 @@ enum Pipelines {
     static func mapping(named name: String) -> (any DocumentMapping)? {
         builtIn.first { $0.name == name }
     }
+
+    /// Reads a mapping file; a problem is a usage error naming the file and the JSON path.
+    static func load(_ path: String) throws -> FileMapping {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw JobError(.usage, "--mapping \(path): no such file, or it cannot be read")
+        }
+        do {
+            return FileMapping(try MappingFile(json: data))
+        } catch {
+            throw JobError(.usage, "mapping file \(path): \(error)")
+        }
+    }
+
+    /// How a resume, status or verify finds a recorded pipeline: a built-in by name; one
+    /// defined by a mapping file from the definition the job recorded. A file given again
+    /// with `--mapping` must describe the same tables, or the command is refused (exit 64).
+    static func resolver(given: [FileMapping]) -> @Sendable (String, String?) throws -> (any DocumentMapping)? {
+        { name, definition in
+            guard let definition else { return mapping(named: name) }
+            let recorded: FileMapping
+            do {
+                recorded = FileMapping(try MappingFile(json: Data(definition.utf8)))
+            } catch {
+                throw JobError(.ioError, "the mapping the \(name) job recorded cannot be read (\(error)); \(JobError.untrustedState)")
+            }
+            if let file = given.first(where: { $0.name == name }), file.file.canonical != recorded.file.canonical {
+                let before = recorded.file.canonical.split(separator: "\n"), after = file.file.canonical.split(separator: "\n")
+                let changes = before.filter { !after.contains($0) }.map { "- " + $0.trimmingCharacters(in: .whitespaces) }
+                    + after.filter { !before.contains($0) }.map { "+ " + $0.trimmingCharacters(in: .whitespaces) }
+                throw JobError(.usage, "the mapping of pipeline \(name) changed since the job started: "
+                    + changes.prefix(6).joined(separator: "; ") + (changes.count > 6 ? "; …" : "")
+                    + "; resume with the file the job started with, or 'etl-job start --fresh'")
+            }
+            return recorded
+        }
+    }
 }
 
-/// Which pipelines a command runs: `--pipeline NAME`, repeatable.
+/// Mapping files: `--mapping FILE`, repeatable.
+struct MappingOptions: ParsableArguments {
+    @Option(name: .customLong("mapping"), help: ArgumentHelp(
+        "A mapping file describing a collection's tables (repeatable; see 'etl-job init').", valueName: "file"))
+    var files: [String] = []
+
+    func load() throws -> [FileMapping] { try files.map(Pipelines.load) }
+}
+
+/// Which pipelines a command runs: `--pipeline NAME` and `--mapping FILE`, both repeatable.
 struct PipelineOptions: ParsableArguments {
     @Option(name: .customLong("pipeline"), help: ArgumentHelp(
-        "A pipeline to run (repeatable; default users). Known: \(Pipelines.names.joined(separator: ", ")).",
+        "A built-in pipeline to run (repeatable; default users unless --mapping is given). Known: \(Pipelines.names.joined(separator: ", ")).",
         valueName: "name"))
     var names: [String] = []
+
+    @OptionGroup var mapping: MappingOptions
 
     func validate() throws {
         for name in names where Pipelines.mapping(named: name) == nil {
@@ -30,8 +79,15 @@ struct PipelineOptions: ParsableArguments {
         }
     }
 
-    /// The named pipelines, or users alone.
-    var mappings: [any DocumentMapping] {
-        names.isEmpty ? [Pipelines.builtIn[0]] : names.compactMap(Pipelines.mapping(named:))
+    /// The named built-in pipelines and the mapping files; users alone when neither is given.
+    func mappings() throws -> [any DocumentMapping] {
+        let files = try mapping.load()
+        let builtIn = names.isEmpty && files.isEmpty ? [Pipelines.builtIn[0]] : names.compactMap(Pipelines.mapping(named:))
+        let all: [any DocumentMapping] = builtIn + files
+        var seen = Set<String>()
+        for m in all where !seen.insert(m.name).inserted {
+            throw JobError(.usage, "two pipelines are named '\(m.name)'; give a mapping file another \"pipeline\" name")
+        }
+        return all
     }
 }

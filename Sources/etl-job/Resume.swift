@@ -6,15 +6,17 @@ struct Resume: AsyncParsableCommand {
         abstract: "Continue an interrupted run exactly where it stopped, every pipeline it runs.")
 
     @OptionGroup var connection: ConnectionOptions
+    @OptionGroup(title: "Job") var mapping: MappingOptions
     @OptionGroup(title: "Run") var bucket: BucketOptions
     @OptionGroup(title: "Output") var report: ReportOptions
 
     func run() async throws {
         try await reportingErrors {
             let settings = try connection.resolved(bucket)
+            let resolve = Pipelines.resolver(given: try mapping.load())
             let job = DurableJob(settings: settings, logger: try connection.makeLogger())
             try await runInterruptibly(reportJSON: report.reportJSON) { stop, progress in
-                try await job.resume(resolve: Pipelines.mapping(named:), stop: stop, observer: progress)
+                try await job.resume(resolve: resolve, stop: stop, observer: progress)
             }
         }
     }

@@ -17,7 +17,7 @@ struct Scan: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let job = PipelineJob(mapping: pipelines.mappings[0], settings: try connection.resolved())
+            let job = PipelineJob(mapping: try pipelines.mappings()[0], settings: try connection.resolved())
             try await Threads.blocking(name: "scan") { try Self.scan(job, cursorBatchSize: cursorBatchSize) }
         }
     }

@@ -23,7 +23,7 @@ struct Start: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let settings = try connection.resolved(bucket)
-            let mappings = pipelines.mappings
+            let mappings = try pipelines.mappings()
             if mappings.count > 1, settings.database != nil || settings.collection != nil {
                 throw JobError(.usage, "--database and --collection name the source of one pipeline; this run has \(mappings.count)")
             }

@@ -16,6 +16,8 @@ struct Status: AsyncParsableCommand {
     @Option(name: .customLong("pipeline"), help: ArgumentHelp("Show only this pipeline of the job (repeatable).", valueName: "name"))
     var only: [String] = []
 
+    @OptionGroup(title: "Job") var mapping: MappingOptions
+
     @Flag(help: "Print JSON for scripts.")
     var json = false
 
@@ -47,6 +49,9 @@ struct Status: AsyncParsableCommand {
         if let unknown = only.first(where: { !manifest.pipelines.contains($0) }) {
             throw JobError(.usage, "the job in \(directory) has no pipeline '\(unknown)'; it runs \(manifest.pipelines.joined(separator: ", "))")
         }
+        // A mapping file given again must be the one the job records.
+        let resolve = Pipelines.resolver(given: try mapping.load())
+        for name in manifest.pipelines { _ = try resolve(name, manifest.planned[name]?.definition) }
         let active = JobLock.isHeld(directory: directory)
         var views: [StatusView] = []
         var rejectedDocuments: [(String, [SetAsideDocument])] = []

@@ -39,12 +39,20 @@ struct Verify: AsyncParsableCommand {
 
     /// Verifies each pipeline of the job in the state directory (or those named; users when
     /// there is no job) against the source and target it recorded.
+    /// Verifies each pipeline of the job in the state directory (or those named; the given
+    /// pipelines when there is no job) against the source and target it recorded.
     private func verifyAll(_ settings: JobSettings) throws -> [Verifier.Report] {
         let directory = settings.stateDirectory
-        let manifest = try RunManifest.read(directory)
-        var names = manifest?.pipelines ?? pipelines.mappings.map(\.name)
+        let given = try pipelines.mappings()
+        guard let manifest = try RunManifest.read(directory) else {
+            if given.count > 1, settings.database != nil || settings.collection != nil {
+                throw JobError(.usage, "--database and --collection name the source of one pipeline; this run has \(given.count)")
+            }
+            return try given.map { try verify($0, settings, recorded: (nil, [])) }
+        }
+        var names = manifest.pipelines
         if !pipelines.names.isEmpty {
-            if let manifest, let unknown = pipelines.names.first(where: { !manifest.pipelines.contains($0) }) {
+            if let unknown = pipelines.names.first(where: { !manifest.pipelines.contains($0) }) {
                 throw JobError(.usage, "the job in \(directory) has no pipeline '\(unknown)'; it runs \(manifest.pipelines.joined(separator: ", "))")
             }
             names = pipelines.names
@@ -52,8 +60,9 @@ struct Verify: AsyncParsableCommand {
         if names.count > 1, settings.database != nil || settings.collection != nil {
             throw JobError(.usage, "--database and --collection name the source of one pipeline; this job runs \(names.count)")
         }
+        let resolve = Pipelines.resolver(given: try pipelines.mapping.load())
         return try names.map { name in
-            guard let mapping = Pipelines.mapping(named: name) else {
+            guard let mapping = try resolve(name, manifest.planned[name]?.definition) else {
                 throw JobError(.usage, "the job in \(directory) runs the pipeline '\(name)', which this etl-job does not know")
             }
             return try verify(mapping, settings, recorded: try recordedJob(RunManifest.queueDirectory(directory, name)))

@@ -81,7 +81,7 @@ import Testing
         #expect(stopped.pipelines.allSatisfy { $0.status.documentsLoaded > 0 }, "both pipelines ran at once")
 
         try sandbox.db().execute("DROP TRIGGER slow_commit ON etl_checkpoints")
-        let resolve: @Sendable (String) -> (any DocumentMapping)? = { name in mappings.first { $0.name == name } }
+        let resolve: @Sendable (String, String?) -> (any DocumentMapping)? = { name, _ in mappings.first { $0.name == name } }
         let resumed = try await job.resume(resolve: resolve, stop: StopToken())
         #expect(resumed.failure == nil, "1 of 200 set aside is within the default limit of 1%")
         #expect(resumed.pipelines.map(\.status.documentsLoaded) == [199, 200])

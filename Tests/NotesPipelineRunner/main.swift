@@ -17,7 +17,7 @@ let job = DurableJob(settings: settings, logger: Logger(label: "notes"))
 do {
     let report = arguments[1] == "start"
         ? try await job.start([NotesMapping()], fresh: false, stop: StopToken())
-        : try await job.resume(resolve: { $0 == "notes" ? NotesMapping() : nil }, stop: StopToken())
+        : try await job.resume(resolve: { name, _ in name == "notes" ? NotesMapping() : nil }, stop: StopToken())
     print(report.render())
     exit(report.failure == nil ? 0 : 65)
 } catch {

@@ -1,0 +1,149 @@
+import DurableETL
+import Foundation
+import Mongo
+import Postgres
+
+/// A mapping file as a pipeline: its tables (a child table's key is its parent's key plus
+/// the entry's position, with a foreign key to the parent, to any depth) and the document →
+/// rows function that follows the file.
+public struct FileMapping: DocumentMapping {
+    public let file: MappingFile
+    public let tables: [TableSpec]
+    /// Per table (in `tables` order): how to fill it.
+    private let plans: [Plan]
+
+    struct Plan: Sendable {
+        let table: Int
+        /// The path of the table's array in its parent's document (children only).
+        let arrayPath: [String]
+        let columns: [(path: [String], column: MappingFile.Column)]
+        let children: [Int]
+        let keyColumns: Int
+    }
+
+    public var name: String { file.pipeline }
+    public var source: SourceCollection { file.source }
+    /// The file as read: recorded with the job.
+    public var definition: String? { file.text }
+
+    public init(_ file: MappingFile) {
+        self.file = file
+        var tables: [TableSpec] = []
+        var plans: [Plan] = []
+        func add(_ table: MappingFile.Table, parent: MappingFile.Table?) -> Int {
+            let index = tables.count
+            let generated = file.generatedKeyColumns(of: table)
+            var columns = generated.enumerated().map { i, name in
+                TableSpec.Column(name, i == generated.count - 1 ? "integer" : Self.keyType(file, name, parent: table))
+            }
+            columns += table.columns.map { TableSpec.Column($0.column, $0.type.sql, nullable: $0.nullable) }
+            let key = file.keyColumns(of: table)
+            let foreignKeys = parent.map { [TableSpec.ForeignKey(Array(key.dropLast()), references: $0.name)] } ?? []
+            tables.append(TableSpec(table.name, columns: columns, primaryKey: key, foreignKeys: foreignKeys,
+                                    bytesPerDocument: 32 * max(1, table.columns.count)))
+            plans.append(Plan(table: index, arrayPath: Self.path(table.field ?? ""), columns: table.columns.map { (Self.path($0.field), $0) },
+                              children: [], keyColumns: generated.count))
+            let children = table.children.map { add($0, parent: table) }
+            plans[index] = Plan(table: index, arrayPath: plans[index].arrayPath, columns: plans[index].columns, children: children,
+                                keyColumns: generated.count)
+            return index
+        }
+        _ = add(file.root, parent: nil)
+        self.tables = tables
+        self.plans = plans
+    }
+
+    /// The SQL type of an inherited key column: the root key's type, or integer for a position.
+    private static func keyType(_ file: MappingFile, _ name: String, parent: MappingFile.Table) -> String {
+        let rootKey = file.root.columns.first(where: \.key)!
+        return name == file.root.name + "_" + rootKey.column ? rootKey.type.sql : "integer"
+    }
+
+    static func path(_ field: String) -> [String] {
+        field.isEmpty ? [] : field.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
+    }
+
+    public func map(_ document: UnsafeRawBufferPointer, into rows: inout TableRows) throws(RejectReason) {
+        guard let root = BSONIterator(document: document) else { throw RejectReason("the document is not valid BSON") }
+        let rootKey = file.root.columns.first(where: \.key)!
+        let keyValue = try Self.find(Self.path(rootKey.field), in: root, element: nil)
+        guard let keyValue, keyValue.type != .null else { throw RejectReason("is missing", at: rootKey.field) }
+        try emit(plans[0], document: root, element: nil, key: Key(root: keyValue, type: rootKey.type, positions: []), into: &rows)
+    }
+
+    /// A row's key: the root key's value and the positions down to it.
+    private struct Key {
+        let root: BSONIterator
+        let type: ColumnType
+        let positions: [Int32]
+    }
+
+    private func emit(_ plan: Plan, document: BSONIterator?, element: BSONIterator?, key: Key, into rows: inout TableRows) throws(RejectReason) {
+        let fields = plan.keyColumns + plan.columns.count
+        var failure: RejectReason?
+        rows.row(plan.table, fields: fields) { w in
+            if plan.keyColumns > 0 {
+                try? key.type.write(key.root, nullable: false, into: &w)
+                for position in key.positions { w.int4(position) }
+            }
+            for (path, column) in plan.columns {
+                do throws(RejectReason) {
+                    let value = try Self.find(path, in: document, element: element)
+                    try column.type.write(value, nullable: column.nullable, into: &w)
+                } catch {
+                    failure = failure ?? (column.field.isEmpty ? error : error.inside(column.field))
+                    w.null()
+                }
+            }
+        }
+        if let failure { throw failure }
+        for childIndex in plan.children {
+            let child = plans[childIndex]
+            let field = file.tablePath(childIndex)
+            guard let array = try Self.find(child.arrayPath, in: document, element: nil), array.type != .null else { continue }
+            guard array.type == .array, var entries = array.children else {
+                throw RejectReason("is \(article(array.type)), expected an array", at: field)
+            }
+            var position: Int32 = 0
+            while entries.next() {
+                let isDocument = entries.type == .document
+                do {
+                    try emit(child, document: isDocument ? entries.children : nil, element: entries,
+                             key: Key(root: key.root, type: key.type, positions: key.positions + [position]), into: &rows)
+                } catch {
+                    throw error.inside("[\(position)]").inside(field)
+                }
+                position += 1
+            }
+        }
+    }
+
+    /// The value at `path` in `document` (nil when absent); an empty path is the array
+    /// element itself. A path through something that is not an object is absent.
+    static func find(_ path: [String], in document: BSONIterator?, element: BSONIterator?) throws(RejectReason) -> BSONIterator? {
+        guard !path.isEmpty else { return element }
+        guard var current = document else {
+            throw RejectReason("is \(element.map { article($0.type) } ?? "missing"), expected an object")
+        }
+        for (i, key) in path.enumerated() {
+            guard current.find(key: key) else { return nil }
+            if i == path.count - 1 { return current }
+            guard current.type == .document, let child = current.children else { return nil }
+            current = child
+        }
+        return nil
+    }
+}
+
+extension MappingFile {
+    /// The dotted path of a child table's array, for messages.
+    func tablePath(_ index: Int) -> String {
+        var all: [Table] = []
+        func walk(_ t: Table) {
+            all.append(t)
+            t.children.forEach(walk)
+        }
+        walk(root)
+        return all[index].field ?? all[index].name
+    }
+}

@@ -1,0 +1,208 @@
+import DurableETL
+import Foundation
+import Mongo
+
+/// What `etl-job init` learns from a sample of documents, and the mapping file it proposes.
+///
+/// Rules: int32 → integer; int32 and int64 → bigint; any other mix of numbers (double,
+/// Decimal128) → numeric (exact), double alone → double precision; string → text; bool →
+/// boolean; date → timestamptz; ObjectId → text (its hex); binary of subtype 4 → uuid, other
+/// binary → bytea. Objects whose keys are stable are flattened into the parent's columns
+/// (`dims.w` → `dims_w`); objects whose keys vary, and mixtures of other types, → jsonb.
+/// Arrays of objects → a child table `<table>_<field>` keyed by the parent's key and the
+/// position; arrays of one scalar type → a PostgreSQL array; anything else → jsonb. A field
+/// absent from (or null in) any sampled document is nullable.
+public struct Inference {
+    /// Statistics of one field over the sample.
+    final class Field {
+        var present = 0
+        var nulls = 0
+        var types: [BSONType: Int] = [:]
+        var binarySubtypes = Set<UInt8>()
+        var children: [String: Field] = [:]
+        var order: [String] = []
+        /// Per object occurrence, the set of its keys (to tell stable objects from free-form ones).
+        var keySets = Set<[String]>()
+        var objects = 0
+        var element: Field?
+        var arrays = 0
+
+        func child(_ key: String) -> Field {
+            if let found = children[key] { return found }
+            let field = Field()
+            children[key] = field
+            order.append(key)
+            return field
+        }
+    }
+
+    let root = Field()
+    public private(set) var documents = 0
+
+    public init() {}
+
+    /// Adds one sampled document.
+    public mutating func add(_ document: UnsafeRawBufferPointer) {
+        guard let it = BSONIterator(document: document) else { return }
+        documents += 1
+        root.present += 1
+        Self.object(it, into: root)
+    }
+
+    private static func object(_ iterator: BSONIterator, into field: Field) {
+        var it = iterator
+        var keys: [String] = []
+        field.objects += 1
+        while it.next() {
+            let key = it.key
+            keys.append(key)
+            value(it, into: field.child(key))
+        }
+        if field.keySets.count <= 64 { field.keySets.insert(keys.sorted()) }
+    }
+
+    private static func value(_ it: BSONIterator, into field: Field) {
+        guard it.type != .null && it.type != .undefined else {
+            field.nulls += 1
+            return
+        }
+        field.present += 1
+        field.types[it.type, default: 0] += 1
+        switch it.type {
+        case .document:
+            if let child = it.children { object(child, into: field) }
+        case .array:
+            field.arrays += 1
+            let element = field.element ?? Field()
+            field.element = element
+            if var items = it.children {
+                while items.next() { value(items, into: element) }
+            }
+        case .binary:
+            if let (subtype, _) = it.binary { field.binarySubtypes.insert(subtype) }
+        default:
+            break
+        }
+    }
+
+    // MARK: Proposing a mapping
+
+    /// The mapping file for `source`, as JSON, with the evidence in `notes`.
+    public func mapping(source: SourceCollection) -> [String: Any] {
+        var notes: [String: String] = [:]
+        var tables = Set<String>()
+        let table = tableName(source.collection, &tables)
+        let idField = root.children["_id"]
+        var columns: [[String: Any]] = []
+        if let id = idField {
+            let type = scalarType(id) ?? "text"
+            columns.append(["field": "_id", "column": "id", "type": type, "key": true])
+            notes["_id"] = evidence(id, of: documents) + (scalarType(id) == nil ? "; mixed types: text fits strings and ObjectIds, edit if needed" : "")
+        }
+        var used: Set<String> = ["id"]
+        var children: [[String: Any]] = []
+        for key in root.order where key != "_id" {
+            describe(root.children[key]!, path: key, prefix: "", parentCount: documents, table: table, context: "",
+                     columns: &columns, children: &children, used: &used, tables: &tables, notes: &notes)
+        }
+        return [
+            "formatVersion": MappingFile.formatVersion,
+            "source": ["database": source.database, "collection": source.collection],
+            "table": table,
+            "columns": columns,
+            "children": children,
+            "notes": notes.merging(["(sample)": "\(documents) documents read; delete this member when you have reviewed the mapping"]) { a, _ in a },
+        ]
+    }
+
+    /// Adds the columns (or child tables) for one field of a table's documents.
+    private func describe(
+        _ field: Field, path: String, prefix: String, parentCount: Int, table: String, context: String,
+        columns: inout [[String: Any]], children: inout [[String: Any]], used: inout Set<String>,
+        tables: inout Set<String>, notes: inout [String: String]
+    ) {
+        let nullable = field.present < parentCount || field.nulls > 0
+        let column = unique(prefix + path.split(separator: ".").last.map(String.init)!, &used)
+        let onlyObjects = field.types.keys.allSatisfy { $0 == .document } && !field.types.isEmpty
+        let onlyArrays = field.types.keys.allSatisfy { $0 == .array } && !field.types.isEmpty
+        if onlyObjects && stableKeys(field) {
+            for key in field.order {
+                describe(field.children[key]!, path: path + "." + key, prefix: column + "_", parentCount: field.objects,
+                         table: table, context: context, columns: &columns, children: &children, used: &used, tables: &tables, notes: &notes)
+            }
+            // A nullable object makes each of its fields nullable.
+            if nullable { for i in columns.indices where (columns[i]["field"] as? String)?.hasPrefix(path + ".") == true { columns[i]["nullable"] = true } }
+            return
+        }
+        if onlyArrays, let element = field.element, element.types.keys.allSatisfy({ $0 == .document }), !element.types.isEmpty, stableKeys(element) {
+            let child = tableName(table + "_" + column, &tables)
+            var childColumns: [[String: Any]] = []
+            var childChildren: [[String: Any]] = []
+            var childUsed: Set<String> = ["position"]
+            for key in element.order {
+                describe(element.children[key]!, path: key, prefix: "", parentCount: element.objects, table: child,
+                         context: context + path + "[].", columns: &childColumns, children: &childChildren, used: &childUsed, tables: &tables, notes: &notes)
+            }
+            children.append(["field": path, "table": child, "columns": childColumns, "children": childChildren])
+            notes[context + path] = evidence(field, of: parentCount) + "; arrays of objects → child table \(child) (\(element.present) entries)"
+            return
+        }
+        var type = "jsonb"
+        if let scalar = scalarType(field) {
+            type = scalar
+        } else if onlyArrays, let element = field.element, let elementType = scalarType(element), elementType != "jsonb", element.nulls == 0 {
+            type = elementType + "[]"
+        }
+        var entry: [String: Any] = ["field": path, "column": column, "type": type]
+        if nullable { entry["nullable"] = true }
+        columns.append(entry)
+        notes[context + path] = evidence(field, of: parentCount)
+    }
+
+    /// The scalar column type for a field's values, nil when they are objects, arrays or a mixture.
+    private func scalarType(_ field: Field) -> String? {
+        let types = Set(field.types.keys)
+        guard !types.isEmpty else { return nil }
+        let numbers: Set<BSONType> = [.int32, .int64, .double, .decimal128]
+        if types.isSubset(of: numbers) {
+            if types == [.int32] { return "integer" }
+            if types.isSubset(of: [.int32, .int64]) { return "bigint" }
+            if types == [.double] { return "double precision" }
+            return "numeric"
+        }
+        guard types.count == 1, let type = types.first else { return nil }
+        switch type {
+        case .utf8: return "text"
+        case .bool: return "boolean"
+        case .dateTime: return "timestamptz"
+        case .objectId: return "text"
+        case .binary: return field.binarySubtypes == [4] ? "uuid" : "bytea"
+        default: return nil
+        }
+    }
+
+    /// Objects whose keys are the same in (nearly) every occurrence are flattened; an object
+    /// with many keys, or keys that come and go, is free-form.
+    private func stableKeys(_ field: Field) -> Bool {
+        guard field.objects > 0, field.children.count <= 32, field.keySets.count <= 64 else { return false }
+        return field.children.values.allSatisfy { 2 * ($0.present + $0.nulls) >= field.objects }
+    }
+
+    private func evidence(_ field: Field, of total: Int) -> String {
+        let types = field.types.sorted { $0.value > $1.value }.map { "\($0.key.name) \($0.value)" }.joined(separator: ", ")
+        return "in \(field.present) of \(total)" + (field.nulls > 0 ? ", null in \(field.nulls)" : "") + (types.isEmpty ? "" : "; \(types)")
+    }
+
+    private func unique(_ name: String, _ used: inout Set<String>) -> String {
+        var candidate = String(name.prefix(63))
+        var n = 2
+        while used.contains(candidate) {
+            candidate = String(name.prefix(60)) + "_\(n)"
+            n += 1
+        }
+        used.insert(candidate)
+        return candidate
+    }
+
+    private func tableName(_ name: String, _ used: inout Set<String>) -> String { unique(name, &used) }
+}

@@ -1,0 +1,187 @@
+import Foundation
+import Mongo
+import TestSupport
+import Testing
+import UsersFixtures
+
+/// Collections unlike users, described by mapping files that `init` infers.
+@Suite(.serialized) struct MappingTests {
+    static let tables = ["orders", "orders_items", "orders_items_parts"]
+
+    @Test func initInfersTheTypesAndAKilledLoadResumesToExactlyTheUninterruptedRows() throws {
+        let sandbox = try Sandbox()
+        try Orders.seed(sandbox, count: 300)
+        let file = sandbox.stateDirectory + "-orders.json"
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        let inferred = try sandbox.job("init", ["--collection", "orders", "--sample", "100", "--output", file])
+        #expect(inferred.status == 0, "\(inferred.stderr)")
+        // Written after the mapping was inferred: a document that does not fit it.
+        try Orders.insert(sandbox, Orders.document(300, badQuantity: true))
+        let mapping = try JSON.object(try String(contentsOfFile: file, encoding: .utf8))
+        let columns = Dictionary(uniqueKeysWithValues: (mapping["columns"] as! [[String: Any]]).map { ($0["column"] as! String, $0) })
+        #expect(columns["id"]?["type"] as? String == "text" && columns["id"]?["key"] as? Bool == true, "ObjectId _id → text")
+        #expect(columns["total"]?["type"] as? String == "numeric", "Decimal128 → numeric")
+        #expect(columns["amount"]?["type"] as? String == "numeric", "int32 and double → numeric, the widest exact type")
+        #expect(columns["customer_name"]?["type"] as? String == "text", "a stable object is flattened")
+        #expect(columns["attrs"]?["type"] as? String == "jsonb", "an object whose keys vary → jsonb")
+        #expect(columns["tags"]?["type"] as? String == "text[]")
+        #expect(columns["note"]?["nullable"] as? Bool == true, "absent from some documents → nullable")
+        let items = try #require((mapping["children"] as? [[String: Any]])?.first)
+        #expect(items["table"] as? String == "orders_items")
+        let itemColumns = Dictionary(uniqueKeysWithValues: (items["columns"] as! [[String: Any]]).map { ($0["column"] as! String, $0["type"] as! String) })
+        #expect(itemColumns["qty"] == "bigint", "int32 and int64 → bigint")
+        #expect((items["children"] as? [[String: Any]])?.first?["table"] as? String == "orders_items_parts", "two levels of arrays")
+        #expect((mapping["notes"] as? [String: String])?["items[].qty"]?.contains("int32") == true)
+
+        var arguments = sandbox.connectionArguments
+        let state = arguments.firstIndex(of: "--state-dir")! + 1
+        func run(_ command: String, schema: String, crashAt: String? = nil) throws -> JobResult {
+            arguments[state] = sandbox.stateDirectory + "-" + schema
+            let batches = ["start", "resume"].contains(command) ? ["--batch-size", "40"] : []
+            return try sandbox.run([command] + arguments + ["--mapping", file, "--target-schema", schema] + batches,
+                                   environment: crashAt.map { ["ETL_CRASH_AT": $0] } ?? [:])
+        }
+        defer { for s in ["straight", "killed"] { try? FileManager.default.removeItem(atPath: sandbox.stateDirectory + "-" + s) } }
+        let straight = try run("start", schema: "straight")
+        #expect(straight.status == 0, "\(straight.stderr)")
+        var result = try run("start", schema: "killed", crashAt: "copied:2")
+        #expect(result.signaled, "\(result.stderr)")
+        var runs = 1
+        for crash in ["committed:1", "enqueued:2", nil] where result.status != 0 || result.signaled {
+            result = try run("resume", schema: "killed", crashAt: crash)
+            runs += 1
+        }
+        #expect(result.status == 0 && !result.signaled, "\(result.stderr)")
+        #expect(runs >= 3)
+        let expected = try sandbox.checksums(tables: Self.tables, schema: "straight")
+        #expect(try sandbox.checksums(tables: Self.tables, schema: "killed") == expected)
+        #expect(try sandbox.counts(tables: Self.tables, schema: "killed")["orders"] == 300, "one document of 301 does not fit")
+        let verify = try run("verify", schema: "killed")
+        #expect(verify.status == 0, "\(verify.stdout)\(verify.stderr)")
+        let rejected = try run("status", schema: "killed")
+        #expect(rejected.stdout.contains("set aside    1 documents"), "\(rejected.stdout)")
+        arguments[state] = sandbox.stateDirectory + "-killed"
+        let listed = try sandbox.run(["status", "--rejected"] + arguments)
+        #expect(listed.stdout.contains("_id { \"$oid\" : "), "\(listed.stdout)")
+        #expect(listed.stdout.contains("field 'items[1].qty' is a string, expected an integer"), "\(listed.stdout)")
+    }
+
+    @Test func aChangedMappingIsRefusedOnResumeWithWhatChanged() throws {
+        let sandbox = try Sandbox()
+        try Orders.seed(sandbox, count: 120)
+        let file = sandbox.stateDirectory + "-orders.json"
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        #expect(try sandbox.job("init", ["--collection", "orders", "--output", file]).status == 0)
+        let killed = try sandbox.job("start", ["--mapping", file, "--batch-size", "20"], environment: ["ETL_CRASH_AT": "committed:2"])
+        #expect(killed.signaled)
+        let original = try String(contentsOfFile: file, encoding: .utf8)
+        try original.replacingOccurrences(of: "\"double precision\"", with: "\"numeric\"").write(toFile: file, atomically: true, encoding: .utf8)
+        let refused = try sandbox.job("resume", ["--mapping", file])
+        #expect(refused.status == 64, "\(refused.stderr)")
+        #expect(refused.stderr.contains("the mapping of pipeline orders changed since the job started: - price double precision"), "\(refused.stderr)")
+        #expect(refused.stderr.contains("+ price numeric"), "\(refused.stderr)")
+        let resumed = try sandbox.job("resume")
+        #expect(resumed.status == 0, "without --mapping, resume runs the mapping the job recorded: \(resumed.stderr)")
+        #expect(try sandbox.job("verify").status == 0)
+        try original.write(toFile: file + ".original", atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: file + ".original") }
+        let again = try sandbox.job("migrate", ["--mapping", file + ".original"])
+        #expect(again.status == 0 && again.stdout.contains("schema is up to date"), "DDL runs once: \(again.stdout)\(again.stderr)")
+        let altered = try sandbox.job("start", ["--mapping", file, "--fresh", "--yes"])
+        #expect(altered.status == 70, "\(altered.stderr)")
+        #expect(altered.stderr.contains("orders_items.price is double precision, expected numeric"), "an existing table is refused, not altered: \(altered.stderr)")
+    }
+
+    @Test(arguments: [
+        (#"{"formatVersion": 2}"#, "$.formatVersion: is 2; this etl-job reads format version 1"),
+        (#"{"formatVersion": 1, "source": {"database": "d", "collection": "c"}, "table": "t", "columns": [{"field": "_id", "column": "id", "type": "text"}]}"#,
+         "$.columns: the root table needs a key"),
+        (#"{"formatVersion": 1, "source": {"database": "d", "collection": "c"}, "table": "t", "columns": [{"field": "_id", "column": "id", "type": "text", "key": true}, {"field": "a", "column": "a", "type": "strng"}]}"#,
+         "$.columns[1].type: unknown type 'strng'; valid types: integer, bigint"),
+        (#"{"formatVersion": 1, "source": {"database": "d", "collection": "c"}, "table": "t", "columns": [{"field": "_id", "column": "id", "type": "text", "key": true}, {"field": "a", "column": "id", "type": "text"}]}"#,
+         "$.columns[1].column: duplicate column 'id' in table t"),
+        (#"{"formatVersion": 1, "source": {"database": "d", "collection": "c"}, "table": "t", "columns": [{"field": "_id", "column": "id", "type": "text", "key": true}], "children": [{"field": "xs", "table": "u", "columns": [{"field": "y", "column": "position", "type": "integer"}]}]}"#,
+         "$.children[0].columns[0].column: duplicate column 'position' in table u (a key column the child table gets from its parent)"),
+        (#"{"formatVersion": 1, "source": {"database": "d"}, "table": "t", "columns": []}"#, "$.source.collection: is missing"),
+        (#"{"formatVersion": 1, "sorce": {}}"#, "$.sorce: unknown member"),
+        ("{not json", "$: not valid JSON"),
+    ])
+    func anInvalidMappingFileIsRefusedWithTheJSONPathOfTheProblem(json: String, problem: String) throws {
+        let file = NSTemporaryDirectory() + "etl-bad-mapping-\(UUID().uuidString).json"
+        try json.write(toFile: file, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        let result = try Sandbox.runBinary(["start", "--mapping", file, "--state-dir", file + "-state"])
+        #expect(result.status == 64, "\(result.stderr)")
+        #expect(result.stderr.contains("mapping file \(file): \(problem)"), "\(result.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: file + "-state"))
+    }
+
+    @Test func initOnTheUsersCollectionGivesAMappingThatLoads() throws {
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: 80)
+        let file = sandbox.stateDirectory + "-users.json"
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        #expect(try sandbox.job("init", ["--collection", "users", "--output", file]).status == 0)
+        let started = try sandbox.job("start", ["--mapping", file, "--target-schema", "inferred"])
+        #expect(started.status == 0, "\(started.stderr)")
+        #expect(started.stdout.contains("documents loaded  80"), "\(started.stdout)")
+        let verify = try sandbox.job("verify")
+        #expect(verify.status == 0, "\(verify.stdout)\(verify.stderr)")
+    }
+}
+
+/// Orders: ObjectId `_id`s, Decimal128, two levels of nested arrays, optional fields, mixed
+/// numeric types, a stable and a free-form object, empty arrays, unicode and control
+/// characters.
+enum Orders {
+    static func seed(_ sandbox: Sandbox, count: Int) throws {
+        var rng = SplitMix64(seed: 7)
+        try insert(sandbox, (0..<count).map { document($0, rng: &rng) })
+    }
+
+    static func insert(_ sandbox: Sandbox, _ documents: BSONDocument...) throws {
+        try insert(sandbox, documents)
+    }
+
+    static func insert(_ sandbox: Sandbox, _ documents: [BSONDocument]) throws {
+        try sandbox.mongo.collection(database: sandbox.mongoDatabase, name: "orders").insertMany(documents)
+    }
+
+    static func document(_ i: Int, badQuantity: Bool = false) -> BSONDocument {
+        var rng = SplitMix64(seed: UInt64(i))
+        return document(i, badQuantity: badQuantity, rng: &rng)
+    }
+
+    static func document(_ i: Int, badQuantity: Bool = false, rng: inout SplitMix64) -> BSONDocument {
+        let doc = BSONDocument()
+        let w = doc.writer
+        w.append("_id", objectId: (0..<12).map { UInt8(truncatingIfNeeded: (i >> (($0 % 4) * 8)) + $0) })
+        w.append("number", Int32(i))
+        w.append("total", decimal128: "\(i).\(String(format: "%02d", i % 100))")
+        if i % 2 == 0 { w.append("amount", Int32(i)) } else { w.append("amount", Double(i) + 0.25) }
+        w.append("placed", dateTimeMillis: 1_700_000_000_000 + Int64(i) * 60_000)
+        w.appendDocument("customer") { c in
+            c.append("name", "Cüstomer \"\(i)\"\t\u{1} 😀")
+            c.append("email", "c\(i)@example.com")
+        }
+        w.appendArray("tags") { t in if i % 5 != 0 { t.append("0", "t\(i % 3)"); t.append("1", "x") } }
+        let itemCount = badQuantity ? 2 : i % 4
+        w.appendArray("items") { items in
+            for j in 0..<itemCount {
+                items.appendDocument(String(j)) { item in
+                    item.append("sku", "s\(j)")
+                    if badQuantity && j == 1 { item.append("qty", "two") } else if j % 2 == 0 { item.append("qty", Int32(j + 1)) } else { item.append("qty", Int64(j + 1)) }
+                    item.append("price", 1.5 * Double(j))
+                    item.appendArray("parts") { parts in
+                        for k in 0..<(j % 3) { parts.appendDocument(String(k)) { $0.append("code", "p\(k)") } }
+                    }
+                }
+            }
+        }
+        w.appendDocument("attrs") { a in
+            for _ in 0..<3 { a.append("k\(rng.next() % 200)", Int32(i)) }
+        }
+        if i % 7 != 0 { w.append("note", "note \(i)") }
+        return doc
+    }
+}
