@@ -183,9 +183,10 @@ extension Verifier.Report {
             lines.append("rejected by the rules but not recorded as set aside: \(rejectedByRules.count)")
             lines += rejectedByRules.prefix(5).map { "  _id \($0)" }
         }
-        lines.append("table            expected     actual  missing  unexpected  differing")
+        let width = max(14, tables.map(\.table.count).max() ?? 0)
+        lines.append("table".padding(toLength: width, withPad: " ", startingAt: 0) + "   expected     actual  missing  unexpected  differing")
         for t in tables {
-            let name = t.table.padding(toLength: 14, withPad: " ", startingAt: 0)
+            let name = t.table.padding(toLength: width, withPad: " ", startingAt: 0)
             func col(_ v: Int, _ w: Int) -> String { String(repeating: " ", count: max(0, w - n(v).count)) + n(v) }
             lines.append("\(name) \(col(t.expected, 10)) \(col(t.actual, 10)) \(col(t.missing, 8)) \(col(t.unexpected, 11)) \(col(t.differing, 10))\(t.agrees ? "" : "  ✗")")
             if !t.firstMissing.isEmpty { lines.append("    missing ids: \(t.firstMissing.joined(separator: ", "))") }

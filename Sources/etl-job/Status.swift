@@ -269,8 +269,9 @@ struct StatusView {
         if let eta = etaSeconds, !complete { lines.append("ETA          \(Int(eta.rounded())) s") }
         lines.append("rows per table")
         let order = Pipelines.mapping(named: pipeline).map { $0.tables.map(\.name) } ?? rows.keys.sorted()
+        let width = max(14, order.map(\.count).max() ?? 0)
         for table in order {
-            lines.append("  \(table.padding(toLength: 14, withPad: " ", startingAt: 0)) \(n(rows[table] ?? 0))")
+            lines.append("  \(table.padding(toLength: width, withPad: " ", startingAt: 0)) \(n(rows[table] ?? 0))")
         }
         return lines.joined(separator: "\n")
     }
