@@ -80,6 +80,10 @@ public struct DurableJob: Sendable {
             for (job, db, _) in checked { try job.target.truncate(db, job.mapping) }
             logger.info("discarded the previous job and emptied the target tables", metadata: ["pipelines": "\(mappings.map(\.name).joined(separator: ","))"])
         }
+        // A queue without a manifest is what a start --fresh killed while discarding left.
+        for job in jobs where FileManager.default.fileExists(atPath: job.directory) {
+            try FileManager.default.removeItem(atPath: job.directory)
+        }
         // The manifest first: a run killed before every queue exists is completed by resume.
         try RunManifest(jobs).write(settings.stateDirectory)
         CrashPoint.planned.reach()
@@ -106,8 +110,8 @@ public struct DurableJob: Sendable {
             }
             mappings.append(mapping)
         }
-        if settings.database != nil || settings.collection != nil, mappings.count > 1 {
-            throw JobError(.usage, "--database and --collection name the source of one pipeline; this job runs \(mappings.count)")
+        if settings.database != nil || settings.collection != nil, mappings.filter({ $0.definition == nil }).count > 1 {
+            throw JobError(.usage, "--database and --collection name the source of one built-in pipeline; this job runs several")
         }
         var unfinished: [(job: PipelineJob, queue: DurableQueue, client: MongoClient, db: PGConnection)] = []
         for mapping in mappings {
@@ -119,8 +123,13 @@ public struct DurableJob: Sendable {
             let db = try job.connectPostgres()
             try job.refuseMismatch(recorded: recordedIdentity, current: job.identity(client, db))
             guard let status = try queue.status() else {
-                // Killed after the manifest, before this queue recorded its job: start it now.
+                // Killed after the manifest, before this queue recorded its job: start it now,
+                // on a target the same checks as start's allow (no job of this run loaded rows).
                 try job.checkSource(client, allowEmpty: settings.allowEmpty)
+                if let table = try job.target.firstNonEmptyTable(db, mapping) {
+                    throw JobError(.usage, "the \(job.name) job never started, and the target table \(table) already holds rows; "
+                        + "use 'etl-job start --fresh' to empty the pipeline's tables first")
+                }
                 try queue.createJob(id: UUID().uuidString.lowercased(), sourceTotal: nil, identity: job.identity(client, db))
                 unfinished.append((job, queue, client, db))
                 continue
@@ -173,6 +182,9 @@ public struct DurableJob: Sendable {
     /// Removes the previous run's queues and manifest, and a queue of etl-job 0.1 (the lock
     /// file stays: this process holds it).
     private func discardState(_ manifest: RunManifest?) throws {
+        // The manifest first: a run killed halfway through must not leave a manifest whose
+        // queues are gone, which resume would take for a run that never started.
+        try RunManifest.remove(settings.stateDirectory)
         for file in RunManifest.legacyQueueFiles {
             let path = settings.stateDirectory + "/" + file
             if FileManager.default.fileExists(atPath: path) { try FileManager.default.removeItem(atPath: path) }
@@ -181,7 +193,6 @@ public struct DurableJob: Sendable {
             let directory = RunManifest.queueDirectory(settings.stateDirectory, name)
             if FileManager.default.fileExists(atPath: directory) { try FileManager.default.removeItem(atPath: directory) }
         }
-        try RunManifest.remove(settings.stateDirectory)
     }
 
     // MARK: Running

@@ -23,9 +23,11 @@ public struct PipelineJob: Sendable {
     public init(mapping: any DocumentMapping, settings: JobSettings, recorded: JobIdentity? = nil, planned: RunManifest.Planned? = nil) {
         self.mapping = mapping
         self.settings = settings
+        // --database/--collection name a code pipeline's source; a mapping file names its own.
+        let named = mapping.definition == nil
         source = SourceCollection(
-            database: settings.database ?? recorded?.database ?? planned?.database ?? mapping.source.database,
-            collection: settings.collection ?? recorded?.collection ?? planned?.collection ?? mapping.source.collection)
+            database: (named ? settings.database : nil) ?? recorded?.database ?? planned?.database ?? mapping.source.database,
+            collection: (named ? settings.collection : nil) ?? recorded?.collection ?? planned?.collection ?? mapping.source.collection)
         target = Target(
             url: settings.postgresURL,
             schema: settings.targetSchema ?? recorded?.targetSchema ?? planned?.targetSchema ?? JobSettings.defaultSchema)

@@ -24,8 +24,8 @@ struct Start: AsyncParsableCommand {
         try await reportingErrors {
             let settings = try connection.resolved(bucket)
             let mappings = try pipelines.mappings()
-            if mappings.count > 1, settings.database != nil || settings.collection != nil {
-                throw JobError(.usage, "--database and --collection name the source of one pipeline; this run has \(mappings.count)")
+            if mappings.filter({ $0.definition == nil }).count > 1, settings.database != nil || settings.collection != nil {
+                throw JobError(.usage, "--database and --collection name the source of one built-in pipeline (a mapping file names its own); this run has several")
             }
             if fresh && !yes { try confirmTruncation(settings, mappings) }
             let job = DurableJob(settings: settings, logger: try connection.makeLogger())

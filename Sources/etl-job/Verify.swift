@@ -45,8 +45,8 @@ struct Verify: AsyncParsableCommand {
         let directory = settings.stateDirectory
         let given = try pipelines.mappings()
         guard let manifest = try RunManifest.read(directory) else {
-            if given.count > 1, settings.database != nil || settings.collection != nil {
-                throw JobError(.usage, "--database and --collection name the source of one pipeline; this run has \(given.count)")
+            if given.filter({ $0.definition == nil }).count > 1, settings.database != nil || settings.collection != nil {
+                throw JobError(.usage, "--database and --collection name the source of one built-in pipeline; this run has several")
             }
             return try given.map { try verify($0, settings, recorded: (nil, [])) }
         }
@@ -57,8 +57,8 @@ struct Verify: AsyncParsableCommand {
             }
             names = pipelines.names
         }
-        if names.count > 1, settings.database != nil || settings.collection != nil {
-            throw JobError(.usage, "--database and --collection name the source of one pipeline; this job runs \(names.count)")
+        if names.filter({ manifest.planned[$0]?.definition == nil }).count > 1, settings.database != nil || settings.collection != nil {
+            throw JobError(.usage, "--database and --collection name the source of one built-in pipeline; this job runs several")
         }
         let resolve = Pipelines.resolver(given: try pipelines.mapping.load())
         return try names.map { name in

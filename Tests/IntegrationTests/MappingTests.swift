@@ -116,6 +116,36 @@ import UsersFixtures
         #expect(!FileManager.default.fileExists(atPath: file + "-state"))
     }
 
+    /// The built-in pipeline and a mapped collection in one run: both load at once into one
+    /// target, status shows each and their sum, one Ctrl-C stops both, resume finishes both.
+    @Test func usersAndAMappedCollectionRunTogetherAndStopAndResumeTogether() throws {
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: 300)
+        try Orders.seed(sandbox, count: 200)
+        let file = sandbox.stateDirectory + "-orders.json"
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        #expect(try sandbox.job("init", ["--collection", "orders", "--output", file]).status == 0)
+        try sandbox.slowCommits(seconds: 0.1)
+        let job = try sandbox.launch(["start"] + sandbox.connectionArguments
+            + ["--pipeline", "users", "--mapping", file, "--batch-size", "20", "--workers", "2"])
+        #expect(eventually(20) { (try? sandbox.status()["documentsLoaded"] as? Int).flatMap { $0 } ?? 0 > 0 })
+        job.signal(SIGINT)
+        let stopped = try job.wait()
+        #expect(stopped.status == 130, "\(stopped.stderr)")
+        let status = try sandbox.job("status")
+        #expect(status.stdout.contains("pipeline     users") && status.stdout.contains("pipeline     orders"), "\(status.stdout)")
+        #expect(status.stdout.contains("all 2 pipelines:"), "\(status.stdout)")
+        let resumed = try sandbox.run(["resume", "--postgres-url", sandbox.postgresURL, "--mongodb-url", Services.mongoURL,
+                                       "--state-dir", sandbox.stateDirectory])
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+        #expect(resumed.stdout.contains("pipeline          users") && resumed.stdout.contains("pipeline          orders"))
+        #expect(try sandbox.counts()["users"] == 300)
+        #expect(try sandbox.counts(tables: Self.tables)["orders"] == 200)
+        let verify = try sandbox.run(["verify", "--postgres-url", sandbox.postgresURL, "--mongodb-url", Services.mongoURL,
+                                      "--state-dir", sandbox.stateDirectory])
+        #expect(verify.status == 0, "\(verify.stdout)\(verify.stderr)")
+    }
+
     @Test func initOnTheUsersCollectionGivesAMappingThatLoads() throws {
         let sandbox = try Sandbox()
         try sandbox.seed(users: 80)
