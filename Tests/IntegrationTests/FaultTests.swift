@@ -71,6 +71,7 @@ import UsersFixtures
         while kills < Self.kills {
             rounds += 1
             let start = rounds == 1 ? ["start"] : ["start", "--fresh", "--yes"]
+            var roundLaunches = 0
             while true {
                 // Resume this round's job (one the run named in its manifest, even before its queue
                 // recorded it); a kill before the manifest leaves nothing to resume: start again.
@@ -80,11 +81,14 @@ import UsersFixtures
                 let before = try progress(sandbox)
                 let job = try sandbox.launch(command + sandbox.connectionArguments + ["--batch-size", "100"])
                 launches += 1
+                roundLaunches += 1
                 if kills < Self.kills, try killAtARandomMoment(job, sandbox, after: before, &rng) {
                     kills += 1
                     #expect(!JobLock.isHeld(directory: sandbox.stateDirectory), "a killed run leaves no lock behind")
-                    guard launches < Self.kills * 4 else {
-                        Issue.record("seed \(Self.seed): no progress after \(launches) launches")
+                    // Each resume keeps what the killed run committed: a round that needs this
+                    // many launches is not getting anywhere.
+                    guard roundLaunches < 60 else {
+                        Issue.record("seed \(Self.seed): round \(rounds) made no progress in \(roundLaunches) launches")
                         return
                     }
                     continue
