@@ -95,9 +95,10 @@ public struct Inference {
         let idField = root.children["_id"]
         var columns: [[String: Any]] = []
         if let id = idField {
-            let type = scalarType(id) ?? "text"
+            // _ids of several types (or documents) keep every value distinct as jsonb.
+            let type = scalarType(id) ?? "jsonb"
             columns.append(["field": "_id", "column": "id", "type": type, "key": true])
-            notes["_id"] = evidence(id, of: documents) + (scalarType(id) == nil ? "; mixed types: text fits strings and ObjectIds, edit if needed" : "")
+            notes["_id"] = evidence(id, of: documents) + (scalarType(id) == nil ? "; several types or objects: a jsonb key keeps them distinct" : "")
         }
         var used: Set<String> = ["id"]
         var children: [[String: Any]] = []

@@ -112,8 +112,8 @@ public struct MappingFile: Sendable, Equatable {
                 ? "the root table needs a key: one column with \"key\": true (usually the field _id)"
                 : "only one column may be the key (found \(keys.count))")
         }
-        guard !keys[0].nullable, !keys[0].type.isArray, keys[0].type != .jsonb else {
-            throw Invalid(path: "$.columns", problem: "the key column \(keys[0].column) must be a NOT NULL scalar (not nullable, not an array or jsonb)")
+        guard !keys[0].nullable, !keys[0].type.isArray else {
+            throw Invalid(path: "$.columns", problem: "the key column \(keys[0].column) must be NOT NULL and not an array")
         }
         var tables = Set<String>()
         func check(_ table: Table, _ path: String) throws(Invalid) {

@@ -146,6 +146,33 @@ import UsersFixtures
         #expect(verify.status == 0, "\(verify.stdout)\(verify.stderr)")
     }
 
+    /// `_id`s of four types (an integer, a string, an ObjectId, a document): a jsonb key keeps
+    /// them apart, and a child table inherits it.
+    @Test func idsOfSeveralTypesGetAJsonbKeyThatKeepsThemDistinct() throws {
+        let sandbox = try Sandbox()
+        let collection = sandbox.mongo.collection(database: sandbox.mongoDatabase, name: "mixed")
+        try collection.insertMany((0..<40).map { i in
+            let doc = BSONDocument()
+            switch i % 4 {
+            case 0: doc.writer.append("_id", Int32(i))
+            case 1: doc.writer.append("_id", "\(i)")
+            case 2: doc.writer.append("_id", objectId: (0..<12).map { UInt8(truncatingIfNeeded: i + $0) })
+            default: doc.writer.appendDocument("_id") { $0.append("region", "eu"); $0.append("n", Int32(i)) }
+            }
+            doc.writer.appendArray("lines") { $0.appendDocument("0") { $0.append("v", Int32(i)) } }
+            return doc
+        })
+        let file = sandbox.stateDirectory + "-mixed.json"
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        #expect(try sandbox.job("init", ["--collection", "mixed", "--output", file]).status == 0)
+        let mapping = try JSON.object(try String(contentsOfFile: file, encoding: .utf8))
+        #expect((mapping["columns"] as? [[String: Any]])?.first?["type"] as? String == "jsonb")
+        let started = try sandbox.job("start", ["--mapping", file])
+        #expect(started.status == 0, "\(started.stderr)")
+        #expect(try sandbox.counts(tables: ["mixed", "mixed_lines"]) == ["mixed": 40, "mixed_lines": 40])
+        #expect(try sandbox.job("verify").status == 0)
+    }
+
     @Test func initOnTheUsersCollectionGivesAMappingThatLoads() throws {
         let sandbox = try Sandbox()
         try sandbox.seed(users: 80)
