@@ -14,6 +14,8 @@ public struct FileMapping: DocumentMapping {
 
     struct Plan: Sendable {
         let table: Int
+        /// The table's array field as written in the file, for rejection paths (children only).
+        let field: String
         /// The path of the table's array in its parent's document (children only).
         let arrayPath: [String]
         let columns: [(path: [String], column: MappingFile.Column)]
@@ -41,17 +43,23 @@ public struct FileMapping: DocumentMapping {
             let foreignKeys = parent.map { [TableSpec.ForeignKey(Array(key.dropLast()), references: $0.name)] } ?? []
             tables.append(TableSpec(table.name, columns: columns, primaryKey: key, foreignKeys: foreignKeys,
                                     bytesPerDocument: 32 * max(1, table.columns.count)))
-            plans.append(Plan(table: index, arrayPath: Self.path(table.field ?? ""), columns: table.columns.map { (Self.path($0.field), $0) },
+            plans.append(Plan(table: index, field: table.field ?? table.name, arrayPath: Self.path(table.field ?? ""), columns: table.columns.map { (Self.path($0.field), $0) },
                               children: [], keyColumns: generated.count))
             let children = table.children.map { add($0, parent: table) }
-            plans[index] = Plan(table: index, arrayPath: plans[index].arrayPath, columns: plans[index].columns, children: children,
+            plans[index] = Plan(table: index, field: plans[index].field, arrayPath: plans[index].arrayPath, columns: plans[index].columns, children: children,
                                 keyColumns: generated.count)
             return index
         }
         _ = add(file.root, parent: nil)
         self.tables = tables
         self.plans = plans
+        rootKey = file.root.columns.first(where: \.key)!
+        rootKeyPath = Self.path(rootKey.field)
     }
+
+    /// The root table's key column and its path, resolved once (not per document).
+    private let rootKey: MappingFile.Column
+    private let rootKeyPath: [String]
 
     /// The SQL type of an inherited key column: the root key's type, or integer for a position.
     private static func keyType(_ file: MappingFile, _ name: String, parent: MappingFile.Table) -> String {
@@ -65,8 +73,7 @@ public struct FileMapping: DocumentMapping {
 
     public func map(_ document: UnsafeRawBufferPointer, into rows: inout TableRows) throws(RejectReason) {
         guard let root = BSONIterator(document: document) else { throw RejectReason("the document is not valid BSON") }
-        let rootKey = file.root.columns.first(where: \.key)!
-        let keyValue = try Self.find(Self.path(rootKey.field), in: root, element: nil)
+        let keyValue = try Self.find(rootKeyPath, in: root, element: nil)
         guard let keyValue, keyValue.type != .null else { throw RejectReason("is missing", at: rootKey.field) }
         try emit(plans[0], document: root, element: nil, key: Key(root: keyValue, type: rootKey.type, positions: []), into: &rows)
     }
@@ -99,7 +106,7 @@ public struct FileMapping: DocumentMapping {
         if let failure { throw failure }
         for childIndex in plan.children {
             let child = plans[childIndex]
-            let field = file.tablePath(childIndex)
+            let field = child.field
             guard let array = try Self.find(child.arrayPath, in: document, element: nil), array.type != .null else { continue }
             guard array.type == .array, var entries = array.children else {
                 throw RejectReason("is \(article(array.type)), expected an array", at: field)
@@ -132,18 +139,5 @@ public struct FileMapping: DocumentMapping {
             current = child
         }
         return nil
-    }
-}
-
-extension MappingFile {
-    /// The dotted path of a child table's array, for messages.
-    func tablePath(_ index: Int) -> String {
-        var all: [Table] = []
-        func walk(_ t: Table) {
-            all.append(t)
-            t.children.forEach(walk)
-        }
-        walk(root)
-        return all[index].field ?? all[index].name
     }
 }
