@@ -69,8 +69,9 @@ public final class Console: Sendable {
                 write(scrubbed + "\n")
                 return
             }
-            state.statusLine = scrubbed
-            write("\r\u{1B}[K" + scrubbed)
+            // One physical line: a wrapped line could not be erased by "\r ESC[K" and would stay.
+            state.statusLine = fitted(scrubbed)
+            write("\r\u{1B}[K" + state.statusLine!)
         }
     }
 
@@ -83,6 +84,13 @@ public final class Console: Sendable {
             state.statusLine = nil
             write("\r\u{1B}[K" + Secrets.scrub(final ?? last, minimumLength: Self.scrubbedLength) + "\n")
         }
+    }
+
+    /// `text` cut to the terminal's width (less one column, so the cursor never wraps).
+    private func fitted(_ text: String) -> String {
+        var size = winsize()
+        guard ioctl(fd, UInt(TIOCGWINSZ), &size) == 0, size.ws_col > 1, text.count >= Int(size.ws_col) else { return text }
+        return String(text.prefix(Int(size.ws_col) - 2)) + "…"
     }
 
     private func write(_ text: String) {
