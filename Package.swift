@@ -25,6 +25,10 @@ let package = Package(
         .systemLibrary(
             name: "CZlib", pkgConfig: "zlib",
             providers: [.apt(["zlib1g-dev"])]),
+        // SHA-256, for the digest of a source file's head.
+        .systemLibrary(
+            name: "CCrypto", pkgConfig: "libcrypto",
+            providers: [.apt(["libssl-dev"])]),
         // glibc's allocator knobs (mallopt), for the executable only.
         .systemLibrary(name: "CMalloc"),
 
@@ -33,7 +37,7 @@ let package = Package(
 
         // Thin owners of the C handles.
         .target(name: "Queue", dependencies: ["CLMDB", "CZlib", "ETLCore"]),
-        .target(name: "Mongo", dependencies: ["CMongoc", "ETLCore"]),
+        .target(name: "Mongo", dependencies: ["CMongoc", "CZlib", "CCrypto", "ETLCore"]),
         .target(name: "Postgres", dependencies: ["CLibPQ", "ETLCore"]),
 
         // The durable engine: extract, queue, load with checkpoints, recovery, migrations,

@@ -101,14 +101,34 @@ public struct TableSpec: Sendable {
     public var quotedName: String { quoteIdentifier(name) }
     public var quotedColumns: [String] { columns.map { quoteIdentifier($0.name) } }
 
+    /// The table without its foreign keys: the job adds them before or after the load
+    /// (`--foreign-keys`), by `addConstraint`.
     var createStatement: String {
         var lines = columns.map { "\(quoteIdentifier($0.name)) \($0.type)\($0.nullable ? "" : " NOT NULL")" }
         lines.append("PRIMARY KEY (\(primaryKey.map(quoteIdentifier).joined(separator: ", ")))")
-        for key in foreignKeys {
-            lines.append("FOREIGN KEY (\(key.columns.map(quoteIdentifier).joined(separator: ", "))) REFERENCES \(quoteIdentifier(key.table)) ON DELETE CASCADE")
-        }
         return "CREATE TABLE \(quotedName) (\n    " + lines.joined(separator: ",\n    ") + "\n)"
     }
+
+    /// The name PostgreSQL gives an unnamed foreign key (`table_column_fkey`), within its 63 bytes.
+    func constraintName(_ key: ForeignKey) -> String {
+        var name = ([name] + key.columns).joined(separator: "_")
+        while name.utf8.count > 58 { name.removeLast() }
+        return name + "_fkey"
+    }
+
+    func addConstraint(_ key: ForeignKey) -> String {
+        "ALTER TABLE \(quotedName) ADD CONSTRAINT \(quoteIdentifier(constraintName(key))) FOREIGN KEY ("
+            + key.columns.map(quoteIdentifier).joined(separator: ", ") + ") REFERENCES \(quoteIdentifier(key.table)) ON DELETE CASCADE"
+    }
+}
+
+/// When a job puts its tables' foreign keys in place.
+public enum ForeignKeyMode: String, Sendable, Codable, CaseIterable {
+    /// Load the tables without them and add them in one final step: PostgreSQL checks each
+    /// key once, not row by row. The default of a new job (its tables are empty).
+    case after
+    /// Keep them in place while loading (what etl-job 0.2 and earlier did).
+    case during
 }
 
 /// A PostgreSQL identifier, quoted.

@@ -59,12 +59,15 @@ public struct DurableJob: Sendable {
                 ? "the job in \(settings.stateDirectory) already finished; use 'etl-job start --fresh' to run again from scratch"
                 : "the state directory \(settings.stateDirectory) holds an unfinished job; run 'etl-job resume' (or 'etl-job start --fresh' to discard it)")
         }
+        if settings.sourceFile != nil, mappings.count > 1 {
+            throw JobError(.usage, "--source-file names the source of one pipeline; this run has \(mappings.count)")
+        }
         let jobs = mappings.map { PipelineJob(mapping: $0, settings: settings) }
-        let client = try jobs[0].connectMongo()
+        let client = try jobs.first { $0.sourceFile == nil }?.connectMongo()
         var checked: [(job: PipelineJob, db: PGConnection, total: Int64?)] = []
         for job in jobs {
             let db = try job.connectPostgres()
-            let total = try job.checkSource(client, allowEmpty: settings.allowEmpty)
+            let total = try job.checkSource(job.sourceFile == nil ? client : nil, allowEmpty: settings.allowEmpty)
             if !fresh, let table = try job.target.firstNonEmptyTable(db, job.mapping) {
                 throw JobError(.usage, "the target table \(table) already holds rows; use 'etl-job start --fresh' to empty the \(job.name) pipeline's tables first")
             }
@@ -80,16 +83,21 @@ public struct DurableJob: Sendable {
             for (job, db, _) in checked { try job.target.truncate(db, job.mapping) }
             logger.info("discarded the previous job and emptied the target tables", metadata: ["pipelines": "\(mappings.map(\.name).joined(separator: ","))"])
         }
+        // The tables are empty here (a start refuses rows unless --fresh emptied them): their
+        // foreign keys go before the load, or come after it.
+        let foreignKeys = settings.foreignKeys ?? .after
+        for (job, db, _) in checked { try prepareForeignKeys(job, db, foreignKeys) }
         // A queue without a manifest is what a start --fresh killed while discarding left.
         for job in jobs where FileManager.default.fileExists(atPath: job.directory) {
             try FileManager.default.removeItem(atPath: job.directory)
         }
         // The manifest first: a run killed before every queue exists is completed by resume.
-        try RunManifest(jobs).write(settings.stateDirectory)
+        try RunManifest(jobs, foreignKeys: foreignKeys).write(settings.stateDirectory)
         CrashPoint.planned.reach()
         for ((job, db, total), lock) in zip(checked, locks) {
             let queue = try job.openQueue()
-            try queue.createJob(id: UUID().uuidString.lowercased(), sourceTotal: total, identity: job.identity(client, db))
+            try queue.createJob(id: UUID().uuidString.lowercased(), sourceTotal: total, identity: job.identity(job.sourceFile == nil ? client : nil, db),
+                                foreignKeys: foreignKeys.rawValue)
             logger.info("started a new job", metadata: ["pipeline": "\(job.name)", "documents": "\(total.map(String.init) ?? "unknown")"])
             prepared.pipelines.append((job, queue, lock))
         }
@@ -113,13 +121,16 @@ public struct DurableJob: Sendable {
         if settings.database != nil || settings.collection != nil, mappings.filter({ $0.definition == nil }).count > 1 {
             throw JobError(.usage, "--database and --collection name the source of one built-in pipeline; this job runs several")
         }
-        var unfinished: [(job: PipelineJob, queue: DurableQueue, client: MongoClient, db: PGConnection)] = []
+        if settings.sourceFile != nil, mappings.count > 1 {
+            throw JobError(.usage, "--source-file names the source of one pipeline; this job runs \(mappings.count)")
+        }
+        var unfinished: [(job: PipelineJob, queue: DurableQueue, client: MongoClient?, db: PGConnection)] = []
         for mapping in mappings {
             let probe = PipelineJob(mapping: mapping, settings: settings)
             let queue = try probe.openQueue()
             let recordedIdentity = try queue.identity
             let job = PipelineJob(mapping: mapping, settings: settings, recorded: recordedIdentity, planned: manifest.planned[mapping.name])
-            let client = try job.connectMongo()
+            let client = try job.connectSource()
             let db = try job.connectPostgres()
             try job.refuseMismatch(recorded: recordedIdentity, current: job.identity(client, db))
             guard let status = try queue.status() else {
@@ -130,7 +141,10 @@ public struct DurableJob: Sendable {
                     throw JobError(.usage, "the \(job.name) job never started, and the target table \(table) already holds rows; "
                         + "use 'etl-job start --fresh' to empty the pipeline's tables first")
                 }
-                try queue.createJob(id: UUID().uuidString.lowercased(), sourceTotal: nil, identity: job.identity(client, db))
+                let foreignKeys = manifest.planned[mapping.name]?.foreignKeys ?? .during
+                try prepareForeignKeys(job, db, foreignKeys)
+                try queue.createJob(id: UUID().uuidString.lowercased(), sourceTotal: nil, identity: job.identity(client, db),
+                                    foreignKeys: foreignKeys.rawValue)
                 unfinished.append((job, queue, client, db))
                 continue
             }
@@ -144,9 +158,38 @@ public struct DurableJob: Sendable {
         guard !unfinished.isEmpty else { return prepared }
         let locks = try unfinished.map { try $0.job.lockTarget() }
         try migrate(unfinished[0].db, unfinished.map(\.job.mapping))
-        for entry in unfinished { try entry.job.checkTarget(entry.db) }
+        for entry in unfinished {
+            try entry.job.checkTarget(entry.db)
+            // A job that keeps its keys in place during the load finds them there (a job of
+            // etl-job 0.2 created its tables with them).
+            if try entry.queue.status()?.foreignKeys.flatMap(ForeignKeyMode.init) ?? .during == .during {
+                try addForeignKeys(entry.job, entry.db)
+            }
+        }
         prepared.pipelines = zip(unfinished, locks).map { ($0.job, $0.queue, $1) }
         return prepared
+    }
+
+    /// Puts a new job's empty tables in the state its foreign-key mode loads them in.
+    private func prepareForeignKeys(_ job: PipelineJob, _ db: PGConnection, _ mode: ForeignKeyMode) throws {
+        switch mode {
+        case .after: try job.target.dropForeignKeys(db, job.mapping)
+        case .during: try addForeignKeys(job, db)
+        }
+    }
+
+    /// Adds the missing foreign keys of a pipeline's tables, in one transaction. Rows without
+    /// their parent fail it (exit 65) naming the key; the job stays resumable.
+    private func addForeignKeys(_ job: PipelineJob, _ db: PGConnection) throws {
+        do {
+            let added = try job.target.addForeignKeys(db, job.mapping) { CrashPoint.keys.reach() }
+            if added > 0 {
+                logger.info("added the foreign keys", metadata: ["pipeline": "\(job.name)", "keys": "\(added)"])
+            }
+        } catch let error as PGError where error.sqlState == "23503" {
+            throw JobError(.dataError, "cannot add the foreign keys of the \(job.name) pipeline: \(error); "
+                + "the target holds rows without their parent (written by something other than this job); remove them, then run 'etl-job resume'")
+        }
     }
 
     /// Applies pending migrations; a failure names what it was doing.
@@ -235,6 +278,12 @@ public struct DurableJob: Sendable {
         if status.isComplete && !stopped {
             failure = settings.maxSetAside.failure(loaded: status.documentsLoaded, setAside: status.documentsSetAside)
             if failure == nil {
+                // The final step of a job that adds its keys after the load: in one transaction,
+                // so that a kill leaves none of them, and resume (which comes back here) adds them.
+                if status.foreignKeys.flatMap(ForeignKeyMode.init) == .after {
+                    try addForeignKeys(job, try job.connectPostgres())
+                    CrashPoint.keysCommitted.reach()
+                }
                 try queue.markFinished()
                 status = try queue.status() ?? status
             }
@@ -261,14 +310,18 @@ public struct RunManifest: Codable, Sendable, Equatable {
         public var targetSchema: String
         /// The mapping's `definition`, for a pipeline defined by data.
         public var definition: String?
+        /// The mongodump file read instead of MongoDB, if any.
+        public var sourceFile: String?
+        /// When the job puts its foreign keys in place.
+        public var foreignKeys: ForeignKeyMode?
     }
 
-    public init(_ jobs: [PipelineJob]) {
+    public init(_ jobs: [PipelineJob], foreignKeys: ForeignKeyMode) {
         pipelines = jobs.map(\.name)
         planned = Dictionary(uniqueKeysWithValues: jobs.map { job in
             (job.name, Planned(
                 database: job.source.database, collection: job.source.collection, targetSchema: job.target.schema,
-                definition: job.mapping.definition))
+                definition: job.mapping.definition, sourceFile: job.sourceFile, foreignKeys: foreignKeys))
         })
     }
 

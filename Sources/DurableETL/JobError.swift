@@ -1,5 +1,6 @@
 import ETLCore
 import Foundation
+import Mongo
 import Postgres
 import Queue
 
@@ -70,6 +71,8 @@ public struct JobError: Error, CustomStringConvertible {
             return JobError(.ioError, "\(error); \(untrustedState)")
         case let error as DamagedBatch:
             return JobError(.ioError, "\(error); \(untrustedState)")
+        case let error as BSONFileError:
+            return JobError(.dataError, "\(error); what was read before it is loaded, and 'etl-job resume' continues from there once the file is whole")
         default:
             return JobError(.failed, "\(error)")
         }

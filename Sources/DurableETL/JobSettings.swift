@@ -20,6 +20,10 @@ public struct JobSettings: Sendable {
     /// Without them, a pipeline reads its mapping's source, and a resume the recorded one.
     public var database: String?
     public var collection: String?
+    /// A mongodump file (`.bson` or `.bson.gz`) read instead of MongoDB: only for a run of one pipeline.
+    public var sourceFile: String?
+    /// When a new job puts its foreign keys in place (nil: `after`).
+    public var foreignKeys: ForeignKeyMode?
 
     public static let defaultSchema = "public"
     public static let defaultMaxDocumentBytes = 8 << 20

@@ -12,6 +12,8 @@ public struct PipelineJob: Sendable {
     public let mapping: any DocumentMapping
     public let settings: JobSettings
     public let source: SourceCollection
+    /// A mongodump file read instead of the collection (`--source-file`, else the recorded one).
+    public let sourceFile: String?
     public let target: Target
 
     public var name: String { mapping.name }
@@ -28,17 +30,35 @@ public struct PipelineJob: Sendable {
         source = SourceCollection(
             database: (named ? settings.database : nil) ?? recorded?.database ?? planned?.database ?? mapping.source.database,
             collection: (named ? settings.collection : nil) ?? recorded?.collection ?? planned?.collection ?? mapping.source.collection)
+        sourceFile = settings.sourceFile ?? recorded?.sourceFile?.path ?? planned?.sourceFile
         target = Target(
             url: settings.postgresURL,
             schema: settings.targetSchema ?? recorded?.targetSchema ?? planned?.targetSchema ?? JobSettings.defaultSchema)
     }
 
     /// What this pipeline moves from where to where, as the connections resolved it.
-    public func identity(_ client: MongoClient, _ db: PGConnection) -> JobIdentity {
+    /// `client` is nil for a pipeline that reads a file.
+    public func identity(_ client: MongoClient?, _ db: PGConnection) throws -> JobIdentity {
         let server = db.server
-        return JobIdentity(
-            pipeline: name, sourceServers: client.servers, database: source.database, collection: source.collection,
+        var identity = JobIdentity(
+            pipeline: name, sourceServers: client?.servers ?? "", database: source.database, collection: source.collection,
             targetHost: server.host, targetPort: server.port, targetDatabase: server.database, targetSchema: target.schema)
+        if let sourceFile {
+            let file = try identifyFile(sourceFile)
+            identity.sourceFile = SourceFileIdentity(path: sourceFile, size: file.size, headDigest: file.headDigest)
+        }
+        return identity
+    }
+
+    private func identifyFile(_ path: String) throws -> (size: Int64, headDigest: String) {
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw JobError(.noInput, "the source file \(path) does not exist")
+        }
+        do {
+            return try BSONFileReader.identify(path: path)
+        } catch {
+            throw JobError(.noInput, "\(error)")
+        }
     }
 
     /// Refuses (exit 64) a command whose source or target differs from the recorded job's.
@@ -53,7 +73,8 @@ public struct PipelineJob: Sendable {
 
     /// Checks that the source collection exists (exit 66, naming those that do) and, unless
     /// `allowEmpty`, that it holds documents. Returns its estimated size when known.
-    public func checkSource(_ client: MongoClient, allowEmpty: Bool) throws -> Int64? {
+    public func checkSource(_ client: MongoClient?, allowEmpty: Bool) throws -> Int64? {
+        guard let client else { return try checkSourceFile(allowEmpty: allowEmpty) }
         try checkSourceExists(client)
         let total = try? client.collection(database: source.database, name: source.collection).estimatedCount()
         if total == 0 && !allowEmpty {
@@ -62,8 +83,34 @@ public struct PipelineJob: Sendable {
         return total
     }
 
-    /// Checks that the source collection exists (exit 66, naming those that do).
-    public func checkSourceExists(_ client: MongoClient) throws {
+    /// Checks that the source file exists, is readable and, unless `allowEmpty`, holds a
+    /// document (exit 66). Its document count is not known before it is read.
+    private func checkSourceFile(allowEmpty: Bool) throws -> Int64? {
+        guard let sourceFile else { return nil }
+        let size = try identifyFile(sourceFile).size
+        let first: [UInt8]?
+        do {
+            first = try BSONFileReader(path: sourceFile).next()
+        } catch {
+            throw JobError(.dataError, "\(error)")
+        }
+        if first == nil && !allowEmpty {
+            throw JobError(.noInput, "the source file \(sourceFile) holds no document (\(size) bytes); add --allow-empty to run on it anyway")
+        }
+        return first == nil ? 0 : nil
+    }
+
+    /// A connection to the source, or nil for a pipeline that reads a file.
+    public func connectSource() throws -> MongoClient? {
+        sourceFile == nil ? try connectMongo() : nil
+    }
+
+    /// Checks that the source collection (or file) exists (exit 66, naming those that do).
+    public func checkSourceExists(_ client: MongoClient?) throws {
+        guard let client else {
+            if let sourceFile { _ = try identifyFile(sourceFile) }
+            return
+        }
         let names: [String]
         do {
             names = try client.collectionNames(database: source.database)
@@ -168,5 +215,69 @@ public final class TargetLock: @unchecked Sendable {
             """, [String(Self.namespace), name]).rows.first
         guard let row else { return nil }
         return "PostgreSQL session \(row[0] ?? "?"), application '\(row[1] ?? "")', client \(row[2] ?? "?"), connected since \(row[3] ?? "?")"
+    }
+}
+
+/// A pipeline's documents in source order: `_id` order from a collection, file order from a
+/// mongodump file. Positions are opaque to the queue: `{"_id": value}` after a collection's
+/// document, `{"offset": n}` (the byte after it) in a file.
+public final class SourceCursor {
+    private let mongo: MongoCursor?
+    private let file: BSONFileReader?
+
+    init(mongo: MongoCursor) {
+        self.mongo = mongo
+        file = nil
+    }
+
+    init(file: BSONFileReader) {
+        self.file = file
+        mongo = nil
+    }
+
+    public func next() throws -> [UInt8]? {
+        if let file { return try file.next() }
+        return try mongo!.next().map { Array($0) }
+    }
+
+    /// The position after `document`, the last one read.
+    func position(after document: [UInt8]) -> [UInt8] {
+        if let file { return FilePosition.encode(file.offset) }
+        return document.withUnsafeBytes { BSONSequence.idElement($0) } ?? []
+    }
+}
+
+/// A position in a mongodump file, as the queue keeps it: the BSON document `{"offset": n}`.
+enum FilePosition {
+    static func encode(_ offset: UInt64) -> [UInt8] {
+        var bytes: [UInt8] = [21, 0, 0, 0, 0x12] + Array("offset".utf8) + [0]
+        withUnsafeBytes(of: Int64(offset).littleEndian) { bytes += $0 }
+        return bytes + [0]
+    }
+
+    /// The offset a position holds; 0 for none (the file's start).
+    static func offset(_ position: [UInt8]?) throws -> UInt64 {
+        guard let position else { return 0 }
+        guard position.count == 21, position[4] == 0x12 else {
+            throw JobError(.ioError, "the queue's position is not a file offset; \(JobError.untrustedState)")
+        }
+        return UInt64(position.withUnsafeBytes { Int64(littleEndian: $0.loadUnaligned(fromByteOffset: 12, as: Int64.self)) })
+    }
+}
+
+extension PipelineJob {
+    /// The source's documents after `position` (from the start when nil). `client` is nil for
+    /// a pipeline that reads a file.
+    public func openSource(_ client: MongoClient?, after position: [UInt8]?, batchSize: Int32 = 1_000) throws -> SourceCursor {
+        if let sourceFile {
+            do {
+                return SourceCursor(file: try BSONFileReader(path: sourceFile, offset: try FilePosition.offset(position)))
+            } catch let error as BSONFileError {
+                throw JobError(.dataError, "\(error)")
+            }
+        }
+        guard let client else { throw JobError(.failed, "no connection to MongoDB for the \(name) pipeline") }
+        return SourceCursor(mongo: try client.collection(database: source.database, name: source.collection)
+            .scanById(afterIdElement: position, batchSize: batchSize))
     }
 }

@@ -13,6 +13,7 @@ final class PipelineProcessor: ETLProcessor, @unchecked Sendable {
     typealias Item = [UInt8]
 
     let mapping: any DocumentMapping
+    let job: PipelineJob
     let source: SourceCollection
     let settings: JobSettings
     let target: Target
@@ -31,6 +32,7 @@ final class PipelineProcessor: ETLProcessor, @unchecked Sendable {
 
     init(_ pipeline: PipelineJob, queue: DurableQueue, jobId: String, workers: Int, clock: StageClock, logger: Logger) {
         mapping = pipeline.mapping
+        job = pipeline
         source = pipeline.source
         settings = pipeline.settings
         target = pipeline.target
@@ -67,6 +69,14 @@ final class PipelineProcessor: ETLProcessor, @unchecked Sendable {
     // MARK: Extract
 
     func extract(_ emit: ([UInt8]) throws -> Void, stop: StopToken) throws -> Bool {
+        if job.sourceFile != nil {
+            let cursor = try job.openSource(nil, after: try queue.extractPosition)
+            while !stop.isStopRequested {
+                guard let doc = try clock.measure(.extract, { try cursor.next() }) else { return true }
+                try emit(doc)
+            }
+            return false
+        }
         let client = try MongoClient(url: settings.mongoURL)
         let collection = client.collection(database: source.database, name: source.collection)
         var position = try queue.extractPosition
@@ -107,8 +117,10 @@ final class PipelineProcessor: ETLProcessor, @unchecked Sendable {
         var payload: [UInt8] = []
         payload.reserveCapacity(batch.reduce(0) { $0 + $1.count })
         for doc in batch { payload += doc }
-        let position = last.withUnsafeBytes { BSONSequence.idElement($0) } ?? []
         try clock.measure(.queueWrite) {
+            // In a file, the position is the offset after the batch: its bytes follow the last position's.
+            let position = job.sourceFile == nil ? last.withUnsafeBytes { BSONSequence.idElement($0) } ?? []
+                : FilePosition.encode(try FilePosition.offset(try queue.extractPosition) + UInt64(payload.count))
             try queue.enqueue(payload: payload, documents: batch.count, position: position)
         }
         CrashPoint.enqueued.reach()
@@ -136,15 +148,14 @@ final class PipelineProcessor: ETLProcessor, @unchecked Sendable {
         }
         defer { reread.withLock { $0[damaged.id] = true } }
         guard let extent = try queue.extent(of: damaged.id), extent.documents > 0 else { throw damaged }
-        let client = try MongoClient(url: settings.mongoURL)
-        let cursor = try client.collection(database: source.database, name: source.collection)
-            .scanById(afterIdElement: extent.after, batchSize: Int32(min(extent.documents, 1_000)))
+        let client = job.sourceFile == nil ? try MongoClient(url: settings.mongoURL) : nil
+        let cursor = try job.openSource(client, after: extent.after, batchSize: Int32(min(extent.documents, 1_000)))
         var payload: [UInt8] = []
         var last: [UInt8]?
         for _ in 0..<extent.documents {
             guard let doc = try cursor.next() else { break }
             payload.append(contentsOf: doc)
-            last = BSONSequence.idElement(doc)
+            last = cursor.position(after: doc)
         }
         guard last == extent.last, BatchIntegrity.documentCount(payload) == extent.documents else {
             throw DamagedBatch(id: damaged.id, file: damaged.file,

@@ -168,6 +168,67 @@ public struct Target: Sendable {
         return names
     }
 
+    /// The foreign keys `mapping` declares that are not in place in the target (matched by
+    /// their tables and columns, whatever their names).
+    public func missingForeignKeys(_ db: PGConnection, _ mapping: any DocumentMapping) throws -> [(table: TableSpec, key: TableSpec.ForeignKey)] {
+        var missing: [(TableSpec, TableSpec.ForeignKey)] = []
+        for table in mapping.tables {
+            for key in table.foreignKeys where try !foreignKeyExists(db, table, key) {
+                missing.append((table, key))
+            }
+        }
+        return missing
+    }
+
+    private func foreignKeyExists(_ db: PGConnection, _ table: TableSpec, _ key: TableSpec.ForeignKey) throws -> Bool {
+        try db.query("""
+            SELECT count(*) > 0 FROM pg_constraint c
+            WHERE c.contype = 'f' AND c.convalidated AND c.conrelid = to_regclass($1) AND c.confrelid = to_regclass($2)
+              AND ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(attnum, i)
+                        JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum ORDER BY k.i) = $3::text[]
+            """, [quoteIdentifier(schema) + "." + table.quotedName, quoteIdentifier(schema) + "." + quoteIdentifier(key.table),
+                  postgresArray(key.columns)]).rows[0][0] == "t"
+    }
+
+    /// Adds the foreign keys of `mapping` that are missing, in one transaction: all of them or
+    /// none. PostgreSQL checks every row once; a row without its parent fails the step with
+    /// the constraint and key it names. Returns how many were added.
+    @discardableResult
+    public func addForeignKeys(_ db: PGConnection, _ mapping: any DocumentMapping, beforeCommit: () -> Void = {}) throws -> Int {
+        try db.execute("BEGIN")
+        do {
+            let missing = try missingForeignKeys(db, mapping)
+            for (table, key) in missing { try db.execute(table.addConstraint(key)) }
+            beforeCommit()
+            try db.execute("COMMIT")
+            return missing.count
+        } catch {
+            _ = try? db.execute("ROLLBACK")
+            throw error
+        }
+    }
+
+    /// Drops the foreign keys of `mapping` that are in place (for a load that adds them after;
+    /// only on empty tables, where adding them back costs nothing).
+    public func dropForeignKeys(_ db: PGConnection, _ mapping: any DocumentMapping) throws {
+        try db.execute("BEGIN")
+        do {
+            for table in mapping.tables {
+                let names = try db.query("""
+                    SELECT conname FROM pg_constraint WHERE contype = 'f' AND conrelid = to_regclass($1)
+                      AND confrelid = ANY(ARRAY(SELECT to_regclass(quote_ident($2) || '.' || quote_ident(t)) FROM unnest($3::text[]) t))
+                    """, [quoteIdentifier(schema) + "." + table.quotedName, schema, postgresArray(table.foreignKeys.map(\.table))]).rows
+                for row in names {
+                    try db.execute("ALTER TABLE \(table.quotedName) DROP CONSTRAINT \(quoteIdentifier(row[0]!))")
+                }
+            }
+            try db.execute("COMMIT")
+        } catch {
+            _ = try? db.execute("ROLLBACK")
+            throw error
+        }
+    }
+
     /// The first of `mapping`'s tables that holds a row; tables that do not exist yet hold none.
     public func firstNonEmptyTable(_ db: PGConnection, _ mapping: any DocumentMapping) throws -> String? {
         for table in mapping.tables {

@@ -79,7 +79,7 @@ public struct Verifier {
 
     let db: PGConnection
     let mapping: any DocumentMapping
-    let collection: MongoCollection
+    let source: SourceCursor
     let setAside: Set<String>
     let maxDocumentBytes: Int
     let chunk: Int
@@ -87,12 +87,12 @@ public struct Verifier {
     /// `db`: a connection to the target schema (`Target.connect`). `setAside`: `_id`s (as the
     /// queue shows them) of documents the job set aside.
     public init(
-        db: PGConnection, mapping: any DocumentMapping, collection: MongoCollection, setAside: Set<String>,
+        db: PGConnection, mapping: any DocumentMapping, source: SourceCursor, setAside: Set<String>,
         maxDocumentBytes: Int = JobSettings.defaultMaxDocumentBytes, chunk: Int = 1000
     ) {
         self.db = db
         self.mapping = mapping
-        self.collection = collection
+        self.source = source
         self.setAside = setAside
         self.maxDocumentBytes = maxDocumentBytes
         self.chunk = chunk
@@ -106,20 +106,23 @@ public struct Verifier {
             try db.execute("CREATE TEMP TABLE \(expected(table)) (LIKE \(table.quotedName)) ON COMMIT DROP")
         }
         var report = Report(pipeline: mapping.name, sourceDocuments: 0, setAsideByJob: 0, rejectedByRules: [], tables: [])
-        let cursor = try collection.scanById(afterIdElement: nil, batchSize: 1000)
         var rows = newRows()
-        while let doc = try cursor.next() {
+        while let document = try source.next() {
             report.sourceDocuments += 1
-            let id = BSONSequence.displayId(doc)
+            let id = document.withUnsafeBytes(BSONSequence.displayId)
             if setAside.contains(id) {
                 report.setAsideByJob += 1
                 continue
             }
-            do {
-                try rows.add(document: doc)
-            } catch {
-                report.rejectedByRules.append("\(id): \(error)")
+            let rejected = document.withUnsafeBytes { doc -> RejectReason? in
+                do throws(RejectReason) {
+                    try rows.add(document: doc)
+                    return nil
+                } catch {
+                    return error
+                }
             }
+            if let rejected { report.rejectedByRules.append("\(id): \(rejected)") }
             if rows.documents == chunk {
                 try load(rows)
                 rows = newRows()

@@ -15,6 +15,10 @@ public enum CrashPoint: String, CaseIterable, Sendable {
     case committed
     /// A batch was marked done in the queue.
     case acknowledged
+    /// The foreign keys added after the load are in place; their transaction is still open.
+    case keys
+    /// The foreign keys added after the load committed; the job is not marked finished yet.
+    case keysCommitted
 
     private static let armed: (point: CrashPoint, count: Int)? = {
         guard let spec = ProcessInfo.processInfo.environment["ETL_CRASH_AT"] else { return nil }

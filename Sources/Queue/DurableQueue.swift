@@ -54,6 +54,9 @@ public struct QueueStatus: Sendable, Codable, Equatable {
     public var runStartedAt: Double?
     public var runStartLoaded: Int64
     public var finishedAt: Double?
+    /// When the job puts its foreign keys in place (`after`, `during`); nil for a job of
+    /// etl-job 0.2 or earlier, which kept them in place.
+    public var foreignKeys: String?
 
     public var totalRows: Int64 { rows.values.reduce(0, +) }
     public var isComplete: Bool { extractionFinished && pending == 0 && inFlight == 0 }
@@ -93,7 +96,8 @@ public final class DurableQueue: @unchecked Sendable {
     }
 
     /// Starts a job in an empty queue, recording what it moves from where to where.
-    public func createJob(id: String, sourceTotal: Int64?, identity: JobIdentity) throws {
+    /// `foreignKeys`: when the job puts its tables' foreign keys in place (`after`, `during`).
+    public func createJob(id: String, sourceTotal: Int64?, identity: JobIdentity, foreignKeys: String? = nil) throws {
         let encoded = try JSONEncoder().encode(identity)
         try env.transaction(write: true) { txn in
             guard try txn.get("meta", Key.jobId) == nil else { throw QueueError.jobExists }
@@ -101,6 +105,7 @@ public final class DurableQueue: @unchecked Sendable {
             try txn.put("meta", Key.createdAt, Codec.double(Date().timeIntervalSince1970))
             try txn.put("meta", Key.identity, Array(encoded))
             if let sourceTotal { try txn.put("meta", Key.sourceTotal, Codec.int(sourceTotal)) }
+            if let foreignKeys { try txn.put("meta", Key.foreignKeys, Array(foreignKeys.utf8)) }
         }
     }
 
@@ -313,7 +318,8 @@ public final class DurableQueue: @unchecked Sendable {
                 rows: rows,
                 runStartedAt: try txn.get("meta", Key.runStartedAt).map(Codec.double),
                 runStartLoaded: try txn.get("meta", Key.runStartLoaded).map(Codec.int) ?? 0,
-                finishedAt: try txn.get("meta", Key.finishedAt).map(Codec.double))
+                finishedAt: try txn.get("meta", Key.finishedAt).map(Codec.double),
+                foreignKeys: try txn.get("meta", Key.foreignKeys).map { String(decoding: $0, as: UTF8.self) })
         }
     }
 
@@ -341,6 +347,8 @@ public struct JobIdentity: Codable, Sendable, Equatable {
     public var targetPort: String
     public var targetDatabase: String
     public var targetSchema: String
+    /// For a job that reads a mongodump file instead of MongoDB: which file.
+    public var sourceFile: SourceFileIdentity?
 
     public init(
         pipeline: String, sourceServers: String, database: String, collection: String,
@@ -354,18 +362,47 @@ public struct JobIdentity: Codable, Sendable, Equatable {
         self.targetPort = targetPort
         self.targetDatabase = targetDatabase
         self.targetSchema = targetSchema
+        sourceFile = nil
     }
 
     /// Each field where `other` differs: (what, recorded value, other value).
+    /// A source file is the same file when its size and head are (it may have moved); a file
+    /// is never the same source as a MongoDB collection.
     public func differences(from other: JobIdentity) -> [(field: String, recorded: String, given: String)] {
-        let fields: [(String, KeyPath<JobIdentity, String>)] = [
-            ("pipeline", \.pipeline), ("source server", \.sourceServers), ("database", \.database),
-            ("collection", \.collection), ("target host", \.targetHost), ("target port", \.targetPort),
+        var fields: [(String, KeyPath<JobIdentity, String>)] = [
+            ("pipeline", \.pipeline), ("target host", \.targetHost), ("target port", \.targetPort),
             ("target database", \.targetDatabase), ("target schema", \.targetSchema),
         ]
-        return fields.compactMap { name, path in
+        var found: [(field: String, recorded: String, given: String)] = []
+        switch (sourceFile, other.sourceFile) {
+        case (nil, nil):
+            fields += [("source server", \.sourceServers), ("database", \.database), ("collection", \.collection)]
+        case let (recorded?, given?):
+            if recorded.size != given.size {
+                found.append(("source file size", "\(recorded.size) bytes (\(recorded.path))", "\(given.size) bytes (\(given.path))"))
+            } else if recorded.headDigest != given.headDigest {
+                found.append(("source file's first MiB (SHA-256)", "\(recorded.headDigest) (\(recorded.path))", "\(given.headDigest) (\(given.path))"))
+            }
+        case let (recorded, given):
+            found.append(("source", recorded.map { "file \($0.path)" } ?? "MongoDB \(sourceServers)",
+                          given.map { "file \($0.path)" } ?? "MongoDB \(other.sourceServers)"))
+        }
+        return found + fields.compactMap { name, path in
             self[keyPath: path] == other[keyPath: path] ? nil : (name, self[keyPath: path], other[keyPath: path])
         }
+    }
+}
+
+/// A mongodump file a job reads: where it was, its size and the SHA-256 of its first MiB.
+public struct SourceFileIdentity: Codable, Sendable, Equatable {
+    public var path: String
+    public var size: Int64
+    public var headDigest: String
+
+    public init(path: String, size: Int64, headDigest: String) {
+        self.path = path
+        self.size = size
+        self.headDigest = headDigest
     }
 }
 
@@ -410,6 +447,7 @@ private enum Key {
     static let runStartedAt = Array("run_started_at".utf8)
     static let runStartLoaded = Array("run_start_loaded".utf8)
     static let finishedAt = Array("finished_at".utf8)
+    static let foreignKeys = Array("foreign_keys".utf8)
     static let nextBatch = "next_batch"
     static let extracted = "extracted"
     static let batchesDone = "batches_done"

@@ -16,7 +16,12 @@ struct Migrate: AsyncParsableCommand {
             let logger = try connection.makeLogger()
             let applied = try await Threads.blocking(name: "migrate") {
                 let job = DurableJob(settings: settings, logger: logger)
-                return try job.migrate(try PipelineJob(mapping: mappings[0], settings: settings).connectPostgres(), mappings)
+                let first = PipelineJob(mapping: mappings[0], settings: settings)
+                let db = try first.connectPostgres()
+                let applied = try job.migrate(db, mappings)
+                // The schema complete, keys included (a job that adds them after its load drops them first).
+                for mapping in mappings { try first.target.addForeignKeys(db, mapping) }
+                return applied
             }
             print(applied == 0 ? "schema is up to date" : "applied \(applied) migration(s)")
         }

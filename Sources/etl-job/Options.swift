@@ -40,6 +40,7 @@ struct ConnectionOptions: ParsableArguments {
             stateDirectory: pick(state.stateDirectory, "ETL_STATE_DIR", Self.defaultStateDirectory), targetSchema: target.targetSchema)
         settings.database = source.database
         settings.collection = source.collection
+        settings.sourceFile = try source.absoluteSourceFile
         if let run {
             settings.bucket = run.config
             settings.cursorBatchSize = run.cursorBatchSize
@@ -90,6 +91,21 @@ struct SourceOptions: ParsableArguments {
 
     @Option(help: ArgumentHelp("Source collection (default the pipeline's; resume, status and verify default to the job's).", valueName: "name"))
     var collection: String?
+
+    @Option(name: .customLong("source-file"), help: ArgumentHelp(
+        "Read a mongodump output file (.bson, or gzip-compressed .bson.gz) instead of MongoDB; one pipeline per run (resume, status and verify default to the job's file).",
+        valueName: "path"))
+    var sourceFile: String?
+
+    /// The source file as an absolute path, so that a resume from another directory finds it.
+    var absoluteSourceFile: String? {
+        get throws {
+            guard let sourceFile else { return nil }
+            guard !sourceFile.isEmpty else { throw JobError(.usage, "--source-file needs a path") }
+            if sourceFile.hasPrefix("/") { return sourceFile }
+            return URL(fileURLWithPath: sourceFile, relativeTo: URL(fileURLWithPath: FileManager.default.currentDirectoryPath)).standardizedFileURL.path
+        }
+    }
 }
 
 struct TargetOptions: ParsableArguments {

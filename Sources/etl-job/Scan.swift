@@ -6,7 +6,7 @@ import ETLCore
 /// The source limit: how fast the collection can be read in `_id` order, decoding nothing.
 struct Scan: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Read the whole source collection in _id order and report the time (benchmark helper).",
+        abstract: "Read the whole source (collection in _id order, or --source-file) and report the time (benchmark helper).",
         shouldDisplay: false)
 
     @OptionGroup var connection: ConnectionOptions
@@ -23,9 +23,8 @@ struct Scan: AsyncParsableCommand {
     }
 
     private static func scan(_ job: PipelineJob, cursorBatchSize: Int32) throws {
-        let collection = try job.connectMongo().collection(database: job.source.database, name: job.source.collection)
         let start = ContinuousClock.now
-        let cursor = try collection.scanById(afterIdElement: nil, batchSize: cursorBatchSize)
+        let cursor = try job.openSource(try job.connectSource(), after: nil, batchSize: cursorBatchSize)
         var documents = 0
         var bytes = 0
         while let doc = try cursor.next() {

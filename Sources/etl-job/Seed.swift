@@ -27,6 +27,11 @@ struct Seed: AsyncParsableCommand {
     @Flag(name: .customLong("bad-input"), help: "Mix in the corpus of malformed documents (etl-job sets them aside).")
     var badInput = false
 
+    @Option(help: ArgumentHelp(
+        "Write the documents to this file, as mongodump does (gzip-compressed when it ends in .gz), instead of inserting them.",
+        valueName: "file"))
+    var output: String?
+
     func validate() throws {
         guard users >= 0 else { throw ValidationError("--users must not be negative") }
         guard !badInput || users >= 100 else { throw ValidationError("--bad-input needs --users 100 or more") }
@@ -36,8 +41,38 @@ struct Seed: AsyncParsableCommand {
         try await reportingErrors {
             let job = PipelineJob(mapping: UsersMapping(), settings: try connection.resolved())
             _ = try connection.makeLogger()
-            try await Threads.blocking(name: "seed") { try insert(job) }
+            try await Threads.blocking(name: "seed") {
+                if let output { try write(to: output) } else { try insert(job) }
+            }
         }
+    }
+
+    /// The same documents, in `_id` order (the corpus's after the users'), as a mongodump file.
+    private func write(to path: String) throws {
+        guard !path.isEmpty else { throw JobError(.usage, "--output needs a path") }
+        let writer: BSONFileWriter
+        do {
+            writer = try BSONFileWriter(path: path, compressed: path.hasSuffix(".gz"))
+        } catch {
+            throw JobError(.unavailable, "\(error)")
+        }
+        let generator = UserGenerator(seed: seed)
+        let corpus = badInput ? BadInputCorpus.documents(users: users, generator: generator) : []
+        let replaced = Set(corpus.compactMap { $0.id.map { $0 + firstId - 1 } })
+        let showProgress = users >= 5_000
+        do {
+            for id in firstId..<(firstId + Int64(users)) where !replaced.contains(id) {
+                try generator.document(id: id).withUnsafeBytes { try writer.write($0) }
+                if showProgress, (id - firstId + 1) % 1_000 == 0 { Console.standardError.status("wrote \(id - firstId + 1)/\(users) users") }
+            }
+            for bad in corpus { try bad.document.withUnsafeBytes { try writer.write($0) } }
+            try writer.close()
+        } catch let error as BSONFileError {
+            throw JobError(.ioError, "\(error)")
+        }
+        Console.standardError.endStatus()
+        print("wrote \(users) users to \(path) (seed \(seed))"
+            + (badInput ? ", \(corpus.filter { $0.reason != nil }.count) of them malformed" : ""))
     }
 
     private func insert(_ job: PipelineJob) throws {

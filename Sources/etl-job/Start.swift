@@ -17,12 +17,24 @@ struct Start: AsyncParsableCommand {
     @Flag(help: "Do not ask before --fresh truncates the target tables.")
     var yes = false
 
+    @Option(name: .customLong("foreign-keys"), help: ArgumentHelp(
+        "When the tables' foreign keys are put in place: after (load without them, then add them in one final step; default) or during (in place while loading).",
+        valueName: "after|during"))
+    var foreignKeys: String?
+
+    func validate() throws {
+        if let foreignKeys, ForeignKeyMode(rawValue: foreignKeys) == nil {
+            throw ValidationError("--foreign-keys '\(foreignKeys)' is not a mode; valid modes: after, during")
+        }
+    }
+
     @OptionGroup(title: "Output") var report: ReportOptions
     var reportJSON: String? { report.reportJSON }
 
     func run() async throws {
         try await reportingErrors {
-            let settings = try connection.resolved(bucket)
+            var settings = try connection.resolved(bucket)
+            settings.foreignKeys = foreignKeys.flatMap(ForeignKeyMode.init)
             let mappings = try pipelines.mappings()
             if mappings.filter({ $0.definition == nil }).count > 1, settings.database != nil || settings.collection != nil {
                 throw JobError(.usage, "--database and --collection name the source of one built-in pipeline (a mapping file names its own); this run has several")

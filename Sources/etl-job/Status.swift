@@ -107,7 +107,11 @@ struct Status: AsyncParsableCommand {
         if let database = settings.database { given.database = database }
         if let collection = settings.collection { given.collection = collection }
         if let schema = settings.targetSchema { given.targetSchema = schema }
-        if urls.mongo, let client = try? MongoClient(url: settings.mongoURL) { given.sourceServers = client.servers }
+        if urls.mongo, recorded.sourceFile == nil, let client = try? MongoClient(url: settings.mongoURL) { given.sourceServers = client.servers }
+        if let file = settings.sourceFile {
+            let found = try? BSONFileReader.identify(path: file)
+            given.sourceFile = SourceFileIdentity(path: file, size: found?.size ?? -1, headDigest: found?.headDigest ?? "")
+        }
         if urls.postgres {
             let named = PGConnection.named(in: settings.postgresURL)
             given.targetHost = named.host ?? given.targetHost

@@ -71,12 +71,13 @@ struct Verify: AsyncParsableCommand {
 
     private func verify(_ mapping: any DocumentMapping, _ settings: JobSettings, recorded: (identity: JobIdentity?, setAside: Set<String>)) throws -> Verifier.Report {
         let job = PipelineJob(mapping: mapping, settings: settings, recorded: recorded.identity)
-        let client = try job.connectMongo()
+        let client = try job.connectSource()
         let db = try job.connectPostgres()
         try job.refuseMismatch(recorded: recorded.identity, current: job.identity(client, db))
         try job.checkSourceExists(client)
-        let collection = client.collection(database: job.source.database, name: job.source.collection)
-        let verifier = Verifier(db: db, mapping: mapping, collection: collection, setAside: recorded.setAside, maxDocumentBytes: settings.maxDocumentBytes)
+        let verifier = Verifier(
+            db: db, mapping: mapping, source: try job.openSource(client, after: nil), setAside: recorded.setAside,
+            maxDocumentBytes: settings.maxDocumentBytes)
         let report = try verifier.run { n in Console.standardError.status("\(mapping.name): verified \(n) documents") }
         Console.standardError.endStatus()
         return report

@@ -209,7 +209,9 @@ enum NotesData {
 
     static func verify(_ sandbox: Sandbox, schema: String, setAside: Set<String>) throws -> Verifier.Report {
         let db = try Target(url: sandbox.postgresURL, schema: schema).connect()
-        let collection = sandbox.mongo.collection(database: sandbox.mongoDatabase, name: "notes")
-        return try Verifier(db: db, mapping: NotesMapping(), collection: collection, setAside: setAside).run()
+        var settings = JobSettings(mongoURL: Services.mongoURL, postgresURL: sandbox.postgresURL, stateDirectory: sandbox.stateDirectory)
+        settings.database = sandbox.mongoDatabase
+        let job = PipelineJob(mapping: NotesMapping(), settings: settings)
+        return try Verifier(db: db, mapping: NotesMapping(), source: job.openSource(sandbox.mongo, after: nil), setAside: setAside).run()
     }
 }
