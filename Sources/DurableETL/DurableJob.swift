@@ -85,8 +85,12 @@ public struct DurableJob: Sendable {
         }
         // The tables are empty here (a start refuses rows unless --fresh emptied them): their
         // foreign keys go before the load, or come after it.
-        let foreignKeys = settings.foreignKeys ?? .after
-        for (job, db, _) in checked { try prepareForeignKeys(job, db, foreignKeys) }
+        var foreignKeys: [String: ForeignKeyMode] = [:]
+        for (job, db, _) in checked {
+            let mode = try foreignKeyMode(job, db)
+            try prepareForeignKeys(job, db, mode)
+            foreignKeys[job.name] = mode
+        }
         // A queue without a manifest is what a start --fresh killed while discarding left.
         for job in jobs where FileManager.default.fileExists(atPath: job.directory) {
             try FileManager.default.removeItem(atPath: job.directory)
@@ -97,7 +101,7 @@ public struct DurableJob: Sendable {
         for ((job, db, total), lock) in zip(checked, locks) {
             let queue = try job.openQueue()
             try queue.createJob(id: UUID().uuidString.lowercased(), sourceTotal: total, identity: job.identity(job.sourceFile == nil ? client : nil, db),
-                                foreignKeys: foreignKeys.rawValue)
+                                foreignKeys: foreignKeys[job.name]?.rawValue)
             logger.info("started a new job", metadata: ["pipeline": "\(job.name)", "documents": "\(total.map(String.init) ?? "unknown")"])
             prepared.pipelines.append((job, queue, lock))
         }
@@ -168,6 +172,21 @@ public struct DurableJob: Sendable {
         }
         prepared.pipelines = zip(unfinished, locks).map { ($0.job, $0.queue, $1) }
         return prepared
+    }
+
+    /// A new job's foreign-key mode: as asked, else `after` when this role may drop and add
+    /// the keys (it owns the tables, or they have none yet), else `during`.
+    private func foreignKeyMode(_ job: PipelineJob, _ db: PGConnection) throws -> ForeignKeyMode {
+        if settings.foreignKeys == .during { return .during }
+        let declared = job.mapping.tables.reduce(0) { $0 + $1.foreignKeys.count }
+        guard declared > 0, try job.target.missingForeignKeys(db, job.mapping).count < declared else { return .after }
+        if try job.target.ownsTables(db, job.mapping) { return .after }
+        if settings.foreignKeys == .after {
+            throw JobError(.usage, "--foreign-keys after drops the tables' foreign keys and adds them after the load, which needs a role that owns "
+                + "the \(job.name) pipeline's tables; use --foreign-keys during, or run as their owner")
+        }
+        logger.info("this role does not own the tables: their foreign keys stay in place during the load", metadata: ["pipeline": "\(job.name)"])
+        return .during
     }
 
     /// Puts a new job's empty tables in the state its foreign-key mode loads them in.
@@ -316,12 +335,12 @@ public struct RunManifest: Codable, Sendable, Equatable {
         public var foreignKeys: ForeignKeyMode?
     }
 
-    public init(_ jobs: [PipelineJob], foreignKeys: ForeignKeyMode) {
+    public init(_ jobs: [PipelineJob], foreignKeys: [String: ForeignKeyMode]) {
         pipelines = jobs.map(\.name)
         planned = Dictionary(uniqueKeysWithValues: jobs.map { job in
             (job.name, Planned(
                 database: job.source.database, collection: job.source.collection, targetSchema: job.target.schema,
-                definition: job.mapping.definition, sourceFile: job.sourceFile, foreignKeys: foreignKeys))
+                definition: job.mapping.definition, sourceFile: job.sourceFile, foreignKeys: foreignKeys[job.name]))
         })
     }
 

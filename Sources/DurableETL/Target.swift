@@ -208,6 +208,14 @@ public struct Target: Sendable {
         }
     }
 
+    /// Whether the connected role owns (or is a member of the owner of) every table of `mapping`.
+    public func ownsTables(_ db: PGConnection, _ mapping: any DocumentMapping) throws -> Bool {
+        try db.query("""
+            SELECT bool_and(pg_has_role(c.relowner, 'USAGE')) FROM pg_class c
+            WHERE c.relnamespace = $1::regnamespace AND c.relname = ANY($2::text[])
+            """, [quoteIdentifier(schema), postgresArray(mapping.tables.map(\.name))]).rows[0][0] != "f"
+    }
+
     /// Drops the foreign keys of `mapping` that are in place (for a load that adds them after;
     /// only on empty tables, where adding them back costs nothing).
     public func dropForeignKeys(_ db: PGConnection, _ mapping: any DocumentMapping) throws {

@@ -51,18 +51,21 @@ public struct Verifier {
         /// Documents the rules reject now that the job did not record as set aside.
         public var rejectedByRules: [String]
         public var tables: [TableResult]
+        /// The tables' foreign keys, when checked (`checkForeignKeys`).
+        public var foreignKeys: ForeignKeyCheck?
 
         /// True when every table holds exactly the expected rows, and something was compared:
-        /// a source with documents whose target expects no row at all is not agreement.
+        /// a source with documents whose target expects no row at all is not agreement. Foreign
+        /// keys must be in place, unless the job has yet to add them.
         public var agrees: Bool {
-            rejectedByRules.isEmpty && tables.allSatisfy(\.agrees) && !comparedNothing
+            rejectedByRules.isEmpty && tables.allSatisfy(\.agrees) && !comparedNothing && foreignKeys?.agrees != false
         }
 
         /// The source has documents, yet no row was expected (all set aside, or none readable).
         public var comparedNothing: Bool { sourceDocuments > 0 && tables.allSatisfy { $0.expected == 0 } }
 
         private enum CodingKeys: String, CodingKey {
-            case pipeline, sourceDocuments, setAsideByJob, rejectedByRules, tables, agrees, comparedNothing
+            case pipeline, sourceDocuments, setAsideByJob, rejectedByRules, tables, foreignKeys, agrees, comparedNothing
         }
 
         public func encode(to encoder: any Encoder) throws {
@@ -72,9 +75,31 @@ public struct Verifier {
             try c.encode(setAsideByJob, forKey: .setAsideByJob)
             try c.encode(rejectedByRules, forKey: .rejectedByRules)
             try c.encode(tables, forKey: .tables)
+            try c.encode(foreignKeys, forKey: .foreignKeys)
             try c.encode(agrees, forKey: .agrees)
             try c.encode(comparedNothing, forKey: .comparedNothing)
         }
+    }
+
+    /// Whether a pipeline's foreign keys are in place in the target.
+    public struct ForeignKeyCheck: Sendable, Encodable, Equatable {
+        public var expected: Int
+        public var inPlace: Int
+        /// `table(columns) -> parent` of each key not in place.
+        public var missing: [String]
+        /// The job adds them when its load completes and has not got there yet.
+        public var pending: Bool
+
+        public var agrees: Bool { pending || missing.isEmpty }
+    }
+
+    /// Checks which of `mapping`'s foreign keys are in place in `target`.
+    public static func checkForeignKeys(_ db: PGConnection, _ target: Target, _ mapping: any DocumentMapping, pending: Bool) throws -> ForeignKeyCheck {
+        let missing = try target.missingForeignKeys(db, mapping)
+        let expected = mapping.tables.reduce(0) { $0 + $1.foreignKeys.count }
+        return ForeignKeyCheck(
+            expected: expected, inPlace: expected - missing.count,
+            missing: missing.map { "\($0.table.name)(\($0.key.columns.joined(separator: ", "))) -> \($0.key.table)" }, pending: pending)
     }
 
     let db: PGConnection
@@ -195,6 +220,10 @@ extension Verifier.Report {
             if !t.firstMissing.isEmpty { lines.append("    missing ids: \(t.firstMissing.joined(separator: ", "))") }
             if !t.firstUnexpected.isEmpty { lines.append("    unexpected ids: \(t.firstUnexpected.joined(separator: ", "))") }
             if !t.firstDiffering.isEmpty { lines.append("    differing ids: \(t.firstDiffering.joined(separator: ", "))") }
+        }
+        if let keys = foreignKeys, keys.expected > 0 {
+            lines.append("foreign keys \(keys.inPlace) of \(keys.expected) in place"
+                + (keys.missing.isEmpty ? "" : keys.pending ? " (the job adds them when its load completes)" : "  ✗ missing: \(keys.missing.joined(separator: ", "))"))
         }
         let rows = tables.reduce(0) { $0 + $1.expected }
         lines.append(agrees ? "OK: source and target agree (\(n(rows)) rows compared)"

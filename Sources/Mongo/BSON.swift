@@ -271,6 +271,13 @@ public final class BSONDocument {
 
     public init() { handle = bson_new() }
 
+    /// A copy of a document's bytes; nil when they are not a BSON document's.
+    public init?(copying bytes: UnsafeRawBufferPointer) {
+        guard let base = bytes.baseAddress,
+              let handle = bson_new_from_data(base.assumingMemoryBound(to: UInt8.self), bytes.count) else { return nil }
+        self.handle = handle
+    }
+
     deinit { bson_destroy(handle) }
 
     public var writer: BSONWriter { BSONWriter(handle: handle) }

@@ -369,15 +369,18 @@ public struct JobIdentity: Codable, Sendable, Equatable {
     /// A source file is the same file when its size and head are (it may have moved); a file
     /// is never the same source as a MongoDB collection.
     public func differences(from other: JobIdentity) -> [(field: String, recorded: String, given: String)] {
-        var fields: [(String, KeyPath<JobIdentity, String>)] = [
-            ("pipeline", \.pipeline), ("target host", \.targetHost), ("target port", \.targetPort),
-            ("target database", \.targetDatabase), ("target schema", \.targetSchema),
-        ]
-        var found: [(field: String, recorded: String, given: String)] = []
+        func compare(_ fields: [(String, KeyPath<JobIdentity, String>)]) -> [(field: String, recorded: String, given: String)] {
+            fields.compactMap { name, path in
+                self[keyPath: path] == other[keyPath: path] ? nil : (name, self[keyPath: path], other[keyPath: path])
+            }
+        }
+        var found = compare([("pipeline", \.pipeline)])
         switch (sourceFile, other.sourceFile) {
         case (nil, nil):
-            fields += [("source server", \.sourceServers), ("database", \.database), ("collection", \.collection)]
+            found += compare([("source server", \.sourceServers), ("database", \.database), ("collection", \.collection)])
         case let (recorded?, given?):
+            // A file's database and collection only label it, but a command naming others is told.
+            found += compare([("database", \.database), ("collection", \.collection)])
             if recorded.size != given.size {
                 found.append(("source file size", "\(recorded.size) bytes (\(recorded.path))", "\(given.size) bytes (\(given.path))"))
             } else if recorded.headDigest != given.headDigest {
@@ -387,9 +390,10 @@ public struct JobIdentity: Codable, Sendable, Equatable {
             found.append(("source", recorded.map { "file \($0.path)" } ?? "MongoDB \(sourceServers)",
                           given.map { "file \($0.path)" } ?? "MongoDB \(other.sourceServers)"))
         }
-        return found + fields.compactMap { name, path in
-            self[keyPath: path] == other[keyPath: path] ? nil : (name, self[keyPath: path], other[keyPath: path])
-        }
+        return found + compare([
+            ("target host", \.targetHost), ("target port", \.targetPort), ("target database", \.targetDatabase),
+            ("target schema", \.targetSchema),
+        ])
     }
 }
 

@@ -63,7 +63,7 @@ struct Status: AsyncParsableCommand {
                 try refuseMismatch(name, try queue.identity, settings: settings, urls: urls)
                 guard let status = try queue.status() else { throw LMDBError.notFound }
                 if rejected { rejectedDocuments.append((name, try queue.setAsideDocuments())) }
-                views.append(StatusView(pipeline: name, status, active: active))
+                views.append(StatusView(pipeline: name, status, identity: try queue.identity, active: active))
             } catch let error as LMDBError where error.isNotFound {
                 // A run is still creating this pipeline's queue, or was killed before it
                 // recorded its job there (a resume starts it).
@@ -162,9 +162,19 @@ struct StatusView {
     let totalRows: Int64
     let documentsPerSecond: Double?
     let etaSeconds: Double?
+    /// The mongodump file the job reads, or nil when it reads MongoDB.
+    let sourceFile: String?
+    /// When the job puts its foreign keys in place: after, during (nil before it started).
+    let foreignKeys: String?
+    /// Whether they are in place: always with during; with after, once the job finished.
+    let foreignKeysInPlace: Bool?
 
-    init(pipeline: String, _ s: QueueStatus, active: Bool, now: Double = Date().timeIntervalSince1970) {
+    init(pipeline: String, _ s: QueueStatus, identity: JobIdentity? = nil, active: Bool, now: Double = Date().timeIntervalSince1970) {
         self.pipeline = pipeline
+        sourceFile = identity?.sourceFile?.path
+        let keys = s.foreignKeys ?? "during"
+        foreignKeys = keys
+        foreignKeysInPlace = keys == "during" || s.finishedAt != nil
         job = s.jobId
         self.active = active
         complete = s.isComplete
@@ -210,6 +220,9 @@ struct StatusView {
         rows = [:]
         documentsPerSecond = nil
         etaSeconds = nil
+        sourceFile = nil
+        foreignKeys = nil
+        foreignKeysInPlace = nil
     }
 
     static func notStarted(pipeline: String, active: Bool) -> StatusView { StatusView(notStarted: pipeline, active: active) }
@@ -222,6 +235,7 @@ struct StatusView {
             "batches": batches, "pending": pending, "inFlight": inFlight, "done": done,
             "documentsLoaded": documentsLoaded, "documentsSetAside": documentsSetAside, "rows": rows, "totalRows": totalRows,
             "documentsPerSecond": documentsPerSecond, "etaSeconds": etaSeconds,
+            "sourceFile": sourceFile, "foreignKeys": foreignKeys, "foreignKeysInPlace": foreignKeysInPlace,
         ]
     }
 
@@ -268,7 +282,11 @@ struct StatusView {
             "batches      \(batches): \(pending) pending, \(inFlight) in flight, \(done) done",
             "loaded       \(n(documentsLoaded)) documents, \(n(totalRows)) rows",
             "set aside    \(n(documentsSetAside)) documents" + (documentsSetAside > 0 ? " (etl-job status --rejected)" : ""),
+            "foreign keys " + (foreignKeys == "after"
+                ? (foreignKeysInPlace == true ? "added after the load" : "added after the load, when it completes (not in place yet)")
+                : "in place during the load"),
         ]
+        if let sourceFile { lines.insert("source file  \(sourceFile)", at: 2) }
         if let rate = documentsPerSecond { lines.append("throughput   \(n(Int64(rate))) documents/s") }
         if let eta = etaSeconds, !complete { lines.append("ETA          \(Int(eta.rounded())) s") }
         lines.append("rows per table")

@@ -48,7 +48,7 @@ struct Verify: AsyncParsableCommand {
             if given.filter({ $0.definition == nil }).count > 1, settings.database != nil || settings.collection != nil {
                 throw JobError(.usage, "--database and --collection name the source of one built-in pipeline; this run has several")
             }
-            return try given.map { try verify($0, settings, recorded: (nil, [])) }
+            return try given.map { try verify($0, settings, recorded: (nil, [], nil)) }
         }
         var names = manifest.pipelines
         if !pipelines.names.isEmpty {
@@ -69,7 +69,7 @@ struct Verify: AsyncParsableCommand {
         }
     }
 
-    private func verify(_ mapping: any DocumentMapping, _ settings: JobSettings, recorded: (identity: JobIdentity?, setAside: Set<String>)) throws -> Verifier.Report {
+    private func verify(_ mapping: any DocumentMapping, _ settings: JobSettings, recorded: (identity: JobIdentity?, setAside: Set<String>, status: QueueStatus?)) throws -> Verifier.Report {
         let job = PipelineJob(mapping: mapping, settings: settings, recorded: recorded.identity)
         let client = try job.connectSource()
         let db = try job.connectPostgres()
@@ -78,17 +78,19 @@ struct Verify: AsyncParsableCommand {
         let verifier = Verifier(
             db: db, mapping: mapping, source: try job.openSource(client, after: nil), setAside: recorded.setAside,
             maxDocumentBytes: settings.maxDocumentBytes)
-        let report = try verifier.run { n in Console.standardError.status("\(mapping.name): verified \(n) documents") }
+        var report = try verifier.run { n in Console.standardError.status("\(mapping.name): verified \(n) documents") }
         Console.standardError.endStatus()
+        let pending = recorded.status.map { $0.finishedAt == nil && $0.foreignKeys == ForeignKeyMode.after.rawValue } ?? false
+        report.foreignKeys = try Verifier.checkForeignKeys(db, job.target, mapping, pending: pending)
         return report
     }
 
     /// What a pipeline's queue recorded: its identity and the documents it set aside.
-    private func recordedJob(_ directory: String) throws -> (identity: JobIdentity?, setAside: Set<String>) {
-        guard DurableQueue.exists(in: directory) else { return (nil, []) }
+    private func recordedJob(_ directory: String) throws -> (identity: JobIdentity?, setAside: Set<String>, status: QueueStatus?) {
+        guard DurableQueue.exists(in: directory) else { return (nil, [], nil) }
         do {
             let queue = try DurableQueue(directory: directory, readOnly: true)
-            return (try queue.identity, Set(try queue.setAsideDocuments().map(\.documentId)))
+            return (try queue.identity, Set(try queue.setAsideDocuments().map(\.documentId)), try queue.status())
         } catch {
             throw JobError.queue(error, directory)
         }

@@ -101,7 +101,7 @@ import Testing
         let verify = try JSON.object(try sandbox.job("verify", ["--json"]).stdout)
         #expect(Set(verify.keys) == ["schemaVersion", "agrees", "pipelines"] && verify["agrees"] as? Bool == true)
         let report = try #require((verify["pipelines"] as? [[String: Any]])?.first)
-        #expect(Set(report.keys) == ["pipeline", "agrees", "comparedNothing", "sourceDocuments", "setAsideByJob", "rejectedByRules", "tables"])
+        #expect(Set(report.keys) == ["pipeline", "agrees", "comparedNothing", "sourceDocuments", "setAsideByJob", "rejectedByRules", "tables", "foreignKeys"])
         let users = try #require((report["tables"] as? [[String: Any]])?.first)
         #expect(users["table"] as? String == "users" && users["expected"] as? Int == 30 && users["actual"] as? Int == 30)
     }
@@ -160,6 +160,7 @@ enum JSON {
     static let pipelineKeys: Set<String> = [
         "pipeline", "job", "active", "complete", "finished", "sourceDocuments", "extracted", "extractionFinished", "batches",
         "pending", "inFlight", "done", "documentsLoaded", "documentsSetAside", "rows", "totalRows", "documentsPerSecond", "etaSeconds",
+        "sourceFile", "foreignKeys", "foreignKeysInPlace",
     ]
     static let reportKeys: Set<String> = [
         "schemaVersion", "exitCode", "exitReason", "error", "seconds", "cpuSeconds", "peakMemoryBytes", "documentsLoaded",

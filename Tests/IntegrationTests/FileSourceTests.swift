@@ -1,0 +1,220 @@
+import Foundation
+import Mongo
+import Testing
+import DurableETL
+import TestSupport
+import Users
+import UsersFixtures
+
+/// Mongodump files as the source (`--source-file`), and foreign keys added after the load.
+@Suite(.serialized) struct FileSourceTests {
+    static let keys = 14
+
+    /// Writes `users` generated users (and the bad-input corpus) as a mongodump file.
+    static func dump(_ sandbox: Sandbox, users: Int, name: String = "users.bson", badInput: Bool = false) throws -> String {
+        try FileManager.default.createDirectory(atPath: sandbox.stateDirectory + "-files", withIntermediateDirectories: true)
+        let path = sandbox.stateDirectory + "-files/" + name
+        let result = try Sandbox.runBinary(["seed", "--users", String(users), "--output", path] + (badInput ? ["--bad-input"] : []))
+        #expect(result.status == 0, "\(result.stderr)")
+        return path
+    }
+
+    static func foreignKeysInPlace(_ sandbox: Sandbox, schema: String = "public") throws -> Int {
+        Int(try sandbox.db().query("""
+            SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND convalidated AND connamespace = $1::regnamespace
+            """, ["\"\(schema)\""]).rows[0][0]!)!
+    }
+
+    @Test func aFileLoadKilledAtEveryStepAndResumedEqualsTheSameDocumentsLoadedFromMongoDB() throws {
+        let sandbox = try Sandbox()
+        defer { try? FileManager.default.removeItem(atPath: sandbox.stateDirectory + "-files") }
+        let file = try Self.dump(sandbox, users: 1_200, badInput: true)
+        let limits = ["--max-set-aside", "100", "--batch-size", "100"]
+
+        // The reference: the same documents from MongoDB (read back from the file), keys in place throughout.
+        // (one by one: the server may refuse some malformed ones, which the file load sets aside)
+        let reader = try BSONFileReader(path: file)
+        while let bytes = try reader.next() {
+            guard let document = bytes.withUnsafeBytes({ BSONDocument(copying: $0) }) else { continue }
+            try? sandbox.users.insertMany([document])
+        }
+        let reference = sandbox.stateDirectory + "-reference"
+        defer { try? FileManager.default.removeItem(atPath: reference) }
+        let loaded = try sandbox.run(["start", "--postgres-url", sandbox.postgresURL, "--mongodb-url", Services.mongoURL,
+                                      "--database", sandbox.mongoDatabase, "--state-dir", reference, "--target-schema", "from_mongo",
+                                      "--foreign-keys", "during"] + limits)
+        #expect(loaded.status == 0, "\(loaded.stderr)")
+        #expect(try Self.foreignKeysInPlace(sandbox, schema: "from_mongo") == Self.keys)
+
+        // From the file, killed in each step of a batch and of the final keys, resumed each time.
+        let base = ["--postgres-url", sandbox.postgresURL, "--state-dir", sandbox.stateDirectory]
+        let kills = ["enqueued:3", "copied:2", "committed:2", "acknowledged:3", "keys", "keysCommitted"]
+        var result = try sandbox.run(["start", "--source-file", file] + base + limits, environment: ["ETL_CRASH_AT": kills[0]])
+        #expect(result.signaled && result.status == 9, "killed at \(kills[0]): \(result.stderr)")
+        for point in kills.dropFirst() {
+            result = try sandbox.run(["resume"] + base + limits, environment: ["ETL_CRASH_AT": point])
+            #expect(result.signaled && result.status == 9, "killed at \(point): \(result.stderr)")
+            if point == "keys" { #expect(try Self.foreignKeysInPlace(sandbox) == 0, "a kill before the keys' COMMIT leaves none") }
+        }
+        #expect(try Self.foreignKeysInPlace(sandbox) == Self.keys, "killed after the keys' COMMIT: all of them")
+        result = try sandbox.run(["resume"] + base + limits)
+        #expect(result.status == 0, "\(result.stderr)")
+
+        #expect(try sandbox.checksums() == sandbox.checksums(schema: "from_mongo"), "row for row the load from MongoDB")
+        #expect(try sandbox.duplicateKeys() == 0)
+        #expect(try Self.foreignKeysInPlace(sandbox) == Self.keys)
+        let status = try sandbox.status()
+        #expect(status["finished"] as? Bool == true && status["foreignKeys"] as? String == "after")
+        #expect(status["foreignKeysInPlace"] as? Bool == true && status["sourceFile"] as? String == file)
+        #expect((status["documentsSetAside"] as? Int ?? 0) > 0, "the malformed documents were set aside, whole")
+        let verify = try sandbox.run(["verify", "--json"] + base)
+        #expect(verify.status == 0, "\(verify.stdout)\(verify.stderr)")
+        let keys = try #require((try JSON.object(verify.stdout)["pipelines"] as? [[String: Any]])?.first?["foreignKeys"] as? [String: Any])
+        #expect(keys["expected"] as? Int == Self.keys && keys["inPlace"] as? Int == Self.keys)
+    }
+
+    @Test func aCompressedFileLoadsTheSameRowsThroughAKill() throws {
+        let sandbox = try Sandbox()
+        defer { try? FileManager.default.removeItem(atPath: sandbox.stateDirectory + "-files") }
+        let plain = try Self.dump(sandbox, users: 600)
+        let compressed = try Self.dump(sandbox, users: 600, name: "users.bson.gz")
+        let size = { (path: String) in (try FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0 }
+        #expect(try size(compressed) < size(plain) / 2, "it is compressed")
+        let base = ["--postgres-url", sandbox.postgresURL, "--state-dir", sandbox.stateDirectory, "--batch-size", "50"]
+        var result = try sandbox.run(["start", "--source-file", plain] + base)
+        #expect(result.status == 0, "\(result.stderr)")
+        let expected = try sandbox.checksums()
+        result = try sandbox.run(["start", "--fresh", "--yes", "--source-file", compressed] + base, environment: ["ETL_CRASH_AT": "committed:4"])
+        #expect(result.signaled, "\(result.stderr)")
+        result = try sandbox.run(["resume"] + base)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(try sandbox.checksums() == expected)
+        let verify = try sandbox.run(["verify", "--postgres-url", sandbox.postgresURL, "--state-dir", sandbox.stateDirectory])
+        #expect(verify.status == 0, "\(verify.stdout)\(verify.stderr)")
+    }
+
+    @Test func aResumeOnAnotherFileIsRefusedAndOnTheSameFileMovedIsNot() throws {
+        let sandbox = try Sandbox()
+        let directory = sandbox.stateDirectory + "-files"
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let file = try Self.dump(sandbox, users: 300)
+        let base = ["--postgres-url", sandbox.postgresURL, "--state-dir", sandbox.stateDirectory, "--batch-size", "50"]
+        let killed = try sandbox.run(["start", "--source-file", file] + base, environment: ["ETL_CRASH_AT": "committed:2"])
+        #expect(killed.signaled)
+
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: file))
+        bytes[100] ^= 0xFF
+        try bytes.write(to: URL(fileURLWithPath: directory + "/changed.bson"))
+        var result = try sandbox.run(["resume", "--source-file", directory + "/changed.bson"] + base)
+        #expect(result.status == 64 && result.stderr.contains("source file's first MiB"), "\(result.stderr)")
+        bytes[100] ^= 0xFF
+        try (bytes + bytes.prefix(1_000)).write(to: URL(fileURLWithPath: directory + "/longer.bson"))
+        result = try sandbox.run(["resume", "--source-file", directory + "/longer.bson"] + base)
+        #expect(result.status == 64 && result.stderr.contains("source file size"), "\(result.stderr)")
+        result = try sandbox.run(["resume"] + base + ["--database", "elsewhere"])
+        #expect(result.status == 64 && result.stderr.contains("database is 'elsewhere'"), "\(result.stderr)")
+
+        try FileManager.default.moveItem(atPath: file, toPath: directory + "/moved.bson")
+        result = try sandbox.run(["resume"] + base)
+        #expect(result.status == 66 && result.stderr.contains("does not exist"), "the recorded path is gone: \(result.stderr)")
+        result = try sandbox.run(["resume", "--source-file", directory + "/moved.bson"] + base)
+        #expect(result.status == 0, "the same file at another path: \(result.stderr)")
+        #expect(try sandbox.counts()["users"] == 300)
+    }
+
+    @Test func aTruncatedOrDamagedFileIsAnErrorNamingTheOffsetNeverASilentStop() throws {
+        let sandbox = try Sandbox()
+        let directory = sandbox.stateDirectory + "-files"
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let file = try Self.dump(sandbox, users: 50)
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: file))
+        // Where the last document starts: walk the lengths.
+        var offset = 0, last = 0
+        while offset < bytes.count {
+            last = offset
+            offset += Int(bytes[offset]) | Int(bytes[offset + 1]) << 8 | Int(bytes[offset + 2]) << 16 | Int(bytes[offset + 3]) << 24
+        }
+        let base = ["--postgres-url", sandbox.postgresURL, "--state-dir", sandbox.stateDirectory]
+
+        try bytes.prefix(bytes.count - 10).write(to: URL(fileURLWithPath: directory + "/truncated.bson"))
+        var result = try sandbox.run(["start", "--source-file", directory + "/truncated.bson"] + base)
+        #expect(result.status == 65, "\(result.stderr)")
+        #expect(result.stderr.contains("ends inside the document at offset \(last)"), "\(result.stderr)")
+        #expect(try sandbox.status()["finished"] as? Bool != true)
+        let scan = try sandbox.run(["scan", "--source-file", directory + "/truncated.bson"])
+        #expect(scan.status == 65 && scan.stderr.contains("offset \(last)"), "\(scan.stderr)")
+
+        var damaged = bytes
+        damaged[last] = 0x01
+        damaged[last + 3] = 0x7F
+        try damaged.write(to: URL(fileURLWithPath: directory + "/damaged.bson"))
+        result = try sandbox.run(["start", "--fresh", "--yes", "--source-file", directory + "/damaged.bson"] + base)
+        #expect(result.status == 65 && result.stderr.contains("no document at offset \(last)"), "\(result.stderr)")
+
+        let gz = try Self.dump(sandbox, users: 50, name: "users.bson.gz")
+        let compressed = try Data(contentsOf: URL(fileURLWithPath: gz))
+        try compressed.prefix(compressed.count / 2).write(to: URL(fileURLWithPath: directory + "/truncated.bson.gz"))
+        result = try sandbox.run(["start", "--fresh", "--yes", "--source-file", directory + "/truncated.bson.gz"] + base)
+        #expect(result.status == 65 && result.stderr.contains("truncated"), "\(result.stderr)")
+
+        FileManager.default.createFile(atPath: directory + "/empty.bson", contents: Data())
+        result = try sandbox.run(["start", "--fresh", "--yes", "--source-file", directory + "/empty.bson"] + base)
+        #expect(result.status == 66 && result.stderr.contains("--allow-empty"), "\(result.stderr)")
+        result = try sandbox.run(["start", "--fresh", "--yes", "--source-file", directory + "/missing.bson"] + base)
+        #expect(result.status == 66 && result.stderr.contains("does not exist"), "\(result.stderr)")
+        for output in [result.stdout, result.stderr] { #expect(!output.contains("Fatal error") && !output.contains("Stack")) }
+    }
+
+    @Test func rowsWithoutTheirParentStopTheFinalKeysStepUntilRemoved() throws {
+        let sandbox = try Sandbox()
+        defer { try? FileManager.default.removeItem(atPath: sandbox.stateDirectory + "-files") }
+        let file = try Self.dump(sandbox, users: 200)
+        let base = ["--postgres-url", sandbox.postgresURL, "--state-dir", sandbox.stateDirectory]
+        var result = try sandbox.run(["start", "--source-file", file] + base, environment: ["ETL_CRASH_AT": "keys"])
+        #expect(result.signaled)
+        let text = try sandbox.run(["status"] + base)
+        #expect(text.stdout.contains("foreign keys added after the load, when it completes (not in place yet)"), "\(text.stdout)")
+        let pending = try sandbox.run(["verify", "--json"] + base)
+        #expect(pending.status == 0, "keys the job has yet to add are not a mismatch: \(pending.stdout)")
+
+        // Something else writes a row whose parent is not there.
+        try sandbox.db().execute("""
+            CREATE TEMP TABLE orphan AS SELECT * FROM addresses LIMIT 1;
+            UPDATE orphan SET id = id + 1000000, user_id = 99999999;
+            INSERT INTO addresses SELECT * FROM orphan
+            """)
+        result = try sandbox.run(["resume"] + base)
+        #expect(result.status == 65, "\(result.stderr)")
+        #expect(result.stderr.contains("addresses_user_id_fkey") && result.stderr.contains("99999999"), "\(result.stderr)")
+        #expect(try Self.foreignKeysInPlace(sandbox) == 0, "all the keys or none")
+        #expect(try sandbox.status()["finished"] as? Bool == false)
+
+        try sandbox.db().execute("DELETE FROM addresses WHERE user_id = 99999999")
+        result = try sandbox.run(["resume"] + base)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(try Self.foreignKeysInPlace(sandbox) == Self.keys)
+        #expect(try sandbox.run(["status"] + base).stdout.contains("foreign keys added after the load"))
+        #expect(try sandbox.run(["verify"] + base).stdout.contains("foreign keys 14 of 14 in place"))
+
+        // Keys dropped by hand after the job finished: verify says so and fails.
+        try sandbox.db().execute("ALTER TABLE posts DROP CONSTRAINT posts_social_media_id_fkey")
+        let missing = try sandbox.run(["verify"] + base)
+        #expect(missing.status == 65 && missing.stdout.contains("missing: posts(social_media_id) -> social_media"), "\(missing.stdout)")
+    }
+
+    @Test func keysDuringTheLoadAreInPlaceWhileItRuns() throws {
+        let sandbox = try Sandbox()
+        defer { try? FileManager.default.removeItem(atPath: sandbox.stateDirectory + "-files") }
+        let file = try Self.dump(sandbox, users: 300)
+        let base = ["--postgres-url", sandbox.postgresURL, "--state-dir", sandbox.stateDirectory, "--batch-size", "50"]
+        var result = try sandbox.run(["start", "--foreign-keys", "during", "--source-file", file] + base, environment: ["ETL_CRASH_AT": "committed:3"])
+        #expect(result.signaled)
+        #expect(try Self.foreignKeysInPlace(sandbox) == Self.keys)
+        result = try sandbox.run(["resume"] + base)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(try sandbox.status()["foreignKeys"] as? String == "during")
+
+        result = try sandbox.run(["start", "--fresh", "--yes", "--foreign-keys", "sometimes", "--source-file", file] + base)
+        #expect(result.status == 64 && result.stderr.contains("valid modes: after, during"), "\(result.stderr)")
+    }
+}
