@@ -7,7 +7,7 @@ import Mappings
 /// Proposes a mapping file for a collection from a sample of its documents.
 struct Init: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Sample a collection and print (or write) a mapping file for it, with the evidence for each choice.",
+        abstract: "Sample a collection (or a mongodump file) and print (or write) a mapping file for it, with the evidence for each choice.",
         discussion: "Run the mapping with 'etl-job start --mapping FILE'. Edit it first as you like: rename tables and columns, drop fields, change types, choose jsonb for any subtree.")
 
     @OptionGroup var connection: ConnectionOptions
@@ -20,8 +20,8 @@ struct Init: AsyncParsableCommand {
 
     func validate() throws {
         guard sample > 0 else { throw ValidationError("--sample must be at least 1") }
-        guard connection.source.database != nil, connection.source.collection != nil else {
-            throw ValidationError("init needs --database and --collection: the collection to describe")
+        guard connection.source.sourceFile != nil || (connection.source.database != nil && connection.source.collection != nil) else {
+            throw ValidationError("init needs --database and --collection (the collection to describe), or --source-file (a mongodump file)")
         }
     }
 
@@ -47,18 +47,26 @@ struct Init: AsyncParsableCommand {
         }
     }
 
-    /// Reads every k-th document in `_id` order (k = count / sample) and infers the mapping.
+    /// Reads every k-th document in source order (k = count / sample) and infers the mapping.
+    /// A file is read twice: once to count its documents, once to sample them.
     private static func propose(_ settings: JobSettings, sample: Int) throws -> Data {
-        let source = SourceCollection(database: settings.database!, collection: settings.collection!)
+        let source = SourceCollection(
+            database: settings.database ?? settings.sourceFile.map(Self.databaseName) ?? "",
+            collection: settings.collection ?? settings.sourceFile.map(Self.collectionName) ?? "")
         let job = PipelineJob(mapping: Placeholder(source: source), settings: settings)
-        let client = try job.connectMongo()
-        let total = try job.checkSource(client, allowEmpty: false) ?? Int64(sample)
+        let client = try job.connectSource()
+        var total = try job.checkSource(client, allowEmpty: false) ?? Int64(sample)
+        if settings.sourceFile != nil {
+            let counting = try job.openSource(nil, after: nil)
+            total = 0
+            while try counting.next() != nil { total += 1 }
+        }
         let stride = max(1, Int(total) / sample)
-        let cursor = try client.collection(database: source.database, name: source.collection).scanById(afterIdElement: nil, batchSize: 1_000)
+        let cursor = try job.openSource(client, after: nil)
         var inference = Inference()
         var seen = 0
         while inference.documents < sample, let document = try cursor.next() {
-            if seen % stride == 0 { inference.add(document) }
+            if seen % stride == 0 { document.withUnsafeBytes { inference.add($0) } }
             seen += 1
             if seen % 10_000 == 0 { Console.standardError.status("init: read \(seen) documents, sampled \(inference.documents)") }
         }
@@ -68,6 +76,19 @@ struct Init: AsyncParsableCommand {
         // What init writes must load: read it back as etl-job will.
         _ = try MappingFile(json: data)
         return data + Data("\n".utf8)
+    }
+}
+
+extension Init {
+    /// mongodump writes `<database>/<collection>.bson[.gz]`.
+    static func collectionName(_ path: String) -> String {
+        var name = URL(fileURLWithPath: path).lastPathComponent
+        for suffix in [".gz", ".bson"] where name.hasSuffix(suffix) { name.removeLast(suffix.count) }
+        return name
+    }
+
+    static func databaseName(_ path: String) -> String {
+        URL(fileURLWithPath: path).deletingLastPathComponent().lastPathComponent
     }
 }
 
