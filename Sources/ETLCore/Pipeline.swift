@@ -109,20 +109,24 @@ public struct ETLRunner<P: ETLProcessor>: Pipeline {
     }
 
     private static func extract(_ processor: P, config: BucketConfig, stop: StopToken) throws {
+        // Batches are staged on a thread of their own while the source is read further.
+        let handoff = Handoff<P.Item>(name: "\(processor.name)-stage") { try processor.stage($0, stop: stop) }
         let bucket = Bucket<P.Item>(
             size: config.batchSize, maxWeight: config.maxBatchBytes, weigh: processor.weight(of:),
             flushTimeout: config.flushTimeout
-        ) { try processor.stage($0, stop: stop) }
+        ) { try handoff.submit($0) }
         let complete: Bool
         do {
             complete = try processor.extract({ try bucket.add($0) }, stop: stop)
+            // A stop mid-scan still flushes what was read: it is staged with its position, so
+            // nothing is read twice on resume.
+            try bucket.finish()
+            try handoff.finish()
         } catch {
             bucket.abandon()
+            handoff.abandon()
             throw error
         }
-        // A stop mid-scan still flushes what was read: it is staged with its position, so
-        // nothing is read twice on resume.
-        try bucket.finish()
         if complete { try processor.finishExtraction() }
     }
 
