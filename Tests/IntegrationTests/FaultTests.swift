@@ -63,14 +63,29 @@ import UsersFixtures
     /// committed, so kills fall in every stage), resumed, and so on until it completes; then
     /// the tables must equal the uninterrupted run, and the next round starts afresh.
     @Test func randomKillCampaignEndsExactly() throws {
+        try campaign(kills: Self.kills, source: [])
+    }
+
+    /// The same campaign reading a mongodump file of the same documents (half the kills).
+    @Test func randomKillCampaignFromAFileEndsExactly() throws {
+        let directory = NSTemporaryDirectory() + "etl-fault-file-" + UUID().uuidString.prefix(8)
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let file = directory + "/users.bson"
+        let written = try Sandbox.runBinary(["seed", "--users", String(Reference.users), "--output", file])
+        #expect(written.status == 0, "\(written.stderr)")
+        try campaign(kills: max(1, Self.kills / 2), source: ["--source-file", file])
+    }
+
+    private func campaign(kills wanted: Int, source: [String]) throws {
         let sandbox = try seededSandbox()
         let reference = try Reference.checksums()
         var rng = SplitMix64(seed: Self.seed)
         var kills = 0, launches = 0, rounds = 0, rowsCompared = 0, lost = 0, duplicated = 0
         var finishedJob: String?
-        while kills < Self.kills {
+        while kills < wanted {
             rounds += 1
-            let start = rounds == 1 ? ["start"] : ["start", "--fresh", "--yes"]
+            let start = (rounds == 1 ? ["start"] : ["start", "--fresh", "--yes"]) + source
             var roundLaunches = 0
             while true {
                 // Resume this round's job (one the run named in its manifest, even before its queue
@@ -82,7 +97,7 @@ import UsersFixtures
                 let job = try sandbox.launch(command + sandbox.connectionArguments + ["--batch-size", "100"])
                 launches += 1
                 roundLaunches += 1
-                if kills < Self.kills, try killAtARandomMoment(job, sandbox, after: before, &rng) {
+                if kills < wanted, try killAtARandomMoment(job, sandbox, after: before, &rng) {
                     kills += 1
                     #expect(!JobLock.isHeld(directory: sandbox.stateDirectory), "a killed run leaves no lock behind")
                     // Each resume keeps what the killed run committed: a round that needs this
@@ -107,7 +122,7 @@ import UsersFixtures
             duplicated += try sandbox.duplicateKeys()
         }
         try expectExact(sandbox, "seed \(Self.seed), \(kills) kills")
-        print("fault campaign: \(kills) kills at random moments in \(rounds) runs to completion (\(launches) launches), "
+        print("fault campaign\(source.isEmpty ? "" : " (from a file)"): \(kills) kills at random moments in \(rounds) runs to completion (\(launches) launches), "
             + "\(Reference.users) users, seed \(Self.seed): \(rowsCompared) rows compared, \(lost) lost, \(duplicated) duplicated")
     }
 
