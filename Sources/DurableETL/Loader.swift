@@ -40,7 +40,7 @@ final class BatchLoader: ETLWorker {
             "pipeline": "\(processor.name)", "batch": "\(batch.id)", "documents": "\(batch.documentCount)",
         ])
         do {
-            try load(batch, stop: stop)
+            try load(try processor.documents(of: batch), stop: stop)
         } catch {
             try? queue.requeue(batch.id)
             throw error

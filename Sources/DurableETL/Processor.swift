@@ -23,6 +23,8 @@ final class PipelineProcessor: ETLProcessor, @unchecked Sendable {
     let logger: Logger
     /// Workers of this pipeline (its share of the run's budget).
     let workers: Int
+    /// The source is a plain mongodump file: batches stay there, the queue keeps their extent.
+    let externalPayloads: Bool
     /// Batches read again from the source in this run (true once done): a second damage stops the job.
     private let reread = Mutex<[UInt64: Bool]>([:])
 
@@ -33,6 +35,7 @@ final class PipelineProcessor: ETLProcessor, @unchecked Sendable {
     init(_ pipeline: PipelineJob, queue: DurableQueue, jobId: String, workers: Int, clock: StageClock, logger: Logger) {
         mapping = pipeline.mapping
         job = pipeline
+        externalPayloads = pipeline.sourceFile.map { (try? BSONFileReader(path: $0))?.isCompressed == false } ?? false
         source = pipeline.source
         settings = pipeline.settings
         target = pipeline.target
@@ -51,7 +54,9 @@ final class PipelineProcessor: ETLProcessor, @unchecked Sendable {
         let db = try target.connect()
         var landed = 0
         for id in inFlight {
-            if let outcome = try Checkpoint.outcome(db, pipeline: name, job: jobId, batch: id, payload: try queue.payload(of: id) ?? []) {
+            let stored = try queue.payload(of: id) ?? []
+            let payload = stored == [0xFF] ? try documents(of: QueueBatch(id: id, documentCount: 0, payload: [], isExternal: true)).payload : stored
+            if let outcome = try Checkpoint.outcome(db, pipeline: name, job: jobId, batch: id, payload: payload) {
                 try queue.complete(id, outcome: outcome)
                 landed += 1
             } else {
@@ -114,14 +119,22 @@ final class PipelineProcessor: ETLProcessor, @unchecked Sendable {
                 queue.waitForChange(timeout: 0.5)
             }
         }
-        var payload: [UInt8] = []
-        payload.reserveCapacity(batch.reduce(0) { $0 + $1.count })
-        for doc in batch { payload += doc }
         try clock.measure(.queueWrite) {
             // In a file, the position is the offset after the batch: its bytes follow the last position's.
-            let position = job.sourceFile == nil ? last.withUnsafeBytes { BSONSequence.idElement($0) } ?? []
-                : FilePosition.encode(try FilePosition.offset(try queue.extractPosition) + UInt64(payload.count))
-            try queue.enqueue(payload: payload, documents: batch.count, position: position)
+            if job.sourceFile != nil {
+                let bytes = batch.reduce(0) { $0 + $1.count }
+                let position = FilePosition.encode(try FilePosition.offset(try queue.extractPosition) + UInt64(bytes))
+                if externalPayloads {
+                    try queue.enqueueExternal(documents: batch.count, checksum: BatchIntegrity.checksum(batch), position: position)
+                    return
+                }
+                try queue.enqueue(payload: Array(batch.joined()), documents: batch.count, position: position)
+                return
+            }
+            var payload: [UInt8] = []
+            payload.reserveCapacity(batch.reduce(0) { $0 + $1.count })
+            for doc in batch { payload += doc }
+            try queue.enqueue(payload: payload, documents: batch.count, position: last.withUnsafeBytes { BSONSequence.idElement($0) } ?? [])
         }
         CrashPoint.enqueued.reach()
     }
@@ -165,6 +178,30 @@ final class PipelineProcessor: ETLProcessor, @unchecked Sendable {
         logger.warning("a queued batch was damaged; read its documents again from the source", metadata: [
             "pipeline": "\(name)", "batch": "\(damaged.id)", "problem": "\(damaged.problem)", "documents": "\(extent.documents)",
         ])
+    }
+
+    /// The batch with its documents: as claimed, or read from the plain source file for a
+    /// batch the queue left there, checked against the count and checksum it recorded. Bytes
+    /// that no longer match mean the file changed under the job: that stops it (exit 65),
+    /// since reading it again would load the changed documents.
+    func documents(of batch: QueueBatch) throws -> QueueBatch {
+        guard batch.isExternal else { return batch }
+        guard let path = job.sourceFile, let extent = try queue.extent(of: batch.id) else {
+            throw JobError(.ioError, "batch \(batch.id) of the \(name) queue lost its place in the source file; \(JobError.untrustedState)")
+        }
+        let start = try FilePosition.offset(extent.after), end = try FilePosition.offset(extent.last)
+        guard end > start else { throw JobError(.ioError, "batch \(batch.id) of the \(name) queue has an empty extent; \(JobError.untrustedState)") }
+        let payload: [UInt8]
+        do {
+            payload = try clock.measure(.extract) { try FileRange.read(path, offset: start, count: Int(end - start)) }
+            try queue.checkExternal(batch.id, payload: payload)
+        } catch let error as BSONFileError {
+            throw JobError(.dataError, "\(error); the job cannot finish from this file: start again with 'etl-job start --fresh'")
+        } catch let damaged as DamagedBatch {
+            throw JobError(.dataError, "the source file \(path) changed since the job read it: the documents of batch \(batch.id) "
+                + "(offsets \(start) to \(end)) no longer match what was queued (\(damaged.problem)); start again with 'etl-job start --fresh'")
+        }
+        return QueueBatch(id: batch.id, documentCount: batch.documentCount, payload: payload)
     }
 
     func finishExtraction() throws {

@@ -183,3 +183,25 @@ public final class BSONFileWriter {
         }
     }
 }
+
+/// Reads byte ranges of a plain (uncompressed) file, as a worker reads a batch whose
+/// documents the queue left in the source file.
+public enum FileRange {
+    public static func read(_ path: String, offset: UInt64, count: Int) throws -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw BSONFileError("cannot open the source file \(path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var bytes = [UInt8](repeating: 0, count: count)
+        var done = 0
+        while done < count {
+            let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, count - done, off_t(offset) + off_t(done)) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else {
+                throw BSONFileError("the source file \(path) ends before offset \(offset + UInt64(count)) "
+                    + (n < 0 ? "(\(String(cString: strerror(errno))))" : "(it is shorter than when the job read it)"))
+            }
+            done += n
+        }
+        return bytes
+    }
+}

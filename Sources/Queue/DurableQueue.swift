@@ -6,7 +6,18 @@ import Foundation
 public struct QueueBatch: Sendable {
     public let id: UInt64
     public let documentCount: Int
+    /// Empty for a batch whose documents stay in the source file (`isExternal`).
     public let payload: [UInt8]
+    /// The queue keeps only where the documents are (the batch's extent in a plain source
+    /// file), their count and checksum; the worker reads them from the file and checks them.
+    public let isExternal: Bool
+
+    public init(id: UInt64, documentCount: Int, payload: [UInt8], isExternal: Bool = false) {
+        self.id = id
+        self.documentCount = documentCount
+        self.payload = payload
+        self.isExternal = isExternal
+    }
 }
 
 /// A document that did not fit the target, kept whole with the reason.
@@ -163,6 +174,39 @@ public final class DurableQueue: @unchecked Sendable {
         return id
     }
 
+    /// The payload value of a batch whose documents stay in the source file: one byte, which
+    /// no stored payload can be (a document is at least 5 bytes).
+    static let externalMarker: [UInt8] = [0xFF]
+
+    /// Like `enqueue`, for documents that stay in a plain source file between the positions
+    /// before and after the batch: the queue records their count and checksum, not their bytes.
+    @discardableResult
+    public func enqueueExternal(documents: Int, checksum: UInt32, position: [UInt8]) throws -> UInt64 {
+        let id = try env.transaction(write: true) { txn -> UInt64 in
+            let id = UInt64(try txn.counter(Key.nextBatch) + 1)
+            try txn.setCounter(Key.nextBatch, Int64(id))
+            let before = try txn.get("meta", Key.position).map { Array($0) } ?? []
+            let extent = Codec.int32(UInt32(before.count)) + before + position
+            let crc = withUnsafeBytes(of: checksum.littleEndian, Array.init)
+            try txn.put("batches", Codec.key(id), [BatchState.pending.rawValue] + Codec.int(Int64(documents)) + crc + extent)
+            try txn.put("payloads", Codec.key(id), Self.externalMarker)
+            try txn.put("pending", Codec.key(id), [])
+            try txn.put("meta", Key.position, position)
+            try txn.addCounter(Key.extracted, Int64(documents))
+            return id
+        }
+        notify()
+        return id
+    }
+
+    /// Checks the documents of an external batch, read from the source file, against what the
+    /// queue recorded (count and checksum); throws `DamagedBatch` when they differ.
+    public func checkExternal(_ id: UInt64, payload: [UInt8]) throws {
+        try env.transaction(write: false) { txn in
+            try BatchIntegrity.check(id: id, record: try txn.get("batches", Codec.key(id)), payload: payload, directory: directory)
+        }
+    }
+
     public func finishExtraction() throws {
         try env.transaction(write: true) { try $0.put("meta", Key.extractionFinished, [1]) }
         notify()
@@ -176,12 +220,16 @@ public final class DurableQueue: @unchecked Sendable {
             guard let key = try txn.firstKey("pending") else { return nil }
             let id = Codec.id(key)
             let payload = try txn.get("payloads", key).map { Array($0) } ?? []
+            let external = payload == Self.externalMarker
             // A damaged batch is never handed out, not even in part: the claim fails whole.
-            try BatchIntegrity.check(id: id, record: try txn.get("batches", key), payload: payload, directory: directory)
+            // (An external batch is checked when its worker has read it from the file.)
+            if !external {
+                try BatchIntegrity.check(id: id, record: try txn.get("batches", key), payload: payload, directory: directory)
+            }
             try txn.delete("pending", key)
             try txn.put("inflight", key, [])
             let documents = try txn.setState(id, .inFlight)
-            return QueueBatch(id: id, documentCount: documents, payload: payload)
+            return QueueBatch(id: id, documentCount: documents, payload: external ? [] : payload, isExternal: external)
         }
         if batch != nil { notify() }
         return batch
@@ -505,6 +553,13 @@ public enum BatchIntegrity {
         }
         guard let framed = documentCount(payload), framed == documents else {
             throw damaged(id, directory, "it should hold \(documents) documents laid end to end")
+        }
+    }
+
+    /// The checksum the queue records for documents laid end to end.
+    public static func checksum(_ documents: [[UInt8]]) -> UInt32 {
+        documents.reduce(0) { crc, document in
+            document.withUnsafeBytes { UInt32(CZlib.crc32_z(UInt(crc), $0.baseAddress?.assumingMemoryBound(to: UInt8.self), $0.count)) }
         }
     }
 

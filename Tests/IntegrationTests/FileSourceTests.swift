@@ -122,6 +122,42 @@ import UsersFixtures
         #expect(try sandbox.counts()["users"] == 300)
     }
 
+    /// From a plain file the queue keeps each batch's extent and checksum, not its bytes: a file
+    /// changed beyond its first MiB (so that size and head still match) after the job queued a
+    /// batch is caught when the batch is read back, and nothing of it loads.
+    @Test func aFileChangedUnderAQueuedBatchStopsTheJobAndLoadsNoneOfIt() throws {
+        let sandbox = try Sandbox()
+        defer { try? FileManager.default.removeItem(atPath: sandbox.stateDirectory + "-files") }
+        let file = try Self.dump(sandbox, users: 400)
+        let base = ["--postgres-url", sandbox.postgresURL, "--state-dir", sandbox.stateDirectory]
+        let run = ["--batch-size", "20", "--max-pending", "100", "--workers", "1"]
+        var result = try sandbox.run(["start", "--source-file", file] + base + run, environment: ["ETL_CRASH_AT": "committed:1"])
+        #expect(result.signaled)
+        #expect(try sandbox.status()["extractionFinished"] as? Bool == true, "every batch is queued")
+        let queueSize = try FileManager.default.attributesOfItem(atPath: sandbox.stateDirectory + "/users/data.mdb")[.size] as? Int ?? 0
+        let fileSize = try FileManager.default.attributesOfItem(atPath: file)[.size] as? Int ?? 0
+        #expect(queueSize < fileSize / 2, "the queue holds extents, not the documents (\(queueSize) bytes for a \(fileSize)-byte file)")
+
+        let handle = try #require(FileHandle(forUpdatingAtPath: file))
+        let offset = UInt64(fileSize - 20_000)
+        try handle.seek(toOffset: offset)
+        let original = try #require(try handle.read(upToCount: 1))
+        try handle.seek(toOffset: offset)
+        try handle.write(contentsOf: Data([original[0] ^ 0x20]))
+        result = try sandbox.run(["resume"] + base)
+        #expect(result.status == 65 && result.stderr.contains("changed since the job read it"), "\(result.stderr)")
+        let loaded = try sandbox.counts()["users"] ?? 0
+        #expect(loaded < 400)
+
+        try handle.seek(toOffset: offset)
+        try handle.write(contentsOf: original)
+        try handle.close()
+        result = try sandbox.run(["resume"] + base)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(try sandbox.counts()["users"] == 400)
+        #expect(try sandbox.run(["verify"] + base).status == 0)
+    }
+
     @Test func aTruncatedOrDamagedFileIsAnErrorNamingTheOffsetNeverASilentStop() throws {
         let sandbox = try Sandbox()
         let directory = sandbox.stateDirectory + "-files"
