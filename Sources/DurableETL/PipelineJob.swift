@@ -45,7 +45,8 @@ public struct PipelineJob: Sendable {
             targetHost: server.host, targetPort: server.port, targetDatabase: server.database, targetSchema: target.schema)
         if let sourceFile {
             let file = try identifyFile(sourceFile)
-            identity.sourceFile = SourceFileIdentity(path: sourceFile, size: file.size, headDigest: file.headDigest)
+            let compressed = (try? BSONFileReader(path: sourceFile))?.isCompressed
+            identity.sourceFile = SourceFileIdentity(path: sourceFile, size: file.size, headDigest: file.headDigest, compressed: compressed)
         }
         return identity
     }
@@ -244,6 +245,14 @@ public final class SourceCursor {
     func position(after document: [UInt8]) -> [UInt8] {
         if let file { return FilePosition.encode(file.offset) }
         return document.withUnsafeBytes { BSONSequence.idElement($0) } ?? []
+    }
+}
+
+extension DurableQueue {
+    /// How much of its source file the job has read (nil for a collection or a .gz).
+    public func sourceFileRead() throws -> Double? {
+        guard let file = try identity?.sourceFile else { return nil }
+        return file.fractionRead(offset: try extractPosition.flatMap { try? FilePosition.offset($0) })
     }
 }
 

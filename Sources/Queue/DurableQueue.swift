@@ -450,11 +450,20 @@ public struct SourceFileIdentity: Codable, Sendable, Equatable {
     public var path: String
     public var size: Int64
     public var headDigest: String
+    /// gzip-compressed: offsets in its content do not compare with its size.
+    public var compressed: Bool?
 
-    public init(path: String, size: Int64, headDigest: String) {
+    public init(path: String, size: Int64, headDigest: String, compressed: Bool? = nil) {
         self.path = path
         self.size = size
         self.headDigest = headDigest
+        self.compressed = compressed
+    }
+
+    /// How much of a plain file the job has read, from the queue's position (an offset).
+    public func fractionRead(offset: UInt64?) -> Double? {
+        guard compressed == false, size > 0, let offset else { return nil }
+        return min(1, Double(offset) / Double(size))
     }
 }
 

@@ -63,7 +63,7 @@ struct Status: AsyncParsableCommand {
                 try refuseMismatch(name, try queue.identity, settings: settings, urls: urls)
                 guard let status = try queue.status() else { throw LMDBError.notFound }
                 if rejected { rejectedDocuments.append((name, try queue.setAsideDocuments())) }
-                views.append(StatusView(pipeline: name, status, identity: try queue.identity, active: active))
+                views.append(StatusView(pipeline: name, status, identity: try queue.identity, fileRead: try queue.sourceFileRead(), active: active))
             } catch let error as LMDBError where error.isNotFound {
                 // A run is still creating this pipeline's queue, or was killed before it
                 // recorded its job there (a resume starts it).
@@ -169,9 +169,13 @@ struct StatusView {
     /// Whether they are in place: always with during; with after, once the job finished.
     let foreignKeysInPlace: Bool?
 
-    init(pipeline: String, _ s: QueueStatus, identity: JobIdentity? = nil, active: Bool, now: Double = Date().timeIntervalSince1970) {
+    /// The share of a plain source file read so far (nil for a collection or a .gz).
+    let sourceFileRead: Double?
+
+    init(pipeline: String, _ s: QueueStatus, identity: JobIdentity? = nil, fileRead: Double? = nil, active: Bool, now: Double = Date().timeIntervalSince1970) {
         self.pipeline = pipeline
         sourceFile = identity?.sourceFile?.path
+        sourceFileRead = s.extractionFinished && identity?.sourceFile != nil ? 1 : fileRead
         let keys = s.foreignKeys ?? "during"
         foreignKeys = keys
         foreignKeysInPlace = keys == "during" || s.finishedAt != nil
@@ -198,11 +202,17 @@ struct StatusView {
         }
         if s.isComplete {
             etaSeconds = 0
-        } else if active, let rate = documentsPerSecond, let total = s.sourceTotal {
+        } else if active, let rate = documentsPerSecond, let total = s.sourceTotal ?? Self.estimatedTotal(s, fileRead: fileRead) {
             etaSeconds = max(0, Double(total - s.documentsLoaded - s.documentsSetAside) / rate)
         } else {
             etaSeconds = nil
         }
+    }
+
+    /// A file's document count, estimated from the documents read and the share of its bytes.
+    static func estimatedTotal(_ s: QueueStatus, fileRead: Double?) -> Int64? {
+        guard let fileRead, fileRead > 0.01, s.extracted > 0 else { return nil }
+        return Int64((Double(s.extracted) / fileRead).rounded())
     }
 
     /// A pipeline named by the run's manifest whose queue records no job yet.
@@ -221,6 +231,7 @@ struct StatusView {
         documentsPerSecond = nil
         etaSeconds = nil
         sourceFile = nil
+        sourceFileRead = nil
         foreignKeys = nil
         foreignKeysInPlace = nil
     }
@@ -235,7 +246,7 @@ struct StatusView {
             "batches": batches, "pending": pending, "inFlight": inFlight, "done": done,
             "documentsLoaded": documentsLoaded, "documentsSetAside": documentsSetAside, "rows": rows, "totalRows": totalRows,
             "documentsPerSecond": documentsPerSecond, "etaSeconds": etaSeconds,
-            "sourceFile": sourceFile, "foreignKeys": foreignKeys, "foreignKeysInPlace": foreignKeysInPlace,
+            "sourceFile": sourceFile, "sourceFileRead": sourceFileRead, "foreignKeys": foreignKeys, "foreignKeysInPlace": foreignKeysInPlace,
         ]
     }
 
@@ -278,7 +289,8 @@ struct StatusView {
         var lines = [
             "pipeline     \(pipeline)",
             "job          \(job)  \(state)",
-            "extracted    \(n(extracted))\(sourceDocuments.map { " of \(n($0))" } ?? "") documents\(extractionFinished ? " (source read to its end)" : "")",
+            "extracted    \(n(extracted))\(sourceDocuments.map { " of \(n($0))" } ?? "") documents"
+                + (extractionFinished ? " (source read to its end)" : sourceFileRead.map { " (\(Int($0 * 100)) % of the file read)" } ?? ""),
             "batches      \(batches): \(pending) pending, \(inFlight) in flight, \(done) done",
             "loaded       \(n(documentsLoaded)) documents, \(n(totalRows)) rows",
             "set aside    \(n(documentsSetAside)) documents" + (documentsSetAside > 0 ? " (etl-job status --rejected)" : ""),
@@ -341,12 +353,14 @@ final class Progress: RunObserver, @unchecked Sendable {
         var parts: [String] = []
         for p in pipelines {
             guard let status = (try? p.queue.status()).flatMap({ $0 }) else { return nil }
-            let view = StatusView(pipeline: p.name, status, active: true)
+            let read = try? p.queue.sourceFileRead()
+            let view = StatusView(pipeline: p.name, status, fileRead: read, active: true)
             let total = status.sourceTotal.map { "/\($0)" } ?? ""
+            let file = status.extractionFinished ? "" : read.map { "\(Int($0 * 100)) % of the file read, " } ?? ""
             let eta = view.etaSeconds.map { String(format: ", ETA %.0f s", $0) } ?? ""
             let name = pipelines.count > 1 ? "\(p.name) " : ""
             parts.append("\(name)job \(p.jobId.prefix(8)): loaded \(status.documentsLoaded)\(total) documents, \(status.totalRows) rows, "
-                + "\(status.pending) batches pending\(eta)")
+                + "\(file)\(status.pending) batches pending\(eta)")
         }
         return parts.joined(separator: " | ")
     }

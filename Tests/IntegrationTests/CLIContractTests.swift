@@ -160,7 +160,7 @@ enum JSON {
     static let pipelineKeys: Set<String> = [
         "pipeline", "job", "active", "complete", "finished", "sourceDocuments", "extracted", "extractionFinished", "batches",
         "pending", "inFlight", "done", "documentsLoaded", "documentsSetAside", "rows", "totalRows", "documentsPerSecond", "etaSeconds",
-        "sourceFile", "foreignKeys", "foreignKeysInPlace",
+        "sourceFile", "sourceFileRead", "foreignKeys", "foreignKeysInPlace",
     ]
     static let reportKeys: Set<String> = [
         "schemaVersion", "exitCode", "exitReason", "error", "seconds", "cpuSeconds", "peakMemoryBytes", "documentsLoaded",

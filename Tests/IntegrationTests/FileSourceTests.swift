@@ -66,6 +66,7 @@ import UsersFixtures
         let status = try sandbox.status()
         #expect(status["finished"] as? Bool == true && status["foreignKeys"] as? String == "after")
         #expect(status["foreignKeysInPlace"] as? Bool == true && status["sourceFile"] as? String == file)
+        #expect(status["sourceFileRead"] as? Double == 1 || status["sourceFileRead"] as? Int == 1, "the whole file was read")
         #expect((status["documentsSetAside"] as? Int ?? 0) > 0, "the malformed documents were set aside, whole")
         let verify = try sandbox.run(["verify", "--json"] + base)
         #expect(verify.status == 0, "\(verify.stdout)\(verify.stderr)")
