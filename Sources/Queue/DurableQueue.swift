@@ -158,20 +158,7 @@ public final class DurableQueue: @unchecked Sendable {
     /// its last document's), so that a batch found damaged can be read again from the source.
     @discardableResult
     public func enqueue(payload: [UInt8], documents: Int, position: [UInt8]) throws -> UInt64 {
-        let id = try env.transaction(write: true) { txn -> UInt64 in
-            let id = UInt64(try txn.counter(Key.nextBatch) + 1)
-            try txn.setCounter(Key.nextBatch, Int64(id))
-            let before = try txn.get("meta", Key.position).map { Array($0) } ?? []
-            let extent = Codec.int32(UInt32(before.count)) + before + position
-            try txn.put("batches", Codec.key(id), [BatchState.pending.rawValue] + Codec.int(Int64(documents)) + Codec.crc(payload) + extent)
-            try txn.put("payloads", Codec.key(id), payload)
-            try txn.put("pending", Codec.key(id), [])
-            try txn.put("meta", Key.position, position)
-            try txn.addCounter(Key.extracted, Int64(documents))
-            return id
-        }
-        notify()
-        return id
+        try enqueue(stored: payload, checksum: Codec.crc32(payload), documents: documents, position: position)
     }
 
     /// The payload value of a batch whose documents stay in the source file: one byte, which
@@ -182,6 +169,10 @@ public final class DurableQueue: @unchecked Sendable {
     /// before and after the batch: the queue records their count and checksum, not their bytes.
     @discardableResult
     public func enqueueExternal(documents: Int, checksum: UInt32, position: [UInt8]) throws -> UInt64 {
+        try enqueue(stored: Self.externalMarker, checksum: checksum, documents: documents, position: position)
+    }
+
+    private func enqueue(stored: [UInt8], checksum: UInt32, documents: Int, position: [UInt8]) throws -> UInt64 {
         let id = try env.transaction(write: true) { txn -> UInt64 in
             let id = UInt64(try txn.counter(Key.nextBatch) + 1)
             try txn.setCounter(Key.nextBatch, Int64(id))
@@ -189,7 +180,7 @@ public final class DurableQueue: @unchecked Sendable {
             let extent = Codec.int32(UInt32(before.count)) + before + position
             let crc = withUnsafeBytes(of: checksum.littleEndian, Array.init)
             try txn.put("batches", Codec.key(id), [BatchState.pending.rawValue] + Codec.int(Int64(documents)) + crc + extent)
-            try txn.put("payloads", Codec.key(id), Self.externalMarker)
+            try txn.put("payloads", Codec.key(id), stored)
             try txn.put("pending", Codec.key(id), [])
             try txn.put("meta", Key.position, position)
             try txn.addCounter(Key.extracted, Int64(documents))
