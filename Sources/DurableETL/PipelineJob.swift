@@ -45,7 +45,7 @@ public struct PipelineJob: Sendable {
             targetHost: server.host, targetPort: server.port, targetDatabase: server.database, targetSchema: target.schema)
         if let sourceFile {
             let file = try identifyFile(sourceFile)
-            let compressed = (try? BSONFileReader(path: sourceFile))?.isCompressed
+            let compressed = BSONFileReader.isCompressed(path: sourceFile)
             identity.sourceFile = SourceFileIdentity(path: sourceFile, size: file.size, headDigest: file.headDigest, compressed: compressed)
         }
         return identity

@@ -35,7 +35,7 @@ final class PipelineProcessor: ETLProcessor, @unchecked Sendable {
     init(_ pipeline: PipelineJob, queue: DurableQueue, jobId: String, workers: Int, clock: StageClock, logger: Logger) {
         mapping = pipeline.mapping
         job = pipeline
-        externalPayloads = pipeline.sourceFile.map { (try? BSONFileReader(path: $0))?.isCompressed == false } ?? false
+        externalPayloads = pipeline.sourceFile.map { BSONFileReader.isCompressed(path: $0) == false } ?? false
         source = pipeline.source
         settings = pipeline.settings
         target = pipeline.target
@@ -54,8 +54,7 @@ final class PipelineProcessor: ETLProcessor, @unchecked Sendable {
         let db = try target.connect()
         var landed = 0
         for id in inFlight {
-            let stored = try queue.payload(of: id) ?? []
-            let payload = stored == [0xFF] ? try documents(of: QueueBatch(id: id, documentCount: 0, payload: [], isExternal: true)).payload : stored
+            let payload = try queue.batch(of: id).map { try documents(of: $0).payload } ?? []
             if let outcome = try Checkpoint.outcome(db, pipeline: name, job: jobId, batch: id, payload: payload) {
                 try queue.complete(id, outcome: outcome)
                 landed += 1
@@ -120,21 +119,18 @@ final class PipelineProcessor: ETLProcessor, @unchecked Sendable {
             }
         }
         try clock.measure(.queueWrite) {
+            let bytes = batch.reduce(0) { $0 + $1.count }
             // In a file, the position is the offset after the batch: its bytes follow the last position's.
-            if job.sourceFile != nil {
-                let bytes = batch.reduce(0) { $0 + $1.count }
-                let position = FilePosition.encode(try FilePosition.offset(try queue.extractPosition) + UInt64(bytes))
-                if externalPayloads {
-                    try queue.enqueueExternal(documents: batch.count, checksum: BatchIntegrity.checksum(batch), position: position)
-                    return
-                }
-                try queue.enqueue(payload: Array(batch.joined()), documents: batch.count, position: position)
+            let position = job.sourceFile == nil ? last.withUnsafeBytes { BSONSequence.idElement($0) } ?? []
+                : FilePosition.encode(try FilePosition.offset(try queue.extractPosition) + UInt64(bytes))
+            if externalPayloads {
+                try queue.enqueueExternal(documents: batch.count, checksum: BatchIntegrity.checksum(batch), position: position)
                 return
             }
             var payload: [UInt8] = []
-            payload.reserveCapacity(batch.reduce(0) { $0 + $1.count })
+            payload.reserveCapacity(bytes)
             for doc in batch { payload += doc }
-            try queue.enqueue(payload: payload, documents: batch.count, position: last.withUnsafeBytes { BSONSequence.idElement($0) } ?? [])
+            try queue.enqueue(payload: payload, documents: batch.count, position: position)
         }
         CrashPoint.enqueued.reach()
     }

@@ -119,6 +119,15 @@ public final class BSONFileReader {
         return code == Z_ERRNO ? String(cString: strerror(errno)) : (message.isEmpty ? "end of file" : message)
     }
 
+    /// Whether the file is gzip-compressed (its first two bytes are gzip's magic, as zlib
+    /// tells); nil when it cannot be read.
+    public static func isCompressed(path: String) -> Bool? {
+        guard let handle = FileHandle(forReadingAtPath: path) else { return nil }
+        defer { try? handle.close() }
+        guard let head = try? handle.read(upToCount: 2) else { return nil }
+        return head.count == 2 && head[head.startIndex] == 0x1F && head[head.startIndex + 1] == 0x8B
+    }
+
     /// What identifies a source file: its size and the SHA-256 of its first MiB as stored.
     public static func identify(path: String) throws -> (size: Int64, headDigest: String) {
         guard let handle = FileHandle(forReadingAtPath: path) else {

@@ -314,6 +314,16 @@ public final class DurableQueue: @unchecked Sendable {
     }
 
     /// The stored documents of a batch that is not yet done.
+    /// A batch as a claim hands it out (an external one without its bytes), read without
+    /// changing its state; nil when its payload is gone (done).
+    public func batch(of id: UInt64) throws -> QueueBatch? {
+        try env.transaction(write: false) { txn in
+            guard let payload = try txn.get("payloads", Codec.key(id)).map({ Array($0) }) else { return nil }
+            let external = payload == Self.externalMarker
+            return QueueBatch(id: id, documentCount: 0, payload: external ? [] : payload, isExternal: external)
+        }
+    }
+
     public func payload(of id: UInt64) throws -> [UInt8]? {
         try env.transaction(write: false) { try $0.get("payloads", Codec.key(id)).map { Array($0) } }
     }
