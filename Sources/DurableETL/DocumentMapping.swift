@@ -177,9 +177,9 @@ public struct MappedRows: Sendable {
         guard bytes.count <= maxDocumentBytes else {
             throw RejectReason("the document is \(megabytes(bytes.count)), more than the \(megabytes(maxDocumentBytes)) limit (--max-document-mb)")
         }
-        guard BSON.declaredLength(bytes) == bytes.count, BSONIterator(document: bytes) != nil else {
-            throw RejectReason("the document is not valid BSON")
-        }
+        guard BSON.declaredLength(bytes) == bytes.count else { throw RejectReason("the document is not valid BSON") }
+        // Whole, before any field is read: a mapping reads damage as the end of a document.
+        if let damage = BSON.damage(in: bytes) { throw RejectReason("\(damage)") }
         let marks = rows.tables.map(\.mark)
         do {
             try mapping.map(bytes, into: &rows)

@@ -38,11 +38,21 @@ public struct Inference {
 
     let root = Field()
     public private(set) var documents = 0
+    /// Sampled documents that are damaged inside, left out of the evidence (a damaged document
+    /// would read as one whose later fields are absent, and make them nullable): `_id` and
+    /// where, the first few.
+    public private(set) var damaged: [String] = []
+    public private(set) var damagedCount = 0
 
     public init() {}
 
-    /// Adds one sampled document.
+    /// Adds one sampled document, unless it is damaged.
     public mutating func add(_ document: UnsafeRawBufferPointer) {
+        if let damage = BSON.damage(in: document) {
+            damagedCount += 1
+            if damaged.count < 5 { damaged.append("_id \(BSONSequence.displayId(document)): \(damage)") }
+            return
+        }
         guard let it = BSONIterator(document: document) else { return }
         documents += 1
         root.present += 1
@@ -112,8 +122,17 @@ public struct Inference {
             "table": table,
             "columns": columns,
             "children": children,
-            "notes": notes.merging(["(sample)": "\(documents) documents read; delete this member when you have reviewed the mapping"]) { a, _ in a },
+            "notes": notes.merging(sampleNotes) { a, _ in a },
         ]
+    }
+
+    private var sampleNotes: [String: String] {
+        var notes = ["(sample)": "\(documents) documents read; delete this member when you have reviewed the mapping"]
+        if damagedCount > 0 {
+            notes["(damaged)"] = "\(damagedCount) sampled documents are damaged BSON and were left out (a load sets them aside): "
+                + damaged.joined(separator: "; ")
+        }
+        return notes
     }
 
     /// Adds the columns (or child tables) for one field of a table's documents.

@@ -213,6 +213,16 @@ public struct BSONIterator {
         return "<\(type.name)>"
     }
 
+    /// Whether the last `next()` returned false on an element it cannot read rather than at
+    /// the end (libbson sets `err_off` then, and only then).
+    public var isDamaged: Bool { raw.err_off != 0 }
+
+    /// The current element's offset from `start` (after a failed `next()`, the damaged one's).
+    fileprivate var elementOffset: Int { Int(raw.off) }
+
+    /// The first byte of the document this iterator reads (valid until `next()` fails).
+    fileprivate var start: UnsafeRawPointer? { raw.raw.map(UnsafeRawPointer.init) }
+
     /// Copies this element, key and value, into `writer` under `key`.
     public func append(to writer: BSONWriter, as key: String) {
         var copy = raw
@@ -227,7 +237,74 @@ public struct BSONIterator {
 @inline(__always)
 private func iterPtr(_ iter: UnsafeMutablePointer<bson_iter_t>) -> OpaquePointer { OpaquePointer(iter) }
 
+/// Where a BSON document is damaged inside: the first element libbson cannot read.
+public struct BSONDamage: Error, Equatable, Sendable, CustomStringConvertible {
+    /// From the document's first byte.
+    public let offset: Int
+    /// The fields (and array indices) around the damaged element, outermost first.
+    public fileprivate(set) var path: [String]
+    /// The last element read before it at the same level, if any.
+    public let after: String?
+
+    public init(offset: Int, path: [String], after: String?) {
+        self.offset = offset
+        self.path = path
+        self.after = after
+    }
+
+    public var description: String {
+        var place: [String] = []
+        if !path.isEmpty { place.append("inside '\(Self.render(path))'") }
+        if let after { place.append("after '\(Self.render(path + [after]))'") }
+        if place.isEmpty { place.append("at its first element") }
+        return "damaged BSON at byte \(offset) of the document (" + place.joined(separator: ", ")
+            + "): the element there cannot be read (an unknown type, or a key or length that runs past its end)"
+    }
+
+    /// `profile.education[1]`: array elements (keys "0", "1", …) as indices.
+    static func render(_ path: [String]) -> String {
+        path.reduce("") { text, part in
+            part.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) && !part.isEmpty ? text + "[\(part)]" : (text.isEmpty ? part : text + "." + part)
+        }
+    }
+}
+
 public enum BSON {
+    /// Checks a whole document, every nested document and array included, the way libbson
+    /// reads it: each element's type is known, its key and value end inside their parent,
+    /// and each level ends exactly where its length says. Iteration that stops on damage
+    /// otherwise looks like the end of a document, and a mapping would read a damaged
+    /// document as one whose later fields are absent. String contents are not checked here
+    /// (mappings name the field of invalid UTF-8). Nil for a whole document.
+    public static func damage(in bytes: UnsafeRawBufferPointer) -> BSONDamage? {
+        guard let base = bytes.baseAddress, let it = BSONIterator(document: bytes) else {
+            return BSONDamage(offset: 0, path: [], after: nil)
+        }
+        return damage(it, base: base)
+    }
+
+    /// Keys are turned into strings only on the way out of a damaged document.
+    private static func damage(_ iterator: BSONIterator, base: UnsafeRawPointer) -> BSONDamage? {
+        var it = iterator
+        guard let start = it.start else { return BSONDamage(offset: 0, path: [], after: nil) }
+        var last: UnsafePointer<CChar>?
+        while it.next() {
+            if it.type == .document || it.type == .array {
+                guard let child = it.children else {
+                    return BSONDamage(offset: start - base + it.elementOffset, path: [], after: last.map { String(cString: $0) })
+                }
+                if var found = damage(child, base: base) {
+                    found.path.insert(it.key, at: 0)
+                    return found
+                }
+            }
+            last = it.keyPointer
+        }
+        // The element that cannot be read starts at `elementOffset` (libbson keeps it).
+        guard it.isDamaged else { return nil }
+        return BSONDamage(offset: start - base + it.elementOffset, path: [], after: last.map { String(cString: $0) })
+    }
+
     /// True for well-formed UTF-8 without embedded NUL bytes (PostgreSQL text cannot hold NUL).
     public static func isValidUTF8(_ bytes: UnsafeRawBufferPointer) -> Bool {
         guard let base = bytes.baseAddress else { return true }
@@ -253,6 +330,7 @@ public enum BSON {
 
     /// Relaxed extended JSON of a document, for people reading set-aside documents.
     public static func json(_ bytes: UnsafeRawBufferPointer, limit: Int = .max) -> String {
+        if let damage = damage(in: bytes) { return "<\(bytes.count) bytes of \(damage)>" }
         guard let base = bytes.baseAddress,
               let doc = bson_new_from_data(base.assumingMemoryBound(to: UInt8.self), bytes.count)
         else { return "<corrupt BSON of \(bytes.count) bytes>" }

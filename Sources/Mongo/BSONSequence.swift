@@ -31,7 +31,7 @@ public enum BSONSequence {
     /// digits, strings quoted, anything else (ObjectId, UUID, binary, …) as extended JSON.
     public static func displayId(_ document: UnsafeRawBufferPointer) -> String {
         guard var it = BSONIterator(document: document) else { return "<unreadable>" }
-        guard it.find("_id") else { return "<no _id>" }
+        guard it.find("_id") else { return it.isDamaged ? "<damaged before its _id>" : "<no _id>" }
         if it.type == .int32 || it.type == .int64, let i = it.integer { return String(i) }
         if it.type == .utf8, let s = it.utf8, BSON.isValidUTF8(s) {
             return "\"" + String(decoding: s, as: UTF8.self) + "\""

@@ -71,6 +71,10 @@ struct Init: AsyncParsableCommand {
             if seen % 10_000 == 0 { Console.standardError.status("init: read \(seen) documents, sampled \(inference.documents)") }
         }
         Console.standardError.endStatus()
+        if inference.damagedCount > 0 {
+            Console.standardError.line("etl-job: \(inference.damagedCount) sampled documents are damaged BSON and were left out of the inference "
+                + "(a load sets them aside); the first: \(inference.damaged[0])")
+        }
         let mapping = inference.mapping(source: source)
         let data = try JSONSerialization.data(withJSONObject: mapping, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
         // What init writes must load: read it back as etl-job will.

@@ -202,6 +202,67 @@ import UsersFixtures
         for output in [result.stdout, result.stderr] { #expect(!output.contains("Fatal error") && !output.contains("Stack")) }
     }
 
+    /// Documents damaged inside, their framing intact (what other BSON tools refuse as "unknown
+    /// BSON type" or "invalid length or type code"): each is set aside naming the byte, with
+    /// nothing of it loaded; init learns nothing from them; verify agrees.
+    @Test func aDocumentDamagedInsideIsSetAsideNamingTheByteNeverLoadedWithFieldsMissing() throws {
+        let sandbox = try Sandbox()
+        let directory = sandbox.stateDirectory + "-files"
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let file = try Self.dump(sandbox, users: 200)
+        var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: file)))
+        var starts: [Int] = []
+        var offset = 0
+        while offset < bytes.count {
+            starts.append(offset)
+            offset += Int(bytes[offset]) | Int(bytes[offset + 1]) << 8 | Int(bytes[offset + 2]) << 16 | Int(bytes[offset + 3]) << 24
+        }
+        /// Where `pattern` starts inside document `index`, from the document's first byte.
+        func locate(_ index: Int, _ pattern: [UInt8]) -> Int {
+            (starts[index]..<starts[index + 1]).first { Array(bytes[$0..<($0 + pattern.count)]) == pattern }! - starts[index]
+        }
+        // _id 1: an element of unknown type in the middle; _id 2: a key that lost its NUL;
+        // _id 3: an unknown type inside profile.education[0].
+        let age = locate(0, [0x10] + Array("age".utf8) + [0])
+        bytes[starts[0] + age] = 0xAA
+        let firstName = locate(1, [0x02] + Array("firstName".utf8) + [0])
+        bytes[starts[1] + firstName + 10] = UInt8(ascii: "X")
+        let year = locate(2, [0x10] + Array("year".utf8) + [0])
+        bytes[starts[2] + year] = 0xAA
+        let damaged = directory + "/people.bson"
+        try Data(bytes).write(to: URL(fileURLWithPath: damaged))
+
+        let mapping = directory + "/users.json"
+        let inferred = try sandbox.run(["init", "--source-file", damaged, "--output", mapping])
+        #expect(inferred.status == 0, "\(inferred.stderr)")
+        #expect(inferred.stderr.contains("3 sampled documents are damaged BSON"), "\(inferred.stderr)")
+        let text = try String(contentsOfFile: mapping, encoding: .utf8)
+        #expect(!text.contains("\"nullable\""), "a damaged document teaches init nothing: every field is in every whole document")
+
+        let base = ["--postgres-url", sandbox.postgresURL, "--state-dir", sandbox.stateDirectory]
+        let result = try sandbox.run(["start", "--source-file", damaged, "--max-set-aside", "3"] + base)
+        #expect(result.status == 0, "\(result.stderr)")
+        let counts = try sandbox.counts()
+        #expect(counts["users"] == 197 && counts["addresses"] == 197 && counts["profiles"] == 197)
+        #expect(try sandbox.db().execute("SELECT count(*) FROM users WHERE id IN (1, 2, 3)").rows[0][0] == "0", "nothing of a damaged document loads")
+        let listed = try sandbox.run(["status", "--rejected", "--json", "--state-dir", sandbox.stateDirectory])
+        let documents = try #require((try JSON.object(listed.stdout))["documents"] as? [[String: Any]])
+        let reasons = Dictionary(uniqueKeysWithValues: documents.map { ($0["_id"] as! String, $0["reason"] as! String) })
+        #expect(reasons["1"]?.hasPrefix("damaged BSON at byte \(age) of the document (after 'lastName')") == true, "\(reasons)")
+        #expect(reasons["2"]?.hasPrefix("damaged BSON at byte \(firstName) of the document") == true, "\(reasons)")
+        #expect(reasons["3"]?.hasPrefix("damaged BSON at byte \(year) of the document") == true, "\(reasons)")
+        #expect(reasons["3"]?.contains("inside 'profile.education[0]'") == true, "\(reasons)")
+        let verify = try sandbox.run(["verify"] + base)
+        #expect(verify.status == 0, "\(verify.stdout)\(verify.stderr)")
+
+        // The inferred mapping sets the same documents aside.
+        let mapped = try sandbox.run(["start", "--source-file", damaged, "--mapping", mapping, "--max-set-aside", "3",
+                                      "--target-schema", "mapped", "--postgres-url", sandbox.postgresURL, "--state-dir", sandbox.stateDirectory + "-mapped"])
+        defer { try? FileManager.default.removeItem(atPath: sandbox.stateDirectory + "-mapped") }
+        #expect(mapped.status == 0, "\(mapped.stderr)")
+        #expect(try sandbox.db().execute("SELECT count(*) FROM mapped.people").rows[0][0] == "197")
+    }
+
     @Test func rowsWithoutTheirParentStopTheFinalKeysStepUntilRemoved() throws {
         let sandbox = try Sandbox()
         defer { try? FileManager.default.removeItem(atPath: sandbox.stateDirectory + "-files") }
