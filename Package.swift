@@ -36,7 +36,7 @@ let package = Package(
         .target(name: "ETLCore"),
 
         // Thin owners of the C handles.
-        .target(name: "Queue", dependencies: ["CLMDB", "CZlib", "ETLCore"]),
+        .target(name: "Queue", dependencies: ["CLMDB", "CZlib", "ETLCore", "Mongo"]),
         .target(name: "Mongo", dependencies: ["CMongoc", "CZlib", "CCrypto", "ETLCore"]),
         .target(name: "Postgres", dependencies: ["CLibPQ", "ETLCore"]),
 
@@ -72,7 +72,7 @@ let package = Package(
             path: "Tests/TestSupport"),
         // A pipeline written against the engine alone (the README's example), and a small
         // program that runs it, which the engine tests kill and resume. Neither may depend on Users.
-        .target(name: "NotesPipeline", dependencies: ["DurableETL", "Mongo"], path: "Tests/NotesPipeline"),
+        .target(name: "NotesPipeline", dependencies: ["DurableETL", "Mongo", "Postgres"], path: "Tests/NotesPipeline"),
         .executableTarget(
             name: "notes-pipeline",
             dependencies: ["NotesPipeline", "DurableETL", "ETLCore", .product(name: "Logging", package: "swift-log")],

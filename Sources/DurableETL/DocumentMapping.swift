@@ -24,11 +24,38 @@ public protocol DocumentMapping: Sendable {
     /// or throws why the document must be set aside. Rows appended before a throw are
     /// discarded by the engine, so a document loads whole or not at all.
     func map(_ document: UnsafeRawBufferPointer, into rows: inout TableRows) throws(RejectReason)
+    /// The type OID of a document's key, the value each table's `documentRows` finds the
+    /// document's rows by; nil when the pipeline cannot tell a document's key from its `_id`
+    /// (then its documents cannot be replaced or deleted, so it cannot be kept in sync).
+    var documentKeyType: UInt32? { get }
+    /// Writes the key of the document whose `_id` (at least) `document` holds, as one value.
+    func documentKey(_ document: UnsafeRawBufferPointer, into key: inout BinaryCopyWriter) throws(RejectReason)
 }
 
 extension DocumentMapping {
     public var migrations: [Migration] { [] }
     public var definition: String? { nil }
+    public var documentKeyType: UInt32? { nil }
+
+    public func documentKey(_ document: UnsafeRawBufferPointer, into key: inout BinaryCopyWriter) throws(RejectReason) {
+        throw RejectReason("the \(name) pipeline cannot tell a document's key from its _id")
+    }
+}
+
+/// Which rows of a table belong to one document, found by the document's key: how the
+/// `replace` and `delete` write modes find the rows to remove.
+public enum DocumentRows: Sendable, Equatable {
+    /// Rows whose `column` holds the document's key.
+    case key(String)
+    /// Rows whose integer `column` lies from key × `factor` to key × `factor` + `factor` − 1
+    /// (ids derived from the key; found through the primary key's index when it is that).
+    case keyRange(String, factor: Int64)
+
+    var column: String {
+        switch self {
+        case .key(let column), .keyRange(let column, _): column
+        }
+    }
 }
 
 public struct SourceCollection: Sendable, Equatable {
@@ -86,9 +113,13 @@ public struct TableSpec: Sendable {
     public let foreignKeys: [ForeignKey]
     /// About how many COPY bytes one document adds here, so buffers rarely grow.
     public let bytesPerDocument: Int
+    /// How a document's rows here are found by its key (default: the first primary-key column
+    /// holds it, as in a root table and in a child table keyed by its root's key).
+    public let documentRows: DocumentRows
 
     public init(
-        _ name: String, columns: [Column], primaryKey: [String], foreignKeys: [ForeignKey] = [], bytesPerDocument: Int = 256
+        _ name: String, columns: [Column], primaryKey: [String], foreignKeys: [ForeignKey] = [], bytesPerDocument: Int = 256,
+        documentRows: DocumentRows? = nil
     ) {
         precondition(!primaryKey.isEmpty, "table \(name) needs a primary key")
         self.name = name
@@ -96,6 +127,27 @@ public struct TableSpec: Sendable {
         self.primaryKey = primaryKey
         self.foreignKeys = foreignKeys
         self.bytesPerDocument = bytesPerDocument
+        self.documentRows = documentRows ?? .key(primaryKey[0])
+    }
+
+    /// Whether finding a document's rows needs an index of its own (the column does not lead
+    /// the primary key).
+    var needsDocumentIndex: Bool { documentRows.column != primaryKey[0] }
+
+    var documentIndexName: String {
+        var name = name + "_" + documentRows.column
+        while name.utf8.count > 58 { name.removeLast() }
+        return name + "_doc"
+    }
+
+    /// Removes the rows of the documents whose keys `$1` (a binary array) holds.
+    var deleteDocumentsStatement: String {
+        switch documentRows {
+        case .key(let column):
+            "DELETE FROM \(quotedName) WHERE \(quoteIdentifier(column)) = ANY($1)"
+        case .keyRange(let column, let factor):
+            "DELETE FROM \(quotedName) t USING unnest($1::bigint[]) AS k(v) WHERE t.\(quoteIdentifier(column)) BETWEEN k.v * \(factor) AND k.v * \(factor) + \(factor - 1)"
+        }
     }
 
     public var quotedName: String { quoteIdentifier(name) }

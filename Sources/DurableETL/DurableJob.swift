@@ -48,145 +48,174 @@ public struct DurableJob: Sendable {
         var finishedReport = RunReport(pipelines: [], seconds: 0, usage: .current(), stages: [])
     }
 
+    /// Gathers what `start` must know (reading only), plans, and runs the plan.
     private func prepareStart(_ mappings: [any DocumentMapping], fresh: Bool) throws -> Prepared {
-        try refuseIfBusy()
-        let manifest = try RunManifest.read(settings.stateDirectory, discardingLegacy: fresh)
-        if !fresh, let manifest {
-            let finished = try manifest.pipelines.allSatisfy { name in
-                try RunManifest.recordedStatus(settings.stateDirectory, name)?.finishedAt != nil
-            }
-            throw JobError(.usage, finished
-                ? "the job in \(settings.stateDirectory) already finished; use 'etl-job start --fresh' to run again from scratch"
-                : "the state directory \(settings.stateDirectory) holds an unfinished job; run 'etl-job resume' (or 'etl-job start --fresh' to discard it)")
-        }
-        if settings.sourceFile != nil, mappings.count > 1 {
-            throw JobError(.usage, "--source-file names the source of one pipeline; this run has \(mappings.count)")
-        }
+        let directory = settings.stateDirectory
         let jobs = mappings.map { PipelineJob(mapping: $0, settings: settings) }
-        let client = try jobs.first { $0.sourceFile == nil }?.connectMongo()
-        var checked: [(job: PipelineJob, db: PGConnection, total: Int64?)] = []
+        var facts = JobPlan.StartFacts(
+            stateDirectory: directory, busy: busy(), fresh: fresh, request: settings.source.planRequest,
+            targets: jobs.map { JobPlan.Target(name: $0.name, builtIn: $0.mapping.definition == nil) }, requestedForeignKeys: settings.foreignKeys)
+        var previous: RunManifest?
+        if facts.busy == nil, let manifest = try RunManifest.read(directory, discardingLegacy: fresh) {
+            facts.existingJobFinished = try manifest.pipelines.allSatisfy { try RunManifest.recordedStatus(directory, $0)?.finishedAt != nil }
+            previous = manifest
+        }
+        // Refusals that need no connection come before any.
+        _ = try JobPlan.start(facts)
+        var run = Execution(jobs: jobs)
+        for job in jobs { run.totals[job.name] = try job.source.check(allowEmpty: settings.allowEmpty) }
+        facts.targets = []
         for job in jobs {
             let db = try job.connectPostgres()
-            let total = try job.checkSource(job.sourceFile == nil ? client : nil, allowEmpty: settings.allowEmpty)
-            if !fresh, let table = try job.target.firstNonEmptyTable(db, job.mapping) {
-                throw JobError(.usage, "the target table \(table) already holds rows; use 'etl-job start --fresh' to empty the \(job.name) pipeline's tables first")
-            }
-            checked.append((job, db, total))
+            run.connections[job.name] = db
+            facts.targets.append(try target(job, db))
         }
-        var prepared = Prepared()
-        let locks = try jobs.map { try $0.lockTarget() }
-        prepared.lock = try takeLock()
-        try migrate(checked[0].db, mappings)
-        for (job, db, _) in checked { try job.checkTarget(db) }
-        if fresh {
-            try discardState(manifest)
-            for (job, db, _) in checked { try job.target.truncate(db, job.mapping) }
-            logger.info("discarded the previous job and emptied the target tables", metadata: ["pipelines": "\(mappings.map(\.name).joined(separator: ","))"])
+        run.previous = previous
+        let steps = try JobPlan.start(facts)
+        for target in facts.targets where settings.foreignKeys == nil && steps.contains(.prepareForeignKeys(target.name, .during)) {
+            logger.info("this role does not own the tables: their foreign keys stay in place during the load", metadata: ["pipeline": "\(target.name)"])
         }
-        // The tables are empty here (a start refuses rows unless --fresh emptied them): their
-        // foreign keys go before the load, or come after it.
-        var foreignKeys: [String: ForeignKeyMode] = [:]
-        for (job, db, _) in checked {
-            let mode = try foreignKeyMode(job, db)
-            try prepareForeignKeys(job, db, mode)
-            foreignKeys[job.name] = mode
-        }
-        // A queue without a manifest is what a start --fresh killed while discarding left.
-        for job in jobs where FileManager.default.fileExists(atPath: job.directory) {
-            try FileManager.default.removeItem(atPath: job.directory)
-        }
-        // The manifest first: a run killed before every queue exists is completed by resume.
-        try RunManifest(jobs, foreignKeys: foreignKeys).write(settings.stateDirectory)
-        CrashPoint.planned.reach()
-        for ((job, db, total), lock) in zip(checked, locks) {
-            let queue = try job.openQueue()
-            try queue.createJob(id: UUID().uuidString.lowercased(), sourceTotal: total, identity: job.identity(job.sourceFile == nil ? client : nil, db),
-                                foreignKeys: foreignKeys[job.name]?.rawValue)
-            logger.info("started a new job", metadata: ["pipeline": "\(job.name)", "documents": "\(total.map(String.init) ?? "unknown")"])
-            prepared.pipelines.append((job, queue, lock))
-        }
-        return prepared
+        try execute(steps, &run)
+        return run.prepared
     }
 
+    /// What a plan knows of a pipeline's target, read through `db`.
+    private func target(_ job: PipelineJob, _ db: PGConnection) throws -> JobPlan.Target {
+        let declared = job.mapping.tables.reduce(0) { $0 + $1.foreignKeys.count }
+        return JobPlan.Target(
+            name: job.name, builtIn: job.mapping.definition == nil, nonEmptyTable: try job.target.firstNonEmptyTable(db, job.mapping),
+            declaredKeys: declared, missingKeys: declared == 0 ? 0 : try job.target.missingForeignKeys(db, job.mapping).count,
+            ownsTables: declared == 0 ? true : try job.target.ownsTables(db, job.mapping))
+    }
+
+    /// Gathers what `resume` must know (reading only, under the state directory's lock),
+    /// plans, and runs the plan.
     private func prepareResume(resolve: (String, String?) throws -> (any DocumentMapping)?) throws -> Prepared {
-        try refuseIfBusy()
-        guard let manifest = try RunManifest.read(settings.stateDirectory) else {
-            throw JobError(.usage, "there is no job to resume in \(settings.stateDirectory); run 'etl-job start'")
-        }
-        var prepared = Prepared()
-        prepared.lock = try takeLock()
+        let directory = settings.stateDirectory
+        var facts = JobPlan.ResumeFacts(stateDirectory: directory, busy: busy(), hasJob: true, request: settings.source.planRequest)
+        let manifest = facts.busy == nil ? try RunManifest.read(directory) : nil
+        facts.hasJob = facts.busy != nil || manifest != nil
+        _ = try JobPlan.resume(facts)
+        guard let manifest else { return Prepared() }
+        var run = Execution(jobs: [])
+        run.prepared.lock = try takeLock()
         var mappings: [any DocumentMapping] = []
         for name in manifest.pipelines {
             guard let mapping = try resolve(name, manifest.planned[name]?.definition) else {
-                throw JobError(.usage, "the job in \(settings.stateDirectory) runs the pipeline '\(name)', which this etl-job does not know")
+                facts.unknownPipeline = name
+                _ = try JobPlan.resume(facts)
+                return run.prepared
             }
             mappings.append(mapping)
         }
-        if settings.database != nil || settings.collection != nil, mappings.filter({ $0.definition == nil }).count > 1 {
-            throw JobError(.usage, "--database and --collection name the source of one built-in pipeline; this job runs several")
-        }
-        if settings.sourceFile != nil, mappings.count > 1 {
-            throw JobError(.usage, "--source-file names the source of one pipeline; this job runs \(mappings.count)")
-        }
-        var unfinished: [(job: PipelineJob, queue: DurableQueue, client: MongoClient?, db: PGConnection)] = []
+        // The pipelines as named, for the refusals that need no connection.
+        facts.pipelines = mappings.map { JobPlan.ResumePipeline(target: JobPlan.Target(name: $0.name, builtIn: $0.definition == nil), state: .finished) }
+        _ = try JobPlan.resume(facts)
+        facts.pipelines = []
         for mapping in mappings {
-            let probe = PipelineJob(mapping: mapping, settings: settings)
-            let queue = try probe.openQueue()
-            let recordedIdentity = try queue.identity
-            let job = PipelineJob(mapping: mapping, settings: settings, recorded: recordedIdentity, planned: manifest.planned[mapping.name])
-            let client = try job.connectSource()
+            let queue = try PipelineJob(mapping: mapping, settings: settings).openQueue()
+            let recorded = JobIdentity.decode(try queue.identity)
+            let job = PipelineJob(mapping: mapping, settings: settings, recorded: recorded, planned: manifest.planned[mapping.name])
             let db = try job.connectPostgres()
-            try job.refuseMismatch(recorded: recordedIdentity, current: job.identity(client, db))
-            guard let status = try queue.status() else {
-                // Killed after the manifest, before this queue recorded its job: start it now,
-                // on a target the same checks as start's allow (no job of this run loaded rows).
-                try job.checkSource(client, allowEmpty: settings.allowEmpty)
-                if let table = try job.target.firstNonEmptyTable(db, mapping) {
-                    throw JobError(.usage, "the \(job.name) job never started, and the target table \(table) already holds rows; "
-                        + "use 'etl-job start --fresh' to empty the pipeline's tables first")
+            var pipeline = JobPlan.ResumePipeline(
+                target: try target(job, db), state: .finished, differences: recorded?.differences(from: try job.identity(db)) ?? [])
+            if let status = try queue.status() {
+                if status.finishedAt == nil {
+                    pipeline.state = .unfinished(status.foreignKeys.flatMap(ForeignKeyMode.init))
+                } else {
+                    run.prepared.finishedReport.pipelines.append(
+                        PipelineReport(name: job.name, tables: mapping.tables.map(\.name), status: status, alreadyFinished: true))
                 }
-                let foreignKeys = manifest.planned[mapping.name]?.foreignKeys ?? .during
-                try prepareForeignKeys(job, db, foreignKeys)
-                try queue.createJob(id: UUID().uuidString.lowercased(), sourceTotal: nil, identity: job.identity(client, db),
-                                    foreignKeys: foreignKeys.rawValue)
-                unfinished.append((job, queue, client, db))
-                continue
+            } else {
+                pipeline.state = .neverStarted(planned: manifest.planned[mapping.name]?.foreignKeys)
             }
-            if status.finishedAt != nil {
-                prepared.finishedReport.pipelines.append(PipelineReport(name: job.name, tables: mapping.tables.map(\.name), status: status, alreadyFinished: true))
-                continue
+            facts.pipelines.append(pipeline)
+            guard pipeline.state != .finished else { continue }
+            // Each pipeline's refusals before its source is checked; that source must still be
+            // there, and one that never started must be loadable as for a start.
+            _ = try JobPlan.resume(facts)
+            if case .neverStarted = pipeline.state {
+                run.totals[job.name] = try job.source.check(allowEmpty: settings.allowEmpty)
+            } else {
+                try job.source.checkExists()
             }
-            try job.checkSourceExists(client)
-            unfinished.append((job, queue, client, db))
+            run.jobs.append(job)
+            run.connections[job.name] = db
+            run.queues[job.name] = queue
         }
-        guard !unfinished.isEmpty else { return prepared }
-        let locks = try unfinished.map { try $0.job.lockTarget() }
-        try migrate(unfinished[0].db, unfinished.map(\.job.mapping))
-        for entry in unfinished {
-            try entry.job.checkTarget(entry.db)
-            // A job that keeps its keys in place during the load finds them there (a job of
-            // etl-job 0.2 created its tables with them).
-            if try entry.queue.status()?.foreignKeys.flatMap(ForeignKeyMode.init) ?? .during == .during {
-                try addForeignKeys(entry.job, entry.db)
-            }
-        }
-        prepared.pipelines = zip(unfinished, locks).map { ($0.job, $0.queue, $1) }
-        return prepared
+        try execute(try JobPlan.resume(facts), &run)
+        return run.prepared
     }
 
-    /// A new job's foreign-key mode: as asked, else `after` when this role may drop and add
-    /// the keys (it owns the tables, or they have none yet), else `during`.
-    private func foreignKeyMode(_ job: PipelineJob, _ db: PGConnection) throws -> ForeignKeyMode {
-        if settings.foreignKeys == .during { return .during }
-        let declared = job.mapping.tables.reduce(0) { $0 + $1.foreignKeys.count }
-        guard declared > 0, try job.target.missingForeignKeys(db, job.mapping).count < declared else { return .after }
-        if try job.target.ownsTables(db, job.mapping) { return .after }
-        if settings.foreignKeys == .after {
-            throw JobError(.usage, "--foreign-keys after drops the tables' foreign keys and adds them after the load, which needs a role that owns "
-                + "the \(job.name) pipeline's tables; use --foreign-keys during, or run as their owner")
+    /// A plan being run: its pipelines with their connections, known counts and queues, and
+    /// what the run will hold (locks, open queues).
+    struct Execution {
+        var jobs: [PipelineJob]
+        var connections: [String: PGConnection] = [:]
+        var totals: [String: Int64?] = [:]
+        var queues: [String: DurableQueue] = [:]
+        var locks: [String: TargetLock] = [:]
+        var previous: RunManifest?
+        /// For a run of changes: the snapshot's job id and identity record, per pipeline.
+        var snapshotJobs: [String: String] = [:]
+        var identities: [String: [UInt8]] = [:]
+        var prepared = Prepared()
+
+        func job(_ name: String) -> PipelineJob { jobs.first { $0.name == name }! }
+        func db(_ name: String) -> PGConnection { connections[name]! }
+    }
+
+    func execute(_ steps: [JobPlan.Step], _ run: inout Execution) throws {
+        for step in steps {
+            switch step {
+            case .lockStateDirectory:
+                run.prepared.lock = try takeLock()
+            case .lockTargets(let names):
+                for name in names { run.locks[name] = try run.job(name).lockTarget() }
+            case .migrate(let names):
+                try migrate(run.db(names[0]), names.map { run.job($0).mapping })
+            case .checkTargets(let names):
+                for name in names { try run.job(name).checkTarget(run.db(name)) }
+            case .discardPreviousJob:
+                try discardState(run.previous)
+            case .truncate(let name):
+                try run.job(name).target.truncate(run.db(name), run.job(name).mapping)
+                logger.info("discarded the previous job and emptied the target tables", metadata: ["pipeline": "\(name)"])
+            case .prepareForeignKeys(let name, let mode):
+                try prepareForeignKeys(run.job(name), run.db(name), mode)
+            case .addForeignKeys(let name):
+                try addForeignKeys(run.job(name), run.db(name))
+            case .removeOrphanQueues(let names):
+                // A queue without a manifest is what a start --fresh killed while discarding left.
+                for name in names where FileManager.default.fileExists(atPath: run.job(name).directory) {
+                    try FileManager.default.removeItem(atPath: run.job(name).directory)
+                }
+            case .writeManifest(let modes):
+                try RunManifest(run.jobs, foreignKeys: modes).write(settings.stateDirectory)
+                CrashPoint.planned.reach()
+            case .createJob(let name, let mode):
+                let job = run.job(name)
+                let queue = try run.queues[name] ?? job.openQueue()
+                run.queues[name] = queue
+                let total = run.totals[name] ?? nil
+                try queue.createJob(id: UUID().uuidString.lowercased(), sourceTotal: total, identity: try job.identity(run.db(name)).encoded(),
+                                    foreignKeys: mode.rawValue)
+                // Before the first document is read: where a later sync starts, so that no
+                // change made while the snapshot runs is missed.
+                try recordChangeStreamStart(job, queue)
+                logger.info("started a new job", metadata: ["pipeline": "\(name)", "documents": "\(total.map(String.init) ?? "unknown")"])
+            case .createDocumentIndexes(let name):
+                let created = try run.job(name).target.createDocumentIndexes(run.db(name), run.job(name).mapping)
+                if created > 0 { logger.info("created the indexes that find a document's rows", metadata: ["pipeline": "\(name)", "indexes": "\(created)"]) }
+            case .openChanges(let name):
+                try openChanges(&run, name)
+            }
         }
-        logger.info("this role does not own the tables: their foreign keys stay in place during the load", metadata: ["pipeline": "\(job.name)"])
-        return .during
+        run.prepared.pipelines = try run.jobs.compactMap { job in
+            guard let queue = run.queues[job.name] else { return nil }
+            guard let lock = run.locks[job.name] else { throw JobError(.failed, "the plan for \(job.name) took no target lock") }
+            return (job, queue, lock)
+        }
     }
 
     /// Puts a new job's empty tables in the state its foreign-key mode loads them in.
@@ -224,14 +253,13 @@ public struct DurableJob: Sendable {
         }
     }
 
-    /// Another process holds the state directory: refuse at once, before touching anything.
-    private func refuseIfBusy() throws {
-        if JobLock.isHeld(directory: settings.stateDirectory) {
-            throw JobError(.busy, JobLock.Busy(directory: settings.stateDirectory, pid: JobLock.holder(directory: settings.stateDirectory)).description)
-        }
+    /// Another process holding the state directory, found before touching anything.
+    private func busy() -> JobLock.Busy? {
+        JobLock.isHeld(directory: settings.stateDirectory)
+            ? JobLock.Busy(directory: settings.stateDirectory, pid: JobLock.holder(directory: settings.stateDirectory)) : nil
     }
 
-    private func takeLock() throws -> JobLock {
+    func takeLock() throws -> JobLock {
         do {
             return try JobLock(directory: settings.stateDirectory)
         } catch let busy as JobLock.Busy {
@@ -259,30 +287,43 @@ public struct DurableJob: Sendable {
 
     // MARK: Running
 
-    private func run(_ prepared: Prepared, stop: StopToken, observer: RunObserver?) async throws -> RunReport {
+    /// Runs the prepared pipelines: the snapshot (documents appended), or their changes
+    /// (`changes`: replaced and deleted, one batch in flight per pipeline, so that two batches
+    /// touching one document never commit out of order).
+    func run(_ prepared: Prepared, stop: StopToken, observer: RunObserver?, changes: Bool = false) async throws -> RunReport {
         let started = ContinuousClock.now
         let clock = StageClock()
         let shares = Self.share(workers: settings.bucket.workers, among: prepared.pipelines.count)
         var runners: [any Pipeline] = []
         var running: [RunningPipeline] = []
-        for ((job, queue, _), workers) in zip(prepared.pipelines, shares) {
+        for ((job, queue, _), share) in zip(prepared.pipelines, shares) {
             let (jobId, extractionFinished) = try await Threads.blocking(name: "prepare") {
                 guard let id = try queue.jobId else { throw JobError(.failed, "the queue of \(job.name) holds no job id") }
                 try queue.beginRun()
+                // A change stream has no end: each run reads it further.
+                if changes { try queue.resumeExtraction() }
                 return (id, try queue.extractionFinished)
             }
-            let processor = PipelineProcessor(job, queue: queue, jobId: jobId, workers: workers, clock: clock, logger: logger)
+            let workers = changes ? 1 : share
+            let processor = PipelineProcessor(job, queue: queue, jobId: jobId, workers: workers, clock: clock, logger: logger, appliesChanges: changes)
             var config = settings.bucket
             config.workers = workers
             runners.append(ETLRunner(processor: processor, config: config, extractSource: !extractionFinished))
             running.append(RunningPipeline(name: job.name, jobId: jobId, queue: queue))
         }
         observer?.runStarted(running)
-        defer { observer?.runEnded() }
+        // Ended threads may keep their references a moment longer: the run closes its queues,
+        // so that this process may open them again at once.
+        defer {
+            observer?.runEnded()
+            for (_, queue, _) in prepared.pipelines { queue.close() }
+        }
         try await Manager(workers: runners.count).runAll(runners, stop: stop)
         var reports = prepared.finishedReport.pipelines
         for (job, queue, _) in prepared.pipelines {
-            reports.append(try await Threads.blocking(name: "finish") { try finish(job, queue, stopped: stop.isStopRequested) })
+            reports.append(try await Threads.blocking(name: "finish") {
+                changes ? try report(job, queue) : try finish(job, queue, stopped: stop.isStopRequested)
+            })
         }
         withExtendedLifetime(prepared) {}
         return RunReport(
@@ -310,6 +351,14 @@ public struct DurableJob: Sendable {
         return PipelineReport(name: job.name, tables: job.mapping.tables.map(\.name), status: status, failure: failure)
     }
 
+    /// What a run of changes did; it never finishes (the source changes on), so only the
+    /// set-aside limit can fail it.
+    private func report(_ job: PipelineJob, _ queue: DurableQueue) throws -> PipelineReport {
+        guard let status = try queue.status() else { throw JobError(.failed, "the change queue of \(job.name) lost its job") }
+        let failure = settings.maxSetAside.failure(loaded: status.documentsLoaded + status.documentsDeleted, setAside: status.documentsSetAside)
+        return PipelineReport(name: job.name, tables: job.mapping.tables.map(\.name), status: status, failure: failure)
+    }
+
     /// The run's workers shared out among `count` pipelines, each getting at least one.
     static func share(workers: Int, among count: Int) -> [Int] {
         (0..<count).map { i in max(1, workers / count + (i < workers % count ? 1 : 0)) }
@@ -317,30 +366,65 @@ public struct DurableJob: Sendable {
 }
 
 /// The pipelines a state directory's run holds, written before their queues.
-public struct RunManifest: Codable, Sendable, Equatable {
+public struct RunManifest: Codable, Sendable {
     public var formatVersion = 1
     public var pipelines: [String]
     /// Per pipeline, the source and schema the run was started with.
     public var planned: [String: Planned]
 
-    public struct Planned: Codable, Sendable, Equatable {
+    public struct Planned: Codable, Sendable {
         public var database: String
         public var collection: String
         public var targetSchema: String
         /// The mapping's `definition`, for a pipeline defined by data.
         public var definition: String?
-        /// The mongodump file read instead of MongoDB, if any.
-        public var sourceFile: String?
+        /// The source the run planned to read (its identity, as the queue records it); nil for
+        /// a manifest of etl-job 0.3 that planned the default.
+        public var source: (any SourceIdentity)?
         /// When the job puts its foreign keys in place.
         public var foreignKeys: ForeignKeyMode?
+
+        init(database: String, collection: String, targetSchema: String, definition: String?, source: any SourceIdentity, foreignKeys: ForeignKeyMode?) {
+            (self.database, self.collection, self.targetSchema, self.definition, self.source, self.foreignKeys)
+                = (database, collection, targetSchema, definition, source, foreignKeys)
+        }
+
+        private enum Keys: String, CodingKey { case database, collection, targetSchema, definition, foreignKeys, sourceKind }
+
+        /// The source's fields sit beside the others, as in the queue's identity record.
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: Keys.self)
+            database = try c.decode(String.self, forKey: .database)
+            collection = try c.decode(String.self, forKey: .collection)
+            targetSchema = try c.decode(String.self, forKey: .targetSchema)
+            definition = try c.decodeIfPresent(String.self, forKey: .definition)
+            foreignKeys = try c.decodeIfPresent(ForeignKeyMode.self, forKey: .foreignKeys)
+            // A manifest of etl-job 0.3 records no kind: its fields say which.
+            if let kind = try c.decodeIfPresent(String.self, forKey: .sourceKind) {
+                source = try SourceKinds.decode(kind: kind, from: decoder)
+            } else {
+                source = try? SourceKinds.decode(kind: nil, from: decoder)
+            }
+        }
+
+        public func encode(to encoder: any Encoder) throws {
+            try source?.encode(to: encoder)
+            var c = encoder.container(keyedBy: Keys.self)
+            try c.encode(database, forKey: .database)
+            try c.encode(collection, forKey: .collection)
+            try c.encode(targetSchema, forKey: .targetSchema)
+            try c.encodeIfPresent(definition, forKey: .definition)
+            try c.encodeIfPresent(foreignKeys, forKey: .foreignKeys)
+            if let source { try c.encode(type(of: source).kind, forKey: .sourceKind) }
+        }
     }
 
-    public init(_ jobs: [PipelineJob], foreignKeys: [String: ForeignKeyMode]) {
+    public init(_ jobs: [PipelineJob], foreignKeys: [String: ForeignKeyMode]) throws {
         pipelines = jobs.map(\.name)
-        planned = Dictionary(uniqueKeysWithValues: jobs.map { job in
+        planned = Dictionary(uniqueKeysWithValues: try jobs.map { job in
             (job.name, Planned(
-                database: job.source.database, collection: job.source.collection, targetSchema: job.target.schema,
-                definition: job.mapping.definition, sourceFile: job.sourceFile, foreignKeys: foreignKeys[job.name]))
+                database: job.source.collection.database, collection: job.source.collection.collection, targetSchema: job.target.schema,
+                definition: job.mapping.definition, source: try job.source.identity(), foreignKeys: foreignKeys[job.name]))
         })
     }
 

@@ -16,12 +16,10 @@ public struct JobSettings: Sendable {
     public var queueMapBytes: Int
     public var maxSetAside = SetAsideLimit.default
     public var allowEmpty = false
-    /// A database or collection named on the command line: only for a run of one pipeline.
-    /// Without them, a pipeline reads its mapping's source, and a resume the recorded one.
-    public var database: String?
-    public var collection: String?
-    /// A mongodump file (`.bson` or `.bson.gz`) read instead of MongoDB: only for a run of one pipeline.
-    public var sourceFile: String?
+    /// What the command says about the source: a database or collection (only for a run of
+    /// one built-in pipeline; without them a pipeline reads its mapping's source, and a resume
+    /// the recorded one), or a source of another kind (only for a run of one pipeline).
+    public var source = SourceRequest()
     /// When a new job puts its foreign keys in place (nil: `after`).
     public var foreignKeys: ForeignKeyMode?
 

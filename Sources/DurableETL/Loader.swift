@@ -49,41 +49,35 @@ final class BatchLoader: ETLWorker {
     }
 
     private func load(_ batch: QueueBatch, stop: StopToken) throws {
-        var attempt = 0
-        while true {
-            attempt += 1
-            do {
-                let db = try database()
-                // A stop that outlasts its grace period cancels the statement running here.
-                let cancel = db.canceller()
-                let key = stop.onEscalation { cancel?.cancel() }
-                defer { stop.remove(key) }
-                // The batch may have committed already, its reply lost: after a broken connection,
-                // or in an earlier run that requeued it. The checkpoint row says; one lookup per batch.
-                if let outcome = try Checkpoint.outcome(db, pipeline: processor.name, job: processor.jobId, batch: batch.id, payload: batch.payload) {
-                    try processor.queue.complete(batch.id, outcome: outcome)
-                    return
-                }
-                let started = ContinuousClock.now
-                let outcome = try loadOnce(batch, into: db)
-                CrashPoint.committed.reach()
+        let retryable: (any Error) -> Bool = { ($0 as? PGError).map { $0.isTransient || $0.atCommit } ?? false }
+        try Retry(retries: Self.maxAttempts - 1).run(stop: stop, clock: processor.clock, isRetryable: retryable) { attempt in
+            connection = nil
+            processor.logger.warning("batch failed; retrying it", metadata: [
+                "pipeline": "\(processor.name)", "batch": "\(batch.id)", "attempt": "\(attempt.number)", "error": "\(attempt.error)",
+            ])
+        } body: { _ in
+            let db = try database()
+            // A stop that outlasts its grace period cancels the statement running here.
+            let cancel = db.canceller()
+            let key = stop.onEscalation { cancel?.cancel() }
+            defer { stop.remove(key) }
+            // The batch may have committed already, its reply lost: after a broken connection,
+            // or in an earlier run that requeued it. The checkpoint row says; one lookup per batch.
+            if let outcome = try Checkpoint.outcome(db, pipeline: processor.name, job: processor.jobId, batch: batch.id, payload: batch.payload,
+                                                    changes: processor.appliesChanges) {
                 try processor.queue.complete(batch.id, outcome: outcome)
-                CrashPoint.acknowledged.reach()
-                processor.logger.debug("committed a batch", metadata: [
-                    "pipeline": "\(processor.name)", "batch": "\(batch.id)", "loaded": "\(outcome.documentsLoaded)",
-                    "setAside": "\(outcome.setAside.count)", "rows": "\(outcome.rows.values.reduce(0, +))",
-                    "ms": "\(Int((ContinuousClock.now - started).seconds * 1000))",
-                ])
                 return
-            } catch let error as PGError where (error.isTransient || error.atCommit) && attempt < Self.maxAttempts {
-                connection = nil
-                if stop.isStopRequested { throw error }
-                processor.logger.warning("batch failed; retrying it", metadata: [
-                    "pipeline": "\(processor.name)", "batch": "\(batch.id)", "attempt": "\(attempt)", "error": "\(error)",
-                ])
-                let waited = processor.clock.measure(.waiting) { Backoff.wait(attempt: attempt, stop: stop) }
-                if !waited { throw error }
             }
+            let started = ContinuousClock.now
+            let outcome = try loadOnce(batch, into: db)
+            CrashPoint.committed.reach()
+            try processor.queue.complete(batch.id, outcome: outcome)
+            CrashPoint.acknowledged.reach()
+            processor.logger.debug("committed a batch", metadata: [
+                "pipeline": "\(processor.name)", "batch": "\(batch.id)", "loaded": "\(outcome.documentsLoaded)",
+                "setAside": "\(outcome.setAside.count)", "rows": "\(outcome.rows.values.reduce(0, +))",
+                "ms": "\(Int((ContinuousClock.now - started).seconds * 1000))",
+            ])
         }
     }
 
@@ -94,28 +88,44 @@ final class BatchLoader: ETLWorker {
         return db
     }
 
-    /// One transaction: COPY the batch's rows, isolating documents PostgreSQL rejects, write
-    /// the checkpoint row, COMMIT.
+    /// One transaction: remove the rows of the documents a batch of changes replaces or
+    /// deletes, COPY the batch's rows, isolating documents PostgreSQL rejects, write the
+    /// checkpoint row, COMMIT.
     private func loadOnce(_ batch: QueueBatch, into db: PGConnection) throws -> BatchOutcome {
-        let ranges = BSONSequence.ranges(batch.payload)
+        guard let documents = BatchDocuments(batch.payload, changes: processor.appliesChanges) else {
+            throw DamagedBatch(id: batch.id, file: processor.queue.directory + "/data.mdb", problem: "its documents are not laid end to end")
+        }
         var setAside: [Int: String] = [:]
-        let rows = processor.clock.measure(.transform) { transform(batch.payload, ranges, indices: Array(ranges.indices), setAside: &setAside) }
-        let good = ranges.indices.filter { setAside[$0] == nil }
+        for (i, mode) in documents.modes.enumerated() where mode == nil { setAside[i] = "not a change the engine can apply" }
+        let keys = processor.appliesChanges ? documentKeys(batch.payload, documents, setAside: &setAside) : nil
+        let copying = documents.modes.indices.filter { documents.modes[$0] == .append || documents.modes[$0] == .replace }
+        let rows = processor.clock.measure(.transform) { transform(batch.payload, documents.ranges, indices: copying.filter { setAside[$0] == nil }, setAside: &setAside) }
+        let good = copying.filter { setAside[$0] == nil }
 
         try sql(db, "BEGIN", batch: batch.id)
         do {
-            let counts = try copyIsolating(db, batch.payload, ranges, good, prebuilt: rows, setAside: &setAside)
+            if let keys, keys.count > 0 {
+                try processor.clock.measure(.copy) {
+                    try traced("DELETE the rows of \(keys.count) documents") {
+                        try processor.target.deleteDocuments(db, processor.mapping, keys: keys.parameter)
+                    }
+                }
+            }
+            let counts = try copyIsolating(db, batch.payload, documents.ranges, good, prebuilt: rows, setAside: &setAside)
+            let deleted = documents.modes.indices.filter { documents.modes[$0] == .delete && setAside[$0] == nil }.count
             let outcome = BatchOutcome(
-                documentsLoaded: ranges.count - setAside.count,
+                documentsLoaded: copying.filter { setAside[$0] == nil }.count,
                 rows: Dictionary(uniqueKeysWithValues: zip(processor.mapping.tables.map(\.name), counts.map(Int64.init))),
                 setAside: setAside.keys.sorted().map { i in
-                    batch.payload[ranges[i]].withUnsafeBytes { doc in
+                    batch.payload[documents.ranges[i]].withUnsafeBytes { doc in
                         SetAsideDocument(batch: batch.id, documentId: BSONSequence.displayId(doc), reason: setAside[i]!, document: Array(doc))
                     }
-                })
+                },
+                documentsDeleted: deleted)
             CrashPoint.copied.reach()
             try traced("INSERT INTO etl_checkpoints", batch: batch.id) {
-                try Checkpoint.insert(db, pipeline: processor.name, job: processor.jobId, batch: batch.id, outcome: outcome, indices: setAside.keys.sorted())
+                try Checkpoint.insert(db, pipeline: processor.name, job: processor.jobId, batch: batch.id, outcome: outcome,
+                                      indices: setAside.keys.sorted(), position: batch.position)
             }
             do {
                 try processor.clock.measure(.commit) { try sql(db, "COMMIT", batch: batch.id) }
@@ -128,6 +138,31 @@ final class BatchLoader: ETLWorker {
             if db.isHealthy { _ = try? db.execute("ROLLBACK") }
             throw error
         }
+    }
+
+    /// The keys of the documents a batch of changes replaces or deletes, as one binary array
+    /// parameter; a change whose key the mapping cannot tell is set aside (nothing of it is
+    /// removed or written).
+    private func documentKeys(_ payload: [UInt8], _ documents: BatchDocuments, setAside: inout [Int: String]) -> (parameter: [UInt8], count: Int)? {
+        guard let type = processor.mapping.documentKeyType else {
+            for i in documents.modes.indices where setAside[i] == nil { setAside[i] = "the \(processor.name) pipeline cannot tell a document's key from its _id" }
+            return nil
+        }
+        var keys = BinaryCopyWriter(elements: documents.envelopes.count)
+        var count = 0
+        payload.withUnsafeBytes { raw in
+            for (i, envelope) in documents.envelopes.enumerated() where setAside[i] == nil {
+                let mark = keys.mark
+                do throws(RejectReason) {
+                    try processor.mapping.documentKey(UnsafeRawBufferPointer(rebasing: raw[envelope]), into: &keys)
+                    count += 1
+                } catch {
+                    keys.rollback(to: mark)
+                    setAside[i] = "\(error)"
+                }
+            }
+        }
+        return (keys.arrayParameter(elementOID: type, count: count), count)
     }
 
     /// Transforms the documents at `indices`; those that do not fit go to `setAside`.
@@ -201,21 +236,26 @@ extension BatchLoader {
 /// The checkpoint row: written in the batch's own transaction, so it exists exactly when the
 /// batch's rows do. It carries the outcome, so a batch can be marked done from it alone.
 enum Checkpoint {
-    static func insert(_ db: PGConnection, pipeline: String, job: String, batch: UInt64, outcome: BatchOutcome, indices: [Int]) throws {
+    /// The batch's row: what it loaded, removed and set aside, and the source position after it.
+    static func insert(_ db: PGConnection, pipeline: String, job: String, batch: UInt64, outcome: BatchOutcome, indices: [Int], position: [UInt8]?) throws {
         let setAside = zip(indices, outcome.setAside).map { ["index": $0.0, "id": $0.1.documentId, "reason": $0.1.reason] as [String: Any] }
-        try db.query(
-            "INSERT INTO etl_checkpoints (pipeline, job_id, batch_id, documents_loaded, rows, set_aside) VALUES ($1, $2, $3, $4, $5, $6)",
-            [pipeline, job, String(batch), String(outcome.documentsLoaded), json(outcome.rows), json(setAside)])
+        try db.query("""
+            INSERT INTO etl_checkpoints (pipeline, job_id, batch_id, documents_loaded, rows, set_aside, documents_deleted, position)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, decode($8, 'hex'))
+            """,
+            [pipeline, job, String(batch), String(outcome.documentsLoaded), json(outcome.rows), json(setAside), String(outcome.documentsDeleted),
+             position.map { $0.map { String(format: "%02x", $0) }.joined() }])
     }
 
-    /// The outcome recorded for a batch, or nil when it never committed.
-    static func outcome(_ db: PGConnection, pipeline: String, job: String, batch: UInt64, payload: [UInt8]) throws -> BatchOutcome? {
+    /// The outcome recorded for a batch, or nil when it never committed. `documents`: the
+    /// batch's documents, for those it set aside.
+    static func outcome(_ db: PGConnection, pipeline: String, job: String, batch: UInt64, payload: [UInt8], changes: Bool) throws -> BatchOutcome? {
         let result = try db.query(
-            "SELECT documents_loaded, rows, set_aside FROM etl_checkpoints WHERE pipeline = $1 AND job_id = $2 AND batch_id = $3",
+            "SELECT documents_loaded, rows, set_aside, documents_deleted FROM etl_checkpoints WHERE pipeline = $1 AND job_id = $2 AND batch_id = $3",
             [pipeline, job, String(batch)])
         guard let row = result.rows.first else { return nil }
         let rows = (parse(row[1]) as? [String: Any] ?? [:]).compactMapValues { ($0 as? NSNumber)?.int64Value }
-        let ranges = BSONSequence.ranges(payload)
+        let ranges = BatchDocuments(payload, changes: changes)?.ranges ?? []
         let setAside = (parse(row[2]) as? [[String: Any]] ?? []).map { entry -> SetAsideDocument in
             let index = (entry["index"] as? NSNumber)?.intValue ?? -1
             let document = ranges.indices.contains(index) ? Array(payload[ranges[index]]) : []
@@ -223,7 +263,7 @@ enum Checkpoint {
                 batch: batch, documentId: entry["id"] as? String ?? "?", reason: entry["reason"] as? String ?? "?",
                 document: document)
         }
-        return BatchOutcome(documentsLoaded: Int(row[0] ?? "0") ?? 0, rows: rows, setAside: setAside)
+        return BatchOutcome(documentsLoaded: Int(row[0] ?? "0") ?? 0, rows: rows, setAside: setAside, documentsDeleted: Int(row[3] ?? "0") ?? 0)
     }
 
     private static func json(_ value: Any) -> String {
@@ -232,5 +272,35 @@ enum Checkpoint {
 
     private static func parse(_ text: String?) -> Any? {
         text.flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) }
+    }
+}
+
+/// The documents of a batch as the loader writes them: the byte range of each (a
+/// replacement's new version inside its change envelope; a deletion's envelope), what it does
+/// (nil: an envelope that is not a change), and where its `_id` is read from.
+struct BatchDocuments {
+    var ranges: [Range<Int>]
+    var modes: [WriteMode?]
+    var envelopes: [Range<Int>]
+
+    /// Nil when the payload is not documents laid end to end.
+    init?(_ payload: [UInt8], changes: Bool) {
+        guard let framed = BSONSequence.ranges(payload) else { return nil }
+        envelopes = framed
+        ranges = framed
+        guard changes else {
+            modes = Array(repeating: .append, count: framed.count)
+            return
+        }
+        modes = []
+        payload.withUnsafeBytes { raw in
+            for (i, envelope) in framed.enumerated() {
+                let change = Change.parse(UnsafeRawBufferPointer(rebasing: raw[envelope]))
+                modes.append(change?.mode)
+                if let document = change?.document {
+                    ranges[i] = (envelope.lowerBound + document.lowerBound)..<(envelope.lowerBound + document.upperBound)
+                }
+            }
+        }
     }
 }

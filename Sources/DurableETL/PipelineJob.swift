@@ -5,15 +5,13 @@ import Mongo
 import Postgres
 import Queue
 
-/// One pipeline of a run: its mapping, the collection and schema it uses (named on the
-/// command line, else recorded by its job, else the mapping's), and its state directory.
+/// One pipeline of a run: its mapping, the source and schema it uses (named on the command
+/// line, else recorded by its job, else the mapping's), and its state directory.
 /// Every check here reads only: refusals come before any write.
 public struct PipelineJob: Sendable {
     public let mapping: any DocumentMapping
     public let settings: JobSettings
-    public let source: SourceCollection
-    /// A mongodump file read instead of the collection (`--source-file`, else the recorded one).
-    public let sourceFile: String?
+    public let source: any Source
     public let target: Target
 
     public var name: String { mapping.name }
@@ -25,107 +23,51 @@ public struct PipelineJob: Sendable {
     public init(mapping: any DocumentMapping, settings: JobSettings, recorded: JobIdentity? = nil, planned: RunManifest.Planned? = nil) {
         self.mapping = mapping
         self.settings = settings
+        let request = settings.source
         // --database/--collection name a code pipeline's source; a mapping file names its own.
         let named = mapping.definition == nil
-        source = SourceCollection(
-            database: (named ? settings.database : nil) ?? recorded?.database ?? planned?.database ?? mapping.source.database,
-            collection: (named ? settings.collection : nil) ?? recorded?.collection ?? planned?.collection ?? mapping.source.collection)
-        sourceFile = settings.sourceFile ?? recorded?.sourceFile?.path ?? planned?.sourceFile
+        let recordedNames = recorded?.source.names ?? planned.map { SourceCollection(database: $0.database, collection: $0.collection) }
+        let names = SourceCollection(
+            database: (named ? request.database : nil) ?? recordedNames?.database ?? mapping.source.database,
+            collection: (named ? request.collection : nil) ?? recordedNames?.collection ?? mapping.source.collection)
+        let recordedSource = recorded?.source ?? planned?.source
+        source = request.choice?.source(settings, collection: names)
+            ?? recordedSource?.reopen(settings, collection: names)
+            ?? SourceKinds.source(settings, collection: names)
         target = Target(
             url: settings.postgresURL,
             schema: settings.targetSchema ?? recorded?.targetSchema ?? planned?.targetSchema ?? JobSettings.defaultSchema)
     }
 
-    /// What this pipeline moves from where to where, as the connections resolved it.
-    /// `client` is nil for a pipeline that reads a file.
-    public func identity(_ client: MongoClient?, _ db: PGConnection) throws -> JobIdentity {
-        let server = db.server
-        var identity = JobIdentity(
-            pipeline: name, sourceServers: client?.servers ?? "", database: source.database, collection: source.collection,
-            targetHost: server.host, targetPort: server.port, targetDatabase: server.database, targetSchema: target.schema)
-        if let sourceFile {
-            let file = try identifyFile(sourceFile)
-            let compressed = BSONFileReader.isCompressed(path: sourceFile)
-            identity.sourceFile = SourceFileIdentity(path: sourceFile, size: file.size, headDigest: file.headDigest, compressed: compressed)
-        }
-        return identity
+    /// The same pipeline reading `source` instead (its changes, for a run that applies them).
+    public func reading(_ source: any Source) -> PipelineJob {
+        PipelineJob(mapping: mapping, settings: settings, source: source, target: target)
     }
 
-    private func identifyFile(_ path: String) throws -> (size: Int64, headDigest: String) {
-        guard FileManager.default.fileExists(atPath: path) else {
-            throw JobError(.noInput, "the source file \(path) does not exist")
-        }
-        do {
-            return try BSONFileReader.identify(path: path)
-        } catch {
-            throw JobError(.noInput, "\(error)")
-        }
+    private init(mapping: any DocumentMapping, settings: JobSettings, source: any Source, target: Target) {
+        self.mapping = mapping
+        self.settings = settings
+        self.source = source
+        self.target = target
+    }
+
+    /// The queue of the changes applied after the snapshot: a subdirectory of the pipeline's.
+    public var changesDirectory: String { directory + "/changes" }
+
+    /// What this pipeline moves from where to where, as the source and the target connection
+    /// resolved it.
+    public func identity(_ db: PGConnection) throws -> JobIdentity {
+        let server = db.server
+        return JobIdentity(pipeline: name, source: try source.identity(), targetHost: server.host, targetPort: server.port,
+                           targetDatabase: server.database, targetSchema: target.schema)
     }
 
     /// Refuses (exit 64) a command whose source or target differs from the recorded job's.
-    public func refuseMismatch(recorded: JobIdentity?, current: JobIdentity) throws {
+    /// `sourceLocationNamed`: whether the command named where the source is.
+    public func refuseMismatch(recorded: JobIdentity?, current: JobIdentity, sourceLocationNamed: Bool = true) throws {
         guard let recorded else { return }
-        let differences = recorded.differences(from: current)
-        guard !differences.isEmpty else { return }
-        let list = differences.map { "\($0.field) is '\($0.given)' but the job was started on '\($0.recorded)'" }
-        throw JobError(.usage, "the \(name) job in \(settings.stateDirectory) moves another collection or target: "
-            + list.joined(separator: "; ") + "; use the same settings, or another --state-dir")
-    }
-
-    /// Checks that the source collection exists (exit 66, naming those that do) and, unless
-    /// `allowEmpty`, that it holds documents. Returns its estimated size when known.
-    public func checkSource(_ client: MongoClient?, allowEmpty: Bool) throws -> Int64? {
-        guard let client else { return try checkSourceFile(allowEmpty: allowEmpty) }
-        try checkSourceExists(client)
-        let total = try? client.collection(database: source.database, name: source.collection).estimatedCount()
-        if total == 0 && !allowEmpty {
-            throw JobError(.noInput, "the collection \(source.database).\(source.collection) is empty; add --allow-empty to run on it anyway")
-        }
-        return total
-    }
-
-    /// Checks that the source file exists, is readable and, unless `allowEmpty`, holds a
-    /// document (exit 66). Its document count is not known before it is read.
-    private func checkSourceFile(allowEmpty: Bool) throws -> Int64? {
-        guard let sourceFile else { return nil }
-        let size = try identifyFile(sourceFile).size
-        let first: [UInt8]?
-        do {
-            first = try BSONFileReader(path: sourceFile).next()
-        } catch {
-            throw JobError(.dataError, "\(error)")
-        }
-        if first == nil && !allowEmpty {
-            throw JobError(.noInput, "the source file \(sourceFile) holds no document (\(size) bytes); add --allow-empty to run on it anyway")
-        }
-        return first == nil ? 0 : nil
-    }
-
-    /// A connection to the source, or nil for a pipeline that reads a file.
-    public func connectSource() throws -> MongoClient? {
-        sourceFile == nil ? try connectMongo() : nil
-    }
-
-    /// Checks that the source collection (or file) exists (exit 66, naming those that do).
-    public func checkSourceExists(_ client: MongoClient?) throws {
-        guard let client else {
-            if let sourceFile { _ = try identifyFile(sourceFile) }
-            return
-        }
-        let names: [String]
-        do {
-            names = try client.collectionNames(database: source.database)
-        } catch {
-            throw JobError(.unavailable, "cannot list the collections of \(source.database) at \(client.redactedURL): \(error)")
-        }
-        guard names.contains(source.collection) else {
-            let existing = names.filter { !$0.hasPrefix("system.") }
-            let shown = existing.prefix(10).joined(separator: ", ")
-            let more = existing.count > 10 ? " and \(existing.count - 10) more" : ""
-            throw JobError(.noInput, "the collection \(source.database).\(source.collection) does not exist; "
-                + (existing.isEmpty ? "the database \(source.database) holds no collection"
-                   : "collections in \(source.database): \(shown)\(more)"))
-        }
+        let differences = recorded.differences(from: current, sourceLocationNamed: sourceLocationNamed)
+        if let refusal = JobPlan.mismatch(pipeline: name, stateDirectory: settings.stateDirectory, differences) { throw refusal }
     }
 
     /// Refuses (exit 70) a target whose tables no longer match what the pipeline writes, say
@@ -154,7 +96,8 @@ public struct PipelineJob: Sendable {
         throw JobError(.busy, "another etl-job run is loading the \(name) pipeline into schema \(target.schema) of this target (\(holder)); wait for it to finish or stop it")
     }
 
-    func openQueue() throws -> DurableQueue {
+    func openQueue(_ directory: String? = nil) throws -> DurableQueue {
+        let directory = directory ?? self.directory
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             return try DurableQueue(directory: directory, initialMapSize: settings.queueMapBytes)
@@ -171,18 +114,6 @@ public struct PipelineJob: Sendable {
             throw JobError(.usage, error.message)
         } catch {
             throw JobError(.unavailable, "\(error)")
-        }
-    }
-
-    public func connectMongo() throws -> MongoClient {
-        do {
-            let client = try MongoClient(url: settings.mongoURL)
-            try client.ping()
-            return client
-        } catch let error as MongoError where error.message.hasPrefix("malformed") {
-            throw JobError(.usage, error.message)
-        } catch {
-            throw JobError(.unavailable, "cannot reach MongoDB at \(Redact.url(settings.mongoURL)): \(error)")
         }
     }
 }
@@ -219,74 +150,3 @@ public final class TargetLock: @unchecked Sendable {
     }
 }
 
-/// A pipeline's documents in source order: `_id` order from a collection, file order from a
-/// mongodump file. Positions are opaque to the queue: `{"_id": value}` after a collection's
-/// document, `{"offset": n}` (the byte after it) in a file.
-public final class SourceCursor {
-    private let mongo: MongoCursor?
-    private let file: BSONFileReader?
-
-    init(mongo: MongoCursor) {
-        self.mongo = mongo
-        file = nil
-    }
-
-    init(file: BSONFileReader) {
-        self.file = file
-        mongo = nil
-    }
-
-    public func next() throws -> [UInt8]? {
-        if let file { return try file.next() }
-        return try mongo!.next().map { Array($0) }
-    }
-
-    /// The position after `document`, the last one read.
-    func position(after document: [UInt8]) -> [UInt8] {
-        if let file { return FilePosition.encode(file.offset) }
-        return document.withUnsafeBytes { BSONSequence.idElement($0) } ?? []
-    }
-}
-
-extension DurableQueue {
-    /// How much of its source file the job has read (nil for a collection or a .gz).
-    public func sourceFileRead() throws -> Double? {
-        guard let file = try identity?.sourceFile else { return nil }
-        return file.fractionRead(offset: try extractPosition.flatMap { try? FilePosition.offset($0) })
-    }
-}
-
-/// A position in a mongodump file, as the queue keeps it: the BSON document `{"offset": n}`.
-enum FilePosition {
-    static func encode(_ offset: UInt64) -> [UInt8] {
-        var bytes: [UInt8] = [21, 0, 0, 0, 0x12] + Array("offset".utf8) + [0]
-        withUnsafeBytes(of: Int64(offset).littleEndian) { bytes += $0 }
-        return bytes + [0]
-    }
-
-    /// The offset a position holds; 0 for none (the file's start).
-    static func offset(_ position: [UInt8]?) throws -> UInt64 {
-        guard let position else { return 0 }
-        guard position.count == 21, position[4] == 0x12 else {
-            throw JobError(.ioError, "the queue's position is not a file offset; \(JobError.untrustedState)")
-        }
-        return UInt64(position.withUnsafeBytes { Int64(littleEndian: $0.loadUnaligned(fromByteOffset: 12, as: Int64.self)) })
-    }
-}
-
-extension PipelineJob {
-    /// The source's documents after `position` (from the start when nil). `client` is nil for
-    /// a pipeline that reads a file.
-    public func openSource(_ client: MongoClient?, after position: [UInt8]?, batchSize: Int32 = 1_000) throws -> SourceCursor {
-        if let sourceFile {
-            do {
-                return SourceCursor(file: try BSONFileReader(path: sourceFile, offset: try FilePosition.offset(position)))
-            } catch let error as BSONFileError {
-                throw JobError(.dataError, "\(error)")
-            }
-        }
-        guard let client else { throw JobError(.failed, "no connection to MongoDB for the \(name) pipeline") }
-        return SourceCursor(mongo: try client.collection(database: source.database, name: source.collection)
-            .scanById(afterIdElement: position, batchSize: batchSize))
-    }
-}

@@ -36,6 +36,15 @@ public struct Target: Sendable {
         """,
     ]
 
+    /// The engine's later bookkeeping: a batch of changes records what it removed and the
+    /// source position (a change stream's resume token) it reached, with its rows.
+    static let engineMigrations = [
+        Migration(version: 1, name: "checkpoints", statements: engineTables),
+        Migration(version: 2, name: "checkpoints of changes", statements: [
+            "ALTER TABLE etl_checkpoints ADD COLUMN documents_deleted integer NOT NULL DEFAULT 0, ADD COLUMN position bytea",
+        ]),
+    ]
+
     /// The engine's own migrations, recorded under this name.
     static let enginePipeline = "etl-job"
 
@@ -54,7 +63,7 @@ public struct Target: Sendable {
             try createOrUpgradeMigrationsTable(db, mappings)
             let applied = Set(try db.execute("SELECT pipeline || ' ' || version FROM etl_migrations").rows.compactMap { $0[0] })
             var ran = 0
-            let plans = [(Self.enginePipeline, [Migration(version: 1, name: "checkpoints", statements: Self.engineTables)])]
+            let plans = [(Self.enginePipeline, Self.engineMigrations)]
                 + mappings.map { ($0.name, Self.migrations(of: $0)) }
             for (pipeline, migrations) in plans {
                 for migration in migrations where !applied.contains("\(pipeline) \(migration.version)") {
@@ -208,11 +217,38 @@ public struct Target: Sendable {
         }
     }
 
-    /// Whether the connected role owns (or is a member of the owner of) every table of `mapping`.
+    /// Removes every row of the documents whose keys `keys` holds (a binary array of the
+    /// mapping's key type), in every table of `mapping`, children first. Returns the rows
+    /// removed. Runs inside the caller's transaction.
+    @discardableResult
+    public func deleteDocuments(_ db: PGConnection, _ mapping: any DocumentMapping, keys: [UInt8]) throws -> Int {
+        var removed = 0
+        for table in mapping.tables.reversed() {
+            removed += try db.query(table.deleteDocumentsStatement, binary: [keys]).affectedRows
+        }
+        return removed
+    }
+
+    /// Creates the indexes that finding a document's rows needs (a column that does not lead
+    /// its table's primary key), where missing. Returns how many it created.
+    @discardableResult
+    public func createDocumentIndexes(_ db: PGConnection, _ mapping: any DocumentMapping) throws -> Int {
+        var created = 0
+        for table in mapping.tables where table.needsDocumentIndex {
+            let exists = try db.query("SELECT to_regclass($1) IS NOT NULL", [quoteIdentifier(schema) + "." + quoteIdentifier(table.documentIndexName)])
+            guard exists.rows[0][0] != "t" else { continue }
+            try db.execute("CREATE INDEX \(quoteIdentifier(table.documentIndexName)) ON \(table.quotedName) (\(quoteIdentifier(table.documentRows.column)))")
+            created += 1
+        }
+        return created
+    }
+
+    /// Whether the connected role owns (or is a member of the owner of) every table of
+    /// `mapping` (true where there are none yet, as before the schema exists).
     public func ownsTables(_ db: PGConnection, _ mapping: any DocumentMapping) throws -> Bool {
         try db.query("""
             SELECT bool_and(pg_has_role(c.relowner, 'USAGE')) FROM pg_class c
-            WHERE c.relnamespace = $1::regnamespace AND c.relname = ANY($2::text[])
+            WHERE c.relnamespace = to_regnamespace($1) AND c.relname = ANY($2::text[])
             """, [quoteIdentifier(schema), postgresArray(mapping.tables.map(\.name))]).rows[0][0] != "f"
     }
 

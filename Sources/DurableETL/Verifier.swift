@@ -104,7 +104,7 @@ public struct Verifier {
 
     let db: PGConnection
     let mapping: any DocumentMapping
-    let source: SourceCursor
+    let source: any DocumentCursor
     let setAside: Set<String>
     let maxDocumentBytes: Int
     let chunk: Int
@@ -112,7 +112,7 @@ public struct Verifier {
     /// `db`: a connection to the target schema (`Target.connect`). `setAside`: `_id`s (as the
     /// queue shows them) of documents the job set aside.
     public init(
-        db: PGConnection, mapping: any DocumentMapping, source: SourceCursor, setAside: Set<String>,
+        db: PGConnection, mapping: any DocumentMapping, source: any DocumentCursor, setAside: Set<String>,
         maxDocumentBytes: Int = JobSettings.defaultMaxDocumentBytes, chunk: Int = 1000
     ) {
         self.db = db

@@ -149,6 +149,10 @@ public struct Manager: Sendable {
     }
 
     public func runAll(_ pipelines: [any Pipeline], stop: StopToken) async throws {
+        try await stop.bridgingCancellation { try await run(pipelines, stop: stop) }
+    }
+
+    private func run(_ pipelines: [any Pipeline], stop: StopToken) async throws {
         var errors: [any Error] = []
         await withTaskGroup(of: (any Error)?.self) { group in
             var next = 0

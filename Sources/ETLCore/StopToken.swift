@@ -10,12 +10,16 @@ public final class StopToken: @unchecked Sendable {
     public enum Reason: Equatable, Sendable {
         case signal(Int32)
         case failure
+        /// The task running the job was cancelled.
+        case cancelled
     }
 
     private let condition = NSCondition()
     private var stopReason: Reason?
     private var handlers: [Int: @Sendable () -> Void] = [:]
     private var nextHandler = 0
+    /// The stop has escalated: a handler registered from now on runs at once.
+    private var escalated = false
 
     public init() {}
 
@@ -48,13 +52,17 @@ public final class StopToken: @unchecked Sendable {
     }
 
     /// Registers work to run when the stop escalates (`escalate()`), such as cancelling a
-    /// statement on a server; returns a key for `remove`.
+    /// statement on a server; returns a key for `remove`. Registered after the escalation
+    /// (a statement started during the grace period's end), it runs at once.
     public func onEscalation(_ handler: @escaping @Sendable () -> Void) -> Int {
         condition.lock()
-        defer { condition.unlock() }
         nextHandler += 1
-        handlers[nextHandler] = handler
-        return nextHandler
+        let key = nextHandler
+        let late = escalated
+        if !late { handlers[key] = handler }
+        condition.unlock()
+        if late { handler() }
+        return key
     }
 
     public func remove(_ key: Int) {
@@ -66,9 +74,17 @@ public final class StopToken: @unchecked Sendable {
     /// The graceful part of a stop is over: cancel what is still waiting on a server.
     public func escalate() {
         condition.lock()
+        escalated = true
         let pending = Array(handlers.values)
+        handlers.removeAll()
         condition.unlock()
         pending.forEach { $0() }
+    }
+
+    /// Runs `body` with the cancellation of its task bridged to this token: a cancelled task
+    /// requests a stop (`.cancelled`), which every wait and safe point of the job observes.
+    public func bridgingCancellation<T>(_ body: () async throws -> T) async rethrows -> T {
+        try await withTaskCancellationHandler(operation: body, onCancel: { request(.cancelled) })
     }
 }
 

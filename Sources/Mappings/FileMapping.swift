@@ -71,6 +71,21 @@ public struct FileMapping: DocumentMapping {
         field.isEmpty ? [] : field.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
     }
 
+    /// A document's rows are found by its root key (the first column of every table's key),
+    /// when that key is its `_id`: what a change stream names a deleted document by.
+    public var documentKeyType: UInt32? { rootKey.field == "_id" ? rootKey.type.oid : nil }
+
+    public func documentKey(_ document: UnsafeRawBufferPointer, into key: inout BinaryCopyWriter) throws(RejectReason) {
+        guard let root = BSONIterator(document: document) else { throw RejectReason("the document is not valid BSON") }
+        let value = try Self.find(rootKeyPath, in: root, element: nil)
+        guard let value, value.type != .null else { throw RejectReason("is missing", at: rootKey.field) }
+        do throws(RejectReason) {
+            try rootKey.type.write(value, nullable: false, into: &key)
+        } catch {
+            throw error.inside(rootKey.field)
+        }
+    }
+
     public func map(_ document: UnsafeRawBufferPointer, into rows: inout TableRows) throws(RejectReason) {
         guard let root = BSONIterator(document: document) else { throw RejectReason("the document is not valid BSON") }
         let keyValue = try Self.find(rootKeyPath, in: root, element: nil)

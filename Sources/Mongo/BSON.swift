@@ -194,6 +194,17 @@ public struct BSONIterator {
         return bson_iter_bool(iterPtr(&copy))
     }
 
+    /// The bytes of this embedded document or array element (a BSON document themselves), in place.
+    public var documentBytes: UnsafeRawBufferPointer? {
+        let kind = type
+        guard kind == .document || kind == .array else { return nil }
+        var copy = raw
+        var length: UInt32 = 0
+        var data: UnsafePointer<UInt8>?
+        if kind == .document { bson_iter_document(iterPtr(&copy), &length, &data) } else { bson_iter_array(iterPtr(&copy), &length, &data) }
+        return data.map { UnsafeRawBufferPointer(start: $0, count: Int(length)) }
+    }
+
     /// An iterator over the elements of this document or array element.
     public var children: BSONIterator? {
         guard type == .document || type == .array else { return nil }
@@ -420,6 +431,11 @@ public struct BSONWriter {
     }
 
     public func appendNull(_ key: String) { _ = bson_append_null(handle, key, Int32(key.utf8.count)) }
+
+    /// Appends a whole document as an embedded one.
+    public func append(_ key: String, document: BSONDocument) {
+        _ = bson_append_document(handle, key, Int32(key.utf8.count), document.handle)
+    }
 
     public func append(_ key: String, dateTimeMillis: Int64) {
         _ = bson_append_date_time(handle, key, Int32(key.utf8.count), dateTimeMillis)

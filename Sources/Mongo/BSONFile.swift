@@ -17,9 +17,6 @@ public struct BSONFileError: Error, CustomStringConvertible, Sendable {
 /// seek; opening a compressed file there decompresses everything before it (gzip has no
 /// restart points), which costs about as long as reading that part again.
 public final class BSONFileReader {
-    /// More than any document MongoDB stores (16 MiB): a larger length means a damaged file.
-    public static let maxDocumentBytes = 48 << 20
-
     public let path: String
     public let isCompressed: Bool
     /// The offset, in the uncompressed stream, of the next document.
@@ -57,28 +54,30 @@ public final class BSONFileReader {
     /// The next document, or nil at the end of the file. A file that ends inside a document,
     /// or whose next length cannot be a document's, is an error naming the offset.
     public func next() throws -> [UInt8]? {
-        guard try fill(4) else {
-            if end == start { return nil }
-            throw BSONFileError("the source file \(path) ends inside the document at offset \(offset): "
-                + "\(end - start) bytes remain, too few for a length (a truncated file)")
+        var needed = 4
+        while true {
+            guard try fill(needed) else {
+                if end == start { return nil }
+                throw BSONFileError("the source file \(path) ends inside the document at offset \(offset): "
+                    + (needed == 4 ? "\(end - start) bytes remain, too few for a length (a truncated file)"
+                       : "it declares \(needed) bytes, \(end - start) remain (a truncated file)"))
+            }
+            switch BSONSequence.frame(UnsafeRawBufferPointer(rebasing: buffer[start..<end]), at: 0) {
+            case .incomplete(let more):
+                needed = more
+            case .invalidLength(let length):
+                throw BSONFileError("the source file \(path) holds no document at offset \(offset): its length field says \(length) bytes "
+                    + "(a damaged file, or not a mongodump .bson file)")
+            case .unterminated(let length):
+                throw BSONFileError("the document at offset \(offset) of the source file \(path) does not end where its length says "
+                    + "(\(length) bytes): the file is damaged")
+            case .document(let length):
+                let document = Array(UnsafeRawBufferPointer(rebasing: buffer[start..<(start + length)]))
+                start += length
+                offset += UInt64(length)
+                return document
+            }
         }
-        let length = Int(Int32(littleEndian: buffer.loadUnaligned(fromByteOffset: start, as: Int32.self)))
-        guard length >= 5, length <= Self.maxDocumentBytes else {
-            throw BSONFileError("the source file \(path) holds no document at offset \(offset): its length field says \(length) bytes "
-                + "(a damaged file, or not a mongodump .bson file)")
-        }
-        guard try fill(length) else {
-            throw BSONFileError("the source file \(path) ends inside the document at offset \(offset): it declares \(length) bytes, "
-                + "\(end - start) remain (a truncated file)")
-        }
-        guard buffer[start + length - 1] == 0 else {
-            throw BSONFileError("the document at offset \(offset) of the source file \(path) does not end where its length says "
-                + "(\(length) bytes): the file is damaged")
-        }
-        let document = Array(UnsafeRawBufferPointer(rebasing: buffer[start..<(start + length)]))
-        start += length
-        offset += UInt64(length)
-        return document
     }
 
     /// Makes at least `count` bytes available from `start`; false when the file ends first.

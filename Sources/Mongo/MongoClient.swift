@@ -1,11 +1,24 @@
 import CMongoc
 import ETLCore
 
-/// An error reported by libmongoc, with its domain, code and message.
+/// An error reported by libmongoc, with its domain, code and message, and what kind of
+/// failure it is: the one table of it (`Kind`), so that no caller reads the message text.
 public struct MongoError: Error, CustomStringConvertible, Sendable {
+    public enum Kind: Sendable, Equatable {
+        /// The network or the server's state (a restart, an election, a timeout): worth retrying.
+        case transient
+        /// The server says no (authentication, authorization, an invalid command): not worth retrying.
+        case refused
+        /// What the job stored for the source cannot be used (a damaged position).
+        case damagedState
+        /// What the user gave cannot be used (a malformed URL).
+        case badInput
+    }
+
     public let domain: UInt32
     public let code: UInt32
     public let message: String
+    private let explicitKind: Kind?
 
     init(_ error: bson_error_t) {
         domain = error.domain
@@ -13,15 +26,42 @@ public struct MongoError: Error, CustomStringConvertible, Sendable {
         message = withUnsafeBytes(of: error.message) { raw in
             String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
         }
+        explicitKind = nil
     }
 
-    init(message: String) {
+    public init(message: String, kind: Kind) {
         domain = 0
         code = 0
         self.message = message
+        explicitKind = kind
     }
 
     public var description: String { message }
+
+    /// Server error codes that mean "try again" (MongoDB's retryable and network error codes).
+    static let transientServerCodes: Set<UInt32> = [
+        6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436, 43, 134, 150,
+    ]
+
+    public var kind: Kind {
+        if let explicitKind { return explicitKind }
+        switch domain {
+        case MONGOC_ERROR_STREAM.rawValue, MONGOC_ERROR_SERVER_SELECTION.rawValue, MONGOC_ERROR_PROTOCOL.rawValue:
+            return .transient
+        case MONGOC_ERROR_CLIENT.rawValue:
+            return code == MONGOC_ERROR_CLIENT_AUTHENTICATE.rawValue ? .refused : .transient
+        case MONGOC_ERROR_CURSOR.rawValue:
+            return .transient
+        default:
+            return Self.transientServerCodes.contains(code) ? .transient : .refused
+        }
+    }
+
+    public var isTransient: Bool { kind == .transient }
+
+    /// The server's "namespace not found" (code 26; older servers send only the text), as for
+    /// a collection that does not exist.
+    public var isNamespaceNotFound: Bool { code == 26 || message == "ns not found" }
 }
 
 private let initializeDriver: Void = {
@@ -46,7 +86,7 @@ public final class MongoClient {
         redactedURL = Redact.url(url)
         var error = bson_error_t()
         guard let uri = mongoc_uri_new_with_error(url, &error) else {
-            throw MongoError(message: Redact.url("malformed MongoDB URL \(redactedURL): \(MongoError(error).message)"))
+            throw MongoError(message: Redact.url("malformed MongoDB URL \(redactedURL): \(MongoError(error).message)"), kind: .badInput)
         }
         defer { mongoc_uri_destroy(uri) }
         Secrets.register(mongoc_uri_get_password(uri).map { String(cString: $0) })
@@ -58,7 +98,7 @@ public final class MongoClient {
             mongoc_uri_set_option_as_int32(uri, MONGOC_URI_CONNECTTIMEOUTMS, min(serverSelectionTimeoutMS, 5000))
         }
         guard let client = mongoc_client_new_from_uri_with_error(uri, &error) else {
-            throw MongoError(message: "malformed MongoDB URL \(redactedURL): \(MongoError(error).message)")
+            throw MongoError(message: "malformed MongoDB URL \(redactedURL): \(MongoError(error).message)", kind: .badInput)
         }
         mongoc_client_set_error_api(client, 2)
         handle = client
@@ -142,7 +182,7 @@ public final class MongoCollection {
         if let afterIdElement {
             try afterIdElement.withUnsafeBytes { bytes in
                 guard var it = BSONIterator(document: bytes), it.next() else {
-                    throw MongoError(message: "stored extract position is not a BSON document")
+                    throw MongoError(message: "the stored extract position is not a BSON document", kind: .damagedState)
                 }
                 // `$gt` compares within one type only ({_id: {$gt: 5}} skips "abc"), so documents
                 // whose _id type sorts later are asked for by type.
@@ -170,7 +210,7 @@ public final class MongoCollection {
         options.writer.appendDocument("sort") { $0.append("_id", Int32(1)) }
         options.writer.append("batchSize", batchSize)
         guard let cursor = mongoc_collection_find_with_opts(handle, filter.handle, options.handle, nil) else {
-            throw MongoError(message: "could not open a cursor")
+            throw MongoError(message: "could not open a cursor", kind: .transient)
         }
         return MongoCursor(collection: self, handle: cursor, skipThrough: skip)
     }
@@ -192,7 +232,7 @@ public final class MongoCollection {
         var error = bson_error_t()
         if !mongoc_collection_drop_with_opts(handle, nil, &error) {
             let e = MongoError(error)
-            if e.code == 26 || e.message.contains("ns not found") { return }
+            if e.isNamespaceNotFound { return }
             throw e
         }
     }

@@ -16,6 +16,23 @@ public struct BinaryCopyWriter: Sendable {
         bytes.reserveCapacity(capacity)
     }
 
+    /// Values written one after another with no COPY header: the elements of a binary array
+    /// parameter (`arrayParameter`).
+    public init(elements: Int) {
+        bytes = []
+        bytes.reserveCapacity(elements * 12)
+    }
+
+    /// The `count` values written so far (with `init(elements:)`) as a one-dimensional binary
+    /// array of `elementOID`, for a query parameter in binary format.
+    public func arrayParameter(elementOID: UInt32, count: Int) -> [UInt8] {
+        var header: [UInt8] = []
+        for v in [Int32(count == 0 ? 0 : 1), 0, Int32(bitPattern: elementOID)] + (count == 0 ? [] : [Int32(count), 1]) {
+            withUnsafeBytes(of: v.bigEndian) { header.append(contentsOf: $0) }
+        }
+        return header + bytes
+    }
+
     /// A mark to return to with `rollback(to:)`, so a document that fails halfway adds nothing.
     public var mark: (count: Int, rows: Int) { (bytes.count, rowCount) }
 

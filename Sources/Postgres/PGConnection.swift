@@ -99,6 +99,8 @@ public final class PGCanceller: @unchecked Sendable {
 public struct PGRows: Sendable {
     public let columns: [String]
     public let rows: [[String?]]
+    /// Rows an INSERT, UPDATE, DELETE or COPY touched (0 for other statements).
+    public var affectedRows = 0
 }
 
 /// One libpq connection; frees its `PGconn` exactly once. Use from one thread at a time.
@@ -217,6 +219,29 @@ public final class PGConnection {
         return try rows(of: result)
     }
 
+    /// Runs one statement whose parameters ($1, $2, …) are values in PostgreSQL's binary
+    /// format (such as `BinaryCopyWriter.arrayParameter`); their types come from the statement.
+    @discardableResult
+    public func query(_ sql: String, binary parameters: [[UInt8]]) throws -> PGRows {
+        let lengths = parameters.map { Int32($0.count) }
+        let formats = [Int32](repeating: 1, count: parameters.count)
+        let result = Self.withBuffers(parameters) { values in
+            PQexecParams(handle, sql, Int32(parameters.count), nil, values, lengths, formats, 0)
+        }
+        return try rows(of: result)
+    }
+
+    private static func withBuffers<R>(_ buffers: [[UInt8]], _ body: (UnsafePointer<UnsafePointer<CChar>?>) -> R) -> R {
+        let copies = buffers.map { buffer -> UnsafeMutablePointer<CChar> in
+            let copy = UnsafeMutablePointer<CChar>.allocate(capacity: max(1, buffer.count))
+            buffer.withUnsafeBytes { UnsafeMutableRawPointer(copy).copyMemory(from: $0.baseAddress ?? UnsafeRawPointer(copy), byteCount: $0.count) }
+            return copy
+        }
+        defer { copies.forEach { $0.deallocate() } }
+        var pointers: [UnsafePointer<CChar>?] = copies.map { UnsafePointer($0) } + [nil]
+        return pointers.withUnsafeMutableBufferPointer { body($0.baseAddress!) }
+    }
+
     /// Streams `parts`, which together form a binary COPY stream, into `table`.
     public func copyIn(_ table: String, columns: [String], binary parts: [UInt8]...) throws {
         let sql = "COPY \(table) (\(columns.joined(separator: ", "))) FROM STDIN (FORMAT binary)"
@@ -243,7 +268,7 @@ public final class PGConnection {
         defer { PQclear(result) }
         switch PQresultStatus(result) {
         case PGRES_COMMAND_OK, PGRES_EMPTY_QUERY, PGRES_COPY_IN:
-            return PGRows(columns: [], rows: [])
+            return PGRows(columns: [], rows: [], affectedRows: Int(String(cString: PQcmdTuples(result))) ?? 0)
         case PGRES_TUPLES_OK:
             let columns = (0..<PQnfields(result)).map { String(cString: PQfname(result, $0)) }
             let rows = (0..<PQntuples(result)).map { r in

@@ -1,22 +1,26 @@
 import CLMDB
 import CZlib
+import Mongo
 import Foundation
 
 /// A batch handed to a worker: its queue id and the documents as stored (concatenated BSON).
 public struct QueueBatch: Sendable {
     public let id: UInt64
     public let documentCount: Int
-    /// Empty for a batch whose documents stay in the source file (`isExternal`).
+    /// Empty for a batch whose documents stay in the source (`isExternal`).
     public let payload: [UInt8]
     /// The queue keeps only where the documents are (the batch's extent in a plain source
     /// file), their count and checksum; the worker reads them from the file and checks them.
     public let isExternal: Bool
+    /// The source position after the batch (nil for a batch recorded before extents were kept).
+    public let position: [UInt8]?
 
-    public init(id: UInt64, documentCount: Int, payload: [UInt8], isExternal: Bool = false) {
+    public init(id: UInt64, documentCount: Int, payload: [UInt8], isExternal: Bool = false, position: [UInt8]? = nil) {
         self.id = id
         self.documentCount = documentCount
         self.payload = payload
         self.isExternal = isExternal
+        self.position = position
     }
 }
 
@@ -40,11 +44,14 @@ public struct BatchOutcome: Sendable, Equatable {
     public var documentsLoaded: Int
     public var rows: [String: Int64]
     public var setAside: [SetAsideDocument]
+    /// Documents whose rows a batch of changes removed (deleted in the source).
+    public var documentsDeleted: Int
 
-    public init(documentsLoaded: Int, rows: [String: Int64], setAside: [SetAsideDocument]) {
+    public init(documentsLoaded: Int, rows: [String: Int64], setAside: [SetAsideDocument], documentsDeleted: Int = 0) {
         self.documentsLoaded = documentsLoaded
         self.rows = rows
         self.setAside = setAside
+        self.documentsDeleted = documentsDeleted
     }
 }
 
@@ -61,6 +68,7 @@ public struct QueueStatus: Sendable, Codable, Equatable {
     public var done: Int
     public var documentsLoaded: Int64
     public var documentsSetAside: Int64
+    public var documentsDeleted: Int64 = 0
     public var rows: [String: Int64]
     public var runStartedAt: Double?
     public var runStartLoaded: Int64
@@ -100,33 +108,43 @@ public final class DurableQueue: @unchecked Sendable {
 
     public var mapSize: Int { env.mapSize }
 
+    /// Closes the queue now rather than when its last reference goes; any later use fails.
+    public func close() { env.close() }
+
     // MARK: Job
 
     public var jobId: String? {
         get throws { try env.transaction(write: false) { try $0.get("meta", Key.jobId).map { String(decoding: $0, as: UTF8.self) } } }
     }
 
-    /// Starts a job in an empty queue, recording what it moves from where to where.
-    /// `foreignKeys`: when the job puts its tables' foreign keys in place (`after`, `during`).
-    public func createJob(id: String, sourceTotal: Int64?, identity: JobIdentity, foreignKeys: String? = nil) throws {
-        let encoded = try JSONEncoder().encode(identity)
+    /// Starts a job in an empty queue, recording what it moves from where to where
+    /// (`identity`: the engine's record, opaque here). `foreignKeys`: when the job puts its
+    /// tables' foreign keys in place (`after`, `during`).
+    public func createJob(id: String, sourceTotal: Int64?, identity: [UInt8], foreignKeys: String? = nil) throws {
         try env.transaction(write: true) { txn in
             guard try txn.get("meta", Key.jobId) == nil else { throw QueueError.jobExists }
             try txn.put("meta", Key.jobId, Array(id.utf8))
             try txn.put("meta", Key.createdAt, Codec.double(Date().timeIntervalSince1970))
-            try txn.put("meta", Key.identity, Array(encoded))
+            try txn.put("meta", Key.identity, identity)
             if let sourceTotal { try txn.put("meta", Key.sourceTotal, Codec.int(sourceTotal)) }
             if let foreignKeys { try txn.put("meta", Key.foreignKeys, Array(foreignKeys.utf8)) }
         }
     }
 
-    /// What the job was started on; nil for a job recorded before identities were kept.
-    public var identity: JobIdentity? {
-        get throws {
-            try env.transaction(write: false) { txn in
-                try txn.get("meta", Key.identity).flatMap { try? JSONDecoder().decode(JobIdentity.self, from: Data($0)) }
-            }
-        }
+    /// What the job recorded of its source and target; nil for a job recorded before
+    /// identities were kept.
+    public var identity: [UInt8]? {
+        get throws { try env.transaction(write: false) { try $0.get("meta", Key.identity).map { Array($0) } } }
+    }
+
+    /// Keeps `value` with the job under `name`: something the engine must find again, opaque
+    /// here (such as where the source's change stream stood when the job started).
+    public func record(_ name: String, _ value: [UInt8]) throws {
+        try env.transaction(write: true) { try $0.put("meta", Array(("record." + name).utf8), value) }
+    }
+
+    public func recorded(_ name: String) throws -> [UInt8]? {
+        try env.transaction(write: false) { try $0.get("meta", Array(("record." + name).utf8)).map { Array($0) } }
     }
 
     /// Marks the start of a run (start or resume), for throughput and ETA.
@@ -177,9 +195,8 @@ public final class DurableQueue: @unchecked Sendable {
             let id = UInt64(try txn.counter(Key.nextBatch) + 1)
             try txn.setCounter(Key.nextBatch, Int64(id))
             let before = try txn.get("meta", Key.position).map { Array($0) } ?? []
-            let extent = Codec.int32(UInt32(before.count)) + before + position
-            let crc = withUnsafeBytes(of: checksum.littleEndian, Array.init)
-            try txn.put("batches", Codec.key(id), [BatchState.pending.rawValue] + Codec.int(Int64(documents)) + crc + extent)
+            let record = BatchRecord(state: .pending, documents: documents, checksum: checksum, before: before, last: position)
+            try txn.put("batches", Codec.key(id), record.encoded)
             try txn.put("payloads", Codec.key(id), stored)
             try txn.put("pending", Codec.key(id), [])
             try txn.put("meta", Key.position, position)
@@ -196,6 +213,12 @@ public final class DurableQueue: @unchecked Sendable {
         try env.transaction(write: false) { txn in
             try BatchIntegrity.check(id: id, record: try txn.get("batches", Codec.key(id)), payload: payload, directory: directory)
         }
+    }
+
+    /// Lets extraction go on after it had reached the end of its source (a change stream,
+    /// which a later run reads further).
+    public func resumeExtraction() throws {
+        try env.transaction(write: true) { try $0.delete("meta", Key.extractionFinished) }
     }
 
     public func finishExtraction() throws {
@@ -219,24 +242,20 @@ public final class DurableQueue: @unchecked Sendable {
             }
             try txn.delete("pending", key)
             try txn.put("inflight", key, [])
-            let documents = try txn.setState(id, .inFlight)
-            return QueueBatch(id: id, documentCount: documents, payload: external ? [] : payload, isExternal: external)
+            let record = try txn.setState(id, .inFlight)
+            return QueueBatch(id: id, documentCount: record.documents, payload: external ? [] : payload, isExternal: external, position: record.last)
         }
         if batch != nil { notify() }
         return batch
     }
 
     /// Where a batch came from: the extract position before it (nil for the first batch),
-    /// its last document's `{"_id": …}` and its document count; nil for a batch recorded
-    /// before extents were kept.
+    /// the position after its last document and its document count; nil for a batch
+    /// recorded before extents were kept.
     public func extent(of id: UInt64) throws -> (after: [UInt8]?, last: [UInt8], documents: Int)? {
         try env.transaction(write: false) { txn in
-            guard let record = try txn.get("batches", Codec.key(id)), record.count > 17 else { return nil }
-            let documents = Int(Codec.int(UnsafeRawBufferPointer(rebasing: record[1..<9])))
-            let length = Int(UInt32(bigEndian: record.loadUnaligned(fromByteOffset: 13, as: UInt32.self)))
-            guard 17 + length <= record.count else { return nil }
-            let after = Array(record[17..<(17 + length)])
-            return (after.isEmpty ? nil : after, Array(record[(17 + length)...]), documents)
+            guard let record = try txn.record(id), let before = record.before, let last = record.last else { return nil }
+            return (before.isEmpty ? nil : before, last, record.documents)
         }
     }
 
@@ -245,12 +264,11 @@ public final class DurableQueue: @unchecked Sendable {
     public func replacePayload(_ id: UInt64, with payload: [UInt8]) throws {
         try env.transaction(write: true) { txn in
             let key = Codec.key(id)
-            guard try txn.state(id) == .pending, let record = try txn.get("batches", key), record.count >= 13 else {
+            guard var record = try txn.record(id), record.state == .pending, record.checksum != nil else {
                 throw QueueError.notPending(id)
             }
-            var updated = Array(record)
-            updated.replaceSubrange(9..<13, with: Codec.crc(payload))
-            try txn.put("batches", key, updated)
+            record.checksum = Codec.crc32(payload)
+            try txn.put("batches", key, record.encoded)
             try txn.put("payloads", key, payload)
         }
         notify()
@@ -272,6 +290,7 @@ public final class DurableQueue: @unchecked Sendable {
             try txn.addCounter(Key.batchesDone, 1)
             try txn.addCounter(Key.documentsLoaded, Int64(outcome.documentsLoaded))
             try txn.addCounter(Key.documentsSetAside, Int64(outcome.setAside.count))
+            if outcome.documentsDeleted > 0 { try txn.addCounter(Key.documentsDeleted, Int64(outcome.documentsDeleted)) }
             for (table, rows) in outcome.rows {
                 try txn.addCounter(Key.rowsPrefix + table, rows)
             }
@@ -320,7 +339,9 @@ public final class DurableQueue: @unchecked Sendable {
         try env.transaction(write: false) { txn in
             guard let payload = try txn.get("payloads", Codec.key(id)).map({ Array($0) }) else { return nil }
             let external = payload == Self.externalMarker
-            return QueueBatch(id: id, documentCount: 0, payload: external ? [] : payload, isExternal: external)
+            let record = try txn.record(id)
+            return QueueBatch(id: id, documentCount: record?.documents ?? 0, payload: external ? [] : payload, isExternal: external,
+                              position: record?.last)
         }
     }
 
@@ -364,6 +385,7 @@ public final class DurableQueue: @unchecked Sendable {
                 done: Int(try txn.counter(Key.batchesDone)),
                 documentsLoaded: try txn.counter(Key.documentsLoaded),
                 documentsSetAside: try txn.counter(Key.documentsSetAside),
+                documentsDeleted: try txn.counter(Key.documentsDeleted),
                 rows: rows,
                 runStartedAt: try txn.get("meta", Key.runStartedAt).map(Codec.double),
                 runStartLoaded: try txn.get("meta", Key.runStartLoaded).map(Codec.int) ?? 0,
@@ -381,90 +403,6 @@ public final class DurableQueue: @unchecked Sendable {
             }
             return docs
         }
-    }
-}
-
-/// What a job moves from where to where, recorded when it starts (never a credential), so
-/// that a later command pointed elsewhere is refused instead of quietly mixing two jobs.
-public struct JobIdentity: Codable, Sendable, Equatable {
-    public var pipeline: String
-    /// The source deployment's hosts, `host:port[,host:port]`.
-    public var sourceServers: String
-    public var database: String
-    public var collection: String
-    public var targetHost: String
-    public var targetPort: String
-    public var targetDatabase: String
-    public var targetSchema: String
-    /// For a job that reads a mongodump file instead of MongoDB: which file.
-    public var sourceFile: SourceFileIdentity?
-
-    public init(
-        pipeline: String, sourceServers: String, database: String, collection: String,
-        targetHost: String, targetPort: String, targetDatabase: String, targetSchema: String
-    ) {
-        self.pipeline = pipeline
-        self.sourceServers = sourceServers
-        self.database = database
-        self.collection = collection
-        self.targetHost = targetHost
-        self.targetPort = targetPort
-        self.targetDatabase = targetDatabase
-        self.targetSchema = targetSchema
-        sourceFile = nil
-    }
-
-    /// Each field where `other` differs: (what, recorded value, other value).
-    /// A source file is the same file when its size and head are (it may have moved); a file
-    /// is never the same source as a MongoDB collection.
-    public func differences(from other: JobIdentity) -> [(field: String, recorded: String, given: String)] {
-        func compare(_ fields: [(String, KeyPath<JobIdentity, String>)]) -> [(field: String, recorded: String, given: String)] {
-            fields.compactMap { name, path in
-                self[keyPath: path] == other[keyPath: path] ? nil : (name, self[keyPath: path], other[keyPath: path])
-            }
-        }
-        var found = compare([("pipeline", \.pipeline)])
-        switch (sourceFile, other.sourceFile) {
-        case (nil, nil):
-            found += compare([("source server", \.sourceServers), ("database", \.database), ("collection", \.collection)])
-        case let (recorded?, given?):
-            // A file's database and collection only label it, but a command naming others is told.
-            found += compare([("database", \.database), ("collection", \.collection)])
-            if recorded.size != given.size {
-                found.append(("source file size", "\(recorded.size) bytes (\(recorded.path))", "\(given.size) bytes (\(given.path))"))
-            } else if recorded.headDigest != given.headDigest {
-                found.append(("source file's first MiB (SHA-256)", "\(recorded.headDigest) (\(recorded.path))", "\(given.headDigest) (\(given.path))"))
-            }
-        case let (recorded, given):
-            found.append(("source", recorded.map { "file \($0.path)" } ?? "MongoDB \(sourceServers)",
-                          given.map { "file \($0.path)" } ?? "MongoDB \(other.sourceServers)"))
-        }
-        return found + compare([
-            ("target host", \.targetHost), ("target port", \.targetPort), ("target database", \.targetDatabase),
-            ("target schema", \.targetSchema),
-        ])
-    }
-}
-
-/// A mongodump file a job reads: where it was, its size and the SHA-256 of its first MiB.
-public struct SourceFileIdentity: Codable, Sendable, Equatable {
-    public var path: String
-    public var size: Int64
-    public var headDigest: String
-    /// gzip-compressed: offsets in its content do not compare with its size.
-    public var compressed: Bool?
-
-    public init(path: String, size: Int64, headDigest: String, compressed: Bool? = nil) {
-        self.path = path
-        self.size = size
-        self.headDigest = headDigest
-        self.compressed = compressed
-    }
-
-    /// How much of a plain file the job has read, from the queue's position (an offset).
-    public func fractionRead(offset: UInt64?) -> Double? {
-        guard compressed == false, size > 0, let offset else { return nil }
-        return min(1, Double(offset) / Double(size))
     }
 }
 
@@ -515,6 +453,7 @@ private enum Key {
     static let batchesDone = "batches_done"
     static let documentsLoaded = "documents_loaded"
     static let documentsSetAside = "documents_set_aside"
+    static let documentsDeleted = "documents_deleted"
     static let rowsPrefix = "rows."
 }
 
@@ -531,20 +470,62 @@ extension LMDBTransaction {
         try setCounter(name, try counter(name) + delta)
     }
 
-    func state(_ id: UInt64) throws -> BatchState? {
-        try get("batches", Codec.key(id)).flatMap { BatchState(rawValue: $0[0]) }
+    func record(_ id: UInt64) throws -> BatchRecord? {
+        try get("batches", Codec.key(id)).flatMap(BatchRecord.init)
     }
 
-    /// Sets a batch's state and returns its document count.
+    func state(_ id: UInt64) throws -> BatchState? {
+        try record(id)?.state
+    }
+
+    /// Sets a batch's state and returns its record.
     @discardableResult
-    func setState(_ id: UInt64, _ state: BatchState) throws -> Int {
-        guard let record = try get("batches", Codec.key(id)) else {
+    func setState(_ id: UInt64, _ state: BatchState) throws -> BatchRecord {
+        guard var record = try record(id) else {
             throw LMDBError(code: -30798, context: "batch \(id) is not in the queue")
         }
-        var updated = Array(record)
-        updated[0] = state.rawValue
-        try put("batches", Codec.key(id), updated)
-        return Int(Codec.int(UnsafeRawBufferPointer(rebasing: record[1...])))
+        record.state = state
+        try put("batches", Codec.key(id), record.encoded)
+        return record
+    }
+}
+
+/// A batch's record in the `batches` table: its state, document count, the CRC-32 of its
+/// payload and its extent in the source (the positions before it and after its last
+/// document). Records of earlier versions end after the count or the checksum.
+///
+///     state u8 | documents i64 LE | crc32 u32 LE | before-length u32 BE | before | last
+struct BatchRecord {
+    var state: BatchState
+    var documents: Int
+    var checksum: UInt32?
+    var before: [UInt8]?
+    var last: [UInt8]?
+
+    init(state: BatchState, documents: Int, checksum: UInt32, before: [UInt8], last: [UInt8]) {
+        (self.state, self.documents, self.checksum, self.before, self.last) = (state, documents, checksum, before, last)
+    }
+
+    init?(_ raw: UnsafeRawBufferPointer) {
+        guard raw.count >= 9, let state = BatchState(rawValue: raw[0]) else { return nil }
+        self.state = state
+        documents = Int(Codec.int(UnsafeRawBufferPointer(rebasing: raw[1..<9])))
+        checksum = raw.count >= 13 ? UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 9, as: UInt32.self)) : nil
+        if raw.count > 17 {
+            let length = Int(UInt32(bigEndian: raw.loadUnaligned(fromByteOffset: 13, as: UInt32.self)))
+            if 17 + length <= raw.count {
+                before = Array(raw[17..<(17 + length)])
+                last = Array(raw[(17 + length)...])
+            }
+        }
+    }
+
+    var encoded: [UInt8] {
+        var bytes = [state.rawValue] + Codec.int(Int64(documents))
+        guard let checksum else { return bytes }
+        bytes += withUnsafeBytes(of: checksum.littleEndian, Array.init)
+        guard let before, let last else { return bytes }
+        return bytes + Codec.int32(UInt32(before.count)) + before + last
     }
 }
 
@@ -552,17 +533,15 @@ extension LMDBTransaction {
 /// end to the last byte, and the payload's CRC-32 (zlib). A changed byte, a damaged length or
 /// a zeroed page breaks one of the three.
 public enum BatchIntegrity {
-    static func check(id: UInt64, record: UnsafeRawBufferPointer?, payload: [UInt8], directory: String) throws {
-        guard let record, record.count >= 9 else {
+    static func check(id: UInt64, record raw: UnsafeRawBufferPointer?, payload: [UInt8], directory: String) throws {
+        guard let raw, let record = BatchRecord(raw) else {
             throw damaged(id, directory, "its record is missing or short")
         }
-        let documents = Int(Codec.int(UnsafeRawBufferPointer(rebasing: record[1..<9])))
-        if record.count >= 13 {
-            let stored = UInt32(littleEndian: record.loadUnaligned(fromByteOffset: 9, as: UInt32.self))
+        if let stored = record.checksum {
             guard Codec.crc32(payload) == stored else { throw damaged(id, directory, "its checksum does not match") }
         }
-        guard let framed = documentCount(payload), framed == documents else {
-            throw damaged(id, directory, "it should hold \(documents) documents laid end to end")
+        guard BSONSequence.ranges(payload)?.count == record.documents else {
+            throw damaged(id, directory, "it should hold \(record.documents) documents laid end to end")
         }
     }
 
@@ -570,22 +549,6 @@ public enum BatchIntegrity {
     public static func checksum(_ documents: [[UInt8]]) -> UInt32 {
         documents.reduce(0) { crc, document in
             document.withUnsafeBytes { UInt32(CZlib.crc32_z(UInt(crc), $0.baseAddress?.assumingMemoryBound(to: UInt8.self), $0.count)) }
-        }
-    }
-
-    /// How many BSON documents `payload` holds end to end, or nil when a length breaks the chain.
-    public static func documentCount(_ payload: [UInt8]) -> Int? {
-        payload.withUnsafeBytes { raw in
-            var offset = 0
-            var count = 0
-            while offset < raw.count {
-                guard offset + 5 <= raw.count else { return nil }
-                let length = Int(Int32(littleEndian: raw.loadUnaligned(fromByteOffset: offset, as: Int32.self)))
-                guard length >= 5, offset + length <= raw.count, raw[offset + length - 1] == 0 else { return nil }
-                offset += length
-                count += 1
-            }
-            return count
         }
     }
 
@@ -602,7 +565,6 @@ enum Codec {
         }
     }
 
-    static func crc(_ bytes: [UInt8]) -> [UInt8] { withUnsafeBytes(of: crc32(bytes).littleEndian, Array.init) }
 
     static func key(_ id: UInt64) -> [UInt8] { withUnsafeBytes(of: id.bigEndian, Array.init) }
     static func id(_ key: [UInt8]) -> UInt64 { key.withUnsafeBytes { UInt64(bigEndian: $0.loadUnaligned(as: UInt64.self)) } }

@@ -57,6 +57,8 @@ final class LMDBEnvironment: @unchecked Sendable {
     private let dbis: [String: MDB_dbi]
     private let registryKey: String
     private let directory: String
+    /// Closed by `close()` (guarded by `lock`): every later transaction is refused.
+    private var closed = false
 
     private static let open = Mutex<Set<String>>([])
 
@@ -81,9 +83,17 @@ final class LMDBEnvironment: @unchecked Sendable {
         self.directory = directory
     }
 
-    deinit {
-        mdb_env_close(env)
-        Self.open.withLock { _ = $0.remove(registryKey) }
+    deinit { close() }
+
+    /// Closes the environment, once, so that this process may open the directory again
+    /// though something still holds this instance (a thread that is ending).
+    func close() {
+        lock.withLock {
+            guard !closed else { return }
+            closed = true
+            mdb_env_close(env)
+            Self.open.withLock { _ = $0.remove(registryKey) }
+        }
     }
 
     private static func configure(
@@ -139,6 +149,7 @@ final class LMDBEnvironment: @unchecked Sendable {
 
     var mapSize: Int {
         lock.withLock {
+            guard !closed else { return 0 }
             var info = MDB_envinfo()
             mdb_env_info(env, &info)
             return info.me_mapsize
@@ -150,6 +161,7 @@ final class LMDBEnvironment: @unchecked Sendable {
     func transaction<R>(write: Bool, _ body: (LMDBTransaction) throws -> R) throws -> R {
         lock.lock()
         defer { lock.unlock() }
+        guard !closed else { throw LMDBError(code: EBADF, context: "the queue in \(directory) is closed", complete: true) }
         while true {
             let txn = try begin(write: write)
             let result: R

@@ -22,9 +22,23 @@ public struct UsersMapping: DocumentMapping {
         }
     }
 
+    /// A document's key is its `_id`: a user's rows are found by it (see `tables`).
+    public var documentKeyType: UInt32? { BinaryCopyWriter.OID.int8 }
+
+    public func documentKey(_ document: UnsafeRawBufferPointer, into key: inout BinaryCopyWriter) throws(RejectReason) {
+        guard var it = BSONIterator(document: document), it.find("_id") else { throw RejectReason("is missing", at: "_id") }
+        let id = try it.int64("_id")
+        guard id >= -maxUserId, id <= maxUserId else {
+            throw RejectReason("is \(id), outside the range whose child ids fit a bigint (±\(maxUserId))", at: "_id")
+        }
+        key.int8(id)
+    }
+
     /// In an order that satisfies the foreign keys, each with its rough COPY bytes per
     /// document (so buffers rarely grow). Every column is NOT NULL; a child's `id` follows
-    /// the id rule of DATA.md.
+    /// the id rule of DATA.md, which is how a user's rows are found in it: `id = _id`, or
+    /// `id` from `_id * 10000` to `_id * 10000 + 9999`, or (messages, groups, whose ids come
+    /// from the document) the column that references the user.
     public static let tables: [TableSpec] = [
         table(.users, 160, [("id", big), ("username", v), ("email", v), ("first_name", v), ("last_name", v),
                             ("age", int), ("created_at", ts), ("updated_at", ts)]),
@@ -66,7 +80,7 @@ public struct UsersMapping: DocumentMapping {
         TableSpec(
             t.name, columns: columns.map { TableSpec.Column($0.0, $0.1) }, primaryKey: [columns[0].0],
             foreignKeys: parent.map { [TableSpec.ForeignKey([$0.0], references: $0.1.name)] } ?? [],
-            bytesPerDocument: bytes)
+            bytesPerDocument: bytes, documentRows: t.documentRows)
     }
 }
 
@@ -74,6 +88,16 @@ public struct UsersMapping: DocumentMapping {
 enum T: Int, CaseIterable {
     case users, addresses, profiles, education, experience, preferences, settings, activityLog
     case transactions, messages, attachments, socialMedia, posts, groups, largeData
+
+    /// How a user's rows are found here by the user's `_id`.
+    var documentRows: DocumentRows {
+        switch self {
+        case .users, .addresses, .profiles, .preferences, .socialMedia, .largeData: .key("id")
+        case .education, .experience, .settings, .activityLog, .transactions, .posts, .attachments: .keyRange("id", factor: 10_000)
+        case .messages: .key("user_id")
+        case .groups: .key("social_media_id")
+        }
+    }
 
     /// The table's name: the case in snake_case.
     var name: String {

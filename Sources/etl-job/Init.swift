@@ -20,7 +20,7 @@ struct Init: AsyncParsableCommand {
 
     func validate() throws {
         guard sample > 0 else { throw ValidationError("--sample must be at least 1") }
-        guard connection.source.sourceFile != nil || (connection.source.database != nil && connection.source.collection != nil) else {
+        guard connection.source.namesAnotherSource || (connection.source.database != nil && connection.source.collection != nil) else {
             throw ValidationError("init needs --database and --collection (the collection to describe), or --source-file (a mongodump file)")
         }
     }
@@ -48,21 +48,24 @@ struct Init: AsyncParsableCommand {
     }
 
     /// Reads every k-th document in source order (k = count / sample) and infers the mapping.
-    /// A file is read twice: once to count its documents, once to sample them.
+    /// A source that does not know its count (a file) is read twice: once to count its
+    /// documents, once to sample them.
     private static func propose(_ settings: JobSettings, sample: Int) throws -> Data {
-        let source = SourceCollection(
-            database: settings.database ?? settings.sourceFile.map(Self.databaseName) ?? "",
-            collection: settings.collection ?? settings.sourceFile.map(Self.collectionName) ?? "")
-        let job = PipelineJob(mapping: Placeholder(source: source), settings: settings)
-        let client = try job.connectSource()
-        var total = try job.checkSource(client, allowEmpty: false) ?? Int64(sample)
-        if settings.sourceFile != nil {
-            let counting = try job.openSource(nil, after: nil)
+        let implied = settings.source.choice?.impliedCollection
+        let names = SourceCollection(
+            database: settings.source.database ?? implied?.database ?? "",
+            collection: settings.source.collection ?? implied?.collection ?? "")
+        let source = SourceKinds.source(settings, collection: names)
+        var total: Int64
+        if let known = try source.check(allowEmpty: false) {
+            total = known
+        } else {
+            let counting = try source.open(after: nil, batchSize: 1_000)
             total = 0
             while try counting.next() != nil { total += 1 }
         }
         let stride = max(1, Int(total) / sample)
-        let cursor = try job.openSource(client, after: nil)
+        let cursor = try source.open(after: nil, batchSize: 1_000)
         var inference = Inference()
         var seen = 0
         while inference.documents < sample, let document = try cursor.next() {
@@ -75,31 +78,10 @@ struct Init: AsyncParsableCommand {
             Console.standardError.line("etl-job: \(inference.damagedCount) sampled documents are damaged BSON and were left out of the inference "
                 + "(a load sets them aside); the first: \(inference.damaged[0])")
         }
-        let mapping = inference.mapping(source: source)
+        let mapping = inference.mapping(source: names)
         let data = try JSONSerialization.data(withJSONObject: mapping, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
         // What init writes must load: read it back as etl-job will.
         _ = try MappingFile(json: data)
         return data + Data("\n".utf8)
     }
-}
-
-extension Init {
-    /// mongodump writes `<database>/<collection>.bson[.gz]`.
-    static func collectionName(_ path: String) -> String {
-        var name = URL(fileURLWithPath: path).lastPathComponent
-        for suffix in [".gz", ".bson"] where name.hasSuffix(suffix) { name.removeLast(suffix.count) }
-        return name
-    }
-
-    static func databaseName(_ path: String) -> String {
-        URL(fileURLWithPath: path).deletingLastPathComponent().lastPathComponent
-    }
-}
-
-/// A pipeline known only by its source (what `init` needs to check the collection).
-private struct Placeholder: DocumentMapping {
-    let source: SourceCollection
-    var name: String { "init" }
-    var tables: [TableSpec] { [] }
-    func map(_ document: UnsafeRawBufferPointer, into rows: inout TableRows) throws(RejectReason) {}
 }

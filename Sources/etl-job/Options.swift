@@ -38,9 +38,8 @@ struct ConnectionOptions: ParsableArguments {
         var settings = JobSettings(
             mongoURL: mongo, postgresURL: postgres,
             stateDirectory: pick(state.stateDirectory, "ETL_STATE_DIR", Self.defaultStateDirectory), targetSchema: target.targetSchema)
-        settings.database = source.database
-        settings.collection = source.collection
-        settings.sourceFile = try source.absoluteSourceFile
+        settings.source = SourceRequest(
+            database: source.database, collection: source.collection, choice: try source.absoluteSourceFile.map { BSONFileSource.Choice(path: $0) })
         if let run {
             settings.bucket = run.config
             settings.cursorBatchSize = run.cursorBatchSize
@@ -96,6 +95,9 @@ struct SourceOptions: ParsableArguments {
         "Read a mongodump output file (.bson, or gzip-compressed .bson.gz) instead of MongoDB; one pipeline per run (resume, status and verify default to the job's file).",
         valueName: "path"))
     var sourceFile: String?
+
+    /// Whether a source other than a MongoDB collection is named.
+    var namesAnotherSource: Bool { sourceFile != nil }
 
     /// The source file as an absolute path, so that a resume from another directory finds it.
     var absoluteSourceFile: String? {
@@ -271,7 +273,8 @@ enum DotEnv {
     }
 }
 
-/// Runs a command body and turns its failures into one line on stderr and an exit code.
+/// Runs a command body and turns its failures into one line on stderr and the exit code
+/// the caller exits with (thrown, never `exit()` from async code).
 func reportingErrors(_ body: () async throws -> Void) async throws {
     do {
         try await body()
@@ -279,13 +282,9 @@ func reportingErrors(_ body: () async throws -> Void) async throws {
         throw error
     } catch {
         let job = JobError.classify(error)
-        fail(job.description, code: job.kind.exitCode)
+        Console.standardError.line("etl-job: error: \(Redact.url(job.description))")
+        throw ExitCode(job.kind.exitCode)
     }
-}
-
-func fail(_ message: String, code: Int32) -> Never {
-    Console.standardError.line("etl-job: error: \(Redact.url(message))")
-    exit(code)
 }
 
 extension JobError.Kind {

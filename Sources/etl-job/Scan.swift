@@ -24,7 +24,8 @@ struct Scan: AsyncParsableCommand {
 
     private static func scan(_ job: PipelineJob, cursorBatchSize: Int32) throws {
         let start = ContinuousClock.now
-        let cursor = try job.openSource(try job.connectSource(), after: nil, batchSize: cursorBatchSize)
+        try job.source.checkExists()
+        let cursor = try job.source.open(after: nil, batchSize: cursorBatchSize)
         var documents = 0
         var bytes = 0
         while let doc = try cursor.next() {

@@ -39,10 +39,13 @@ struct Seed: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let job = PipelineJob(mapping: UsersMapping(), settings: try connection.resolved())
+            let settings = try connection.resolved()
+            let defaults = UsersMapping().source
+            let names = SourceCollection(database: settings.source.database ?? defaults.database, collection: settings.source.collection ?? defaults.collection)
+            let target = MongoCollectionSource(url: settings.mongoURL, collection: names)
             _ = try connection.makeLogger()
             try await Threads.blocking(name: "seed") {
-                if let output { try write(to: output) } else { try insert(job) }
+                if let output { try write(to: output) } else { try insert(target) }
             }
         }
     }
@@ -75,9 +78,9 @@ struct Seed: AsyncParsableCommand {
             + (badInput ? ", \(corpus.filter { $0.reason != nil }.count) of them malformed" : ""))
     }
 
-    private func insert(_ job: PipelineJob) throws {
-        let source = job.source
-        let collection = try job.connectMongo().collection(database: source.database, name: source.collection)
+    private func insert(_ target: MongoCollectionSource) throws {
+        let source = target.collection
+        let collection = try target.collectionForWriting()
         if drop { try collection.drop() }
         let generator = UserGenerator(seed: seed)
         let corpus = badInput ? BadInputCorpus.documents(users: users, generator: generator) : []

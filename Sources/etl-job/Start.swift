@@ -36,9 +36,7 @@ struct Start: AsyncParsableCommand {
             var settings = try connection.resolved(bucket)
             settings.foreignKeys = foreignKeys.flatMap(ForeignKeyMode.init)
             let mappings = try pipelines.mappings()
-            if mappings.filter({ $0.definition == nil }).count > 1, settings.database != nil || settings.collection != nil {
-                throw JobError(.usage, "--database and --collection name the source of one built-in pipeline (a mapping file names its own); this run has several")
-            }
+            try settings.source.refuse(for: mappings, ofJob: false)
             if fresh && !yes { try confirmTruncation(settings, mappings) }
             let job = DurableJob(settings: settings, logger: try connection.makeLogger())
             try await runInterruptibly(reportJSON: reportJSON) { stop, progress in

@@ -51,7 +51,8 @@ struct Status: AsyncParsableCommand {
         }
         // A mapping file given again must be the one the job records.
         let resolve = Pipelines.resolver(given: try mapping.load())
-        for name in manifest.pipelines { _ = try resolve(name, manifest.planned[name]?.definition) }
+        var mappings: [String: any DocumentMapping] = [:]
+        for name in manifest.pipelines { mappings[name] = try resolve(name, manifest.planned[name]?.definition) }
         let active = JobLock.isHeld(directory: directory)
         var views: [StatusView] = []
         var rejectedDocuments: [(String, [SetAsideDocument])] = []
@@ -60,10 +61,13 @@ struct Status: AsyncParsableCommand {
             do {
                 guard DurableQueue.exists(in: queueDirectory) else { throw LMDBError.notFound }
                 let queue = try DurableQueue(directory: queueDirectory, readOnly: true)
-                try refuseMismatch(name, try queue.identity, settings: settings, urls: urls)
+                let identity = JobIdentity.decode(try queue.identity)
+                if let mapping = mappings[name] { try refuseMismatch(mapping, identity, settings: settings, urls: urls) }
                 guard let status = try queue.status() else { throw LMDBError.notFound }
                 if rejected { rejectedDocuments.append((name, try queue.setAsideDocuments())) }
-                views.append(StatusView(pipeline: name, status, identity: try queue.identity, fileRead: try queue.sourceFileRead(), active: active))
+                views.append(StatusView(pipeline: name, status, tables: mappings[name]?.tables.map(\.name),
+                                        source: identity?.source.status(at: try queue.extractPosition, extractionFinished: status.extractionFinished),
+                                        active: active))
             } catch let error as LMDBError where error.isNotFound {
                 // A run is still creating this pipeline's queue, or was killed before it
                 // recorded its job there (a resume starts it).
@@ -100,26 +104,26 @@ struct Status: AsyncParsableCommand {
         }
     }
 
-    /// Refuses (exit 64) when a setting the user named differs from what the job recorded.
-    private func refuseMismatch(_ name: String, _ recorded: JobIdentity?, settings: JobSettings, urls: (mongo: Bool, postgres: Bool)) throws {
+    /// Refuses (exit 64) when a setting the user named differs from what the job recorded;
+    /// what it does not name is not compared.
+    private func refuseMismatch(_ mapping: any DocumentMapping, _ recorded: JobIdentity?, settings: JobSettings, urls: (mongo: Bool, postgres: Bool)) throws {
         guard let recorded else { return }
+        let job = PipelineJob(mapping: mapping, settings: settings, recorded: recorded)
         var given = recorded
-        if let database = settings.database { given.database = database }
-        if let collection = settings.collection { given.collection = collection }
-        if let schema = settings.targetSchema { given.targetSchema = schema }
-        if urls.mongo, recorded.sourceFile == nil, let client = try? MongoClient(url: settings.mongoURL) { given.sourceServers = client.servers }
-        if let file = settings.sourceFile {
-            let found = try? BSONFileReader.identify(path: file)
-            given.sourceFile = SourceFileIdentity(path: file, size: found?.size ?? -1, headDigest: found?.headDigest ?? "")
+        let request = settings.source
+        if request.choice != nil {
+            given.source = try job.source.identity()
+        } else if urls.mongo || request.namesCollection {
+            given.source = (try? job.source.identity()) ?? recorded.source
         }
+        if let schema = settings.targetSchema { given.targetSchema = schema }
         if urls.postgres {
             let named = PGConnection.named(in: settings.postgresURL)
             given.targetHost = named.host ?? given.targetHost
             given.targetPort = named.port ?? given.targetPort
             given.targetDatabase = named.database ?? given.targetDatabase
         }
-        let mapping = Pipelines.mapping(named: name) ?? Pipelines.builtIn[0]
-        try PipelineJob(mapping: mapping, settings: settings, recorded: recorded).refuseMismatch(recorded: recorded, current: given)
+        try job.refuseMismatch(recorded: recorded, current: given, sourceLocationNamed: request.choice != nil || urls.mongo)
     }
 
     private func printRejected(_ pipelines: [(String, [SetAsideDocument])], directory: String) throws {
@@ -162,20 +166,19 @@ struct StatusView {
     let totalRows: Int64
     let documentsPerSecond: Double?
     let etaSeconds: Double?
-    /// The mongodump file the job reads, or nil when it reads MongoDB.
-    let sourceFile: String?
+    /// What the source shows: its members of `status --json`, how much of it is read, lines.
+    let source: SourceStatus?
     /// When the job puts its foreign keys in place: after, during (nil before it started).
     let foreignKeys: String?
     /// Whether they are in place: always with during; with after, once the job finished.
     let foreignKeysInPlace: Bool?
+    /// The pipeline's tables in load order (nil: the counters' tables, sorted).
+    let tables: [String]?
 
-    /// The share of a plain source file read so far (nil for a collection or a .gz).
-    let sourceFileRead: Double?
-
-    init(pipeline: String, _ s: QueueStatus, identity: JobIdentity? = nil, fileRead: Double? = nil, active: Bool, now: Double = Date().timeIntervalSince1970) {
+    init(pipeline: String, _ s: QueueStatus, tables: [String]? = nil, source: SourceStatus? = nil, active: Bool, now: Double = Date().timeIntervalSince1970) {
         self.pipeline = pipeline
-        sourceFile = identity?.sourceFile?.path
-        sourceFileRead = s.extractionFinished && identity?.sourceFile != nil ? 1 : fileRead
+        self.source = source
+        self.tables = tables
         let keys = s.foreignKeys ?? "during"
         foreignKeys = keys
         foreignKeysInPlace = keys == "during" || s.finishedAt != nil
@@ -202,17 +205,17 @@ struct StatusView {
         }
         if s.isComplete {
             etaSeconds = 0
-        } else if active, let rate = documentsPerSecond, let total = s.sourceTotal ?? Self.estimatedTotal(s, fileRead: fileRead) {
+        } else if active, let rate = documentsPerSecond, let total = s.sourceTotal ?? Self.estimatedTotal(s, fractionRead: source?.fractionRead) {
             etaSeconds = max(0, Double(total - s.documentsLoaded - s.documentsSetAside) / rate)
         } else {
             etaSeconds = nil
         }
     }
 
-    /// A file's document count, estimated from the documents read and the share of its bytes.
-    static func estimatedTotal(_ s: QueueStatus, fileRead: Double?) -> Int64? {
-        guard let fileRead, fileRead > 0.01, s.extracted > 0 else { return nil }
-        return Int64((Double(s.extracted) / fileRead).rounded())
+    /// A source's document count, estimated from the documents read and the share of it read.
+    static func estimatedTotal(_ s: QueueStatus, fractionRead: Double?) -> Int64? {
+        guard let fractionRead, fractionRead > 0.01, s.extracted > 0 else { return nil }
+        return Int64((Double(s.extracted) / fractionRead).rounded())
     }
 
     /// A pipeline named by the run's manifest whose queue records no job yet.
@@ -230,8 +233,8 @@ struct StatusView {
         rows = [:]
         documentsPerSecond = nil
         etaSeconds = nil
-        sourceFile = nil
-        sourceFileRead = nil
+        source = nil
+        tables = nil
         foreignKeys = nil
         foreignKeysInPlace = nil
     }
@@ -240,14 +243,17 @@ struct StatusView {
 
     /// The fields of `status --json`, every key always present.
     var dictionary: [String: Any?] {
-        [
+        var members: [String: Any?] = [
             "pipeline": pipeline, "job": job, "active": active, "complete": complete, "finished": finished,
             "sourceDocuments": sourceDocuments, "extracted": extracted, "extractionFinished": extractionFinished,
             "batches": batches, "pending": pending, "inFlight": inFlight, "done": done,
             "documentsLoaded": documentsLoaded, "documentsSetAside": documentsSetAside, "rows": rows, "totalRows": totalRows,
             "documentsPerSecond": documentsPerSecond, "etaSeconds": etaSeconds,
-            "sourceFile": sourceFile, "sourceFileRead": sourceFileRead, "foreignKeys": foreignKeys, "foreignKeysInPlace": foreignKeysInPlace,
+            "foreignKeys": foreignKeys, "foreignKeysInPlace": foreignKeysInPlace,
         ]
+        for key in SourceKinds.statusKeys { members[key] = .some(nil) }
+        for (key, value) in source?.json ?? [:] { members[key] = value.map { $0 as Any } }
+        return members
     }
 
     /// `status --json`: the state directory, whether it holds a job, each pipeline and their sum.
@@ -290,7 +296,7 @@ struct StatusView {
             "pipeline     \(pipeline)",
             "job          \(job)  \(state)",
             "extracted    \(n(extracted))\(sourceDocuments.map { " of \(n($0))" } ?? "") documents"
-                + (extractionFinished ? " (source read to its end)" : sourceFileRead.map { " (\(Int($0 * 100)) % of the file read)" } ?? ""),
+                + (extractionFinished ? " (source read to its end)" : source?.progress.map { " (\($0))" } ?? ""),
             "batches      \(batches): \(pending) pending, \(inFlight) in flight, \(done) done",
             "loaded       \(n(documentsLoaded)) documents, \(n(totalRows)) rows",
             "set aside    \(n(documentsSetAside)) documents" + (documentsSetAside > 0 ? " (etl-job status --rejected)" : ""),
@@ -298,11 +304,11 @@ struct StatusView {
                 ? (foreignKeysInPlace == true ? "added after the load" : "added after the load, when it completes (not in place yet)")
                 : "in place during the load"),
         ]
-        if let sourceFile { lines.insert("source file  \(sourceFile)", at: 2) }
+        lines.insert(contentsOf: source?.lines ?? [], at: 2)
         if let rate = documentsPerSecond { lines.append("throughput   \(n(Int64(rate))) documents/s") }
         if let eta = etaSeconds, !complete { lines.append("ETA          \(Int(eta.rounded())) s") }
         lines.append("rows per table")
-        let order = Pipelines.mapping(named: pipeline).map { $0.tables.map(\.name) } ?? rows.keys.sorted()
+        let order = tables ?? rows.keys.sorted()
         let width = max(14, order.map(\.count).max() ?? 0)
         for table in order {
             lines.append("  \(table.padding(toLength: width, withPad: " ", startingAt: 0)) \(n(rows[table] ?? 0))")
@@ -353,10 +359,11 @@ final class Progress: RunObserver, @unchecked Sendable {
         var parts: [String] = []
         for p in pipelines {
             guard let status = (try? p.queue.status()).flatMap({ $0 }) else { return nil }
-            let read = try? p.queue.sourceFileRead()
-            let view = StatusView(pipeline: p.name, status, fileRead: read, active: true)
+            let source = JobIdentity.decode((try? p.queue.identity) ?? nil)?.source
+                .status(at: (try? p.queue.extractPosition) ?? nil, extractionFinished: status.extractionFinished)
+            let view = StatusView(pipeline: p.name, status, source: source, active: true)
             let total = status.sourceTotal.map { "/\($0)" } ?? ""
-            let file = status.extractionFinished ? "" : read.map { "\(Int($0 * 100)) % of the file read, " } ?? ""
+            let file = status.extractionFinished ? "" : source?.progress.map { "\($0), " } ?? ""
             let eta = view.etaSeconds.map { String(format: ", ETA %.0f s", $0) } ?? ""
             let name = pipelines.count > 1 ? "\(p.name) " : ""
             parts.append("\(name)job \(p.jobId.prefix(8)): loaded \(status.documentsLoaded)\(total) documents, \(status.totalRows) rows, "

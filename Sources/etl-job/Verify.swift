@@ -37,17 +37,13 @@ struct Verify: AsyncParsableCommand {
         }
     }
 
-    /// Verifies each pipeline of the job in the state directory (or those named; users when
-    /// there is no job) against the source and target it recorded.
     /// Verifies each pipeline of the job in the state directory (or those named; the given
     /// pipelines when there is no job) against the source and target it recorded.
     private func verifyAll(_ settings: JobSettings) throws -> [Verifier.Report] {
         let directory = settings.stateDirectory
         let given = try pipelines.mappings()
         guard let manifest = try RunManifest.read(directory) else {
-            if given.filter({ $0.definition == nil }).count > 1, settings.database != nil || settings.collection != nil {
-                throw JobError(.usage, "--database and --collection name the source of one built-in pipeline; this run has several")
-            }
+            try settings.source.refuse(for: given, ofJob: false)
             return try given.map { try verify($0, settings, recorded: (nil, [], nil)) }
         }
         var names = manifest.pipelines
@@ -57,26 +53,24 @@ struct Verify: AsyncParsableCommand {
             }
             names = pipelines.names
         }
-        if names.filter({ manifest.planned[$0]?.definition == nil }).count > 1, settings.database != nil || settings.collection != nil {
-            throw JobError(.usage, "--database and --collection name the source of one built-in pipeline; this job runs several")
-        }
         let resolve = Pipelines.resolver(given: try pipelines.mapping.load())
-        return try names.map { name in
+        let mappings = try names.map { name in
             guard let mapping = try resolve(name, manifest.planned[name]?.definition) else {
                 throw JobError(.usage, "the job in \(directory) runs the pipeline '\(name)', which this etl-job does not know")
             }
-            return try verify(mapping, settings, recorded: try recordedJob(RunManifest.queueDirectory(directory, name)))
+            return mapping
         }
+        try settings.source.refuse(for: mappings, ofJob: true)
+        return try mappings.map { try verify($0, settings, recorded: try recordedJob(RunManifest.queueDirectory(directory, $0.name))) }
     }
 
     private func verify(_ mapping: any DocumentMapping, _ settings: JobSettings, recorded: (identity: JobIdentity?, setAside: Set<String>, status: QueueStatus?)) throws -> Verifier.Report {
         let job = PipelineJob(mapping: mapping, settings: settings, recorded: recorded.identity)
-        let client = try job.connectSource()
         let db = try job.connectPostgres()
-        try job.refuseMismatch(recorded: recorded.identity, current: job.identity(client, db))
-        try job.checkSourceExists(client)
+        try job.refuseMismatch(recorded: recorded.identity, current: job.identity(db))
+        try job.source.checkExists()
         let verifier = Verifier(
-            db: db, mapping: mapping, source: try job.openSource(client, after: nil), setAside: recorded.setAside,
+            db: db, mapping: mapping, source: try job.source.open(after: nil, batchSize: settings.cursorBatchSize), setAside: recorded.setAside,
             maxDocumentBytes: settings.maxDocumentBytes)
         var report = try verifier.run { n in Console.standardError.status("\(mapping.name): verified \(n) documents") }
         Console.standardError.endStatus()
@@ -90,7 +84,7 @@ struct Verify: AsyncParsableCommand {
         guard DurableQueue.exists(in: directory) else { return (nil, [], nil) }
         do {
             let queue = try DurableQueue(directory: directory, readOnly: true)
-            return (try queue.identity, Set(try queue.setAsideDocuments().map(\.documentId)), try queue.status())
+            return (JobIdentity.decode(try queue.identity), Set(try queue.setAsideDocuments().map(\.documentId)), try queue.status())
         } catch {
             throw JobError.queue(error, directory)
         }

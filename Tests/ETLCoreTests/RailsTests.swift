@@ -79,6 +79,40 @@ import UsersFixtures
         stop.escalate()
         #expect(calls.value == 1)
     }
+
+    /// A statement started after the grace period (its cancellation registered late) is
+    /// cancelled at once, not left to the final exit.
+    @Test func aCancellationRegisteredAfterTheEscalationRunsAtOnce() {
+        let stop = StopToken()
+        stop.request(.signal(SIGTERM))
+        stop.escalate()
+        let calls = Counter()
+        let key = stop.onEscalation { calls.add() }
+        #expect(calls.value == 1)
+        stop.remove(key)
+        stop.escalate()
+        #expect(calls.value == 1, "run once, not kept for a later escalation")
+    }
+
+    @Test func cancellingTheTaskRequestsAStopThatEveryWaitSees() async throws {
+        let stop = StopToken()
+        let task = Task {
+            await stop.bridgingCancellation {
+                await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+                    Thread.detachNewThread {
+                        _ = stop.sleep(30)
+                        done.resume()
+                    }
+                }
+            }
+        }
+        try await Task.sleep(for: .milliseconds(100))
+        let started = ContinuousClock.now
+        task.cancel()
+        await task.value
+        #expect(stop.reason == .cancelled)
+        #expect(ContinuousClock.now - started < .seconds(5))
+    }
 }
 
 final class Counter: @unchecked Sendable {

@@ -93,7 +93,7 @@ import Testing
         let checkpoints = try db.execute("SELECT pipeline, sum(documents_loaded) FROM etl_checkpoints GROUP BY 1 ORDER BY 1").rows
         #expect(checkpoints.map { $0.compactMap { $0 } } == [["archive", "200"], ["notes", "199"]])
         let migrations = try db.execute("SELECT pipeline || ':' || version FROM etl_migrations ORDER BY 1").rows.map { $0[0]! }
-        #expect(migrations == ["archive:1", "etl-job:1", "notes:1"])
+        #expect(migrations == ["archive:1", "etl-job:1", "etl-job:2", "notes:1"])
     }
 
     @Test func workersAreSharedOutAmongPipelines() {
@@ -108,13 +108,19 @@ import Testing
         #expect(readme.contains("```swift\n" + source + "```"), "README's 'Writing a pipeline' shows Tests/NotesPipeline/NotesMapping.swift as it is")
     }
 
-    /// Runs the notes program against the sandbox, killed at `crashAt` when given.
-    private func notes(_ sandbox: Sandbox, _ command: String, schema: String, state: String, crashAt: String? = nil) throws -> JobResult {
+    /// Runs the notes program against the sandbox, killed at `crashAt` when given; `memory`:
+    /// that many notes from memory instead of MongoDB.
+    static func notes(_ sandbox: Sandbox, _ command: String, schema: String, state: String, crashAt: String? = nil, memory: Int? = nil) throws -> JobResult {
         let job = try RunningJob(
             executable: Services.sibling("notes-pipeline"),
-            arguments: [command, sandbox.postgresURL, Services.mongoURL, sandbox.stateDirectory + "-\(state)", schema, sandbox.mongoDatabase],
+            arguments: [command, sandbox.postgresURL, Services.mongoURL, sandbox.stateDirectory + "-\(state)", schema, sandbox.mongoDatabase]
+                + (memory.map { ["memory:\($0)"] } ?? []),
             environment: crashAt.map { ["ETL_CRASH_AT": $0] } ?? [:])
         return try job.wait()
+    }
+
+    private func notes(_ sandbox: Sandbox, _ command: String, schema: String, state: String, crashAt: String? = nil) throws -> JobResult {
+        try Self.notes(sandbox, command, schema: schema, state: state, crashAt: crashAt)
     }
 
     private static func stopped(after seconds: Double) -> StopToken {
@@ -163,37 +169,11 @@ struct SandboxNotes: DocumentMapping {
 enum NotesData {
     /// `count` notes whose `_id`s are of six types (int32, int64, string, ObjectId, UUID,
     /// binary), with 0 to 3 comments, `pinned` present on half; the note at 7 has a number
-    /// for a title and must be set aside.
+    /// for a title and must be set aside (NotesCorpus).
     static func seed(_ sandbox: Sandbox, count: Int) throws -> (good: Int, comments: Int) {
         let collection = sandbox.mongo.collection(database: sandbox.mongoDatabase, name: "notes")
-        var documents: [BSONDocument] = []
-        var comments = 0
-        for i in 0..<count {
-            let doc = BSONDocument()
-            let w = doc.writer
-            switch i % 6 {
-            case 0: w.append("_id", Int32(i))
-            case 1: w.append("_id", Int64(10_000_000_000) + Int64(i))
-            case 2: w.append("_id", "note-\(i)")
-            case 3: w.append("_id", objectId: (0..<12).map { UInt8(truncatingIfNeeded: i * 31 + $0) })
-            case 4: w.append("_id", binary: (0..<16).map { UInt8(truncatingIfNeeded: i * 17 + $0) }, subtype: 4)
-            default: w.append("_id", binary: Array("blob-\(i)".utf8), subtype: 0)
-            }
-            if i == 7 { w.append("title", Int32(7)) } else { w.append("title", "Note \(i): ünïcödé \u{1}") }
-            if i % 2 == 0 { w.append("pinned", i % 4 == 0) }
-            let n = i % 4
-            w.appendArray("comments") { list in
-                for c in 0..<n {
-                    list.appendDocument(String(c)) { d in
-                        d.append("author", "author \(c)")
-                        d.append("text", "comment \(c) on \(i)")
-                    }
-                }
-            }
-            if i != 7 { comments += n }
-            documents.append(doc)
-        }
-        try collection.insertMany(documents)
+        try collection.insertMany(NotesCorpus.documents(count: count))
+        let comments = (0..<count).filter { $0 != 7 }.reduce(0) { $0 + $1 % 4 }
         return (count - 1, comments)
     }
 
@@ -210,8 +190,99 @@ enum NotesData {
     static func verify(_ sandbox: Sandbox, schema: String, setAside: Set<String>) throws -> Verifier.Report {
         let db = try Target(url: sandbox.postgresURL, schema: schema).connect()
         var settings = JobSettings(mongoURL: Services.mongoURL, postgresURL: sandbox.postgresURL, stateDirectory: sandbox.stateDirectory)
-        settings.database = sandbox.mongoDatabase
+        settings.source.database = sandbox.mongoDatabase
         let job = PipelineJob(mapping: NotesMapping(), settings: settings)
-        return try Verifier(db: db, mapping: NotesMapping(), source: job.openSource(sandbox.mongo, after: nil), setAside: setAside).run()
+        return try Verifier(db: db, mapping: NotesMapping(), source: job.source.open(after: nil, batchSize: 500), setAside: setAside).run()
+    }
+}
+
+/// The engine with a source in memory (no MongoDB server): the snapshot, then batches of
+/// changes that replace and delete documents' rows in every table, exactly.
+@Suite(.serialized) struct WriteModeTests {
+    static let tables = ["notes", "note_comments"]
+
+    static func settings(_ sandbox: Sandbox, _ name: String) -> JobSettings {
+        var settings = JobSettings(mongoURL: Services.mongoURL, postgresURL: sandbox.postgresURL, stateDirectory: sandbox.stateDirectory)
+        settings.source.choice = MemorySource.Choice(name: name)
+        settings.bucket.batchSize = 7
+        settings.bucket.workers = 2
+        settings.maxSetAside = .count(5)
+        return settings
+    }
+
+    @Test func changesReplaceAndDeleteEachDocumentsRowsInEveryTableExactly() async throws {
+        let sandbox = try Sandbox()
+        let name = "notes-" + sandbox.name
+        let count = 60
+        MemorySource.register(MemorySource(name: name, documents: NotesCorpus.documents(count: count).map(\.bytes)))
+        let (changes, final) = NotesCorpus.changes(count: count)
+        // The first run of changes stops halfway through them; the second reads on from there.
+        let half = changes.count / 2
+        MemorySource.register(MemorySource(name: name + "-changes", documents: Array(changes[..<half])))
+        let job = DurableJob(settings: Self.settings(sandbox, name), logger: Logger(label: "test"))
+        let mappings: [any DocumentMapping] = [NotesMapping()]
+        let snapshot = try await job.start(mappings, fresh: false, stop: StopToken())
+        #expect(snapshot.pipelines[0].status.documentsLoaded == Int64(count - 1))
+        let resolve: @Sendable (String, String?) -> (any DocumentMapping)? = { name, _ in name == "notes" ? NotesMapping() : nil }
+        _ = try await job.applyChanges(resolve: resolve, follow: false, stop: StopToken())
+        MemorySource.register(MemorySource(name: name + "-changes", documents: changes))
+        let applied = try await job.applyChanges(resolve: resolve, follow: false, stop: StopToken())
+        #expect(applied.failure == nil, "\(String(describing: applied.failure))")
+
+        // The target equals a fresh snapshot of the final documents, row for row.
+        let expected = "expected-" + name
+        MemorySource.register(MemorySource(name: expected, documents: final))
+        var fresh = Self.settings(sandbox, expected)
+        fresh.stateDirectory = sandbox.stateDirectory + "-expected"
+        fresh.targetSchema = "expected"
+        defer { try? FileManager.default.removeItem(atPath: fresh.stateDirectory) }
+        let reference = try await DurableJob(settings: fresh, logger: Logger(label: "test")).start(mappings, fresh: false, stop: StopToken())
+        #expect(reference.pipelines[0].status.documentsSetAside == 1, "note 8 ends with a numeric title")
+        #expect(try sandbox.checksums(tables: Self.tables) == sandbox.checksums(tables: Self.tables, schema: "expected"))
+        let counts = try sandbox.counts(tables: Self.tables)
+        #expect(counts["notes"] == final.count - 1)
+
+        let queue = try DurableQueue(directory: sandbox.stateDirectory + "/notes/changes", readOnly: true)
+        let status = try #require(try queue.status())
+        #expect(status.documentsDeleted == Int64(count / 5), "every fifth note deleted")
+        let setAside = try queue.setAsideDocuments()
+        #expect(Set(setAside.map(\.reason)) == ["field 'title' is an int32, expected a string"])
+        let ids = [7, 8].map { NotesCorpus.note($0, comments: 0).withUnsafeBytes(BSONSequence.displayId) }
+        #expect(setAside.map(\.documentId).allSatisfy(ids.contains), "\(setAside.map(\.documentId))")
+        #expect(try sandbox.db().execute("SELECT count(*) FROM etl_checkpoints WHERE job_id LIKE '%-changes' AND position IS NOT NULL").rows[0][0] != "0",
+                "each batch of changes records the position it reached with its rows")
+    }
+}
+
+extension WriteModeTests {
+    /// The guarantees without MongoDB: the snapshot from memory and its changes, killed at
+    /// every step of a batch, resumed each time, equal the same work done without a kill.
+    @Test func aSnapshotAndItsChangesFromMemoryKilledAtEveryStepEqualTheUninterruptedRun() throws {
+        let sandbox = try Sandbox()
+        defer { for state in ["straight", "killed"] { try? FileManager.default.removeItem(atPath: sandbox.stateDirectory + "-\(state)") } }
+        func run(_ command: String, _ state: String, _ crashAt: String? = nil) throws -> JobResult {
+            try EngineTests.notes(sandbox, command, schema: state, state: state, crashAt: crashAt, memory: 200)
+        }
+        #expect(try run("start", "straight").status == 0)
+        #expect(try run("changes", "straight").status == 0)
+
+        var result = try run("start", "killed", "copied:2")
+        #expect(result.signaled)
+        for point in ["committed:2", "enqueued:3", "acknowledged:2", nil] {
+            result = try run("resume", "killed", point)
+        }
+        #expect(result.status == 0 && !result.signaled, "\(result.stderr)")
+        for point in ["enqueued:3", "copied:2", "committed:2", "acknowledged:2", "copied:1"] {
+            result = try run("changes", "killed", point)
+            #expect(result.signaled, "killed applying changes at \(point): \(result.stderr)")
+        }
+        result = try run("changes", "killed")
+        #expect(result.status == 0 && !result.signaled, "\(result.stderr)")
+        let expected = try sandbox.checksums(tables: Self.tables, schema: "straight")
+        #expect(try sandbox.checksums(tables: Self.tables, schema: "killed") == expected)
+        #expect(try sandbox.duplicateKeys(tables: ["notes"], schema: "killed") == 0)
+        // Nothing was left to apply: a run with nothing new changes nothing.
+        #expect(try run("changes", "killed").status == 0)
+        #expect(try sandbox.checksums(tables: Self.tables, schema: "killed") == expected)
     }
 }

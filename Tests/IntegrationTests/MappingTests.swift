@@ -92,6 +92,29 @@ import UsersFixtures
         #expect(altered.stderr.contains("orders_items.price is double precision, expected numeric"), "an existing table is refused, not altered: \(altered.stderr)")
     }
 
+    /// `status` knows a mapped pipeline as it knows a built-in one: its own name in a
+    /// refusal, its tables in load order (parents first), not alphabetically.
+    @Test func statusOfAMappedJobNamesItsPipelineAndListsItsTablesInLoadOrder() throws {
+        let sandbox = try Sandbox()
+        try Orders.seed(sandbox, count: 40)
+        let file = sandbox.stateDirectory + "-orders.json"
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        #expect(try sandbox.job("init", ["--collection", "orders", "--output", file]).status == 0)
+        // Child tables named so that alphabetical order is not load order.
+        let renamed = try String(contentsOfFile: file, encoding: .utf8)
+            .replacingOccurrences(of: "\"orders_items_parts\"", with: "\"a_parts\"").replacingOccurrences(of: "\"orders_items\"", with: "\"b_items\"")
+        try renamed.write(toFile: file, atomically: true, encoding: .utf8)
+        let started = try sandbox.job("start", ["--mapping", file])
+        #expect(started.status == 0, "\(started.stderr)")
+        let status = try sandbox.job("status")
+        let lines = status.stdout.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
+        let tables = lines.drop { $0 != "rows per table" }.dropFirst().map { String($0.split(separator: " ")[0]) }
+        #expect(tables == ["orders", "b_items", "a_parts"], "\(status.stdout)")
+        let refused = try sandbox.job("status", ["--target-schema", "other"])
+        #expect(refused.status == 64 && refused.stderr.contains("the orders job in") && refused.stderr.contains("target schema is 'other'"), "\(refused.stderr)")
+        #expect(!refused.stderr.contains("users"), "\(refused.stderr)")
+    }
+
     @Test(arguments: [
         (#"{"formatVersion": 2}"#, "$.formatVersion: is 2; this etl-job reads format version 1"),
         (#"{"formatVersion": 1, "source": {"database": "d", "collection": "c"}, "table": "t", "columns": [{"field": "_id", "column": "id", "type": "text"}]}"#,

@@ -1,5 +1,6 @@
 import DurableETL
 import Mongo
+import Postgres
 
 /// Notes with their comments. A document
 ///
@@ -22,6 +23,14 @@ public struct NotesMapping: DocumentMapping {
                       primaryKey: ["note_id", "position"],
                       foreignKeys: [.init(["note_id"], references: "notes")]),
         ]
+    }
+
+    // A note's rows are found by its key (what `sync` replaces or deletes them by): each
+    // table's first key column holds it.
+    public var documentKeyType: UInt32? { BinaryCopyWriter.OID.text }
+
+    public func documentKey(_ document: UnsafeRawBufferPointer, into key: inout BinaryCopyWriter) throws(RejectReason) {
+        key.text(BSONSequence.displayId(document))
     }
 
     public func map(_ document: UnsafeRawBufferPointer, into rows: inout TableRows) throws(RejectReason) {

@@ -1,0 +1,86 @@
+import ETLCore
+import Foundation
+import Queue
+
+/// Applying the changes made to the sources after a snapshot: each pipeline's changes go
+/// through a queue of their own (`<state-dir>/<pipeline>/changes`) in batches, like the
+/// snapshot's documents, and each batch's rows, its set-aside documents and its checkpoint
+/// row (with the source position it reached) commit in one transaction. A change replaces
+/// a document's rows with those of its current version, or removes them: applying one twice
+/// leaves the same rows, so changes made while the snapshot ran are simply applied again.
+extension DurableJob {
+    /// The name under which the snapshot's queue records where the change stream stood.
+    static let changeStreamStartRecord = "change_stream_start"
+
+    /// Applies the changes of every pipeline of the job in the state directory, from where
+    /// the last run of changes stopped (the first time, from where the stream stood when the
+    /// snapshot began), until they are caught up, or on until a stop when `follow`.
+    public func applyChanges(
+        resolve: @escaping @Sendable (String, String?) throws -> (any DocumentMapping)?, follow: Bool, stop: StopToken, observer: RunObserver? = nil
+    ) async throws -> RunReport {
+        let prepared = try await Threads.blocking(name: "prepare") { try prepareChanges(resolve: resolve, follow: follow) }
+        return try await run(prepared, stop: stop, observer: observer, changes: true)
+    }
+
+    /// Records where `job`'s change stream stands, or why it has none.
+    func recordChangeStreamStart(_ job: PipelineJob, _ queue: DurableQueue) throws {
+        let start: ChangeStreamStart
+        do {
+            start = try job.source.changeStreamStart()
+        } catch {
+            start = .unavailable("\(job.source.description) gave no change stream position when the job started (\(error))")
+        }
+        try queue.record(Self.changeStreamStartRecord, Array(try JSONEncoder().encode(start)))
+    }
+
+    private func prepareChanges(resolve: (String, String?) throws -> (any DocumentMapping)?, follow: Bool) throws -> Prepared {
+        let directory = settings.stateDirectory
+        var facts = JobPlan.ChangesFacts(stateDirectory: directory, busy: JobLock.isHeld(directory: directory)
+            ? JobLock.Busy(directory: directory, pid: JobLock.holder(directory: directory)) : nil, hasJob: true)
+        let manifest = facts.busy == nil ? try RunManifest.read(directory) : nil
+        facts.hasJob = facts.busy != nil || manifest != nil
+        _ = try JobPlan.changes(facts)
+        guard let manifest else { return Prepared() }
+        var run = Execution(jobs: [])
+        run.prepared.lock = try takeLock()
+        for name in manifest.pipelines {
+            guard let mapping = try resolve(name, manifest.planned[name]?.definition) else {
+                facts.unknownPipeline = name
+                _ = try JobPlan.changes(facts)
+                return run.prepared
+            }
+            let queue = try PipelineJob(mapping: mapping, settings: settings).openQueue()
+            let recorded = JobIdentity.decode(try queue.identity)
+            let job = PipelineJob(mapping: mapping, settings: settings, recorded: recorded, planned: manifest.planned[name])
+            let db = try job.connectPostgres()
+            let status = try queue.status()
+            let start = try queue.recorded(Self.changeStreamStartRecord).flatMap { try? JSONDecoder().decode(ChangeStreamStart.self, from: Data($0)) }
+                ?? .unavailable("the job was started by an etl-job that did not record where the change stream stood; run 'etl-job start --fresh' to start one that does")
+            var pipeline = JobPlan.ChangesPipeline(
+                name: name, snapshotFinished: status?.finishedAt != nil, findsDocuments: mapping.documentKeyType != nil,
+                differences: recorded?.differences(from: try job.identity(db)) ?? [])
+            if case .unavailable(let reason) = start { pipeline.unavailable = reason }
+            facts.pipelines.append(pipeline)
+            _ = try JobPlan.changes(facts)
+            run.jobs.append(job.reading(try job.source.changes(from: start, follow: follow)))
+            run.connections[name] = db
+            run.snapshotJobs[name] = status?.jobId
+            run.identities[name] = try job.identity(db).encoded()
+        }
+        try execute(try JobPlan.changes(facts), &run)
+        return run.prepared
+    }
+
+    /// Opens a pipeline's change queue, recording its job the first time: the snapshot's job
+    /// id with `-changes`, so that its checkpoint rows never meet the snapshot's.
+    func openChanges(_ run: inout Execution, _ name: String) throws {
+        let job = run.job(name)
+        let queue = try job.openQueue(job.changesDirectory)
+        if try queue.jobId == nil {
+            try queue.createJob(id: (run.snapshotJobs[name] ?? UUID().uuidString.lowercased()) + "-changes", sourceTotal: nil,
+                                identity: run.identities[name] ?? [])
+            logger.info("started applying the source's changes", metadata: ["pipeline": "\(name)"])
+        }
+        run.queues[name] = queue
+    }
+}

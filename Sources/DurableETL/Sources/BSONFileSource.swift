@@ -1,0 +1,231 @@
+import Foundation
+import Mongo
+import Queue
+
+/// A mongodump output file (`--source-file`): BSON documents one after another, plain or
+/// gzip-compressed (told by the content). A position is `{"offset": n}`, the offset after
+/// the last document read in the uncompressed stream.
+///
+/// The documents of a plain file are already durable where they are: the queue keeps each
+/// batch's extent and checksum, and a worker reads the batch back with `pread`.
+public final class BSONFileSource: Source {
+    public let path: String
+    public let collection: SourceCollection
+    private let compressed: Bool?
+
+    public init(path: String, collection: SourceCollection) {
+        self.path = path
+        self.collection = collection
+        compressed = BSONFileReader.isCompressed(path: path)
+    }
+
+    public var description: String { "the source file \(path)" }
+
+    /// `--source-file PATH`, as the command line names it.
+    public struct Choice: SourceChoice {
+        public let path: String
+
+        public init(path: String) { self.path = path }
+
+        public var option: String { "--source-file" }
+
+        /// mongodump writes `<database>/<collection>.bson[.gz]`.
+        public var impliedCollection: SourceCollection? {
+            var name = URL(fileURLWithPath: path).lastPathComponent
+            for suffix in [".gz", ".bson"] where name.hasSuffix(suffix) { name.removeLast(suffix.count) }
+            return SourceCollection(database: URL(fileURLWithPath: path).deletingLastPathComponent().lastPathComponent, collection: name)
+        }
+
+        public func source(_ settings: JobSettings, collection: SourceCollection) -> any Source {
+            BSONFileSource(path: path, collection: collection)
+        }
+    }
+
+    /// What a job records: the file's absolute path, size and the SHA-256 of its first MiB.
+    /// The same file moved is the same source; any other file is not.
+    public struct Identity: SourceIdentity, Equatable {
+        public static let kind = "file"
+        public var database: String
+        public var collection: String
+        public var sourceFile: File
+
+        public struct File: Codable, Sendable, Equatable {
+            public var path: String
+            public var size: Int64
+            public var headDigest: String
+            /// gzip-compressed: offsets in its content do not compare with its size.
+            public var compressed: Bool?
+        }
+
+        init(names: SourceCollection, file: File) {
+            (database, collection, sourceFile) = (names.database, names.collection, file)
+        }
+
+        private enum Keys: String, CodingKey { case database, collection, sourceFile }
+
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: Keys.self)
+            database = try c.decode(String.self, forKey: .database)
+            collection = try c.decode(String.self, forKey: .collection)
+            // A run manifest of etl-job 0.3 names only the path of the file it planned to read.
+            if let path = try? c.decode(String.self, forKey: .sourceFile) {
+                sourceFile = File(path: path, size: -1, headDigest: "", compressed: nil)
+            } else {
+                sourceFile = try c.decode(File.self, forKey: .sourceFile)
+            }
+        }
+
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: Keys.self)
+            try c.encode(database, forKey: .database)
+            try c.encode(collection, forKey: .collection)
+            try c.encode(sourceFile, forKey: .sourceFile)
+        }
+
+        public var names: SourceCollection { SourceCollection(database: database, collection: collection) }
+
+        public var location: String { "file \(sourceFile.path)" }
+
+        /// A file's database and collection only label it, but a command naming others is told.
+        public func differences(from given: Identity, locationNamed: Bool) -> [IdentityDifference] {
+            var found = names.differences(from: given.names)
+            let (recorded, other) = (sourceFile, given.sourceFile)
+            if recorded.size != other.size {
+                found.append(.init("source file size", "\(recorded.size) bytes (\(recorded.path))", "\(other.size) bytes (\(other.path))"))
+            } else if recorded.headDigest != other.headDigest {
+                found.append(.init("source file's first MiB (SHA-256)", "\(recorded.headDigest) (\(recorded.path))", "\(other.headDigest) (\(other.path))"))
+            }
+            return found
+        }
+
+        public func reopen(_ settings: JobSettings, collection: SourceCollection) -> any Source {
+            BSONFileSource(path: sourceFile.path, collection: collection)
+        }
+
+        public func status(at position: [UInt8]?, extractionFinished: Bool) -> SourceStatus {
+            var status = SourceStatus()
+            let read = extractionFinished ? 1 : fractionRead(at: position)
+            status.json = ["sourceFile": sourceFile.path, "sourceFileRead": read]
+            status.fractionRead = read
+            status.lines = ["source file  \(sourceFile.path)"]
+            status.progress = read.map { "\(Int($0 * 100)) % of the file read" }
+            return status
+        }
+
+        /// How much of a plain file the job has read, from the queue's position (an offset).
+        func fractionRead(at position: [UInt8]?) -> Double? {
+            guard sourceFile.compressed == false, sourceFile.size > 0, let offset = try? FilePosition.offset(position ?? FilePosition.encode(0)) else {
+                return nil
+            }
+            return min(1, Double(offset) / Double(sourceFile.size))
+        }
+    }
+
+    public func identity() throws -> any SourceIdentity {
+        let file = try identify()
+        return Identity(names: collection, file: .init(path: path, size: file.size, headDigest: file.headDigest, compressed: compressed))
+    }
+
+    private func identify() throws -> (size: Int64, headDigest: String) {
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw JobError(.noInput, "the source file \(path) does not exist")
+        }
+        do {
+            return try BSONFileReader.identify(path: path)
+        } catch {
+            throw JobError(.noInput, "\(error)")
+        }
+    }
+
+    /// The file must exist, be readable and, unless `allowEmpty`, hold a document (exit 66).
+    /// Its document count is not known before it is read.
+    public func check(allowEmpty: Bool) throws -> Int64? {
+        let size = try identify().size
+        let first: [UInt8]?
+        do {
+            first = try BSONFileReader(path: path).next()
+        } catch {
+            throw JobError(.dataError, "\(error)")
+        }
+        if first == nil && !allowEmpty {
+            throw JobError(.noInput, "the source file \(path) holds no document (\(size) bytes); add --allow-empty to run on it anyway")
+        }
+        return first == nil ? 0 : nil
+    }
+
+    public func checkExists() throws {
+        _ = try identify()
+    }
+
+    public func open(after position: [UInt8]?, batchSize: Int32) throws -> any DocumentCursor {
+        do {
+            return Cursor(try BSONFileReader(path: path, offset: try FilePosition.offset(position)))
+        } catch let error as BSONFileError {
+            throw JobError(.dataError, "\(error)")
+        }
+    }
+
+    /// In a file, the position after a batch is the offset after its bytes.
+    public func position(after batch: [[UInt8]], previous: [UInt8]?) throws -> [UInt8] {
+        FilePosition.encode(try FilePosition.offset(previous) + UInt64(batch.reduce(0) { $0 + $1.count }))
+    }
+
+    public var keepsDocuments: Bool { compressed == false }
+
+    public func documents(from start: [UInt8]?, to end: [UInt8], batch: UInt64, check: ([UInt8]) throws -> Void) throws -> [UInt8] {
+        let (first, last) = (try FilePosition.offset(start), try FilePosition.offset(end))
+        guard last > first else {
+            throw JobError(.ioError, "batch \(batch) of the queue has an empty extent in \(description); \(JobError.untrustedState)")
+        }
+        let payload: [UInt8]
+        do {
+            payload = try FileRange.read(path, offset: first, count: Int(last - first))
+            try check(payload)
+        } catch let error as BSONFileError {
+            throw JobError(.dataError, "\(error); the job cannot finish from this file: start again with 'etl-job start --fresh'")
+        } catch let damaged as DamagedBatch {
+            throw JobError(.dataError, "the source file \(path) changed since the job read it: the documents of batch \(batch) "
+                + "(offsets \(first) to \(last)) no longer match what was queued (\(damaged.problem)); start again with 'etl-job start --fresh'")
+        }
+        return payload
+    }
+
+    /// A file's documents; a file that ends inside one, or holds something else, stops the
+    /// job (exit 65) naming the offset: what was read before it stays loaded.
+    private final class Cursor: DocumentCursor {
+        let reader: BSONFileReader
+        private var moved = false
+
+        init(_ reader: BSONFileReader) { self.reader = reader }
+
+        var position: [UInt8]? { moved ? FilePosition.encode(reader.offset) : nil }
+
+        func next() throws -> [UInt8]? {
+            do {
+                let document = try reader.next()
+                moved = moved || document != nil
+                return document
+            } catch let error as BSONFileError {
+                throw JobError(.dataError, "\(error); what was read before it is loaded, and 'etl-job resume' continues from there once the file is whole")
+            }
+        }
+    }
+}
+
+/// A position in a mongodump file, as the queue keeps it: the BSON document `{"offset": n}`.
+enum FilePosition {
+    static func encode(_ offset: UInt64) -> [UInt8] {
+        var bytes: [UInt8] = [21, 0, 0, 0, 0x12] + Array("offset".utf8) + [0]
+        withUnsafeBytes(of: Int64(offset).littleEndian) { bytes += $0 }
+        return bytes + [0]
+    }
+
+    /// The offset a position holds; 0 for none (the file's start).
+    static func offset(_ position: [UInt8]?) throws -> UInt64 {
+        guard let position else { return 0 }
+        guard position.count == 21, position[4] == 0x12 else {
+            throw JobError(.ioError, "the queue's position is not a file offset; \(JobError.untrustedState)")
+        }
+        return UInt64(position.withUnsafeBytes { Int64(littleEndian: $0.loadUnaligned(fromByteOffset: 12, as: Int64.self)) })
+    }
+}

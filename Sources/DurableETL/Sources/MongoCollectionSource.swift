@@ -1,0 +1,174 @@
+import ETLCore
+import Foundation
+import Mongo
+
+/// A MongoDB collection, read in `_id` order. A position is `{"_id": value}` of the last
+/// document read; a scan resumes after it in BSON's comparison order, across types too.
+///
+/// Each `open` makes its own client (libmongoc clients are not shared between threads),
+/// pings the server and maps its errors like every other connection of the job.
+public final class MongoCollectionSource: Source {
+    public let collection: SourceCollection
+    let url: String
+    let batchSize: Int32
+
+    public init(url: String, collection: SourceCollection, batchSize: Int32 = 500) {
+        self.url = url
+        self.collection = collection
+        self.batchSize = batchSize
+    }
+
+    public var description: String { "the collection \(collection.database).\(collection.collection)" }
+
+    /// What a job records: the deployment's hosts (never its credentials) and the collection.
+    public struct Identity: SourceIdentity, Equatable {
+        public static let kind = "mongodb"
+        public var sourceServers: String
+        public var database: String
+        public var collection: String
+
+        init(sourceServers: String, database: String, collection: String) {
+            (self.sourceServers, self.database, self.collection) = (sourceServers, database, collection)
+        }
+
+        private enum Keys: String, CodingKey { case sourceServers, database, collection }
+
+        /// A run manifest of etl-job 0.3 records the collection without its servers.
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: Keys.self)
+            sourceServers = try c.decodeIfPresent(String.self, forKey: .sourceServers) ?? ""
+            database = try c.decode(String.self, forKey: .database)
+            collection = try c.decode(String.self, forKey: .collection)
+        }
+
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: Keys.self)
+            try c.encode(sourceServers, forKey: .sourceServers)
+            try c.encode(database, forKey: .database)
+            try c.encode(collection, forKey: .collection)
+        }
+
+        public var names: SourceCollection { SourceCollection(database: database, collection: collection) }
+
+        public var location: String { "MongoDB \(sourceServers)" }
+
+        public func differences(from given: Identity, locationNamed: Bool) -> [IdentityDifference] {
+            let server = locationNamed && sourceServers != given.sourceServers
+                ? [IdentityDifference("source server", sourceServers, given.sourceServers)] : []
+            return server + names.differences(from: given.names)
+        }
+
+        public func reopen(_ settings: JobSettings, collection: SourceCollection) -> any Source {
+            MongoCollectionSource(url: settings.mongoURL, collection: collection, batchSize: settings.cursorBatchSize)
+        }
+
+        public func status(at position: [UInt8]?, extractionFinished: Bool) -> SourceStatus { SourceStatus() }
+    }
+
+    public func identity() throws -> any SourceIdentity {
+        Identity(sourceServers: try client().servers, database: collection.database, collection: collection.collection)
+    }
+
+    public func check(allowEmpty: Bool) throws -> Int64? {
+        let client = try connected()
+        try checkExists(client)
+        let total = try? client.collection(database: collection.database, name: collection.collection).estimatedCount()
+        if total == 0 && !allowEmpty {
+            throw JobError(.noInput, "the collection \(collection.database).\(collection.collection) is empty; add --allow-empty to run on it anyway")
+        }
+        return total
+    }
+
+    public func checkExists() throws {
+        try checkExists(try connected())
+    }
+
+    private func checkExists(_ client: MongoClient) throws {
+        let names: [String]
+        do {
+            names = try client.collectionNames(database: collection.database)
+        } catch {
+            throw JobError(.unavailable, "cannot list the collections of \(collection.database) at \(client.redactedURL): \(error)")
+        }
+        guard names.contains(collection.collection) else {
+            let existing = names.filter { !$0.hasPrefix("system.") }
+            let shown = existing.prefix(10).joined(separator: ", ")
+            let more = existing.count > 10 ? " and \(existing.count - 10) more" : ""
+            throw JobError(.noInput, "the collection \(collection.database).\(collection.collection) does not exist; "
+                + (existing.isEmpty ? "the database \(collection.database) holds no collection"
+                   : "collections in \(collection.database): \(shown)\(more)"))
+        }
+    }
+
+    public func open(after position: [UInt8]?, batchSize: Int32) throws -> any DocumentCursor {
+        let client = try client()
+        try ping(client)
+        let cursor = try client.collection(database: collection.database, name: collection.collection)
+            .scanById(afterIdElement: position, batchSize: batchSize)
+        return Cursor(cursor)
+    }
+
+    public func position(after batch: [[UInt8]], previous: [UInt8]?) throws -> [UInt8] {
+        guard let last = batch.last else { return previous ?? [] }
+        guard let position = last.withUnsafeBytes(BSONSequence.idElement) else {
+            throw JobError(.failed, "a document of \(description) has no _id")
+        }
+        return position
+    }
+
+    /// The server away for a moment: a scan reopens after the last document read.
+    public func isTransient(_ error: any Error) -> Bool { (error as? MongoError)?.isTransient == true }
+
+    /// A connection for writing (`seed`), with the same checks as every other.
+    public func collectionForWriting() throws -> MongoCollection {
+        try connected().collection(database: collection.database, name: collection.collection)
+    }
+
+    // MARK: Connections
+
+    /// A client for the URL (no connection yet); a malformed URL is a usage error.
+    private func client() throws -> MongoClient {
+        do {
+            return try MongoClient(url: url)
+        } catch let error as MongoError {
+            throw JobError(.usage, error.message)
+        }
+    }
+
+    /// The server's failure to answer, as a MongoError of its own kind (transient while the
+    /// server is away), so that a scan's retry loop can wait for it.
+    private func ping(_ client: MongoClient) throws {
+        do {
+            try client.ping()
+        } catch let error as MongoError {
+            throw MongoError(message: "cannot reach MongoDB at \(Redact.url(url)): \(error)", kind: error.kind == .badInput ? .badInput : error.kind)
+        }
+    }
+
+    /// A client whose server answered; otherwise exit 69, naming the server.
+    private func connected() throws -> MongoClient {
+        let client = try client()
+        do {
+            try ping(client)
+        } catch let error as MongoError {
+            throw JobError(.unavailable, error.message)
+        }
+        return client
+    }
+
+    /// Documents of a server-side cursor, each copied out of libmongoc's buffer.
+    private final class Cursor: DocumentCursor {
+        let cursor: MongoCursor
+        private var last: [UInt8]?
+
+        init(_ cursor: MongoCursor) { self.cursor = cursor }
+
+        func next() throws -> [UInt8]? {
+            let document = try cursor.next().map { Array($0) }
+            if let document { last = document }
+            return document
+        }
+
+        var position: [UInt8]? { last.flatMap { $0.withUnsafeBytes(BSONSequence.idElement) } }
+    }
+}

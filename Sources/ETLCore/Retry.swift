@@ -1,0 +1,41 @@
+/// The one retry loop of the job (extract and load alike): runs `body` until it succeeds, a
+/// failure is not retryable, the retries are used up, or a stop is requested; between
+/// attempts it waits with the stop-aware `Backoff` (which wakes at once on a stop).
+public struct Retry: Sendable {
+    /// Failures in a row after which the last one is thrown.
+    public var retries: Int
+    public var base: Double
+    public var cap: Double
+
+    public init(retries: Int, base: Double = 0.2, cap: Double = 5) {
+        self.retries = retries
+        self.base = base
+        self.cap = cap
+    }
+
+    /// A failed attempt about to be retried: which one in a row, and why.
+    public struct Attempt {
+        public let number: Int
+        public let error: any Error
+    }
+
+    /// `body` receives `progressed`, to call when it got somewhere: the failures in a row
+    /// start again from zero (a long scan may outlive several server restarts). `onRetry`
+    /// runs before each wait (to log, or to drop a broken connection).
+    public func run<T>(
+        stop: StopToken, clock: StageClock? = nil, isRetryable: (any Error) -> Bool,
+        onRetry: (Attempt) -> Void, body: (_ progressed: () -> Void) throws -> T
+    ) throws -> T {
+        var failures = 0
+        while true {
+            do {
+                return try body { failures = 0 }
+            } catch where isRetryable(error) && failures < retries && !stop.isStopRequested {
+                failures += 1
+                onRetry(Attempt(number: failures, error: error))
+                let wait = { Backoff.wait(attempt: failures, stop: stop, base: base, cap: cap) }
+                guard clock?.measure(.waiting, wait) ?? wait() else { throw error }
+            }
+        }
+    }
+}
