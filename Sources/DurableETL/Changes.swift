@@ -34,21 +34,15 @@ extension DurableJob {
     }
 
     private func prepareChanges(resolve: (String, String?) throws -> (any DocumentMapping)?, follow: Bool) throws -> Prepared {
-        let directory = settings.stateDirectory
-        var facts = JobPlan.ChangesFacts(stateDirectory: directory, busy: JobLock.isHeld(directory: directory)
-            ? JobLock.Busy(directory: directory, pid: JobLock.holder(directory: directory)) : nil, hasJob: true)
-        let manifest = facts.busy == nil ? try RunManifest.read(directory) : nil
-        facts.hasJob = facts.busy != nil || manifest != nil
-        _ = try JobPlan.changes(facts)
-        guard let manifest else { return Prepared() }
+        var facts = JobPlan.ChangesFacts(job: .init(stateDirectory: settings.stateDirectory, hasJob: true))
+        guard let (manifest, mappings, lock) = try recordedJob(resolve: resolve, { job in
+            facts.job = job
+            _ = try JobPlan.changes(facts)
+        }) else { return Prepared() }
         var run = Execution(jobs: [])
-        run.prepared.lock = try takeLock()
-        for name in manifest.pipelines {
-            guard let mapping = try resolve(name, manifest.planned[name]?.definition) else {
-                facts.unknownPipeline = name
-                _ = try JobPlan.changes(facts)
-                return run.prepared
-            }
+        run.prepared.lock = lock
+        for mapping in mappings {
+            let name = mapping.name
             let queue = try PipelineJob(mapping: mapping, settings: settings).openQueue()
             let recorded = JobIdentity.decode(try queue.identity)
             let job = PipelineJob(mapping: mapping, settings: settings, recorded: recorded, planned: manifest.planned[name])

@@ -88,26 +88,40 @@ public struct DurableJob: Sendable {
             ownsTables: declared == 0 ? true : try job.target.ownsTables(db, job.mapping))
     }
 
-    /// Gathers what `resume` must know (reading only, under the state directory's lock),
-    /// plans, and runs the plan.
-    private func prepareResume(resolve: (String, String?) throws -> (any DocumentMapping)?) throws -> Prepared {
+    /// The job the state directory holds, read under its lock, with each pipeline's mapping;
+    /// `refuse` decides from what is known so far (another run holds it, there is none, a
+    /// pipeline this etl-job does not know). Nil when there is no job and `refuse` let it be.
+    func recordedJob(resolve: (String, String?) throws -> (any DocumentMapping)?, _ refuse: (JobPlan.RecordedJob) throws -> Void) throws
+        -> (manifest: RunManifest, mappings: [any DocumentMapping], lock: JobLock)? {
         let directory = settings.stateDirectory
-        var facts = JobPlan.ResumeFacts(stateDirectory: directory, busy: busy(), hasJob: true, request: settings.source.planRequest)
-        let manifest = facts.busy == nil ? try RunManifest.read(directory) : nil
-        facts.hasJob = facts.busy != nil || manifest != nil
-        _ = try JobPlan.resume(facts)
-        guard let manifest else { return Prepared() }
-        var run = Execution(jobs: [])
-        run.prepared.lock = try takeLock()
+        var job = JobPlan.RecordedJob(stateDirectory: directory, busy: busy(), hasJob: true)
+        let manifest = job.busy == nil ? try RunManifest.read(directory) : nil
+        job.hasJob = job.busy != nil || manifest != nil
+        try refuse(job)
+        guard let manifest else { return nil }
+        let lock = try takeLock()
         var mappings: [any DocumentMapping] = []
         for name in manifest.pipelines {
             guard let mapping = try resolve(name, manifest.planned[name]?.definition) else {
-                facts.unknownPipeline = name
-                _ = try JobPlan.resume(facts)
-                return run.prepared
+                job.unknownPipeline = name
+                try refuse(job)
+                return nil
             }
             mappings.append(mapping)
         }
+        return (manifest, mappings, lock)
+    }
+
+    /// Gathers what `resume` must know (reading only, under the state directory's lock),
+    /// plans, and runs the plan.
+    private func prepareResume(resolve: (String, String?) throws -> (any DocumentMapping)?) throws -> Prepared {
+        var facts = JobPlan.ResumeFacts(job: .init(stateDirectory: settings.stateDirectory, hasJob: true), request: settings.source.planRequest)
+        guard let (manifest, mappings, lock) = try recordedJob(resolve: resolve, { job in
+            facts.job = job
+            _ = try JobPlan.resume(facts)
+        }) else { return Prepared() }
+        var run = Execution(jobs: [])
+        run.prepared.lock = lock
         // The pipelines as named, for the refusals that need no connection.
         facts.pipelines = mappings.map { JobPlan.ResumePipeline(target: JobPlan.Target(name: $0.name, builtIn: $0.definition == nil), state: .finished) }
         _ = try JobPlan.resume(facts)

@@ -71,8 +71,13 @@ public struct JobError: Error, CustomStringConvertible {
             return JobError(.ioError, "\(error); \(untrustedState)")
         case let error as DamagedBatch:
             return JobError(.ioError, "\(error); \(untrustedState)")
-        case let error as BSONFileError:
-            return JobError(.dataError, "\(error); what was read before it is loaded, and 'etl-job resume' continues from there once the file is whole")
+        case let error as MongoError:
+            switch error.kind {
+            case .badInput: return JobError(.usage, error.message)
+            case .damagedState: return JobError(.ioError, "\(error); \(untrustedState)")
+            case .refused: return JobError(.unavailable, "MongoDB refused: \(error)")
+            case .transient: return JobError(.failed, "\(error)")
+            }
         default:
             return JobError(.failed, "\(error)")
         }

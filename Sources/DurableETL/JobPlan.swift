@@ -66,7 +66,34 @@ public enum JobPlan {
         case openChanges(String)
     }
 
+    /// What a command that continues a job (resume, sync) knows of it first.
+    public struct RecordedJob: Sendable {
+        public var stateDirectory: String
+        public var busy: JobLock.Busy?
+        public var hasJob: Bool
+        /// A pipeline the job runs that this etl-job does not know.
+        public var unknownPipeline: String?
+
+        public init(stateDirectory: String, busy: JobLock.Busy? = nil, hasJob: Bool, unknownPipeline: String? = nil) {
+            self.stateDirectory = stateDirectory
+            self.busy = busy
+            self.hasJob = hasJob
+            self.unknownPipeline = unknownPipeline
+        }
+    }
+
     // MARK: Refusals
+
+    /// Another process holds the job, there is none (`noJob` says what to run), or it runs a
+    /// pipeline this etl-job does not know.
+    static func refusal(of job: RecordedJob, noJob: String) -> JobError? {
+        if let busy = job.busy { return Self.busy(busy) }
+        guard job.hasJob else { return JobError(.usage, "there is no job to \(noJob) in \(job.stateDirectory); run 'etl-job start'") }
+        if let unknown = job.unknownPipeline {
+            return JobError(.usage, "the job in \(job.stateDirectory) runs the pipeline '\(unknown)', which this etl-job does not know")
+        }
+        return nil
+    }
 
     /// Another process holds the state directory.
     static func busy(_ busy: JobLock.Busy) -> JobError { JobError(.busy, busy.description) }
@@ -157,17 +184,11 @@ public enum JobPlan {
     // MARK: Changes
 
     public struct ChangesFacts: Sendable {
-        public var stateDirectory: String
-        public var busy: JobLock.Busy?
-        public var hasJob: Bool
-        public var unknownPipeline: String?
+        public var job: RecordedJob
         public var pipelines: [ChangesPipeline]
 
-        public init(stateDirectory: String, busy: JobLock.Busy? = nil, hasJob: Bool, unknownPipeline: String? = nil, pipelines: [ChangesPipeline] = []) {
-            self.stateDirectory = stateDirectory
-            self.busy = busy
-            self.hasJob = hasJob
-            self.unknownPipeline = unknownPipeline
+        public init(job: RecordedJob, pipelines: [ChangesPipeline] = []) {
+            self.job = job
             self.pipelines = pipelines
         }
     }
@@ -194,17 +215,11 @@ public enum JobPlan {
     /// Applying the changes made to the sources since the snapshot began: only after the
     /// snapshot finished, and only for sources that have a change stream.
     public static func changes(_ facts: ChangesFacts) throws(JobError) -> [Step] {
-        if let busy = facts.busy { throw Self.busy(busy) }
-        guard facts.hasJob else {
-            throw JobError(.usage, "there is no job to sync in \(facts.stateDirectory); run 'etl-job start' first")
-        }
-        if let unknown = facts.unknownPipeline {
-            throw JobError(.usage, "the job in \(facts.stateDirectory) runs the pipeline '\(unknown)', which this etl-job does not know")
-        }
+        if let refusal = refusal(of: facts.job, noJob: "sync") { throw refusal }
         for pipeline in facts.pipelines {
-            if let refusal = mismatch(pipeline: pipeline.name, stateDirectory: facts.stateDirectory, pipeline.differences) { throw refusal }
+            if let refusal = mismatch(pipeline: pipeline.name, stateDirectory: facts.job.stateDirectory, pipeline.differences) { throw refusal }
             guard pipeline.snapshotFinished else {
-                throw JobError(.usage, "the \(pipeline.name) job in \(facts.stateDirectory) has not finished its snapshot; "
+                throw JobError(.usage, "the \(pipeline.name) job in \(facts.job.stateDirectory) has not finished its snapshot; "
                     + "run 'etl-job resume' until it completes, then 'etl-job sync'")
             }
             if let reason = pipeline.unavailable {
@@ -222,20 +237,12 @@ public enum JobPlan {
     // MARK: Resume
 
     public struct ResumeFacts: Sendable {
-        public var stateDirectory: String
-        public var busy: JobLock.Busy?
-        public var hasJob: Bool
-        /// A pipeline the job runs that this etl-job does not know.
-        public var unknownPipeline: String?
+        public var job: RecordedJob
         public var request: Request
         public var pipelines: [ResumePipeline]
 
-        public init(stateDirectory: String, busy: JobLock.Busy? = nil, hasJob: Bool, unknownPipeline: String? = nil,
-                    request: Request = Request(), pipelines: [ResumePipeline] = []) {
-            self.stateDirectory = stateDirectory
-            self.busy = busy
-            self.hasJob = hasJob
-            self.unknownPipeline = unknownPipeline
+        public init(job: RecordedJob, request: Request = Request(), pipelines: [ResumePipeline] = []) {
+            self.job = job
             self.request = request
             self.pipelines = pipelines
         }
@@ -266,19 +273,13 @@ public enum JobPlan {
     /// The steps to continue a job (none when every pipeline finished). A pipeline that never
     /// started is started now, on a target the same checks as start's allow.
     public static func resume(_ facts: ResumeFacts) throws(JobError) -> [Step] {
-        if let busy = facts.busy { throw Self.busy(busy) }
-        guard facts.hasJob else {
-            throw JobError(.usage, "there is no job to resume in \(facts.stateDirectory); run 'etl-job start'")
-        }
-        if let unknown = facts.unknownPipeline {
-            throw JobError(.usage, "the job in \(facts.stateDirectory) runs the pipeline '\(unknown)', which this etl-job does not know")
-        }
+        if let refusal = refusal(of: facts.job, noJob: "resume") { throw refusal }
         let targets = facts.pipelines.map(\.target)
         if let refusal = refusal(of: facts.request, builtIn: targets.filter(\.builtIn).count, pipelines: targets.count, ofJob: true) {
             throw refusal
         }
         for pipeline in facts.pipelines {
-            if let refusal = mismatch(pipeline: pipeline.target.name, stateDirectory: facts.stateDirectory, pipeline.differences) {
+            if let refusal = mismatch(pipeline: pipeline.target.name, stateDirectory: facts.job.stateDirectory, pipeline.differences) {
                 throw refusal
             }
             if case .neverStarted = pipeline.state, let table = pipeline.target.nonEmptyTable {

@@ -97,9 +97,13 @@ public protocol SourceIdentity: Codable, Sendable {
     func reopen(_ settings: JobSettings, collection: SourceCollection) -> any Source
     /// What `status` shows of the source at the queue's position.
     func status(at position: [UInt8]?, extractionFinished: Bool) -> SourceStatus
+    /// The keys of `status --json` this kind fills (`SourceStatus.json`).
+    static var statusKeys: [String] { get }
 }
 
 extension SourceIdentity {
+    public static var statusKeys: [String] { [] }
+
     /// Differences from a given identity of any kind: another kind is one difference.
     func differences(fromAny given: any SourceIdentity, locationNamed: Bool) -> [IdentityDifference] {
         guard let same = given as? Self else { return [IdentityDifference("source", location, given.location)] }
@@ -147,8 +151,9 @@ public struct SourceStatus: Sendable {
 public enum SourceKinds {
     public static let all: [any SourceIdentity.Type] = [BSONFileSource.Identity.self, MongoCollectionSource.Identity.self, MemorySource.Identity.self]
 
-    /// The keys every source's status gives in `status --json`.
-    public static let statusKeys = ["sourceFile", "sourceFileRead"]
+    /// The keys of `status --json` that sources give: every kind's, so that a pipeline shows
+    /// each (null where its source has nothing).
+    public static var statusKeys: [String] { all.flatMap { $0.statusKeys } }
 
     /// The source a command names for `collection`, or else the default (the collection on
     /// the MongoDB server of `settings`).

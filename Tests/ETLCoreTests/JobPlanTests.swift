@@ -57,7 +57,7 @@ import Testing
     }
 
     @Test func aResumeStartsWhatNeverStartedAndKeepsKeysInPlaceForJobsThatLoadWithThem() throws {
-        let steps = try JobPlan.resume(.init(stateDirectory: "s", hasJob: true, pipelines: [
+        let steps = try JobPlan.resume(.init(job: .init(stateDirectory: "s", hasJob: true), pipelines: [
             .init(target: Self.users, state: .unfinished(nil)),
             .init(target: Self.orders, state: .neverStarted(planned: .after)),
             .init(target: Self.users.with { $0.name = "done" }, state: .finished),
@@ -66,18 +66,18 @@ import Testing
             .lockTargets(["users", "orders"]), .migrate(["users", "orders"]), .checkTargets(["users", "orders"]),
             .addForeignKeys("users"), .prepareForeignKeys("orders", .after), .createJob("orders", .after),
         ])
-        #expect(try JobPlan.resume(.init(stateDirectory: "s", hasJob: true, pipelines: [.init(target: Self.users, state: .finished)])).isEmpty)
+        #expect(try JobPlan.resume(.init(job: .init(stateDirectory: "s", hasJob: true), pipelines: [.init(target: Self.users, state: .finished)])).isEmpty)
     }
 
     @Test func aResumeIsRefusedWithNothingToResumeAnotherSourceOrRowsBeforeItsFirstBatch() {
-        #expect(Self.refusal { try JobPlan.resume(.init(stateDirectory: "s", hasJob: false)) }?.description
+        #expect(Self.refusal { try JobPlan.resume(.init(job: .init(stateDirectory: "s", hasJob: false))) }?.description
             == "there is no job to resume in s; run 'etl-job start'")
-        #expect(Self.refusal { try JobPlan.resume(.init(stateDirectory: "s", hasJob: true, unknownPipeline: "gone")) }?.kind == .usage)
+        #expect(Self.refusal { try JobPlan.resume(.init(job: .init(stateDirectory: "s", hasJob: true, unknownPipeline: "gone"))) }?.kind == .usage)
         let moved = JobPlan.ResumePipeline(target: Self.users, state: .unfinished(.after), differences: [.init("collection", "users", "usres")])
-        #expect(Self.refusal { try JobPlan.resume(.init(stateDirectory: "s", hasJob: true, pipelines: [moved])) }?.description
+        #expect(Self.refusal { try JobPlan.resume(.init(job: .init(stateDirectory: "s", hasJob: true), pipelines: [moved])) }?.description
             == "the users job in s moves another collection or target: collection is 'usres' but the job was started on 'users'; use the same settings, or another --state-dir")
         let full = JobPlan.ResumePipeline(target: Self.orders.with { $0.nonEmptyTable = "orders" }, state: .neverStarted(planned: nil))
-        #expect(Self.refusal { try JobPlan.resume(.init(stateDirectory: "s", hasJob: true, pipelines: [full])) }?.description.contains("never started") == true)
+        #expect(Self.refusal { try JobPlan.resume(.init(job: .init(stateDirectory: "s", hasJob: true), pipelines: [full])) }?.description.contains("never started") == true)
     }
 }
 

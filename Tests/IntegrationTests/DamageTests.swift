@@ -82,6 +82,26 @@ import UsersFixtures
         #expect(damagedBatch == "0", "no row of the damaged batch is loaded")
     }
 
+    /// A stored extract position that is not one is damaged state: exit 74 at once, never a
+    /// retry loop that ends in exit 1.
+    @Test func aDamagedStoredPositionIsDamagedStateNotARetriedFailure() throws {
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: 10)
+        let source = MongoCollectionSource(url: Services.mongoURL, collection: SourceCollection(database: sandbox.mongoDatabase, collection: "users"))
+        let started = ContinuousClock.now
+        #expect(throws: (any Error).self) { _ = try source.open(after: [1, 2, 3], batchSize: 10) }
+        do {
+            _ = try source.open(after: [1, 2, 3], batchSize: 10)
+        } catch {
+            #expect(!source.isTransient(error), "not worth retrying")
+            let job = JobError.classify(error)
+            #expect(job.kind == .ioError && job.description.contains("the stored extract position is not a BSON document"), "\(job)")
+        }
+        #expect(ContinuousClock.now - started < .seconds(2))
+        let away = MongoError(message: "No suitable servers found", kind: .transient)
+        #expect(source.isTransient(away) && JobError.classify(away).kind == .failed, "a server away is retried, then leaves the run resumable")
+    }
+
     @Test func zeroedPagesInTheMiddleAreNeverASilentSuccess() throws {
         let sandbox = try interruptedJob()
         let path = sandbox.stateDirectory + "/users/data.mdb"

@@ -45,6 +45,7 @@ public final class BSONFileSource: Source {
     /// The same file moved is the same source; any other file is not.
     public struct Identity: SourceIdentity, Equatable {
         public static let kind = "file"
+        public static let statusKeys = ["sourceFile", "sourceFileRead"]
         public var database: String
         public var collection: String
         public var sourceFile: File
