@@ -18,7 +18,7 @@ extension DurableJob {
     public func applyChanges(
         resolve: @escaping @Sendable (String, String?) throws -> (any DocumentMapping)?, follow: Bool, stop: StopToken, observer: RunObserver? = nil
     ) async throws -> RunReport {
-        let prepared = try await Threads.blocking(name: "prepare") { try prepareChanges(resolve: resolve, follow: follow) }
+        let prepared = try await Threads.blocking(name: "prepare") { try prepareChanges(resolve: resolve, follow: follow, stop: stop) }
         return try await run(prepared, stop: stop, observer: observer, changes: true)
     }
 
@@ -33,7 +33,7 @@ extension DurableJob {
         try queue.record(Self.changeStreamStartRecord, Array(try JSONEncoder().encode(start)))
     }
 
-    private func prepareChanges(resolve: (String, String?) throws -> (any DocumentMapping)?, follow: Bool) throws -> Prepared {
+    private func prepareChanges(resolve: (String, String?) throws -> (any DocumentMapping)?, follow: Bool, stop: StopToken) throws -> Prepared {
         var facts = JobPlan.ChangesFacts(job: .init(stateDirectory: settings.stateDirectory, hasJob: true))
         guard let (manifest, mappings, lock) = try recordedJob(resolve: resolve, { job in
             facts.job = job
@@ -56,7 +56,7 @@ extension DurableJob {
             if case .unavailable(let reason) = start { pipeline.unavailable = reason }
             facts.pipelines.append(pipeline)
             _ = try JobPlan.changes(facts)
-            run.jobs.append(job.reading(try job.source.changes(from: start, follow: follow)))
+            run.jobs.append(job.reading(try job.source.changes(from: start, follow: follow, stop: stop)))
             run.connections[name] = db
             run.snapshotJobs[name] = status?.jobId
             run.identities[name] = try job.identity(db).encoded()

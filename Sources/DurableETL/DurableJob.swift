@@ -310,7 +310,10 @@ public struct DurableJob: Sendable {
         let shares = Self.share(workers: settings.bucket.workers, among: prepared.pipelines.count)
         var runners: [any Pipeline] = []
         var running: [RunningPipeline] = []
+        var processors: [PipelineProcessor] = []
+        var before: [String: QueueStatus] = [:]
         for ((job, queue, _), share) in zip(prepared.pipelines, shares) {
+            if changes { before[job.name] = try await Threads.blocking(name: "prepare") { try queue.status() } }
             let (jobId, extractionFinished) = try await Threads.blocking(name: "prepare") {
                 guard let id = try queue.jobId else { throw JobError(.failed, "the queue of \(job.name) holds no job id") }
                 try queue.beginRun()
@@ -323,7 +326,8 @@ public struct DurableJob: Sendable {
             var config = settings.bucket
             config.workers = workers
             runners.append(ETLRunner(processor: processor, config: config, extractSource: !extractionFinished))
-            running.append(RunningPipeline(name: job.name, jobId: jobId, queue: queue))
+            processors.append(processor)
+            running.append(RunningPipeline(name: job.name, jobId: jobId, queue: queue, changes: changes))
         }
         observer?.runStarted(running)
         // Ended threads may keep their references a moment longer: the run closes its queues,
@@ -335,14 +339,19 @@ public struct DurableJob: Sendable {
         try await Manager(workers: runners.count).runAll(runners, stop: stop)
         var reports = prepared.finishedReport.pipelines
         for (job, queue, _) in prepared.pipelines {
-            reports.append(try await Threads.blocking(name: "finish") {
-                changes ? try report(job, queue) : try finish(job, queue, stopped: stop.isStopRequested)
-            })
+            let start = before[job.name]
+            var pipeline = try await Threads.blocking(name: "finish") {
+                changes ? try report(job, queue, before: start) : try finish(job, queue, stopped: stop.isStopRequested)
+            }
+            pipeline.before = before[job.name]
+            reports.append(pipeline)
         }
         withExtendedLifetime(prepared) {}
-        return RunReport(
+        var ran = RunReport(
             pipelines: reports, seconds: (ContinuousClock.now - started).seconds, usage: .current(),
             stages: Stage.allCases.map { ($0, clock.seconds($0)) })
+        if changes { ran.lags = processors.flatMap(\.lags.all) }
+        return ran
     }
 
     /// Marks a pipeline's job finished when everything is loaded and the set-aside limit holds.
@@ -366,10 +375,17 @@ public struct DurableJob: Sendable {
     }
 
     /// What a run of changes did; it never finishes (the source changes on), so only the
-    /// set-aside limit can fail it.
-    private func report(_ job: PipelineJob, _ queue: DurableQueue) throws -> PipelineReport {
+    /// set-aside limit, over the changes this run applied, can fail it.
+    private func report(_ job: PipelineJob, _ queue: DurableQueue, before: QueueStatus?) throws -> PipelineReport {
         guard let status = try queue.status() else { throw JobError(.failed, "the change queue of \(job.name) lost its job") }
-        let failure = settings.maxSetAside.failure(loaded: status.documentsLoaded + status.documentsDeleted, setAside: status.documentsSetAside)
+        let applied = status.documentsLoaded + status.documentsDeleted - (before.map { $0.documentsLoaded + $0.documentsDeleted } ?? 0)
+        let setAside = status.documentsSetAside - (before?.documentsSetAside ?? 0)
+        var failure: String?
+        if setAside > settings.maxSetAside.allowed(of: applied + setAside) {
+            failure = "\(setAside) of the \(applied + setAside) changes this run applied set their document aside, more than the limit of "
+                + "\(settings.maxSetAside.allowed(of: applied + setAside)) (--max-set-aside \(settings.maxSetAside)); list them with 'etl-job status --rejected'. "
+                + "Every other change is applied; a document set aside loads with its next change once the source fixes it"
+        }
         return PipelineReport(name: job.name, tables: job.mapping.tables.map(\.name), status: status, failure: failure)
     }
 

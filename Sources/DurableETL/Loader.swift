@@ -96,9 +96,9 @@ final class BatchLoader: ETLWorker {
             throw DamagedBatch(id: batch.id, file: processor.queue.directory + "/data.mdb", problem: "its documents are not laid end to end")
         }
         var setAside: [Int: String] = [:]
-        for (i, mode) in documents.modes.enumerated() where mode == nil { setAside[i] = "not a change the engine can apply" }
+        for (i, kind) in documents.kinds.enumerated() where kind == .invalid { setAside[i] = "not a change the engine can apply" }
         let keys = processor.appliesChanges ? documentKeys(batch.payload, documents, setAside: &setAside) : nil
-        let copying = documents.modes.indices.filter { documents.modes[$0] == .append || documents.modes[$0] == .replace }
+        let copying = documents.copied
         let rows = processor.clock.measure(.transform) { transform(batch.payload, documents.ranges, indices: copying.filter { setAside[$0] == nil }, setAside: &setAside) }
         let good = copying.filter { setAside[$0] == nil }
 
@@ -112,7 +112,7 @@ final class BatchLoader: ETLWorker {
                 }
             }
             let counts = try copyIsolating(db, batch.payload, documents.ranges, good, prebuilt: rows, setAside: &setAside)
-            let deleted = documents.modes.indices.filter { documents.modes[$0] == .delete && setAside[$0] == nil }.count
+            let deleted = documents.kinds.indices.filter { documents.kinds[$0] == .write(.delete) && setAside[$0] == nil }.count
             let outcome = BatchOutcome(
                 documentsLoaded: copying.filter { setAside[$0] == nil }.count,
                 rows: Dictionary(uniqueKeysWithValues: zip(processor.mapping.tables.map(\.name), counts.map(Int64.init))),
@@ -121,7 +121,7 @@ final class BatchLoader: ETLWorker {
                         SetAsideDocument(batch: batch.id, documentId: BSONSequence.displayId(doc), reason: setAside[i]!, document: Array(doc))
                     }
                 },
-                documentsDeleted: deleted)
+                documentsDeleted: deleted, touched: documents.touched(batch.payload), latestChange: documents.times.compactMap { $0 }.max())
             CrashPoint.copied.reach()
             try traced("INSERT INTO etl_checkpoints", batch: batch.id) {
                 try Checkpoint.insert(db, pipeline: processor.name, job: processor.jobId, batch: batch.id, outcome: outcome,
@@ -133,6 +133,8 @@ final class BatchLoader: ETLWorker {
                 // A COMMIT the server refused rolled the transaction back: the batch can be retried.
                 throw error.failingCommit()
             }
+            // How far behind the source its changes were when they committed: from the oldest.
+            if let oldest = documents.times.compactMap({ $0 }).min() { processor.lags.record(Date().timeIntervalSince1970 - oldest) }
             return outcome
         } catch {
             if db.isHealthy { _ = try? db.execute("ROLLBACK") }
@@ -145,13 +147,14 @@ final class BatchLoader: ETLWorker {
     /// removed or written).
     private func documentKeys(_ payload: [UInt8], _ documents: BatchDocuments, setAside: inout [Int: String]) -> (parameter: [UInt8], count: Int)? {
         guard let type = processor.mapping.documentKeyType else {
-            for i in documents.modes.indices where setAside[i] == nil { setAside[i] = "the \(processor.name) pipeline cannot tell a document's key from its _id" }
+            for i in documents.keyed where setAside[i] == nil { setAside[i] = "the \(processor.name) pipeline cannot tell a document's key from its _id" }
             return nil
         }
         var keys = BinaryCopyWriter(elements: documents.envelopes.count)
         var count = 0
         payload.withUnsafeBytes { raw in
-            for (i, envelope) in documents.envelopes.enumerated() where setAside[i] == nil {
+            for i in documents.keyed where setAside[i] == nil {
+                let envelope = documents.envelopes[i]
                 let mark = keys.mark
                 do throws(RejectReason) {
                     try processor.mapping.documentKey(UnsafeRawBufferPointer(rebasing: raw[envelope]), into: &keys)
@@ -263,7 +266,8 @@ enum Checkpoint {
                 batch: batch, documentId: entry["id"] as? String ?? "?", reason: entry["reason"] as? String ?? "?",
                 document: document)
         }
-        return BatchOutcome(documentsLoaded: Int(row[0] ?? "0") ?? 0, rows: rows, setAside: setAside, documentsDeleted: Int(row[3] ?? "0") ?? 0)
+        return BatchOutcome(documentsLoaded: Int(row[0] ?? "0") ?? 0, rows: rows, setAside: setAside, documentsDeleted: Int(row[3] ?? "0") ?? 0,
+                            touched: BatchDocuments(payload, changes: changes)?.touched(payload) ?? [])
     }
 
     private static func json(_ value: Any) -> String {
@@ -276,31 +280,60 @@ enum Checkpoint {
 }
 
 /// The documents of a batch as the loader writes them: the byte range of each (a
-/// replacement's new version inside its change envelope; a deletion's envelope), what it does
-/// (nil: an envelope that is not a change), and where its `_id` is read from.
+/// replacement's new version inside its change envelope; a deletion's envelope), what it does,
+/// and where its `_id` is read from.
 struct BatchDocuments {
+    enum Kind: Equatable {
+        case write(WriteMode)
+        /// A change that changes no row (a quiet stream's position).
+        case nothing
+        /// An envelope that is not a change.
+        case invalid
+    }
+
     var ranges: [Range<Int>]
-    var modes: [WriteMode?]
+    var kinds: [Kind]
     var envelopes: [Range<Int>]
+    /// When each change was made (seconds since 1970), where the source tells.
+    var times: [Double?]
 
     /// Nil when the payload is not documents laid end to end.
     init?(_ payload: [UInt8], changes: Bool) {
         guard let framed = BSONSequence.ranges(payload) else { return nil }
         envelopes = framed
         ranges = framed
+        times = Array(repeating: nil, count: framed.count)
         guard changes else {
-            modes = Array(repeating: .append, count: framed.count)
+            kinds = Array(repeating: .write(.append), count: framed.count)
             return
         }
-        modes = []
+        kinds = []
         payload.withUnsafeBytes { raw in
             for (i, envelope) in framed.enumerated() {
-                let change = Change.parse(UnsafeRawBufferPointer(rebasing: raw[envelope]))
-                modes.append(change?.mode)
-                if let document = change?.document {
+                guard let change = Change.parse(UnsafeRawBufferPointer(rebasing: raw[envelope])) else {
+                    kinds.append(.invalid)
+                    continue
+                }
+                kinds.append(change.mode.map(Kind.write) ?? .nothing)
+                times[i] = change.time
+                if let document = change.document {
                     ranges[i] = (envelope.lowerBound + document.lowerBound)..<(envelope.lowerBound + document.upperBound)
                 }
             }
         }
     }
+
+    /// The documents a batch of changes touches, as set-aside records name them (none for a
+    /// snapshot's batch).
+    func touched(_ payload: [UInt8]) -> [String] {
+        payload.withUnsafeBytes { raw in
+            kinds.indices.filter { kinds[$0] != .nothing && kinds[$0] != .write(.append) }
+                .map { BSONSequence.displayId(UnsafeRawBufferPointer(rebasing: raw[envelopes[$0]])) }
+        }
+    }
+
+    /// The documents whose rows are written.
+    var copied: [Int] { kinds.indices.filter { kinds[$0] == .write(.append) || kinds[$0] == .write(.replace) } }
+    /// The documents whose existing rows are removed first.
+    var keyed: [Int] { kinds.indices.filter { kinds[$0] == .write(.replace) || kinds[$0] == .write(.delete) } }
 }

@@ -25,6 +25,8 @@ final class PipelineProcessor: ETLProcessor, @unchecked Sendable {
     let workers: Int
     /// The queue holds changes (`Change` envelopes: replace or delete) rather than documents to append.
     let appliesChanges: Bool
+    /// How far behind the source each batch of changes was when it committed.
+    let lags = LagRecorder()
     /// Batches read again from the source in this run (true once done): a second damage stops the job.
     private let reread = Mutex<[UInt64: Bool]>([:])
 
@@ -178,4 +180,12 @@ final class PipelineProcessor: ETLProcessor, @unchecked Sendable {
     func makeWorker(index: Int) throws -> BatchLoader {
         BatchLoader(processor: self, index: index)
     }
+}
+
+/// Lags of the batches of changes a run committed, in seconds.
+final class LagRecorder: Sendable {
+    private let lags = Mutex<[Double]>([])
+
+    func record(_ lag: Double) { lags.withLock { $0.append(max(0, lag)) } }
+    var all: [Double] { lags.withLock { $0 } }
 }

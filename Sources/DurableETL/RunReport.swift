@@ -12,6 +12,9 @@ public struct PipelineReport: Sendable {
     public var failure: String?
     /// A resume found this pipeline's job already finished: nothing ran.
     public var alreadyFinished = false
+    /// For a run of changes: the change queue's status when the run began (what it applied is
+    /// the difference).
+    public var before: QueueStatus?
 
     public init(name: String, tables: [String], status: QueueStatus, failure: String? = nil, alreadyFinished: Bool = false) {
         self.name = name
@@ -28,6 +31,8 @@ public struct RunReport: Sendable {
     public var seconds: Double
     public var usage: ProcessUsage
     public var stages: [(Stage, Double)]
+    /// A run of changes: how far behind the source each batch was when it committed (seconds).
+    public var lags: [Double]? = nil
 
     public init(pipelines: [PipelineReport], seconds: Double, usage: ProcessUsage, stages: [(Stage, Double)]) {
         self.pipelines = pipelines
@@ -57,6 +62,7 @@ public struct RunReport: Sendable {
         func n(_ v: Int64) -> String { v.formatted(.number.grouping(.automatic)) }
         func rate(_ v: Int64) -> String { seconds > 0 ? n(Int64(Double(v) / seconds)) : "-" }
         func label(_ text: String) -> String { text.padding(toLength: 18, withPad: " ", startingAt: 0) }
+        if let lags { return renderChanges(lags: lags) }
         var lines = ["etl-job: run complete"]
         for p in pipelines {
             let s = p.status
@@ -93,12 +99,52 @@ public struct RunReport: Sendable {
     }
 }
 
+extension RunReport {
+    /// What a run of changes applied, per pipeline, and how far behind the source it was.
+    func renderChanges(lags: [Double]) -> String {
+        func n(_ v: Int64) -> String { v.formatted(.number.grouping(.automatic)) }
+        func label(_ text: String) -> String { text.padding(toLength: 18, withPad: " ", startingAt: 0) }
+        var lines = ["etl-job: changes applied"]
+        var events: Int64 = 0
+        for p in pipelines {
+            let (s, b) = (p.status, p.before)
+            let replaced = s.documentsLoaded - (b?.documentsLoaded ?? 0), deleted = s.documentsDeleted - (b?.documentsDeleted ?? 0)
+            let setAside = s.documentsSetAside - (b?.documentsSetAside ?? 0)
+            events += replaced + deleted + setAside
+            lines += [
+                "  pipeline          \(p.name)",
+                "  replaced          \(n(replaced))  (inserted or updated documents: their rows rewritten)",
+                "  deleted           \(n(deleted))",
+                "  set aside         \(n(setAside))" + (setAside > 0 ? "  (etl-job status --rejected)" : ""),
+                "  rows written      \(n(s.totalRows - (b?.totalRows ?? 0)))",
+            ]
+            if let applied = s.appliedChange {
+                let date = Date(timeIntervalSince1970: applied).formatted(.iso8601)
+                lines.append("  caught up to      \(date) (the source's time of the last change applied)")
+            }
+        }
+        let sorted = lags.sorted()
+        func percentile(_ p: Double) -> Double { sorted[min(sorted.count - 1, Int((Double(sorted.count - 1) * p).rounded()))] }
+        lines += [
+            "  duration          \(String(format: "%.2f s", seconds))",
+            "  changes/s         \(seconds > 0 ? n(Int64(Double(events) / seconds)) : "-")",
+            "  lag behind source " + (sorted.isEmpty ? "-"
+                : String(format: "median %.1f s, p99 %.1f s, max %.1f s (at each batch's commit)", percentile(0.5), percentile(0.99), sorted.last!)),
+            "  peak memory       \(String(format: "%.1f MB", Double(usage.peakResidentBytes) / 1_048_576))",
+            "  CPU time          \(String(format: "%.2f s", usage.cpuSeconds))",
+        ]
+        return lines.joined(separator: "\n")
+    }
+}
+
 /// A pipeline while its run goes: read its progress through the run's own queue, since
 /// LMDB forbids a second environment on the same files in one process.
 public struct RunningPipeline: Sendable {
     public let name: String
     public let jobId: String
     public let queue: DurableQueue
+    /// The run applies changes (sync) rather than loading the snapshot.
+    public var changes = false
 }
 
 /// Follows a run once its queues are open (the progress display).

@@ -1,3 +1,4 @@
+import ETLCore
 import Foundation
 import Mongo
 
@@ -39,8 +40,9 @@ public protocol Source: AnyObject, Sendable {
     func changeStreamStart() throws -> ChangeStreamStart
     /// The source of this source's changes after `start` (what `changeStreamStart` gave):
     /// `Change` envelopes in stream order, each position the stream's own. It ends when it has
-    /// caught up with the changes made before it was opened, unless `follow`.
-    func changes(from start: ChangeStreamStart, follow: Bool) throws -> any Source
+    /// caught up with the changes made before it was opened, unless `follow`; a cursor that
+    /// waits for changes ends when `stop` is requested.
+    func changes(from start: ChangeStreamStart, follow: Bool, stop: StopToken) throws -> any Source
 }
 
 extension Source {
@@ -56,7 +58,7 @@ extension Source {
         .unavailable("\(description) has no change stream")
     }
 
-    public func changes(from start: ChangeStreamStart, follow: Bool) throws -> any Source {
+    public func changes(from start: ChangeStreamStart, follow: Bool, stop: StopToken) throws -> any Source {
         throw JobError(.usage, "\(description) has no change stream")
     }
 }

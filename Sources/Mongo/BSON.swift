@@ -224,6 +224,9 @@ public struct BSONIterator {
         return "<\(type.name)>"
     }
 
+    /// Runs `body` with this iterator as libbson's `bson_iter_t *`.
+    mutating func withRaw<R>(_ body: (OpaquePointer) -> R) -> R { body(iterPtr(&raw)) }
+
     /// Whether the last `next()` returned false on an element it cannot read rather than at
     /// the end (libbson sets `err_off` then, and only then).
     public var isDamaged: Bool { raw.err_off != 0 }
@@ -368,6 +371,30 @@ public final class BSONDocument {
     }
 
     deinit { bson_destroy(handle) }
+
+    private init(handle: OpaquePointer) { self.handle = handle }
+
+    /// Storage for a `bson_t` a libmongoc call fills (a reply), 128-byte aligned as the type
+    /// is declared; destroyed exactly once.
+    final class Storage {
+        let pointer: OpaquePointer
+        private let raw: UnsafeMutableRawPointer
+
+        init() {
+            raw = UnsafeMutableRawPointer.allocate(byteCount: 128, alignment: 128)
+            raw.initializeMemory(as: UInt8.self, repeating: 0, count: 128)
+            pointer = OpaquePointer(raw)
+            bson_init(pointer)
+        }
+
+        /// The reply as a document of its own.
+        func copy() -> BSONDocument { BSONDocument(handle: bson_copy(pointer)) }
+
+        func destroy() {
+            bson_destroy(pointer)
+            raw.deallocate()
+        }
+    }
 
     public var writer: BSONWriter { BSONWriter(handle: handle) }
 

@@ -73,7 +73,7 @@ private let initializeDriver: Void = {
 
 /// A connection pool to one deployment; use it from one thread at a time.
 public final class MongoClient {
-    private let handle: OpaquePointer
+    let handle: OpaquePointer
     public let redactedURL: String
     /// The deployment's hosts as the URL lists them (`host:port,host:port`), without credentials.
     public let servers: String
@@ -165,7 +165,7 @@ public final class MongoClient {
 
 public final class MongoCollection {
     private let client: MongoClient  // keeps the client alive as long as the collection
-    private let handle: OpaquePointer
+    let handle: OpaquePointer
 
     init(client: MongoClient, handle: OpaquePointer) {
         self.client = client

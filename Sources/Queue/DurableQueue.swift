@@ -46,12 +46,20 @@ public struct BatchOutcome: Sendable, Equatable {
     public var setAside: [SetAsideDocument]
     /// Documents whose rows a batch of changes removed (deleted in the source).
     public var documentsDeleted: Int
+    /// For a batch of changes: every document it changed (as `SetAsideDocument.documentId`
+    /// names them), so that the queue knows which are set aside now and which no longer are.
+    public var touched: [String]
+    /// For a batch of changes: when its latest change was made at the source (seconds since 1970).
+    public var latestChange: Double?
 
-    public init(documentsLoaded: Int, rows: [String: Int64], setAside: [SetAsideDocument], documentsDeleted: Int = 0) {
+    public init(documentsLoaded: Int, rows: [String: Int64], setAside: [SetAsideDocument], documentsDeleted: Int = 0, touched: [String] = [],
+                latestChange: Double? = nil) {
         self.documentsLoaded = documentsLoaded
         self.rows = rows
         self.setAside = setAside
         self.documentsDeleted = documentsDeleted
+        self.touched = touched
+        self.latestChange = latestChange
     }
 }
 
@@ -72,7 +80,11 @@ public struct QueueStatus: Sendable, Codable, Equatable {
     public var rows: [String: Int64]
     public var runStartedAt: Double?
     public var runStartLoaded: Int64
+    /// Documents loaded, deleted or set aside when the run began.
+    public var runStartHandled: Int64 = 0
     public var finishedAt: Double?
+    /// For a queue of changes: when the latest change applied was made at the source.
+    public var appliedChange: Double?
     /// When the job puts its foreign keys in place (`after`, `during`); nil for a job of
     /// etl-job 0.2 or earlier, which kept them in place.
     public var foreignKeys: String?
@@ -152,6 +164,8 @@ public final class DurableQueue: @unchecked Sendable {
         try env.transaction(write: true) { txn in
             try txn.put("meta", Key.runStartedAt, Codec.double(Date().timeIntervalSince1970))
             try txn.put("meta", Key.runStartLoaded, Codec.int(try txn.counter(Key.documentsLoaded)))
+            let handled = try txn.counter(Key.documentsLoaded) + txn.counter(Key.documentsDeleted) + txn.counter(Key.documentsSetAside)
+            try txn.put("meta", Key.runStartHandled, Codec.int(handled))
             try txn.delete("meta", Key.finishedAt)
         }
     }
@@ -287,6 +301,15 @@ public final class DurableQueue: @unchecked Sendable {
             for (index, doc) in outcome.setAside.enumerated() {
                 try txn.put("setaside", key + Codec.int32(UInt32(index)), Codec.setAside(doc))
             }
+            // A batch of changes decides each document it touched: no longer set aside, or
+            // set aside now (the latest change wins over the snapshot's and earlier changes').
+            if let latest = outcome.latestChange, latest > (try txn.get("meta", Key.appliedChange).map(Codec.double) ?? 0) {
+                try txn.put("meta", Key.appliedChange, Codec.double(latest))
+            }
+            if !outcome.touched.isEmpty {
+                for id in outcome.touched { try txn.put("meta", Key.current(id), [0]) }
+                for doc in outcome.setAside { try txn.put("meta", Key.current(doc.documentId), [1] + key + Codec.setAside(doc)) }
+            }
             try txn.addCounter(Key.batchesDone, 1)
             try txn.addCounter(Key.documentsLoaded, Int64(outcome.documentsLoaded))
             try txn.addCounter(Key.documentsSetAside, Int64(outcome.setAside.count))
@@ -389,8 +412,31 @@ public final class DurableQueue: @unchecked Sendable {
                 rows: rows,
                 runStartedAt: try txn.get("meta", Key.runStartedAt).map(Codec.double),
                 runStartLoaded: try txn.get("meta", Key.runStartLoaded).map(Codec.int) ?? 0,
+                runStartHandled: try txn.get("meta", Key.runStartHandled).map(Codec.int) ?? 0,
                 finishedAt: try txn.get("meta", Key.finishedAt).map(Codec.double),
+                appliedChange: try txn.get("meta", Key.appliedChange).map(Codec.double),
                 foreignKeys: try txn.get("meta", Key.foreignKeys).map { String(decoding: $0, as: UTF8.self) })
+        }
+    }
+
+    /// What the batches of changes decided, per document they touched: the documents set
+    /// aside now (with the batch that did), and those no longer set aside.
+    public func currentDocuments() throws -> (setAside: [SetAsideDocument], cleared: Set<String>) {
+        try env.transaction(write: false) { txn in
+            var setAside: [SetAsideDocument] = []
+            var cleared = Set<String>()
+            try txn.forEach("meta") { key, value in
+                guard key.starts(with: Key.currentPrefix) else { return true }
+                let id = String(decoding: key.dropFirst(Key.currentPrefix.count), as: UTF8.self)
+                if value.first == 1, value.count >= 9 {
+                    let batch = Codec.id(Array(value[1..<9]))
+                    setAside.append(Codec.setAside(UnsafeRawBufferPointer(rebasing: value[9...]), batch: batch))
+                } else {
+                    cleared.insert(id)
+                }
+                return true
+            }
+            return (setAside, cleared)
         }
     }
 
@@ -446,8 +492,12 @@ private enum Key {
     static let extractionFinished = Array("extraction_finished".utf8)
     static let runStartedAt = Array("run_started_at".utf8)
     static let runStartLoaded = Array("run_start_loaded".utf8)
+    static let runStartHandled = Array("run_start_handled".utf8)
     static let finishedAt = Array("finished_at".utf8)
     static let foreignKeys = Array("foreign_keys".utf8)
+    static let appliedChange = Array("applied_change".utf8)
+    static let currentPrefix = Array("current.".utf8)
+    static func current(_ id: String) -> [UInt8] { currentPrefix + Array(id.utf8) }
     static let nextBatch = "next_batch"
     static let extracted = "extracted"
     static let batchesDone = "batches_done"

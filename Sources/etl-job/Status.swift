@@ -64,10 +64,13 @@ struct Status: AsyncParsableCommand {
                 let identity = JobIdentity.decode(try queue.identity)
                 if let mapping = mappings[name] { try refuseMismatch(mapping, identity, settings: settings, urls: urls) }
                 guard let status = try queue.status() else { throw LMDBError.notFound }
-                if rejected { rejectedDocuments.append((name, try queue.setAsideDocuments())) }
-                views.append(StatusView(pipeline: name, status, tables: mappings[name]?.tables.map(\.name),
-                                        source: identity?.source.status(at: try queue.extractPosition, extractionFinished: status.extractionFinished),
-                                        active: active))
+                let changes = queueDirectory + "/changes"
+                if rejected { rejectedDocuments.append((name, try SetAsideNow.read(queue, changes: changes))) }
+                var view = StatusView(pipeline: name, status, tables: mappings[name]?.tables.map(\.name),
+                                      source: identity?.source.status(at: try queue.extractPosition, extractionFinished: status.extractionFinished),
+                                      active: active)
+                view.sync = try SyncView.read(changes, active: active)
+                views.append(view)
             } catch let error as LMDBError where error.isNotFound {
                 // A run is still creating this pipeline's queue, or was killed before it
                 // recorded its job there (a resume starts it).
@@ -174,6 +177,8 @@ struct StatusView {
     let foreignKeysInPlace: Bool?
     /// The pipeline's tables in load order (nil: the counters' tables, sorted).
     let tables: [String]?
+    /// The changes applied after the snapshot (`sync`), once there are any.
+    var sync: SyncView?
 
     init(pipeline: String, _ s: QueueStatus, tables: [String]? = nil, source: SourceStatus? = nil, active: Bool, now: Double = Date().timeIntervalSince1970) {
         self.pipeline = pipeline
@@ -251,6 +256,7 @@ struct StatusView {
             "documentsPerSecond": documentsPerSecond, "etaSeconds": etaSeconds,
             "foreignKeys": foreignKeys, "foreignKeysInPlace": foreignKeysInPlace,
         ]
+        members["sync"] = .some(sync?.dictionary)
         for key in SourceKinds.statusKeys { members[key] = .some(nil) }
         for (key, value) in source?.json ?? [:] { members[key] = value.map { $0 as Any } }
         return members
@@ -307,6 +313,7 @@ struct StatusView {
         lines.insert(contentsOf: source?.lines ?? [], at: 2)
         if let rate = documentsPerSecond { lines.append("throughput   \(n(Int64(rate))) documents/s") }
         if let eta = etaSeconds, !complete { lines.append("ETA          \(Int(eta.rounded())) s") }
+        lines += sync?.lines ?? []
         lines.append("rows per table")
         let order = tables ?? rows.keys.sorted()
         let width = max(14, order.map(\.count).max() ?? 0)
@@ -314,6 +321,72 @@ struct StatusView {
             lines.append("  \(table.padding(toLength: width, withPad: " ", startingAt: 0)) \(n(rows[table] ?? 0))")
         }
         return lines.joined(separator: "\n")
+    }
+}
+
+/// The changes `sync` applied after the snapshot: from the pipeline's change queue.
+struct SyncView {
+    let replaced: Int64
+    let deleted: Int64
+    let setAside: Int64
+    let pending: Int
+    let inFlight: Int
+    let batches: Int
+    /// When the latest change applied was made at the source (seconds since 1970).
+    let appliedChange: Double?
+    /// How far the target is behind the source while a sync runs, in seconds.
+    let lagSeconds: Double?
+    let eventsPerSecond: Double?
+
+    static func read(_ directory: String, active: Bool, now: Double = Date().timeIntervalSince1970) throws -> SyncView? {
+        guard DurableQueue.exists(in: directory) else { return nil }
+        let status: QueueStatus
+        do {
+            guard let found = try DurableQueue(directory: directory, readOnly: true).status() else { return nil }
+            status = found
+        } catch {
+            throw JobError.queue(error, directory)
+        }
+        return SyncView(status, active: active, now: now)
+    }
+
+    init(_ s: QueueStatus, active: Bool, now: Double) {
+        (replaced, deleted, setAside) = (s.documentsLoaded, s.documentsDeleted, s.documentsSetAside)
+        (pending, inFlight, batches) = (s.pending, s.inFlight, s.batches)
+        appliedChange = s.appliedChange
+        lagSeconds = active ? s.appliedChange.map { max(0, now - $0) } : nil
+        let handled = s.documentsLoaded + s.documentsDeleted + s.documentsSetAside
+        if active, let begin = s.runStartedAt, now > begin, handled > s.runStartHandled {
+            eventsPerSecond = Double(handled - s.runStartHandled) / (now - begin)
+        } else {
+            eventsPerSecond = nil
+        }
+    }
+
+    var events: Int64 { replaced + deleted + setAside }
+
+    var dictionary: [String: Any?] {
+        [
+            "eventsApplied": events, "replaced": replaced, "deleted": deleted, "setAside": setAside,
+            "batches": batches, "pending": pending, "inFlight": inFlight,
+            "lastAppliedChangeTime": appliedChange.map { Date(timeIntervalSince1970: $0).formatted(.iso8601) },
+            "lagSeconds": lagSeconds, "eventsPerSecond": eventsPerSecond,
+        ]
+    }
+
+    var lines: [String] {
+        func n(_ v: Int64) -> String { v.formatted(.number.grouping(.automatic)) }
+        var lines = [
+            "sync         \(n(events)) changes applied: \(n(replaced)) replaced, \(n(deleted)) deleted, \(n(setAside)) set aside"
+                + (setAside > 0 ? " (etl-job status --rejected)" : ""),
+            "sync batches \(batches): \(pending) pending, \(inFlight) in flight",
+        ]
+        if let applied = appliedChange {
+            lines.append("synced to    \(Date(timeIntervalSince1970: applied).formatted(.iso8601)) (the source's time of the last change applied)"
+                + (lagSeconds.map { String(format: "; lag %.1f s", $0) } ?? ""))
+        }
+        if let rate = eventsPerSecond { lines.append("sync rate    \(n(Int64(rate))) changes/s") }
+        return lines
     }
 }
 
@@ -359,13 +432,19 @@ final class Progress: RunObserver, @unchecked Sendable {
         var parts: [String] = []
         for p in pipelines {
             guard let status = (try? p.queue.status()).flatMap({ $0 }) else { return nil }
+            let name = pipelines.count > 1 ? "\(p.name) " : ""
+            if p.changes {
+                let sync = SyncView(status, active: true, now: Date().timeIntervalSince1970)
+                parts.append("\(name)sync: \(sync.events) changes applied (\(sync.replaced) replaced, \(sync.deleted) deleted, \(sync.setAside) set aside), "
+                    + "\(status.pending) batches pending" + (sync.lagSeconds.map { String(format: ", lag %.1f s", $0) } ?? ""))
+                continue
+            }
             let source = JobIdentity.decode((try? p.queue.identity) ?? nil)?.source
                 .status(at: (try? p.queue.extractPosition) ?? nil, extractionFinished: status.extractionFinished)
             let view = StatusView(pipeline: p.name, status, source: source, active: true)
             let total = status.sourceTotal.map { "/\($0)" } ?? ""
             let file = status.extractionFinished ? "" : source?.progress.map { "\($0), " } ?? ""
             let eta = view.etaSeconds.map { String(format: ", ETA %.0f s", $0) } ?? ""
-            let name = pipelines.count > 1 ? "\(p.name) " : ""
             parts.append("\(name)job \(p.jobId.prefix(8)): loaded \(status.documentsLoaded)\(total) documents, \(status.totalRows) rows, "
                 + "\(file)\(status.pending) batches pending\(eta)")
         }

@@ -79,12 +79,16 @@ struct Verify: AsyncParsableCommand {
         return report
     }
 
-    /// What a pipeline's queue recorded: its identity and the documents it set aside.
+    /// What a pipeline's queue recorded: its identity, and the documents set aside now (by
+    /// the snapshot, unless a change since replaced or deleted them, and by the changes).
     private func recordedJob(_ directory: String) throws -> (identity: JobIdentity?, setAside: Set<String>, status: QueueStatus?) {
         guard DurableQueue.exists(in: directory) else { return (nil, [], nil) }
         do {
             let queue = try DurableQueue(directory: directory, readOnly: true)
-            return (JobIdentity.decode(try queue.identity), Set(try queue.setAsideDocuments().map(\.documentId)), try queue.status())
+            let setAside = try SetAsideNow.read(queue, changes: directory + "/changes")
+            return (JobIdentity.decode(try queue.identity), Set(setAside.map(\.documentId)), try queue.status())
+        } catch let error as JobError {
+            throw error
         } catch {
             throw JobError.queue(error, directory)
         }

@@ -21,7 +21,7 @@ import Testing
     @Test(arguments: [
         (["start", "--log-level", "verbose"], [:], "valid levels: trace, debug, info, notice, warning, error, critical", "See 'etl-job start --help'."),
         (["start", "--workers", "x"], [:], "The value 'x' is invalid for '--workers", "See 'etl-job start --help'."),
-        (["stat"], [:], "Unexpected argument 'stat'", "Commands: start, resume, status, verify, init, seed, migrate, version. See 'etl-job --help'."),
+        (["stat"], [:], "Unexpected argument 'stat'", "Commands: start, resume, sync, status, verify, init, seed, migrate, version. See 'etl-job --help'."),
         (["start", "--pipeline", "nope"], [:], "unknown pipeline 'nope'; the known pipelines are: users", "See 'etl-job start --help'."),
         (["status", "-q", "-v"], [:], "-q and -v contradict each other", "See 'etl-job status --help'."),
         (["start", "--progress-interval", "0"], [:], "--progress-interval must be a positive number", "See 'etl-job start --help'."),
@@ -160,7 +160,7 @@ enum JSON {
     static let pipelineKeys: Set<String> = [
         "pipeline", "job", "active", "complete", "finished", "sourceDocuments", "extracted", "extractionFinished", "batches",
         "pending", "inFlight", "done", "documentsLoaded", "documentsSetAside", "rows", "totalRows", "documentsPerSecond", "etaSeconds",
-        "sourceFile", "sourceFileRead", "foreignKeys", "foreignKeysInPlace",
+        "sourceFile", "sourceFileRead", "foreignKeys", "foreignKeysInPlace", "sync",
     ]
     static let reportKeys: Set<String> = [
         "schemaVersion", "exitCode", "exitReason", "error", "seconds", "cpuSeconds", "peakMemoryBytes", "documentsLoaded",

@@ -309,87 +309,21 @@ import UsersFixtures
 
 /// A second MongoDB-wire server with authentication, provisioned by the test itself.
 final class AuthenticatedMongo {
-    let port: Int
-    private var pid: pid_t = 0
-    private let storage = NSTemporaryDirectory() + "etl-auth-mongo-" + UUID().uuidString
+    private let server: PrivateMongo
+    var port: Int { server.port }
 
     init(user: String, password: String) throws {
-        port = Self.freePort()
-        try start(auth: false)
+        server = try PrivateMongo()
         do {
             // Scoped: the server's graceful stop waits for connected clients.
-            let client = try Services.mongo("mongodb://127.0.0.1:\(port)")
+            let client = try Services.mongo(server.url)
             let command = BSONDocument()
             command.writer.append("createUser", user)
             command.writer.append("pwd", password)
             command.writer.appendArray("roles") { $0.append("0", "root") }
             try client.runCommand(command, database: "admin")
         }
-        stop()
-        try start(auth: true)
-    }
-
-    deinit {
-        stop()
-        try? FileManager.default.removeItem(atPath: storage)
-    }
-
-    private func start(auth: Bool) throws {
-        let server = Services.packageRoot.appendingPathComponent("var/venv/bin/secantusd-py").path
-        let args = [server, "--host", "127.0.0.1", "--port", String(port), "--storage-path", storage, "--log-level", "ERROR"]
-            + (auth ? ["--auth"] : [])
-        let argv = args.map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-        // Its own process group, so stop() reaches anything it starts.
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP))
-        posix_spawnattr_setpgroup(&attributes, 0)
-        #expect(posix_spawn(&pid, server, &actions, &attributes, argv, environ) == 0)
-        #expect(eventually(30) { (try? Services.mongo("mongodb://127.0.0.1:\(port)/?serverSelectionTimeoutMS=500")) != nil || auth && portOpen() })
-    }
-
-    /// A loopback port nothing listens on, from the kernel.
-    private static func freePort() -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
-        }
-        return Int(UInt16(bigEndian: address.sin_port))
-    }
-
-    private func portOpen() -> Bool {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = in_port_t(UInt16(port).bigEndian)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        return withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
-        }
-    }
-
-    private func stop() {
-        guard pid > 0 else { return }
-        kill(-pid, SIGTERM)
-        var status: Int32 = 0
-        let exited = eventually(15) { waitpid(pid, &status, WNOHANG) == pid }
-        kill(-pid, SIGKILL)
-        if !exited { waitpid(pid, &status, 0) }
-        pid = 0
-        _ = eventually(10) { !portOpen() }
+        try server.restart(with: ["--auth"])
     }
 }
 

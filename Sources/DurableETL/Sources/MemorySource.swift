@@ -1,3 +1,4 @@
+import ETLCore
 import Foundation
 import Mongo
 import Queue
@@ -93,7 +94,7 @@ public final class MemorySource: Source {
     /// source of `Change` envelopes.
     public func changeStreamStart() throws -> ChangeStreamStart { .token([]) }
 
-    public func changes(from start: ChangeStreamStart, follow: Bool) throws -> any Source {
+    public func changes(from start: ChangeStreamStart, follow: Bool, stop: StopToken) throws -> any Source {
         Self.registry.withLock { $0[name + "-changes"] } ?? MemorySource(name: name + "-changes", documents: [])
     }
 

@@ -127,7 +127,7 @@ public final class MongoCollectionSource: Source {
     // MARK: Connections
 
     /// A client for the URL (no connection yet); a malformed URL is a usage error.
-    private func client() throws -> MongoClient {
+    func client() throws -> MongoClient {
         do {
             return try MongoClient(url: url)
         } catch let error as MongoError {
@@ -146,7 +146,7 @@ public final class MongoCollectionSource: Source {
     }
 
     /// A client whose server answered; otherwise exit 69, naming the server.
-    private func connected() throws -> MongoClient {
+    func connected() throws -> MongoClient {
         let client = try client()
         do {
             try ping(client)

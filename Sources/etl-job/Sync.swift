@@ -1,0 +1,35 @@
+import ArgumentParser
+import DurableETL
+
+/// Keeps the target equal to the source after the snapshot: applies its change stream.
+struct Sync: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Apply the source's changes since the snapshot to the target, exactly once: catch up and exit, or --follow until stopped.",
+        discussion: """
+            Run after 'etl-job start' has completed. Each change replaces a document's rows (in every table of its pipeline) \
+            with those of its current version, or removes them; the stream's position commits with the rows. Without --follow, \
+            sync applies every change made before it began and exits 0 (a batch for cron); with --follow it goes on until \
+            SIGINT/SIGTERM (130/143), and a later sync continues where it stopped.
+            """)
+
+    @OptionGroup var connection: ConnectionOptions
+    @OptionGroup(title: "Job") var mapping: MappingOptions
+    @OptionGroup(title: "Run") var bucket: BucketOptions
+
+    @Flag(help: "Keep applying changes as they come, until SIGINT or SIGTERM.")
+    var follow = false
+
+    @OptionGroup(title: "Output") var report: ReportOptions
+
+    func run() async throws {
+        try await reportingErrors {
+            let settings = try connection.resolved(bucket)
+            let resolve = Pipelines.resolver(given: try mapping.load())
+            let job = DurableJob(settings: settings, logger: try connection.makeLogger())
+            let follow = follow
+            try await runInterruptibly(reportJSON: report.reportJSON) { stop, progress in
+                try await job.applyChanges(resolve: resolve, follow: follow, stop: stop, observer: progress)
+            }
+        }
+    }
+}
