@@ -63,13 +63,14 @@ public struct DurableJob: Sendable {
         // Refusals that need no connection come before any.
         _ = try JobPlan.start(facts)
         var run = Execution(jobs: jobs)
-        for job in jobs { run.totals[job.name] = try job.source.check(allowEmpty: settings.allowEmpty) }
+        // The target first: a wrong URL or password is told before anything about the source.
         facts.targets = []
         for job in jobs {
             let db = try job.connectPostgres()
             run.connections[job.name] = db
             facts.targets.append(try target(job, db))
         }
+        for job in jobs { run.totals[job.name] = try job.source.check(allowEmpty: settings.allowEmpty) }
         run.previous = previous
         let steps = try JobPlan.start(facts)
         for target in facts.targets where settings.foreignKeys == nil && steps.contains(.prepareForeignKeys(target.name, .during)) {
