@@ -130,14 +130,19 @@ public struct TableSpec: Sendable {
         self.documentRows = documentRows ?? .key(primaryKey[0])
     }
 
-    /// Whether finding a document's rows needs an index of its own (the column does not lead
-    /// the primary key).
-    var needsDocumentIndex: Bool { documentRows.column != primaryKey[0] }
-
-    var documentIndexName: String {
-        var name = name + "_" + documentRows.column
-        while name.utf8.count > 58 { name.removeLast() }
-        return name + "_doc"
+    /// The indexes replacing and deleting documents' rows needs beyond the primary key: the
+    /// column that finds a document's rows here, and each foreign key's columns (which
+    /// PostgreSQL reads for every parent row deleted, to cascade), unless the primary key
+    /// leads with them. Each as (name, columns).
+    var changeIndexes: [(name: String, columns: [String])] {
+        var sets: [[String]] = [[documentRows.column]] + foreignKeys.map(\.columns)
+        sets.removeAll { Array(primaryKey.prefix($0.count)) == $0 }
+        var seen = Set<[String]>()
+        return sets.filter { seen.insert($0).inserted }.map { columns in
+            var index = ([name] + columns).joined(separator: "_")
+            while index.utf8.count > 58 { index.removeLast() }
+            return (index + "_doc", columns)
+        }
     }
 
     /// Removes the rows of the documents whose keys `$1` (a binary array) holds.

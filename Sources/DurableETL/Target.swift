@@ -229,16 +229,18 @@ public struct Target: Sendable {
         return removed
     }
 
-    /// Creates the indexes that finding a document's rows needs (a column that does not lead
-    /// its table's primary key), where missing. Returns how many it created.
+    /// Creates the indexes that replacing and deleting documents' rows needs (`changeIndexes`),
+    /// where missing. Returns how many it created.
     @discardableResult
     public func createDocumentIndexes(_ db: PGConnection, _ mapping: any DocumentMapping) throws -> Int {
         var created = 0
-        for table in mapping.tables where table.needsDocumentIndex {
-            let exists = try db.query("SELECT to_regclass($1) IS NOT NULL", [quoteIdentifier(schema) + "." + quoteIdentifier(table.documentIndexName)])
-            guard exists.rows[0][0] != "t" else { continue }
-            try db.execute("CREATE INDEX \(quoteIdentifier(table.documentIndexName)) ON \(table.quotedName) (\(quoteIdentifier(table.documentRows.column)))")
-            created += 1
+        for table in mapping.tables {
+            for index in table.changeIndexes {
+                let exists = try db.query("SELECT to_regclass($1) IS NOT NULL", [quoteIdentifier(schema) + "." + quoteIdentifier(index.name)])
+                guard exists.rows[0][0] != "t" else { continue }
+                try db.execute("CREATE INDEX \(quoteIdentifier(index.name)) ON \(table.quotedName) (\(index.columns.map(quoteIdentifier).joined(separator: ", ")))")
+                created += 1
+            }
         }
         return created
     }
