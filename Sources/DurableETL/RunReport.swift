@@ -100,6 +100,14 @@ public struct RunReport: Sendable {
 }
 
 extension RunReport {
+    /// The median, 99th percentile and largest of the lags; nil for none.
+    public static func lagStatistics(_ lags: [Double]) -> (median: Double, p99: Double, max: Double)? {
+        guard !lags.isEmpty else { return nil }
+        let sorted = lags.sorted()
+        func percentile(_ p: Double) -> Double { sorted[min(sorted.count - 1, Int((Double(sorted.count - 1) * p).rounded(.up)))] }
+        return (percentile(0.5), percentile(0.99), sorted.last!)
+    }
+
     /// What a run of changes applied, per pipeline, and how far behind the source it was.
     func renderChanges(lags: [Double]) -> String {
         func n(_ v: Int64) -> String { v.formatted(.number.grouping(.automatic)) }
@@ -123,13 +131,12 @@ extension RunReport {
                 lines.append("  caught up to      \(date) (the source's time of the last change applied)")
             }
         }
-        let sorted = lags.sorted()
-        func percentile(_ p: Double) -> Double { sorted[min(sorted.count - 1, Int((Double(sorted.count - 1) * p).rounded()))] }
         lines += [
             "  duration          \(String(format: "%.2f s", seconds))",
             "  changes/s         \(seconds > 0 ? n(Int64(Double(events) / seconds)) : "-")",
-            "  lag behind source " + (sorted.isEmpty ? "-"
-                : String(format: "median %.1f s, p99 %.1f s, max %.1f s (at each batch's commit)", percentile(0.5), percentile(0.99), sorted.last!)),
+            "  lag behind source " + (Self.lagStatistics(lags).map {
+                String(format: "median %.1f s, p99 %.1f s, max %.1f s (at each batch's commit)", $0.median, $0.p99, $0.max)
+            } ?? "-"),
             "  peak memory       \(String(format: "%.1f MB", Double(usage.peakResidentBytes) / 1_048_576))",
             "  CPU time          \(String(format: "%.2f s", usage.cpuSeconds))",
         ]

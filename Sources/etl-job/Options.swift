@@ -201,8 +201,8 @@ struct BucketOptions: ParsableArguments {
     @Option(help: "Transform/load workers, each with its own PostgreSQL connection, shared among the pipelines (default 2 × cores).")
     var workers = 2 * ProcessInfo.processInfo.activeProcessorCount
 
-    @Option(name: .customLong("flush-timeout"), help: "Seconds after which a partial batch is queued anyway.")
-    var flushTimeout = 5.0
+    @Option(name: .customLong("flush-timeout"), help: "Seconds after which a partial batch is queued anyway (default 5; for sync 0.5, so that a change waits little).")
+    var flushTimeout: Double?
 
     @Option(name: .customLong("max-pending"), help: "Extraction pauses while this many batches wait in the queue.")
     var maxPending = 8
@@ -227,7 +227,7 @@ struct BucketOptions: ParsableArguments {
     func validate() throws {
         guard batchSize > 0 else { throw ValidationError("--batch-size must be at least 1") }
         guard workers > 0 else { throw ValidationError("--workers must be at least 1") }
-        guard flushTimeout > 0 else { throw ValidationError("--flush-timeout must be positive") }
+        guard flushTimeout.map({ $0 > 0 }) ?? true else { throw ValidationError("--flush-timeout must be positive") }
         guard maxPending > 0 else { throw ValidationError("--max-pending must be at least 1") }
         guard cursorBatchSize > 0 else { throw ValidationError("--cursor-batch-size must be at least 1") }
         guard maxDocumentMB > 0 else { throw ValidationError("--max-document-mb must be positive") }
@@ -237,9 +237,12 @@ struct BucketOptions: ParsableArguments {
         }
     }
 
-    var config: BucketConfig {
+    var config: BucketConfig { config(flushTimeout: 5) }
+
+    /// The batching with `flushTimeout` seconds unless the command line gives another.
+    func config(flushTimeout fallback: Double) -> BucketConfig {
         BucketConfig(
-            batchSize: batchSize, workers: workers, flushTimeout: .milliseconds(Int(flushTimeout * 1000)),
+            batchSize: batchSize, workers: workers, flushTimeout: .milliseconds(Int((flushTimeout ?? fallback) * 1000)),
             maxPendingBatches: maxPending)
     }
 }

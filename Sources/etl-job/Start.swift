@@ -61,12 +61,15 @@ struct Start: AsyncParsableCommand {
 /// Runs a start or resume: SIGINT/SIGTERM stop it gracefully (exit 130/143, resumable),
 /// progress goes to stderr (live on a terminal, a plain line every --progress-interval
 /// otherwise), the report to stdout and, with `--report-json`, to a file whatever the outcome.
+/// `sync`: the run applies changes, for which a stop is how `--follow` ends: the report is
+/// printed then too, and `etl-job sync` is what continues.
 func runInterruptibly(
-    reportJSON: String?, _ body: @escaping (StopToken, RunObserver?) async throws -> RunReport
+    reportJSON: String?, sync: Bool = false, _ body: @escaping (StopToken, RunObserver?) async throws -> RunReport
 ) async throws {
+    let next = sync ? "etl-job sync" : "etl-job resume"
     let stop = StopToken()
     let trap = SignalTrap(stop: stop) { signal in
-        Console.standardError.line("etl-job: stopping (signal \(signal)): finishing batches in flight; run 'etl-job resume' to continue")
+        Console.standardError.line("etl-job: stopping (signal \(signal)): finishing batches in flight; run '\(next)' to continue")
     }
     var report: RunReport?
     var failure: JobError?
@@ -81,7 +84,8 @@ func runInterruptibly(
         try ReportJSON.write(report, outcome: outcome, to: reportJSON)
     }
     if case .signal(let number) = stop.reason {
-        Console.standardError.line("etl-job: stopped; the run is resumable with 'etl-job resume'")
+        if sync, let report { print(report.render()) }
+        Console.standardError.line(sync ? "etl-job: stopped; '\(next)' continues where it stopped" : "etl-job: stopped; the run is resumable with '\(next)'")
         throw ExitCode(128 + number)
     }
     if let report { print(report.render()) }

@@ -436,7 +436,7 @@ final class Progress: RunObserver, @unchecked Sendable {
             if p.changes {
                 let sync = SyncView(status, active: true, now: Date().timeIntervalSince1970)
                 parts.append("\(name)sync: \(sync.events) changes applied (\(sync.replaced) replaced, \(sync.deleted) deleted, \(sync.setAside) set aside), "
-                    + "\(status.pending) batches pending" + (sync.lagSeconds.map { String(format: ", lag %.1f s", $0) } ?? ""))
+                    + "\(status.pending) batch\(status.pending == 1 ? "" : "es") pending" + (sync.lagSeconds.map { String(format: ", lag %.1f s", $0) } ?? ""))
                 continue
             }
             let source = JobIdentity.decode((try? p.queue.identity) ?? nil)?.source

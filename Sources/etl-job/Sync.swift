@@ -23,11 +23,12 @@ struct Sync: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingErrors {
-            let settings = try connection.resolved(bucket)
+            var settings = try connection.resolved(bucket)
+            settings.bucket = bucket.config(flushTimeout: 0.5)
             let resolve = Pipelines.resolver(given: try mapping.load())
             let job = DurableJob(settings: settings, logger: try connection.makeLogger())
             let follow = follow
-            try await runInterruptibly(reportJSON: report.reportJSON) { stop, progress in
+            try await runInterruptibly(reportJSON: report.reportJSON, sync: true) { stop, progress in
                 try await job.applyChanges(resolve: resolve, follow: follow, stop: stop, observer: progress)
             }
         }

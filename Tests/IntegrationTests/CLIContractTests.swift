@@ -164,7 +164,7 @@ enum JSON {
     ]
     static let reportKeys: Set<String> = [
         "schemaVersion", "exitCode", "exitReason", "error", "seconds", "cpuSeconds", "peakMemoryBytes", "documentsLoaded",
-        "documentsSetAside", "totalRows", "stages", "pipelines",
+        "documentsSetAside", "totalRows", "stages", "pipelines", "changes",
     ]
 
     static func object(_ text: String) throws -> [String: Any] {

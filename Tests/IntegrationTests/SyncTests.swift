@@ -130,6 +130,11 @@ import UsersFixtures
         #expect(early.status == 64 && early.stderr.contains("has not finished its snapshot"), "\(early.stderr)")
         #expect(try sandbox.job("resume").status == 0)
         #expect(try sandbox.job("sync").status == 0, "nothing changed: a sync applies nothing and succeeds")
+        // A dropped collection ends the stream: nothing left to follow, never a silent success.
+        try Services.mongo().collection(database: sandbox.mongoDatabase, name: "users").drop()
+        let dropped = try sandbox.job("sync")
+        #expect(dropped.status == 66 && dropped.stderr.contains("was dropped or renamed"), "\(dropped.stderr)")
+        #expect(dropped.stderr.split(separator: "\n").count == 1)
 
         let file = try FileSourceTests.dump(sandbox, users: 50)
         defer { try? FileManager.default.removeItem(atPath: sandbox.stateDirectory + "-files") }
