@@ -162,11 +162,12 @@ final class MongoChangeStreamSource: Source {
         /// (which ends this catch-up before it).
         private func change(_ event: UnsafeRawBufferPointer) throws -> Change? {
             guard var it = BSONIterator(document: event) else { throw JobError(.failed, "\(source.description) gave an event that is not a document") }
-            var operation = "", token: [UInt8]?, time: MongoTimestamp?, id: [UInt8]?, document: [UInt8]?
+            var operation = "", token: [UInt8]?, time: MongoTimestamp?, wall: Int64?, id: [UInt8]?, document: [UInt8]?
             while it.next() {
                 if it.keyIs("operationType"), let text = it.utf8 { operation = String(decoding: text, as: UTF8.self) }
                 else if it.keyIs("_id"), let bytes = it.documentBytes { token = Array(bytes) }
                 else if it.keyIs("clusterTime") { time = it.timestamp }
+                else if it.keyIs("wallTime") { wall = it.dateTimeMillis }
                 else if it.keyIs("documentKey"), let bytes = it.documentBytes { id = bytes.withUnsafeBytes(BSONSequence.idElement) }
                 else if it.keyIs("fullDocument"), let bytes = it.documentBytes { document = Array(bytes) }
             }
@@ -175,7 +176,9 @@ final class MongoChangeStreamSource: Source {
                 return nil
             }
             let position = token.map { MongoChangeStreamSource.position(token: $0, time: time) }
-            let at = time.map { Double($0.seconds) }
+            // When the change was made: the event's wall time in milliseconds where the server
+            // gives it (MongoDB 6.0 and later), else its cluster time's whole seconds.
+            let at = wall.map { Double($0) / 1000 } ?? time.map { Double($0.seconds) }
             switch operation {
             case "insert", "update", "replace":
                 // No full document: it has been deleted since the event.
