@@ -41,8 +41,10 @@ final class MongoChangeStreamSource: Source {
     let start: ChangeStreamStart
     let follow: Bool
     let stop: StopToken
-    /// How long a quiet stream waits before its position is committed.
-    static let keepalive: Double = 30
+    /// How long a quiet stream waits before its position is committed, with the time it was
+    /// seen quiet: the lag `status` shows (the time since the target last provably equalled
+    /// the source) stays under this on a quiet source, and a later sync starts from there.
+    static let keepalive: Double = 5
 
     init(collectionSource: MongoCollectionSource, start: ChangeStreamStart, follow: Bool, stop: StopToken) {
         snapshot = collectionSource
