@@ -190,7 +190,11 @@ public struct DurableJob: Sendable {
             case .migrate(let names):
                 try migrate(run.db(names[0]), names.map { run.job($0).mapping })
             case .checkTargets(let names):
-                for name in names { try run.job(name).checkTarget(run.db(name)) }
+                for name in names {
+                    try run.job(name).checkTarget(run.db(name))
+                    // Before anything is written: this run becomes the pipeline's writer.
+                    try run.locks[name]?.claim()
+                }
             case .discardPreviousJob:
                 try discardState(run.previous)
             case .truncate(let name):
@@ -243,9 +247,9 @@ public struct DurableJob: Sendable {
 
     /// Adds the missing foreign keys of a pipeline's tables, in one transaction. Rows without
     /// their parent fail it (exit 65) naming the key; the job stays resumable.
-    private func addForeignKeys(_ job: PipelineJob, _ db: PGConnection) throws {
+    private func addForeignKeys(_ job: PipelineJob, _ db: PGConnection, fence: (PGConnection) throws -> Void = { _ in }) throws {
         do {
-            let added = try job.target.addForeignKeys(db, job.mapping) { CrashPoint.keys.reach() }
+            let added = try job.target.addForeignKeys(db, job.mapping, fence: fence) { CrashPoint.keys.reach() }
             if added > 0 {
                 logger.info("added the foreign keys", metadata: ["pipeline": "\(job.name)", "keys": "\(added)"])
             }
@@ -313,7 +317,7 @@ public struct DurableJob: Sendable {
         var running: [RunningPipeline] = []
         var processors: [PipelineProcessor] = []
         var before: [String: QueueStatus] = [:]
-        for ((job, queue, _), share) in zip(prepared.pipelines, shares) {
+        for ((job, queue, lock), share) in zip(prepared.pipelines, shares) {
             if changes { before[job.name] = try await Threads.blocking(name: "prepare") { try queue.status() } }
             let (jobId, extractionFinished) = try await Threads.blocking(name: "prepare") {
                 guard let id = try queue.jobId else { throw JobError(.failed, "the queue of \(job.name) holds no job id") }
@@ -323,7 +327,7 @@ public struct DurableJob: Sendable {
                 return (id, try queue.extractionFinished)
             }
             let workers = changes ? 1 : share
-            let processor = PipelineProcessor(job, queue: queue, jobId: jobId, workers: workers, clock: clock, logger: logger, appliesChanges: changes)
+            let processor = PipelineProcessor(job, queue: queue, jobId: jobId, lock: lock, workers: workers, clock: clock, logger: logger, appliesChanges: changes)
             var config = settings.bucket
             config.workers = workers
             runners.append(ETLRunner(processor: processor, config: config, extractSource: !extractionFinished))
@@ -339,10 +343,10 @@ public struct DurableJob: Sendable {
         }
         try await Manager(workers: runners.count).runAll(runners, stop: stop)
         var reports = prepared.finishedReport.pipelines
-        for (job, queue, _) in prepared.pipelines {
+        for (job, queue, lock) in prepared.pipelines {
             let start = before[job.name]
             var pipeline = try await Threads.blocking(name: "finish") {
-                changes ? try report(job, queue, before: start) : try finish(job, queue, stopped: stop.isStopRequested)
+                changes ? try report(job, queue, before: start) : try finish(job, queue, lock, stopped: stop.isStopRequested)
             }
             pipeline.before = before[job.name]
             reports.append(pipeline)
@@ -356,7 +360,7 @@ public struct DurableJob: Sendable {
     }
 
     /// Marks a pipeline's job finished when everything is loaded and the set-aside limit holds.
-    private func finish(_ job: PipelineJob, _ queue: DurableQueue, stopped: Bool) throws -> PipelineReport {
+    private func finish(_ job: PipelineJob, _ queue: DurableQueue, _ lock: TargetLock, stopped: Bool) throws -> PipelineReport {
         guard var status = try queue.status() else { throw JobError(.failed, "the queue of \(job.name) lost its job") }
         var failure: String?
         if status.isComplete && !stopped {
@@ -365,7 +369,8 @@ public struct DurableJob: Sendable {
                 // The final step of a job that adds its keys after the load: in one transaction,
                 // so that a kill leaves none of them, and resume (which comes back here) adds them.
                 if status.foreignKeys.flatMap(ForeignKeyMode.init) == .after {
-                    try addForeignKeys(job, try job.connectPostgres())
+                    try lock.regain()
+                    try addForeignKeys(job, try job.connectPostgres(), fence: lock.fence)
                     CrashPoint.keysCommitted.reach()
                 }
                 try queue.markFinished()

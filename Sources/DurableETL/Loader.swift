@@ -49,13 +49,16 @@ final class BatchLoader: ETLWorker {
     }
 
     private func load(_ batch: QueueBatch, stop: StopToken) throws {
-        let retryable: (any Error) -> Bool = { ($0 as? PGError).map { $0.isTransient || $0.atCommit } ?? false }
+        let retryable: (any Error) -> Bool = { $0 is TargetLock.Lost || (($0 as? PGError).map { $0.isTransient || $0.atCommit } ?? false) }
         try Retry(retries: Self.maxAttempts - 1).run(stop: stop, clock: processor.clock, isRetryable: retryable) { attempt in
             connection = nil
             processor.logger.warning("batch failed; retrying it", metadata: [
                 "pipeline": "\(processor.name)", "batch": "\(batch.id)", "attempt": "\(attempt.number)", "error": "\(attempt.error)",
             ])
         } body: { _ in
+            // A lock lost with its session is taken again before anything is read or written;
+            // when another run holds it or took it meanwhile, this run stops here.
+            try processor.lock.regain()
             let db = try database()
             // A stop that outlasts its grace period cancels the statement running here.
             let cancel = db.canceller()
@@ -104,6 +107,7 @@ final class BatchLoader: ETLWorker {
 
         try sql(db, "BEGIN", batch: batch.id)
         do {
+            try processor.lock.fence(db)
             if let keys, keys.count > 0 {
                 try processor.clock.measure(.copy) {
                     try traced("DELETE the rows of \(keys.count) documents") {

@@ -85,7 +85,7 @@ public struct PipelineJob: Sendable {
     /// the same tables at once. Waits up to `wait` seconds for a run that is ending, then
     /// refuses (exit 75) naming the session that holds it.
     public func lockTarget(wait: Double = 2) throws -> TargetLock {
-        let lock = try TargetLock(connection: connectPostgres(), name: "etl-job \(name) \(target.schema)")
+        let lock = try TargetLock(connection: connectPostgres(), pipeline: name, schema: target.schema, reconnect: connectPostgres)
         let deadline = Date(timeIntervalSinceNow: wait)
         while true {
             if try lock.tryAcquire() { return lock }
@@ -120,21 +120,114 @@ public struct PipelineJob: Sendable {
 
 /// A session-level advisory lock on the target, keyed by a name (pipeline and schema), held
 /// as long as its connection lives. The two-key form keeps it apart from the migration lock.
+///
+/// A lock held by a session dies with it, when PostgreSQL restarts or ends that session, and
+/// another run could then take it while this run's workers reconnect. So every write is
+/// fenced: a batch's transaction first takes the fence key shared and checks that this run's
+/// lock session still holds the lock (`fence`), and writes nothing otherwise. A run that takes
+/// the lock takes the fence key exclusively once (`claim`), which waits for every transaction
+/// that passed the fence before, then records itself in `etl_writers`. A run that lost its
+/// lock takes it again (`regain`) only when no other run holds it and none took it since;
+/// otherwise it stops (exit 75). So two runs never write the same pipeline's tables at once.
 public final class TargetLock: @unchecked Sendable {
-    // Safe: used by one thread at a time (taken while a run prepares, released when it ends).
+    // Safe: `connection`, `backend` and `lost` are guarded by `mutex`; `fence` reads `backend` under it.
     static let namespace: Int32 = 0x45_54_4C_4A  // "ETLJ"
-    private let connection: PGConnection
+    static let fenceNamespace: Int32 = 0x45_54_4C_46  // "ETLF"
+    private var connection: PGConnection
     private let name: String
+    private let pipeline: String
+    private let schema: String
+    private let reconnect: () throws -> PGConnection
+    /// This run, as `etl_writers` records it.
+    let run = UUID().uuidString.lowercased()
+    private var backend = ""
+    private var lost = false
+    private let mutex = NSLock()
 
-    init(connection: PGConnection, name: String) throws {
+    init(connection: PGConnection, pipeline: String, schema: String, reconnect: @escaping () throws -> PGConnection) throws {
         self.connection = connection
-        self.name = name
-        let host = ProcessInfo.processInfo.hostName
-        try connection.query("SELECT set_config('application_name', $1, false)", ["etl-job pid \(getpid()) on \(host)"])
+        self.pipeline = pipeline
+        self.schema = schema
+        self.name = "etl-job \(pipeline) \(schema)"
+        self.reconnect = reconnect
+        try Self.name(connection)
+    }
+
+    private static func name(_ connection: PGConnection) throws {
+        try connection.query("SELECT set_config('application_name', $1, false)", [Target.applicationName])
     }
 
     func tryAcquire() throws -> Bool {
-        try connection.query("SELECT pg_try_advisory_lock($1, hashtext($2))", [String(Self.namespace), name]).rows[0][0] == "t"
+        guard try connection.query("SELECT pg_try_advisory_lock($1, hashtext($2))", [String(Self.namespace), name]).rows[0][0] == "t" else { return false }
+        backend = try connection.execute("SELECT pg_backend_pid()").rows[0][0] ?? ""
+        return true
+    }
+
+    /// Makes this run the pipeline's writer, once its tables exist: waits for any transaction
+    /// that passed the fence under an earlier holder, then records this run.
+    func claim() throws {
+        try mutex.withLock { try record(expecting: nil) }
+    }
+
+    /// Inside a batch's transaction, before it writes: takes the fence key shared and checks
+    /// that this run's lock session still holds the lock. Throws `Lost` (the transaction must
+    /// roll back, and `regain` run before the next attempt) when it does not.
+    func fence(_ db: PGConnection) throws {
+        let backend = mutex.withLock { lost ? "" : self.backend }
+        guard !backend.isEmpty else { throw Lost() }
+        _ = try db.query("SELECT pg_advisory_xact_lock_shared($1, hashtext($2))", [String(Self.fenceNamespace), name])
+        let held = try db.query("""
+            SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND pid = $3::int
+              AND classid = ($1::int4)::oid AND objid = (hashtext($2))::oid AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))
+            """, [String(Self.namespace), name, backend]).rows[0][0] == "t"
+        guard held else {
+            mutex.withLock { lost = true }
+            throw Lost()
+        }
+    }
+
+    /// After `fence` found the lock gone: takes it again on a new session, if no other run
+    /// holds it or took it meanwhile; otherwise this run must stop.
+    func regain() throws {
+        try mutex.withLock {
+            guard lost else { return }
+            let db = try reconnect()
+            try Self.name(db)
+            connection = db
+            let deadline = Date(timeIntervalSinceNow: 2)
+            while try !tryAcquire() {
+                guard Date() < deadline else {
+                    let holder = (try? holder()) ?? "another session"
+                    throw JobError(.busy, "this run lost its lock on the target (PostgreSQL restarted or ended its session), and another etl-job run "
+                        + "now loads the \(pipeline) pipeline into schema \(schema) (\(holder)); this run stops without writing more: let that run finish")
+                }
+                Thread.sleep(forTimeInterval: 0.25)
+            }
+            try record(expecting: run)
+            lost = false
+        }
+    }
+
+    /// The fence's barrier, then this run in `etl_writers`; when `expecting` names a run,
+    /// refuses if another run was recorded since.
+    private func record(expecting: String?) throws {
+        try connection.query("SELECT pg_advisory_lock($1, hashtext($2))", [String(Self.fenceNamespace), name])
+        defer { _ = try? connection.query("SELECT pg_advisory_unlock($1, hashtext($2))", [String(Self.fenceNamespace), name]) }
+        if let expecting, let row = try connection.query("SELECT run_id, host, pid, to_char(since, 'YYYY-MM-DD HH24:MI:SS TZ') FROM etl_writers WHERE pipeline = $1",
+                                                         [pipeline]).rows.first, row[0] != expecting {
+            throw JobError(.busy, "this run lost its lock on the target (PostgreSQL restarted or ended its session), and another etl-job run "
+                + "(pid \(row[2] ?? "?") on \(row[1] ?? "?"), since \(row[3] ?? "?")) loaded the \(pipeline) pipeline into schema \(schema) meanwhile; "
+                + "this run stops without writing more: check the target with 'etl-job verify'")
+        }
+        try connection.query("""
+            INSERT INTO etl_writers (pipeline, run_id, host, pid, since) VALUES ($1, $2, $3, $4, now())
+            ON CONFLICT (pipeline) DO UPDATE SET run_id = EXCLUDED.run_id, host = EXCLUDED.host, pid = EXCLUDED.pid, since = EXCLUDED.since
+            """, [pipeline, run, ProcessInfo.processInfo.hostName, String(getpid())])
+    }
+
+    /// Thrown by `fence` when this run's lock session no longer holds the lock.
+    struct Lost: Error, CustomStringConvertible {
+        var description: String { "this run's lock on the target is gone (its session ended); taking it again before writing" }
     }
 
     /// Who holds the lock, from pg_locks and pg_stat_activity.

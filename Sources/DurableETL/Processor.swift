@@ -19,6 +19,8 @@ final class PipelineProcessor: ETLProcessor, @unchecked Sendable {
     let target: Target
     let queue: DurableQueue
     let jobId: String
+    /// The run's lock on this pipeline's target, which fences every write.
+    let lock: TargetLock
     let clock: StageClock
     let logger: Logger
     /// Workers of this pipeline (its share of the run's budget).
@@ -34,7 +36,9 @@ final class PipelineProcessor: ETLProcessor, @unchecked Sendable {
 
     func weight(of item: [UInt8]) -> Int { item.count }
 
-    init(_ pipeline: PipelineJob, queue: DurableQueue, jobId: String, workers: Int, clock: StageClock, logger: Logger, appliesChanges: Bool = false) {
+    init(_ pipeline: PipelineJob, queue: DurableQueue, jobId: String, lock: TargetLock, workers: Int, clock: StageClock, logger: Logger,
+         appliesChanges: Bool = false) {
+        self.lock = lock
         self.appliesChanges = appliesChanges
         mapping = pipeline.mapping
         job = pipeline

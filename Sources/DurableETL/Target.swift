@@ -12,12 +12,19 @@ public struct Target: Sendable {
         self.schema = schema
     }
 
-    /// A connection whose unqualified names resolve in the target schema (and only there).
+    /// A connection whose unqualified names resolve in the target schema (and only there),
+    /// named in `pg_stat_activity` after this process unless the URL names it.
     public func connect(connectTimeout: Int? = nil) throws -> PGConnection {
         let db = try connectTimeout.map { try PGConnection(url: url, connectTimeout: $0) } ?? PGConnection(url: url)
-        try db.query("SELECT set_config('search_path', $1, false)", [quoteIdentifier(schema)])
+        try db.query("""
+            SELECT set_config('search_path', $1, false),
+                   set_config('application_name', CASE current_setting('application_name') WHEN '' THEN $2 ELSE current_setting('application_name') END, false)
+            """, [quoteIdentifier(schema), Self.applicationName])
         return db
     }
+
+    /// How this process's sessions are named: `etl-job pid N on HOST`.
+    static let applicationName = "etl-job pid \(getpid()) on \(ProcessInfo.processInfo.hostName)"
 
     /// The engine's bookkeeping. One row per committed batch, written in the batch's own
     /// transaction, so it exists exactly when the batch's rows do.
@@ -42,6 +49,11 @@ public struct Target: Sendable {
         Migration(version: 1, name: "checkpoints", statements: engineTables),
         Migration(version: 2, name: "checkpoints of changes", statements: [
             "ALTER TABLE etl_checkpoints ADD COLUMN documents_deleted integer NOT NULL DEFAULT 0, ADD COLUMN position bytea",
+        ]),
+        // The run that last took each pipeline's target lock, so that a run which lost its
+        // lock (a PostgreSQL restart) can tell whether another run wrote meanwhile.
+        Migration(version: 3, name: "writers", statements: [
+            "CREATE TABLE etl_writers (pipeline text PRIMARY KEY, run_id text NOT NULL, host text NOT NULL, pid integer NOT NULL, since timestamptz NOT NULL)",
         ]),
     ]
 
@@ -203,9 +215,11 @@ public struct Target: Sendable {
     /// none. PostgreSQL checks every row once; a row without its parent fails the step with
     /// the constraint and key it names. Returns how many were added.
     @discardableResult
-    public func addForeignKeys(_ db: PGConnection, _ mapping: any DocumentMapping, beforeCommit: () -> Void = {}) throws -> Int {
+    public func addForeignKeys(_ db: PGConnection, _ mapping: any DocumentMapping, fence: (PGConnection) throws -> Void = { _ in },
+                               beforeCommit: () -> Void = {}) throws -> Int {
         try db.execute("BEGIN")
         do {
+            try fence(db)
             let missing = try missingForeignKeys(db, mapping)
             for (table, key) in missing { try db.execute(table.addConstraint(key)) }
             beforeCommit()

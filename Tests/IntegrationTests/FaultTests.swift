@@ -176,6 +176,55 @@ import UsersFixtures
         try expectExact(sandbox, "PostgreSQL restarted")
     }
 
+    /// The target lock lives in a PostgreSQL session, so a restart ends it. A job killed, its
+    /// state directory copied, the original resumed, PostgreSQL restarted, and the copy
+    /// resumed while the original reconnects: one of them loads, the other is refused or
+    /// stops (75) naming the other; after the restart only one process ever writes.
+    @Test func aSecondRunWhilePostgreSQLRestartsNeverWritesBesideTheFirst() throws {
+        let sandbox = try seededSandbox()
+        let arguments = ["--batch-size", "50", "--workers", "2"]
+        let killed = try sandbox.job("start", arguments, environment: ["ETL_CRASH_AT": "committed:2"])
+        #expect(killed.signaled, "\(killed.stderr)")
+        let copy = sandbox.stateDirectory + "-copy"
+        try FileManager.default.copyItem(atPath: sandbox.stateDirectory, toPath: copy)
+        defer { try? FileManager.default.removeItem(atPath: copy) }
+        try sandbox.slowCommits(seconds: 0.4)
+        // Which process wrote each checkpoint row, and when.
+        try sandbox.db().execute("""
+            CREATE TABLE test_writes (writer text NOT NULL, at timestamptz NOT NULL);
+            CREATE FUNCTION test_write() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN INSERT INTO test_writes VALUES (current_setting('application_name'), clock_timestamp()); RETURN NULL; END $$;
+            CREATE TRIGGER test_write AFTER INSERT ON etl_checkpoints FOR EACH ROW EXECUTE FUNCTION test_write();
+            """)
+        let original = try sandbox.launch(["resume"] + sandbox.connectionArguments)
+        #expect(try eventually(60) { (try? sandbox.status()["done"] as? Int).flatMap { $0 } ?? 0 >= 6 })
+        try Services.services("restart", "postgres")
+        let second = try sandbox.run(["resume", "--postgres-url", sandbox.postgresURL, "--mongodb-url", Services.mongoURL, "--state-dir", copy])
+        let first = try original.wait()
+
+        // One loads; the other is refused or stops, unless it only began once the first had
+        // finished (then it finds every batch loaded, and writes nothing).
+        let outcomes = [first, second]
+        print("a second run while PostgreSQL restarts: the original exited \(first.status), the copy \(second.status)")
+        #expect(outcomes.contains { $0.status == 0 }, "one run loads: \(first.status) \(first.stderr) | \(second.status) \(second.stderr)")
+        for other in outcomes where other.status != 0 {
+            #expect(other.status == 75 && !other.signaled, "the other is refused or stops: \(other.stderr)")
+            #expect(other.stderr.contains("another etl-job run"), "\(other.stderr)")
+        }
+        // After the restart the writes of the two processes never interleave: one process
+        // wrote all of its rows before the other wrote any.
+        let restarted = try sandbox.db().execute("SELECT pg_postmaster_start_time()").rows[0][0]!
+        let writers = try sandbox.db().query("SELECT writer FROM test_writes WHERE at > $1::timestamptz ORDER BY at", [restarted]).rows.map { $0[0]! }
+        let switches = zip(writers, writers.dropFirst()).filter { $0 != $1 }.count
+        #expect(!writers.isEmpty && switches <= (outcomes.allSatisfy { $0.status == 0 } ? 1 : 0), "one writer at a time after the restart: \(writers)")
+
+        let winner = first.status == 0 ? sandbox.stateDirectory : copy
+        #expect(try sandbox.checksums() == (try Reference.checksums()))
+        #expect(try sandbox.duplicateKeys() == 0)
+        let verify = try sandbox.run(["verify", "--postgres-url", sandbox.postgresURL, "--mongodb-url", Services.mongoURL, "--state-dir", winner])
+        #expect(verify.status == 0, "\(verify.stdout)")
+    }
+
     @Test func aFailingCommitIsRetriedAndLoadsOnce() throws {
         let sandbox = try seededSandbox()
         try sabotageCommits(sandbox, times: 3, with: "RAISE EXCEPTION 'injected commit failure'")
@@ -300,8 +349,9 @@ import UsersFixtures
         #expect(result.stderr.split(separator: "\n").count == 1 || result.stderr.contains("permission denied"), "\(result.stderr)")
         #expect(result.stderr.contains("permission denied for table"), "\(result.stderr)")
         #expect(!(result.stdout + result.stderr).contains("ReaderSecret7"))
-        // Nothing is lost: with the right user, resume finishes.
-        let resumed = try sandbox.job("resume")
+        // Refused before it wrote anything or recorded a job: with the right user, start finishes.
+        #expect(try sandbox.counts()["users"] == 0)
+        let resumed = try sandbox.job("start")
         #expect(resumed.status == 0, "\(resumed.stderr)")
         #expect(try sandbox.counts()["users"] == 50)
     }

@@ -48,7 +48,7 @@ import UsersFixtures
         let sandbox = try Sandbox()
         let result = try sandbox.job("migrate")
         #expect(result.status == 0, "\(result.stderr)")
-        #expect(result.stdout.contains("applied 3 migration"), "the engine's checkpoints (and their columns for changes) and the users tables")
+        #expect(result.stdout.contains("applied 4 migration"), "the engine's checkpoints (and their columns for changes), its writers, and the users tables")
         let db = try sandbox.db()
         let tables = try db.execute("""
             SELECT table_name FROM information_schema.tables
@@ -86,7 +86,7 @@ import UsersFixtures
         #expect(second.status == 0)
         #expect(second.stdout.contains("schema is up to date"))
         #expect(try sandbox.db().execute("SELECT pipeline || ':' || version FROM etl_migrations ORDER BY 1").rows.map { $0[0]! }
-            == ["etl-job:1", "etl-job:2", "users:1"])
+            == ["etl-job:1", "etl-job:2", "etl-job:3", "users:1"])
     }
 
     /// A target and a state directory left by etl-job 0.1 (bookkeeping without a pipeline
@@ -97,7 +97,7 @@ import UsersFixtures
         try sandbox.seed(users: 50)
         #expect(try sandbox.job("migrate").status == 0)
         try sandbox.db().execute("""
-            DROP TABLE etl_migrations, etl_checkpoints;
+            DROP TABLE etl_migrations, etl_checkpoints, etl_writers;
             CREATE TABLE etl_migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());
             INSERT INTO etl_migrations (version, name) VALUES (1, '15 users tables and checkpoints');
             CREATE TABLE etl_checkpoints (job_id text NOT NULL, batch_id bigint NOT NULL, documents_loaded integer NOT NULL,
@@ -112,7 +112,7 @@ import UsersFixtures
         #expect(fresh.status == 0, "\(fresh.stderr)")
         #expect(!FileManager.default.fileExists(atPath: sandbox.stateDirectory + "/data.mdb"))
         let db = try sandbox.db()
-        #expect(try db.execute("SELECT pipeline || ':' || version FROM etl_migrations ORDER BY 1").rows.map { $0[0]! } == ["etl-job:1", "etl-job:2", "users:1"])
+        #expect(try db.execute("SELECT pipeline || ':' || version FROM etl_migrations ORDER BY 1").rows.map { $0[0]! } == ["etl-job:1", "etl-job:2", "etl-job:3", "users:1"])
         #expect(try db.execute("SELECT DISTINCT pipeline FROM etl_checkpoints").rows.map { $0[0]! } == ["users"])
         #expect(try sandbox.counts()["users"] == 50)
         #expect(try sandbox.job("verify").status == 0)
