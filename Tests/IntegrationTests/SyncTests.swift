@@ -165,6 +165,34 @@ import UsersFixtures
         #expect(refused.stderr.split(separator: "\n").count == 1)
     }
 
+    /// The source server restarted under `sync --follow`: it retries, resumes the stream from
+    /// its position and goes on, and the target ends equal to the source. (The writer is
+    /// paused across the restart: the bundled server may lose the writes it was making as it
+    /// stops, which no reader of its stream can know; see the README.)
+    @Test func syncFollowRidesOutARestartOfTheSourceServer() throws {
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: 150)
+        #expect(try sandbox.job("start").status == 0)
+        let arguments = ["--batch-size", "20", "--max-set-aside", "100%"]
+        let follow = try sandbox.launch(["sync", "--follow"] + sandbox.connectionArguments + arguments)
+        let before = try LiveWriter(kind: "users", database: sandbox.mongoDatabase, rate: 60, seed: 21)
+        Thread.sleep(forTimeInterval: 3)
+        #expect(try before.stop() > 50)
+        Thread.sleep(forTimeInterval: 1.5)
+        try Services.services("restart", "mongo")
+        let after = try LiveWriter(kind: "users", database: sandbox.mongoDatabase, rate: 60, seed: 22)
+        Thread.sleep(forTimeInterval: 3)
+        #expect(try after.stop() > 50)
+        Thread.sleep(forTimeInterval: 3)
+        #expect(follow.isRunning, "sync --follow is still running after the restart")
+        follow.signal(SIGTERM)
+        let stopped = try follow.wait()
+        #expect(stopped.status == 143 && !stopped.signaled, "\(stopped.stderr)")
+        #expect(try sandbox.job("sync", arguments).status == 0)
+        try Self.freshSnapshot(sandbox)
+        #expect(try sandbox.checksums() == sandbox.checksums(schema: "fresh"), "the synced target equals a fresh snapshot of the final source")
+    }
+
     /// Sets `field` of user `id` to `value` in the sandbox's collection.
     static func set(_ sandbox: Sandbox, user id: Int64, _ field: String, _ value: String) throws {
         let command = BSONDocument()

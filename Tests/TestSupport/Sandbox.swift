@@ -195,6 +195,8 @@ public final class RunningJob {
 
     public var pid: Int32 { process.processIdentifier }
 
+    public var isRunning: Bool { process.isRunning }
+
     public func signal(_ number: Int32) { kill(process.processIdentifier, number) }
 
     public func wait() throws -> JobResult {
