@@ -49,7 +49,10 @@ final class BatchLoader: ETLWorker {
     }
 
     private func load(_ batch: QueueBatch, stop: StopToken) throws {
-        let retryable: (any Error) -> Bool = { $0 is TargetLock.Lost || (($0 as? PGError).map { $0.isTransient || $0.atCommit } ?? false) }
+        // A full disk is not retried even at COMMIT: resume settles that batch by its checkpoint row.
+        let retryable: (any Error) -> Bool = {
+            $0 is TargetLock.Lost || (($0 as? PGError).map { !$0.isDiskFull && ($0.isTransient || $0.atCommit) } ?? false)
+        }
         try Retry(retries: Self.maxAttempts - 1).run(stop: stop, clock: processor.clock, isRetryable: retryable) { attempt in
             connection = nil
             processor.logger.warning("batch failed; retrying it", metadata: [

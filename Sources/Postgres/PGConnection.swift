@@ -63,6 +63,8 @@ public struct PGError: Error, CustomStringConvertible, Sendable {
     ]
 
     public var disposition: Disposition {
+        // A full disk does not pass in a retry's seconds: someone must free space.
+        if isDiskFull { return .fatal }
         switch kind {
         case .malformedURL: return .fatal
         case .connection, .connectionLost: return .transient
@@ -75,6 +77,10 @@ public struct PGError: Error, CustomStringConvertible, Sendable {
 
     /// Worth retrying the whole transaction.
     public var isTransient: Bool { disposition == .transient }
+
+    /// The server's disk is full: SQLSTATE 53100 (a table or index could not grow), or the
+    /// PANIC of a WAL write that failed, after which the server restarts.
+    public var isDiskFull: Bool { sqlState == "53100" || message.contains("No space left on device") }
 
     /// Caused by the rows, not by the server.
     public var isDataError: Bool { disposition == .documentsAtFault }

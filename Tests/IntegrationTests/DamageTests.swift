@@ -137,6 +137,39 @@ import UsersFixtures
         #expect(try sandbox.job("verify", state).status == 0)
     }
 
+    /// The target's disk fills: a PostgreSQL cluster of its own on a 150 MB tmpfs, loading
+    /// 10,000 users. PostgreSQL fails to extend its files (53100) and its WAL write, and stops;
+    /// the job says the target's disk is full and what to do, exit 74; after the volume grows
+    /// and PostgreSQL starts again, resume loads the rest exactly.
+    @Test func aFullTargetDiskExits74SayingSoAndAResumeAfterFreeingSpaceIsExact() throws {
+        let sandbox = try Sandbox()
+        let file = try FileSourceTests.dump(sandbox, users: 10_000)
+        defer { try? FileManager.default.removeItem(atPath: sandbox.stateDirectory + "-files") }
+        let mountPoint = sandbox.stateDirectory + "-pgfs"
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        #expect(try shell("mount -t tmpfs -o size=150m tmpfs \(mountPoint) && chmod 755 \(mountPoint)") == 0, "mounting a tmpfs needs root")
+        let cluster = ["ETL_PG_DIR": mountPoint + "/pg", "ETL_PG_PORT": "55498"]
+        defer {
+            try? Services.services(environment: cluster, ["stop", "postgres"])
+            _ = try? shell("umount \(mountPoint)")
+            try? FileManager.default.removeItem(atPath: mountPoint)
+        }
+        try Services.services(environment: cluster, ["start", "postgres"])
+        let arguments = ["--source-file", file, "--postgres-url", "postgresql://etl:etl@127.0.0.1:55498/etl", "--state-dir", sandbox.stateDirectory]
+        let full = try sandbox.run(["start"] + arguments)
+        #expect(full.status == 74 && !full.signaled, "exit \(full.status): \(full.stderr)")
+        let error = full.stderr.split(separator: "\n").last { $0.hasPrefix("etl-job: error: ") }.map(String.init) ?? ""
+        #expect(error.contains("the target PostgreSQL has no space left on its disk") && error.contains("then run 'etl-job resume'"), "\(full.stderr)")
+
+        #expect(try shell("mount -o remount,size=1g \(mountPoint)") == 0)
+        try Services.services(environment: cluster, ["start", "postgres"])
+        let resumed = try sandbox.run(["resume"] + arguments)
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+        let verify = try sandbox.run(["verify"] + arguments)
+        #expect(verify.status == 0, "every row exactly once: \(verify.stdout)")
+        #expect(verify.stdout.contains("users                10,000") || verify.stdout.contains("10,000"), "\(verify.stdout)")
+    }
+
     @Test func aSecondJobOnTheSameTargetRefusesWithin5SecondsNamingTheFirst() throws {
         let sandbox = try Sandbox()
         try sandbox.seed(users: 1_000)

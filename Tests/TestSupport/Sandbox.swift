@@ -39,15 +39,24 @@ public enum Services {
     /// posix_spawn + waitpid: the script leaves daemons behind, which Foundation's
     /// `Process.waitUntilExit` does not cope with.
     public static func services(_ arguments: String...) throws {
+        try services(environment: [:], arguments)
+    }
+
+    /// The same with `environment` added (for a cluster of a test's own: `ETL_PG_DIR`, `ETL_PG_PORT`).
+    public static func services(environment: [String: String], _ arguments: [String]) throws {
         let script = packageRoot.appendingPathComponent("scripts/services").path
         let argv = ([script] + arguments).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
+        var variables = ProcessInfo.processInfo.environment
+        variables.merge(environment) { $1 }
+        let envp = variables.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { envp.forEach { free($0) } }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
         var pid: pid_t = 0
-        #expect(posix_spawn(&pid, script, &actions, nil, argv, environ) == 0)
+        #expect(posix_spawn(&pid, script, &actions, nil, argv, envp) == 0)
         var status: Int32 = 0
         while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
         #expect(status == 0, "scripts/services \(arguments.joined(separator: " ")) exited with \(status)")
