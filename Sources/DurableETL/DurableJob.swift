@@ -268,7 +268,10 @@ public struct DurableJob: Sendable {
         } catch let error as JobError {
             throw error
         } catch {
-            throw JobError(.failed, "cannot migrate the schema: \(error)")
+            // Classified as everywhere else (a read-only target is the target refusing: 70),
+            // and said to be the migration.
+            let classified = JobError.classify(error)
+            throw JobError(classified.kind, "cannot migrate the schema: \(classified.description)")
         }
     }
 

@@ -62,6 +62,13 @@ public struct JobError: Error, CustomStringConvertible {
             var seen = Set<String>()
             let distinct = all.map(\.description).filter { seen.insert($0).inserted }
             return JobError(worst.kind, distinct.joined(separator: "; "))
+        case let error as PGError where error.isDiskFull:
+            return JobError(.ioError, "the target PostgreSQL has no space left on its disk (No space left on device, SQLSTATE 53100); "
+                + "free space on its server (or grow the volume), start PostgreSQL again if it stopped, then run 'etl-job resume': "
+                + "every batch committed stays, and the rest loads once")
+        case let error as PGError where error.sqlState == "25006":
+            return JobError(.software, "PostgreSQL refused the job: the target is read-only (\(error)); point --postgres-url at a primary "
+                + "that accepts writes, with a role whose transactions are not read-only (default_transaction_read_only)")
         case let error as PGError where error.disposition == .fatal && error.kind == .server:
             return JobError(.software, "PostgreSQL refused the job: \(error)")
         case let error as LMDBError where error.isStorageFailure:

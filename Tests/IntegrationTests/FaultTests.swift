@@ -333,6 +333,34 @@ import UsersFixtures
         #expect(result.stderr.contains("cannot use the state directory \(blocker)/state"), "\(result.stderr)")
     }
 
+    /// A target that takes no writes (a standby, or a role whose transactions are read-only):
+    /// the target refusing the job, 70, one line saying so, whether the schema must still be
+    /// created (the migration fails) or already is (the first write fails).
+    @Test func aReadOnlyTargetIsRefusedWith70SayingSo() throws {
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: 30)
+        let role = sandbox.name + "_ro"
+        let admin = try Services.postgres()
+        try admin.execute("CREATE ROLE \(role) LOGIN PASSWORD 'ReadOnly5'; GRANT ALL ON DATABASE \(sandbox.name) TO \(role); "
+            + "ALTER ROLE \(role) SET default_transaction_read_only = on")
+        defer { _ = try? admin.execute("DROP OWNED BY \(role) CASCADE; DROP ROLE IF EXISTS \(role)") }
+        try sandbox.db().execute("GRANT ALL ON SCHEMA public TO \(role)")
+        let url = "postgresql://\(role):ReadOnly5@127.0.0.1:55432/\(sandbox.name)"
+        let arguments = ["--postgres-url", url, "--mongodb-url", Services.mongoURL, "--database", sandbox.mongoDatabase]
+        let unmigrated = try sandbox.run(["start", "--state-dir", sandbox.stateDirectory] + arguments)
+        #expect(unmigrated.status == 70, "\(unmigrated.stderr)")
+        #expect(unmigrated.stderr.contains("cannot migrate the schema") && unmigrated.stderr.contains("the target is read-only"), "\(unmigrated.stderr)")
+        #expect(unmigrated.stderr.split(separator: "\n").count == 1 && !unmigrated.stderr.contains("ReadOnly5"), "\(unmigrated.stderr)")
+
+        #expect(try sandbox.job("migrate").status == 0)
+        try sandbox.db().execute("GRANT ALL ON ALL TABLES IN SCHEMA public TO \(role)")
+        let migrated = try sandbox.run(["start", "--state-dir", sandbox.stateDirectory + "-2"] + arguments)
+        defer { try? FileManager.default.removeItem(atPath: sandbox.stateDirectory + "-2") }
+        #expect(migrated.status == 70 && migrated.stderr.contains("the target is read-only"), "\(migrated.stderr)")
+        #expect(migrated.stderr.split(separator: "\n").filter { $0.hasPrefix("etl-job: error: ") }.count == 1, "\(migrated.stderr)")
+        #expect(try sandbox.counts()["users"] == 0, "nothing was written")
+    }
+
     @Test func aPostgresUserWithoutRightsIsOneLineAndLosesNothing() throws {
         let sandbox = try Sandbox()
         try sandbox.seed(users: 50)
