@@ -116,7 +116,7 @@ public struct Inference {
             describe(root.children[key]!, path: key, prefix: "", parentCount: documents, table: table, context: "",
                      columns: &columns, children: &children, used: &used, tables: &tables, notes: &notes)
         }
-        return [
+        var mapping: [String: Any] = [
             "formatVersion": MappingFile.formatVersion,
             "source": ["database": source.database, "collection": source.collection],
             "table": table,
@@ -124,6 +124,26 @@ public struct Inference {
             "children": children,
             "notes": notes.merging(sampleNotes) { a, _ in a },
         ]
+        // A pipeline is named after its collection unless that is not a pipeline name.
+        let pipeline = Self.pipelineName(source.collection)
+        if pipeline != source.collection {
+            mapping["pipeline"] = pipeline
+            notes["(pipeline)"] = "the collection's name '\(source.collection)' is not a pipeline name (letters, digits, - and _, starting with a letter): "
+                + "the pipeline is named '\(pipeline)'; rename it as you like"
+            mapping["notes"] = notes.merging(sampleNotes) { a, _ in a }
+        }
+        return mapping
+    }
+
+    /// Whether any sampled document has an `_id`: without one a document's rows have no key.
+    public var sawIds: Bool { root.children["_id"] != nil }
+
+    /// `name` as a pipeline name: each character that is not an ASCII letter, digit, - or _
+    /// becomes _, and a name that does not start with a letter gets a `c_` in front.
+    public static func pipelineName(_ name: String) -> String {
+        var derived = String(name.map { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") ? $0 : "_" })
+        if derived.first?.isLetter != true { derived = "c_" + derived }
+        return derived
     }
 
     private var sampleNotes: [String: String] {

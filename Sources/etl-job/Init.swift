@@ -78,10 +78,19 @@ struct Init: AsyncParsableCommand {
             Console.standardError.line("etl-job: \(inference.damagedCount) sampled documents are damaged BSON and were left out of the inference "
                 + "(a load sets them aside); the first: \(inference.damaged[0])")
         }
+        guard inference.sawIds || inference.documents == 0 else {
+            throw JobError(.dataError, "none of the \(inference.documents) documents sampled from \(source.description) has an _id "
+                + "(mongodump writes such files for the oplog and some system collections); etl-job keys every document's rows by its _id, "
+                + "so it cannot load them: give each document an _id (mongorestore into MongoDB gives each one), then run init on that collection")
+        }
         let mapping = inference.mapping(source: names)
         let data = try JSONSerialization.data(withJSONObject: mapping, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
-        // What init writes must load: read it back as etl-job will.
-        _ = try MappingFile(json: data)
+        // What init writes must load: read it back as etl-job will. A failure is init's own fault.
+        do {
+            _ = try MappingFile(json: data)
+        } catch {
+            throw JobError(.software, "init proposed a mapping it cannot read back (\(error)); this is a bug in etl-job, please report it with the source's first documents")
+        }
         return data + Data("\n".utf8)
     }
 }

@@ -196,6 +196,38 @@ import UsersFixtures
         #expect(try sandbox.job("verify").status == 0)
     }
 
+    /// `init` never writes a mapping it then refuses: a file named as no pipeline can be gets a
+    /// pipeline name derived from it; documents without an _id are refused in one line.
+    @Test func initNamesAPipelineItCanLoadAndRefusesDocumentsWithoutAnId() throws {
+        let sandbox = try Sandbox()
+        let file = try FileSourceTests.dump(sandbox, users: 40, name: "10k1dup10k.bson")
+        defer { try? FileManager.default.removeItem(atPath: sandbox.stateDirectory + "-files") }
+        let mapping = sandbox.stateDirectory + "-files/mapping.json"
+        let proposed = try sandbox.run(["init", "--source-file", file, "--output", mapping])
+        #expect(proposed.status == 0, "\(proposed.stderr)")
+        let json = try JSON.object(try String(contentsOfFile: mapping, encoding: .utf8))
+        #expect(json["pipeline"] as? String == "c_10k1dup10k", "\(json)")
+        let started = try sandbox.run(["start", "--mapping", mapping, "--source-file", file, "--postgres-url", sandbox.postgresURL,
+                                       "--state-dir", sandbox.stateDirectory])
+        #expect(started.status == 0, "\(started.stderr)")
+        #expect(started.stdout.contains("documents loaded  40"), "\(started.stdout)")
+
+        // An oplog-like file: documents without _id.
+        let withoutIds = sandbox.stateDirectory + "-files/oplog.bson"
+        var bytes: [UInt8] = []
+        for i in 0..<5 {
+            let document = BSONDocument()
+            document.writer.append("op", "i")
+            document.writer.append("n", Int32(i))
+            bytes += document.bytes
+        }
+        #expect(FileManager.default.createFile(atPath: withoutIds, contents: Data(bytes)))
+        let refused = try sandbox.run(["init", "--source-file", withoutIds, "--output", mapping + "-2"])
+        #expect(refused.status == 65, "\(refused.stderr)")
+        #expect(refused.stderr.split(separator: "\n").count == 1 && refused.stderr.contains("none of the 5 documents sampled"), "\(refused.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: mapping + "-2"), "nothing written")
+    }
+
     @Test func initOnTheUsersCollectionGivesAMappingThatLoads() throws {
         let sandbox = try Sandbox()
         try sandbox.seed(users: 80)
