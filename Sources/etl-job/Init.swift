@@ -40,7 +40,9 @@ struct Init: AsyncParsableCommand {
                 } catch {
                     throw JobError(.ioError, "cannot write \(output): \(error.localizedDescription)")
                 }
-                Console.standardError.line("etl-job: wrote the mapping to \(output); run it with 'etl-job start --mapping \(output)'")
+                // A file is named again when the mapping runs: a mapping names a collection, not a file.
+                let file = connection.source.sourceFile.map { " --source-file \($0)" } ?? ""
+                Console.standardError.line("etl-job: wrote the mapping to \(output); run it with 'etl-job start --mapping \(output)\(file)'")
             } else {
                 print(String(decoding: data, as: UTF8.self))
             }
