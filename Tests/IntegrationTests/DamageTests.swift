@@ -161,8 +161,11 @@ import UsersFixtures
         let error = full.stderr.split(separator: "\n").last { $0.hasPrefix("etl-job: error: ") }.map(String.init) ?? ""
         #expect(error.contains("the target PostgreSQL has no space left on its disk") && error.contains("then run 'etl-job resume'"), "\(full.stderr)")
 
+        // Grown, and PostgreSQL started again (it may still be retrying its recovery, or have
+        // given up): until it accepts connections.
         #expect(try shell("mount -o remount,size=1g \(mountPoint)") == 0)
-        try Services.services(environment: cluster, ["start", "postgres"])
+        try Services.services(environment: cluster, ["restart", "postgres"])
+        #expect(eventually(60) { (try? Services.postgres("postgresql://etl:etl@127.0.0.1:55498/etl")) != nil })
         let resumed = try sandbox.run(["resume"] + arguments)
         #expect(resumed.status == 0, "\(resumed.stderr)")
         let verify = try sandbox.run(["verify"] + arguments)
