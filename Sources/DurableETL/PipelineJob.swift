@@ -150,11 +150,6 @@ public final class TargetLock: @unchecked Sendable {
         self.schema = schema
         self.name = "etl-job \(pipeline) \(schema)"
         self.reconnect = reconnect
-        try Self.name(connection)
-    }
-
-    private static func name(_ connection: PGConnection) throws {
-        try connection.query("SELECT set_config('application_name', $1, false)", [Target.applicationName])
     }
 
     func tryAcquire() throws -> Bool {
@@ -175,11 +170,13 @@ public final class TargetLock: @unchecked Sendable {
     func fence(_ db: PGConnection) throws {
         let backend = mutex.withLock { lost ? "" : self.backend }
         guard !backend.isEmpty else { throw Lost() }
-        _ = try db.query("SELECT pg_advisory_xact_lock_shared($1, hashtext($2))", [String(Self.fenceNamespace), name])
+        // One round trip: the materialized CTE takes the fence key before the check reads pg_locks.
         let held = try db.query("""
+            WITH fence AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared($4::int4, hashtext($2)))
             SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND pid = $3::int
               AND classid = ($1::int4)::oid AND objid = (hashtext($2))::oid AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))
-            """, [String(Self.namespace), name, backend]).rows[0][0] == "t"
+            FROM fence
+            """, [String(Self.namespace), name, backend, String(Self.fenceNamespace)]).rows[0][0] == "t"
         guard held else {
             mutex.withLock { lost = true }
             throw Lost()
@@ -191,9 +188,7 @@ public final class TargetLock: @unchecked Sendable {
     func regain() throws {
         try mutex.withLock {
             guard lost else { return }
-            let db = try reconnect()
-            try Self.name(db)
-            connection = db
+            connection = try reconnect()
             let deadline = Date(timeIntervalSinceNow: 2)
             while try !tryAcquire() {
                 guard Date() < deadline else {

@@ -16,6 +16,12 @@ public struct PipelineReport: Sendable {
     /// the difference).
     public var before: QueueStatus?
 
+    /// For a run of changes: what it applied (the change queue's counters less those at its start).
+    public var applied: (replaced: Int64, deleted: Int64, setAside: Int64, rows: Int64) {
+        (status.documentsLoaded - (before?.documentsLoaded ?? 0), status.documentsDeleted - (before?.documentsDeleted ?? 0),
+         status.documentsSetAside - (before?.documentsSetAside ?? 0), status.totalRows - (before?.totalRows ?? 0))
+    }
+
     public init(name: String, tables: [String], status: QueueStatus, failure: String? = nil, alreadyFinished: Bool = false) {
         self.name = name
         self.tables = tables
@@ -111,20 +117,18 @@ extension RunReport {
     /// What a run of changes applied, per pipeline, and how far behind the source it was.
     func renderChanges(lags: [Double]) -> String {
         func n(_ v: Int64) -> String { v.formatted(.number.grouping(.automatic)) }
-        func label(_ text: String) -> String { text.padding(toLength: 18, withPad: " ", startingAt: 0) }
         var lines = ["etl-job: changes applied"]
         var events: Int64 = 0
         for p in pipelines {
-            let (s, b) = (p.status, p.before)
-            let replaced = s.documentsLoaded - (b?.documentsLoaded ?? 0), deleted = s.documentsDeleted - (b?.documentsDeleted ?? 0)
-            let setAside = s.documentsSetAside - (b?.documentsSetAside ?? 0)
+            let s = p.status
+            let (replaced, deleted, setAside, rows) = p.applied
             events += replaced + deleted + setAside
             lines += [
                 "  pipeline          \(p.name)",
                 "  replaced          \(n(replaced))  (inserted or updated documents: their rows rewritten)",
                 "  deleted           \(n(deleted))",
                 "  set aside         \(n(setAside))" + (setAside > 0 ? "  (etl-job status --rejected)" : ""),
-                "  rows written      \(n(s.totalRows - (b?.totalRows ?? 0)))",
+                "  rows written      \(n(rows))",
             ]
             if let applied = s.appliedChange {
                 let date = Date(timeIntervalSince1970: applied).formatted(.iso8601)

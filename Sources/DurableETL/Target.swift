@@ -12,19 +12,12 @@ public struct Target: Sendable {
         self.schema = schema
     }
 
-    /// A connection whose unqualified names resolve in the target schema (and only there),
-    /// named in `pg_stat_activity` after this process unless the URL names it.
+    /// A connection whose unqualified names resolve in the target schema (and only there).
     public func connect(connectTimeout: Int? = nil) throws -> PGConnection {
         let db = try connectTimeout.map { try PGConnection(url: url, connectTimeout: $0) } ?? PGConnection(url: url)
-        try db.query("""
-            SELECT set_config('search_path', $1, false),
-                   set_config('application_name', CASE current_setting('application_name') WHEN '' THEN $2 ELSE current_setting('application_name') END, false)
-            """, [quoteIdentifier(schema), Self.applicationName])
+        try db.query("SELECT set_config('search_path', $1, false)", [quoteIdentifier(schema)])
         return db
     }
-
-    /// How this process's sessions are named: `etl-job pid N on HOST`.
-    static let applicationName = "etl-job pid \(getpid()) on \(ProcessInfo.processInfo.hostName)"
 
     /// The engine's bookkeeping. One row per committed batch, written in the batch's own
     /// transaction, so it exists exactly when the batch's rows do.

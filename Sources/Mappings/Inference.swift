@@ -116,6 +116,12 @@ public struct Inference {
             describe(root.children[key]!, path: key, prefix: "", parentCount: documents, table: table, context: "",
                      columns: &columns, children: &children, used: &used, tables: &tables, notes: &notes)
         }
+        // A pipeline is named after its collection unless that is not a pipeline name.
+        let pipeline = Self.pipelineName(source.collection)
+        if pipeline != source.collection {
+            notes["(pipeline)"] = "the collection's name '\(source.collection)' is not a pipeline name (letters, digits, - and _, starting with a letter): "
+                + "the pipeline is named '\(pipeline)'; rename it as you like"
+        }
         var mapping: [String: Any] = [
             "formatVersion": MappingFile.formatVersion,
             "source": ["database": source.database, "collection": source.collection],
@@ -124,14 +130,7 @@ public struct Inference {
             "children": children,
             "notes": notes.merging(sampleNotes) { a, _ in a },
         ]
-        // A pipeline is named after its collection unless that is not a pipeline name.
-        let pipeline = Self.pipelineName(source.collection)
-        if pipeline != source.collection {
-            mapping["pipeline"] = pipeline
-            notes["(pipeline)"] = "the collection's name '\(source.collection)' is not a pipeline name (letters, digits, - and _, starting with a letter): "
-                + "the pipeline is named '\(pipeline)'; rename it as you like"
-            mapping["notes"] = notes.merging(sampleNotes) { a, _ in a }
-        }
+        if pipeline != source.collection { mapping["pipeline"] = pipeline }
         return mapping
     }
 

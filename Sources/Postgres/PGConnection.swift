@@ -1,5 +1,6 @@
 import CLibPQ
 import ETLCore
+import Foundation
 
 /// An error from libpq or the server: the SQLSTATE (when the server sent one) and its message.
 public struct PGError: Error, CustomStringConvertible, Sendable {
@@ -115,7 +116,10 @@ public final class PGConnection {
     public let redactedURL: String
 
     /// Connects, giving up after `connectTimeout` seconds when the URL does not set one.
-    public init(url: String, connectTimeout: Int = 5, applicationName: String = "etl-job") throws {
+    /// How this process's sessions are named in `pg_stat_activity` unless the URL names them.
+    public static let defaultApplicationName = "etl-job pid \(getpid()) on \(ProcessInfo.processInfo.hostName)"
+
+    public init(url: String, connectTimeout: Int = 5, applicationName: String = PGConnection.defaultApplicationName) throws {
         Self.registerPassword(of: url)
         redactedURL = Redact.url(url)
         var parseError: UnsafeMutablePointer<CChar>?

@@ -56,13 +56,11 @@ enum ReportJSON {
                 (stage.label, report?.stages.first { $0.0 == stage }?.1 as Any?)
             }),
             "changes": report?.lags.map { lags -> [String: Any?] in
-                let pipelines = report?.pipelines ?? []
-                func delta(_ value: (QueueStatus) -> Int64) -> Int64 {
-                    pipelines.reduce(0) { $0 + value($1.status) - ($1.before.map(value) ?? 0) }
-                }
+                let applied = (report?.pipelines ?? []).map(\.applied)
                 let stats = RunReport.lagStatistics(lags)
                 return [
-                    "replaced": delta(\.documentsLoaded), "deleted": delta(\.documentsDeleted), "setAside": delta(\.documentsSetAside),
+                    "replaced": applied.reduce(0) { $0 + $1.replaced }, "deleted": applied.reduce(0) { $0 + $1.deleted },
+                    "setAside": applied.reduce(0) { $0 + $1.setAside },
                     "lagSeconds": stats.map { ["median": $0.median, "p99": $0.p99, "max": $0.max] } as Any?,
                 ]
             } as Any?,
