@@ -301,33 +301,40 @@ enum Reference {
 
     @Test func repeatedKillsAtRandomMomentsStillEndExact() throws {
         let reference = try Reference.checksums()
-        let sandbox = try Sandbox()
-        try sandbox.seed(users: Reference.users)
         var rng = SplitMix64(seed: 2026)
-        var command = "start"
         var kills = 0
-        while true {
-            let job = try sandbox.launch([command] + sandbox.connectionArguments + ["--batch-size", "100"])
-            // A run needs about half a second before its first batch is queued (process start,
-            // connections, the source server's first reply): kill between 0.2 s and a third of
-            // an uninterrupted run's length past that (at least 1 s), so it is killed several times.
-            let window = UInt64(max(1_000, try Reference.seconds() * 1000 / 3))
-            Thread.sleep(forTimeInterval: Double(200 + rng.next() % window) / 1000)
-            if !job.process.isRunning {
-                let result = try job.wait()
-                #expect(result.status == 0, "\(command) after \(kills) kills: \(result.stderr)")
-                break
+        // A run killed at random moments may finish before it is killed three times (a resume has
+        // less left to do, and this machine's speed varies): each such round ends exact, and another
+        // round on a fresh target follows until three kills have been survived.
+        for _ in 0..<6 where kills < 3 {
+            let sandbox = try Sandbox()
+            try sandbox.seed(users: Reference.users)
+            var command = "start"
+            var roundKills = 0
+            while true {
+                let job = try sandbox.launch([command] + sandbox.connectionArguments + ["--batch-size", "100"])
+                // A run needs about half a second before its first batch is queued (process start,
+                // connections, the source server's first reply): kill between 0.2 s and a third of
+                // an uninterrupted run's length past that (at least 1 s).
+                let window = UInt64(max(1_000, try Reference.seconds() * 1000 / 3))
+                Thread.sleep(forTimeInterval: Double(200 + rng.next() % window) / 1000)
+                if !job.process.isRunning {
+                    let result = try job.wait()
+                    #expect(result.status == 0, "\(command) after \(roundKills) kills: \(result.stderr)")
+                    break
+                }
+                job.signal(SIGKILL)
+                _ = try job.wait()
+                roundKills += 1
+                command = try sandbox.status()["pipeline"] != nil ? "resume" : "start"
+                #expect(roundKills < 60, "the run makes progress between kills")
+                if roundKills >= 60 { return }
             }
-            job.signal(SIGKILL)
-            _ = try job.wait()
-            kills += 1
-            command = try sandbox.status()["pipeline"] != nil ? "resume" : "start"
-            #expect(kills < 60, "the run makes progress between kills")
-            if kills >= 60 { return }
+            kills += roundKills
+            #expect(try sandbox.checksums() == reference, "after \(roundKills) kills")
+            #expect(try sandbox.duplicateKeys() == 0)
         }
         #expect(kills >= 3)
-        #expect(try sandbox.checksums() == reference)
-        #expect(try sandbox.duplicateKeys() == 0)
     }
 
     @Test func sigintStopsWithin5SecondsExit130AndResumeFinishesExactly() throws {
