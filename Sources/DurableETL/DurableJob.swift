@@ -206,9 +206,7 @@ public struct DurableJob: Sendable {
                 try addForeignKeys(run.job(name), run.db(name))
             case .removeOrphanQueues(let names):
                 // A queue without a manifest is what a start --fresh killed while discarding left.
-                for name in names where FileManager.default.fileExists(atPath: run.job(name).directory) {
-                    try FileManager.default.removeItem(atPath: run.job(name).directory)
-                }
+                for name in names { try StateFiles.remove(run.job(name).directory) }
             case .writeManifest(let modes):
                 try RunManifest(run.jobs, foreignKeys: modes).write(settings.stateDirectory)
                 CrashPoint.planned.reach()
@@ -297,14 +295,8 @@ public struct DurableJob: Sendable {
         // The manifest first: a run killed halfway through must not leave a manifest whose
         // queues are gone, which resume would take for a run that never started.
         try RunManifest.remove(settings.stateDirectory)
-        for file in RunManifest.legacyQueueFiles {
-            let path = settings.stateDirectory + "/" + file
-            if FileManager.default.fileExists(atPath: path) { try FileManager.default.removeItem(atPath: path) }
-        }
-        for name in manifest?.pipelines ?? [] {
-            let directory = RunManifest.queueDirectory(settings.stateDirectory, name)
-            if FileManager.default.fileExists(atPath: directory) { try FileManager.default.removeItem(atPath: directory) }
-        }
+        for file in RunManifest.legacyQueueFiles { try StateFiles.remove(settings.stateDirectory + "/" + file) }
+        for name in manifest?.pipelines ?? [] { try StateFiles.remove(RunManifest.queueDirectory(settings.stateDirectory, name)) }
     }
 
     // MARK: Running
@@ -518,7 +510,6 @@ public struct RunManifest: Codable, Sendable {
     }
 
     static func remove(_ directory: String) throws {
-        let path = directory + "/" + file
-        if FileManager.default.fileExists(atPath: path) { try FileManager.default.removeItem(atPath: path) }
+        try StateFiles.remove(directory + "/" + file)
     }
 }

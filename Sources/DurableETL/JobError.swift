@@ -43,6 +43,13 @@ public struct JobError: Error, CustomStringConvertible {
         return JobError(.unavailable, "cannot use the queue in \(directory): \(error)")
     }
 
+    private static func fileFailure(_ error: CocoaError) -> String {
+        let path = (error.userInfo[NSFilePathErrorKey] as? String) ?? (error.userInfo[NSURLErrorKey] as? URL)?.path
+        let reason = (error.userInfo[NSUnderlyingErrorKey] as? NSError).map { String(cString: strerror(Int32($0.code))) }
+        return "a file operation failed" + (path.map { " on \($0)" } ?? "") + ": " + (reason ?? "code \(error.code.rawValue)")
+            + "; fix it (or remove that path by hand), then run the command again"
+    }
+
     public static let untrustedState = "the state files cannot be trusted: move the state directory aside and run "
         + "'etl-job start --fresh' to load again (the target's etl_checkpoints table records what was committed)"
 
@@ -76,6 +83,11 @@ public struct JobError: Error, CustomStringConvertible {
                 return JobError(.ioError, "\(error); the queue is unchanged since its last transaction: free space, then run 'etl-job resume'")
             }
             return JobError(.ioError, "\(error); \(untrustedState)")
+        case let error as StateFileError:
+            return JobError(.ioError, "\(error)")
+        case let error as CocoaError:
+            // A file operation of Foundation: its path and the system's reason, never the domain.
+            return JobError(.ioError, fileFailure(error))
         case let error as DamagedBatch:
             return JobError(.ioError, "\(error); \(untrustedState)")
         case let error as MongoError:

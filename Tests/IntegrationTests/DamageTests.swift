@@ -173,6 +173,61 @@ import UsersFixtures
         #expect(verify.stdout.contains("users                10,000") || verify.stdout.contains("10,000"), "\(verify.stdout)")
     }
 
+    /// `start --fresh` discards the previous queue: a file it cannot remove (made immutable)
+    /// is one line naming that file, exit 74, never a Foundation error domain; once the file
+    /// can go, the same command discards what the failed one left aside and loads exactly.
+    @Test func aQueueThatCannotBeDiscardedIsOneLineNamingThePathThenFreshLoadsExactly() throws {
+        let sandbox = try interruptedJob()
+        let file = sandbox.stateDirectory + "/users/data.mdb"
+        let aside = sandbox.stateDirectory + "/.users.discarding/data.mdb"
+        try #require(try shell("chattr +i '\(file)'") == 0, "chattr +i needs root on ext4")
+        defer { _ = try? shell("chattr -i '\(file)' '\(aside)' 2>/dev/null") }
+        let refused = try sandbox.job("start", ["--fresh", "--yes"])
+        #expect(refused.status == 74 && !refused.signaled, "\(refused.stderr)")
+        let line = refused.stderr.split(separator: "\n").last.map(String.init) ?? ""
+        #expect(line.hasPrefix("etl-job: error: cannot remove \(aside): Operation not permitted"), "\(refused.stderr)")
+        #expect(!refused.stderr.contains("Domain") && !refused.stdout.contains("Domain"))
+        #expect(try shell("chattr -i '\(aside)'") == 0)
+        let fresh = try sandbox.job("start", ["--fresh", "--yes"])
+        #expect(fresh.status == 0, "\(fresh.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: sandbox.stateDirectory + "/.users.discarding"))
+        #expect(try sandbox.counts() == (try expectedCounts(sandbox)))
+        #expect(try sandbox.job("verify").status == 0)
+    }
+
+    /// `status` run over and over (as a monitor would) while `start --fresh` discards the queue
+    /// and is killed at random moments: no run fails on its own clean-up, and the last loads exactly.
+    @Test func statusPollingDuringFreshStartsNeverBreaksTheirCleanUp() throws {
+        let sandbox = try interruptedJob()
+        let stop = NSCondition()
+        nonisolated(unsafe) var stopped = false, polls = 0
+        let arguments = ["status", "--json", "--state-dir", sandbox.stateDirectory]
+        let pollers = (0..<2).map { _ in
+            Thread {
+                while !stop.withLock({ stopped }) {
+                    _ = try? Sandbox.runBinary(arguments)
+                    stop.withLock { polls += 1 }
+                }
+            }
+        }
+        pollers.forEach { $0.start() }
+        defer { stop.withLock { stopped = true } }
+        var rng = SplitMix64(seed: 41_016)
+        for round in 0..<12 {
+            let job = try sandbox.launch(["start", "--fresh", "--yes"] + sandbox.connectionArguments + ["--batch-size", "100"])
+            Thread.sleep(forTimeInterval: Double(100 + rng.next() % 700) / 1000)
+            job.signal(SIGKILL)
+            let result = try job.wait()
+            #expect(result.signaled || result.status == 0, "round \(round): \(result.stderr)")
+        }
+        let last = try sandbox.job("start", ["--fresh", "--yes"])
+        stop.withLock { stopped = true }
+        #expect(stop.withLock { polls } > 20, "status ran while the runs discarded")
+        #expect(last.status == 0, "\(last.stderr)")
+        #expect(try sandbox.counts() == (try expectedCounts(sandbox)))
+        #expect(try sandbox.job("verify").status == 0)
+    }
+
     @Test func aSecondJobOnTheSameTargetRefusesWithin5SecondsNamingTheFirst() throws {
         let sandbox = try Sandbox()
         try sandbox.seed(users: 1_000)
