@@ -70,6 +70,92 @@ extension JSONText {
         raw(isArray ? "]" : "}")
     }
 
+    /// Writes one value as MongoDB Relaxed Extended JSON (v2), compact (no spaces), with every
+    /// document's members in their stored order: what keys a value by everything MongoDB tells
+    /// apart. Types JSON would merge keep their wrappers (`{"$oid":…}`, `{"$date":…}`,
+    /// `{"$binary":…}`, `{"$numberDecimal":…}`, non-finite doubles as `{"$numberDouble":…}`);
+    /// 32- and 64-bit integers are plain numbers, as MongoDB compares them equal.
+    public mutating func extendedValue(_ it: BSONIterator) throws(RejectReason) {
+        switch it.type {
+        case .document, .array:
+            guard var child = it.children else { throw RejectReason("is not valid BSON") }
+            let isArray = it.type == .array
+            raw(isArray ? "[" : "{")
+            var first = true
+            while child.next() {
+                if !first { raw(",") }
+                first = false
+                var key = child.key
+                if !isArray {
+                    guard BSON.isValidUTF8(UnsafeRawBufferPointer(start: child.keyPointer, count: strlen(child.keyPointer))) else {
+                        throw RejectReason("has a key that is not valid UTF-8")
+                    }
+                    key.withUTF8 { string(UnsafeRawBufferPointer($0)) }
+                    raw(":")
+                }
+                do {
+                    try extendedValue(child)
+                } catch {
+                    throw error.inside(isArray ? "[\(key)]" : key)
+                }
+            }
+            raw(isArray ? "]" : "}")
+        case .utf8:
+            guard let s = it.utf8, BSON.isValidUTF8(s) else { throw RejectReason("is not valid UTF-8 (or contains a NUL byte)") }
+            string(s)
+        case .int32, .int64:
+            raw(String(it.integer!))
+        case .double:
+            let d = it.number!
+            if d.isFinite {
+                number(d)
+            } else {
+                raw(d.isNaN ? #"{"$numberDouble":"NaN"}"# : d > 0 ? #"{"$numberDouble":"Infinity"}"# : #"{"$numberDouble":"-Infinity"}"#)
+            }
+        case .decimal128:
+            raw(#"{"$numberDecimal":""# + (it.decimal128String ?? "") + #""}"#)
+        case .bool:
+            bool(it.bool!)
+        case .null:
+            raw("null")
+        case .undefined:
+            raw(#"{"$undefined":true}"#)
+        case .objectId:
+            raw(#"{"$oid":""# + (it.objectIdHex ?? "") + #""}"#)
+        case .dateTime:
+            // Relaxed form for years 1970 to 9999, the canonical one outside (as the spec says).
+            let millis = it.dateTimeMillis!
+            if (0..<253_402_300_800_000).contains(millis) {
+                raw(#"{"$date":""# + Self.iso8601(millis: millis) + #""}"#)
+            } else {
+                raw(#"{"$date":{"$numberLong":""# + String(millis) + #""}}"#)
+            }
+        case .binary:
+            let (subtype, bytes) = it.binary!
+            raw(#"{"$binary":{"base64":""# + Data(bytes).base64EncodedString() + #"","subType":""# + String(format: "%02x", subtype) + #""}}"#)
+        default:
+            // Regular expressions, timestamps, code, min/max keys…: libbson's own form, compacted.
+            raw(Self.compact(it.extendedJSON))
+        }
+    }
+
+    /// libbson's `{ "a" : 1 }` spacing removed outside strings.
+    static func compact(_ json: String) -> String {
+        var out = "", inString = false, escaped = false
+        for c in json {
+            if inString {
+                out.append(c)
+                if escaped { escaped = false } else if c == "\\" { escaped = true } else if c == "\"" { inString = false }
+            } else if c == "\"" {
+                inString = true
+                out.append(c)
+            } else if c != " " {
+                out.append(c)
+            }
+        }
+        return out
+    }
+
     static func iso8601(millis: Int64) -> String {
         // Whole seconds through Foundation, milliseconds exactly (a Double would round them).
         let (seconds, ms) = (millis.floorDivided(by: 1000), millis - millis.floorDivided(by: 1000) * 1000)

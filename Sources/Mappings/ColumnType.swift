@@ -6,18 +6,23 @@ import Postgres
 /// A column type a mapping file may name, and how a BSON value becomes it.
 public indirect enum ColumnType: Sendable, Equatable {
     case integer, bigint, double, numeric, text, boolean, timestamptz, uuid, bytea, jsonb
+    /// Any value as MongoDB Relaxed Extended JSON in a text column, member order kept: the key
+    /// type for `_id`s that are documents or of several types (jsonb would merge `{a, b}` with
+    /// `{b, a}`, and an ObjectId with the string of its hex).
+    case extendedJSON
     case array(ColumnType)
 
     static let scalars: [(String, ColumnType)] = [
         ("integer", .integer), ("bigint", .bigint), ("double precision", .double), ("numeric", .numeric), ("text", .text),
         ("boolean", .boolean), ("timestamptz", .timestamptz), ("uuid", .uuid), ("bytea", .bytea), ("jsonb", .jsonb),
+        ("extjson", .extendedJSON),
     ]
     static var names: [String] { scalars.map(\.0) }
 
     public init?(_ name: String) {
         let trimmed = name.trimmingCharacters(in: .whitespaces).lowercased()
         if trimmed.hasSuffix("[]") {
-            guard let element = ColumnType(String(trimmed.dropLast(2))), !element.isArray, element != .jsonb else { return nil }
+            guard let element = ColumnType(String(trimmed.dropLast(2))), !element.isArray, element != .jsonb, element != .extendedJSON else { return nil }
             self = .array(element)
         } else if let found = Self.scalars.first(where: { $0.0 == trimmed }) {
             self = found.1
@@ -29,9 +34,13 @@ public indirect enum ColumnType: Sendable, Equatable {
     public var sql: String {
         switch self {
         case .array(let element): element.sql + "[]"
+        case .extendedJSON: "text"
         default: Self.scalars.first { $0.1 == self }!.0
         }
     }
+
+    /// The type as `--explain`-like listings show it: the SQL type, and the encoding for extjson.
+    public var label: String { self == .extendedJSON ? "text (extjson)" : sql }
 
     var isArray: Bool { if case .array = self { true } else { false } }
 
@@ -41,7 +50,7 @@ public indirect enum ColumnType: Sendable, Equatable {
         case .bigint: BinaryCopyWriter.OID.int8
         case .double: BinaryCopyWriter.OID.float8
         case .numeric: BinaryCopyWriter.OID.numeric
-        case .text: BinaryCopyWriter.OID.text
+        case .text, .extendedJSON: BinaryCopyWriter.OID.text
         case .boolean: BinaryCopyWriter.OID.bool
         case .timestamptz: BinaryCopyWriter.OID.timestamptz
         case .uuid: BinaryCopyWriter.OID.uuid
@@ -120,6 +129,12 @@ public indirect enum ColumnType: Sendable, Equatable {
             } catch {
                 throw error as? RejectReason ?? RejectReason("\(error)")
             }
+        case .extendedJSON:
+            do {
+                try w.jsonText { j in try j.extendedValue(it) }
+            } catch {
+                throw error as? RejectReason ?? RejectReason("\(error)")
+            }
         case .array(let element):
             guard it.type == .array, var items = it.children else { throw mismatch() }
             var values: [BSONIterator] = []
@@ -146,7 +161,7 @@ public indirect enum ColumnType: Sendable, Equatable {
         case .timestamptz: "a date"
         case .uuid: "a UUID"
         case .bytea: "binary data"
-        case .jsonb: "any value"
+        case .jsonb, .extendedJSON: "any value"
         case .array: "an array"
         }
     }

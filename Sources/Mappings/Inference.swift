@@ -105,10 +105,12 @@ public struct Inference {
         let idField = root.children["_id"]
         var columns: [[String: Any]] = []
         if let id = idField {
-            // _ids of several types (or documents) keep every value distinct as jsonb.
-            let type = scalarType(id) ?? "jsonb"
+            // _ids of several types (or documents) keep every value distinct as extended JSON
+            // text: jsonb would merge documents whose members differ only in order, and an
+            // ObjectId with the string of its hex.
+            let type = scalarType(id) ?? "extjson"
             columns.append(["field": "_id", "column": "id", "type": type, "key": true])
-            notes["_id"] = evidence(id, of: documents) + (scalarType(id) == nil ? "; several types or objects: a jsonb key keeps them distinct" : "")
+            notes["_id"] = evidence(id, of: documents) + (scalarType(id) == nil ? "; several types or objects: an extjson key (Relaxed Extended JSON text, member order kept) keeps them distinct" : "")
         }
         var used: Set<String> = ["id"]
         var children: [[String: Any]] = []

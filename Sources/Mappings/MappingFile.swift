@@ -182,7 +182,7 @@ public struct MappingFile: Sendable, Equatable {
     private func describe(_ table: Table, indent: String) -> String {
         var lines = ["\(indent)\(table.field.map { $0 + " → " } ?? "")\(table.name)"]
         for c in table.columns {
-            lines.append("\(indent)  \(c.column) \(c.type.sql)\(c.nullable ? " NULL" : "")\(c.key ? " KEY" : "") ← \(c.field.isEmpty ? "(element)" : c.field)")
+            lines.append("\(indent)  \(c.column) \(c.type.label)\(c.nullable ? " NULL" : "")\(c.key ? " KEY" : "") ← \(c.field.isEmpty ? "(element)" : c.field)")
         }
         for child in table.children { lines.append(describe(child, indent: indent + "  ")) }
         return lines.joined(separator: "\n")

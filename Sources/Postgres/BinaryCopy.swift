@@ -92,9 +92,18 @@ public struct BinaryCopyWriter: Sendable {
 
     /// jsonb: a version byte (1) followed by JSON text written by `body`.
     public mutating func jsonb(_ body: (inout JSONText) throws -> Void) rethrows {
+        try json(version: [1], body)
+    }
+
+    /// text holding the JSON text written by `body`, exactly as written (member order kept).
+    public mutating func jsonText(_ body: (inout JSONText) throws -> Void) rethrows {
+        try json(version: [], body)
+    }
+
+    private mutating func json(version: [UInt8], _ body: (inout JSONText) throws -> Void) rethrows {
         let lengthAt = bytes.count
         append(UInt32(0))
-        bytes.append(1)
+        bytes.append(contentsOf: version)
         var json = JSONText(bytes: [])
         swap(&json.bytes, &bytes)
         do {

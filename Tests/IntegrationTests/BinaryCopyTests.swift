@@ -93,6 +93,58 @@ import Testing
         }
     }
 
+    /// extjson: Relaxed Extended JSON text, compact, member order kept, every type MongoDB tells
+    /// apart told apart; PostgreSQL stores it as written and reads it as JSON.
+    @Test func anyBSONValueBecomesRelaxedExtendedJSONTextInItsOwnOrder() throws {
+        let doc = BSONDocument()
+        let w = doc.writer
+        w.append("z", Int32(1))
+        w.append("a", Int64.max)
+        w.append("b", 2.5)
+        w.append("c", "x\"y\u{1}ü")
+        w.appendArray("d") { list in
+            list.append("0", true)
+            list.appendNull("1")
+            list.appendDocument("2") { $0.append("e", dateTimeMillis: 1_700_000_000_123) }
+        }
+        w.append("f", decimal128: "12.340")
+        w.append("g", objectId: (0..<12).map { UInt8($0) })
+        w.append("h", binary: (0..<16).map { UInt8($0 * 17) }, subtype: 4)
+        w.append("i", binary: [0, 255, 10])
+        w.append("k", dateTimeMillis: -1)
+        w.append("n", Double.nan)
+        w.append("o", -Double.infinity)
+        w.append("s", "000102030405060708090a0b")
+        let sandbox = try Sandbox()
+        let db = try sandbox.db()
+        try db.execute("CREATE TABLE x (v text)")
+        try doc.withUnsafeBytes { bytes in
+            var rows = BinaryCopyWriter()
+            rows.beginRow(fields: 1)
+            let it = try #require(BSONIterator(document: bytes))
+            try rows.jsonText { j in
+                j.raw("{")
+                var child = it
+                var first = true
+                while child.next() {
+                    if !first { j.raw(",") }
+                    first = false
+                    j.raw("\"" + child.key + "\":")
+                    try j.extendedValue(child)
+                }
+                j.raw("}")
+            }
+            try db.copyIn("x", columns: ["v"], binary: rows.bytes, BinaryCopyWriter.trailer)
+        }
+        let text = try db.execute("SELECT v FROM x").rows[0][0]!
+        #expect(text == #"{"z":1,"a":9223372036854775807,"b":2.5,"c":"x\"y\u0001ü","d":[true,null,{"e":{"$date":"2023-11-14T22:13:20.123Z"}}],"#
+            + #""f":{"$numberDecimal":"12.340"},"g":{"$oid":"000102030405060708090a0b"},"#
+            + #""h":{"$binary":{"base64":"ABEiM0RVZneImaq7zN3u/w==","subType":"04"}},"i":{"$binary":{"base64":"AP8K","subType":"00"}},"#
+            + #""k":{"$date":{"$numberLong":"-1"}},"n":{"$numberDouble":"NaN"},"o":{"$numberDouble":"-Infinity"},"s":"000102030405060708090a0b"}"#)
+        #expect(try db.execute("SELECT v::jsonb->'g'->>'$oid', v::jsonb->>'s' FROM x").rows[0] == ["000102030405060708090a0b", "000102030405060708090a0b"],
+                "JSON PostgreSQL reads; the ObjectId and the string of its hex stay different values")
+    }
+
     @Test func notANumberIsRefused() {
         var w = BinaryCopyWriter()
         for text in ["", "-", "1.2.3", "abc", "1E", "1E+999999", ".", "١٢"] {

@@ -171,28 +171,85 @@ import UsersFixtures
 
     /// `_id`s of four types (an integer, a string, an ObjectId, a document): a jsonb key keeps
     /// them apart, and a child table inherits it.
-    @Test func idsOfSeveralTypesGetAJsonbKeyThatKeepsThemDistinct() throws {
+    /// _ids MongoDB tells apart stay apart: documents with the same members in another order,
+    /// an ObjectId and the string of its hex, an integer and the string of its digits. `init`
+    /// gives such a key the type extjson (Relaxed Extended JSON text, member order kept); every
+    /// document loads, `verify` agrees, a set-aside record names its _id in its own order, and
+    /// sync replaces and deletes the one document a change names, never its twin.
+    @Test func idsMongoDBTellsApartGetAnExtendedJSONKeyThatKeepsThemDistinct() throws {
         let sandbox = try Sandbox()
         let collection = sandbox.mongo.collection(database: sandbox.mongoDatabase, name: "mixed")
-        try collection.insertMany((0..<40).map { i in
+        let oid = (0..<12).map { UInt8($0 * 17) }
+        let hex = oid.map { String(format: "%02x", $0) }.joined()
+        func document(_ i: Int, _ id: (BSONWriter) -> Void, v: Int32? = nil) -> BSONDocument {
             let doc = BSONDocument()
-            switch i % 4 {
-            case 0: doc.writer.append("_id", Int32(i))
-            case 1: doc.writer.append("_id", "\(i)")
-            case 2: doc.writer.append("_id", objectId: (0..<12).map { UInt8(truncatingIfNeeded: i + $0) })
-            default: doc.writer.appendDocument("_id") { $0.append("region", "eu"); $0.append("n", Int32(i)) }
-            }
+            id(doc.writer)
+            doc.writer.append("v", v ?? Int32(i))
             doc.writer.appendArray("lines") { $0.appendDocument("0") { $0.append("v", Int32(i)) } }
             return doc
-        })
+        }
+        var documents = (0..<8).flatMap { i in [
+            document(2 * i) { $0.appendDocument("_id") { $0.append("region", "eu"); $0.append("n", Int32(i)) } },
+            document(2 * i + 1) { $0.appendDocument("_id") { $0.append("n", Int32(i)); $0.append("region", "eu") } },
+        ] }
+        documents += [
+            document(20) { $0.append("_id", objectId: oid) }, document(21) { $0.append("_id", hex) },
+            document(22) { $0.append("_id", Int32(7)) }, document(23) { $0.append("_id", "7") },
+            document(24) { $0.appendDocument("_id") { $0.append("a", Int32(1)); $0.appendDocument("b") { $0.append("x", Int32(1)); $0.append("y", Int32(2)) } } },
+            document(25) { $0.appendDocument("_id") { $0.append("a", Int32(1)); $0.appendDocument("b") { $0.append("y", Int32(2)); $0.append("x", Int32(1)) } } },
+        ]
+        // The twin of {region: eu, n: 0} whose v is not an integer: set aside, named in its order.
+        let bad = BSONDocument()
+        bad.writer.appendDocument("_id") { $0.append("n", Int32(9)); $0.append("region", "eu") }
+        bad.writer.append("v", "not a number")
+        try collection.insertMany(documents + [document(30) { $0.appendDocument("_id") { $0.append("region", "eu"); $0.append("n", Int32(9)) } }])
         let file = sandbox.stateDirectory + "-mixed.json"
         defer { try? FileManager.default.removeItem(atPath: file) }
-        #expect(try sandbox.job("init", ["--collection", "mixed", "--output", file]).status == 0)
+        let proposed = try sandbox.job("init", ["--collection", "mixed", "--output", file])
+        #expect(proposed.status == 0, "\(proposed.stderr)")
         let mapping = try JSON.object(try String(contentsOfFile: file, encoding: .utf8))
-        #expect((mapping["columns"] as? [[String: Any]])?.first?["type"] as? String == "jsonb")
-        let started = try sandbox.job("start", ["--mapping", file])
+        #expect((mapping["columns"] as? [[String: Any]])?.first?["type"] as? String == "extjson", "\(mapping)")
+        try collection.insertMany([bad])
+        let started = try sandbox.job("start", ["--mapping", file, "--max-set-aside", "1"])
         #expect(started.status == 0, "\(started.stderr)")
-        #expect(try sandbox.counts(tables: ["mixed", "mixed_lines"]) == ["mixed": 40, "mixed_lines": 40])
+        let loaded = documents.count + 1
+        #expect(try sandbox.counts(tables: ["mixed", "mixed_lines"]) == ["mixed": loaded, "mixed_lines": loaded])
+        #expect(try sandbox.job("verify").status == 0)
+        let db = try sandbox.db()
+        let ids = Set(try db.execute("SELECT id FROM mixed").rows.map { $0[0]! })
+        for expected in [#"{"region":"eu","n":3}"#, #"{"n":3,"region":"eu"}"#, #"{"$oid":"\#(hex)"}"#, "\"\(hex)\"", "7", #""7""#,
+                         #"{"a":1,"b":{"x":1,"y":2}}"#, #"{"a":1,"b":{"y":2,"x":1}}"#] {
+            #expect(ids.contains(expected), "\(expected) in \(ids.sorted())")
+        }
+        #expect(try db.execute(#"SELECT v FROM mixed WHERE id = '{"n":3,"region":"eu"}'"#).rows.map { $0[0]! } == ["7"])
+        #expect(try db.execute("SELECT count(*) FROM mixed WHERE (id::jsonb)->>'region' = 'eu'").rows[0][0] == "17", "queryable as jsonb")
+        let listed = try JSON.object(try sandbox.job("status", ["--rejected", "--json"]).stdout)
+        let rejected = (listed["documents"] as? [[String: Any]])?.compactMap { $0["_id"] as? String } ?? []
+        #expect(rejected.count == 1 && rejected[0].replacingOccurrences(of: " ", with: "") == #"{"n":9,"region":"eu"}"#, "\(rejected)")
+
+        // A change to one twin replaces (or deletes) its rows only.
+        func twin(_ w: BSONWriter, _ n: Int32) { w.appendDocument("_id") { $0.append("n", n); $0.append("region", "eu") } }
+        let replace = BSONDocument()
+        replace.writer.append("update", "mixed")
+        replace.writer.appendArray("updates") { updates in
+            updates.appendDocument("0") { update in
+                update.appendDocument("q") { twin($0, 3) }
+                update.appendDocument("u") { $0.append("v", Int32(70)); $0.appendArray("lines") { $0.appendDocument("0") { $0.append("v", Int32(70)) } } }
+            }
+        }
+        try sandbox.mongo.runCommand(replace, database: sandbox.mongoDatabase)
+        let delete = BSONDocument()
+        delete.writer.append("delete", "mixed")
+        delete.writer.appendArray("deletes") { deletes in
+            deletes.appendDocument("0") { $0.appendDocument("q") { twin($0, 4) }; $0.append("limit", Int32(1)) }
+        }
+        try sandbox.mongo.runCommand(delete, database: sandbox.mongoDatabase)
+        let synced = try sandbox.job("sync", ["--max-set-aside", "1"])
+        #expect(synced.status == 0, "\(synced.stderr)")
+        #expect(try db.execute(#"SELECT v FROM mixed WHERE id = '{"n":3,"region":"eu"}'"#).rows.map { $0[0]! } == ["70"])
+        #expect(try db.execute(#"SELECT v FROM mixed WHERE id = '{"region":"eu","n":3}'"#).rows.map { $0[0]! } == ["6"])
+        #expect(try db.execute(#"SELECT count(*) FROM mixed WHERE id IN ('{"n":4,"region":"eu"}', '{"region":"eu","n":4}')"#).rows[0][0] == "1")
+        #expect(try sandbox.counts(tables: ["mixed", "mixed_lines"]) == ["mixed": loaded - 1, "mixed_lines": loaded - 1])
         #expect(try sandbox.job("verify").status == 0)
     }
 
