@@ -169,8 +169,6 @@ import UsersFixtures
         #expect(verify.status == 0, "\(verify.stdout)\(verify.stderr)")
     }
 
-    /// `_id`s of four types (an integer, a string, an ObjectId, a document): a jsonb key keeps
-    /// them apart, and a child table inherits it.
     /// _ids MongoDB tells apart stay apart: documents with the same members in another order,
     /// an ObjectId and the string of its hex, an integer and the string of its digits. `init`
     /// gives such a key the type extjson (Relaxed Extended JSON text, member order kept); every
