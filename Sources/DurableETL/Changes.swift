@@ -46,7 +46,7 @@ extension DurableJob {
             let queue = try PipelineJob(mapping: mapping, settings: settings).openQueue()
             let recorded = JobIdentity.decode(try queue.identity)
             let job = PipelineJob(mapping: mapping, settings: settings, recorded: recorded, planned: manifest.planned[name])
-            let db = try job.connectPostgres()
+            let db = try job.connectPostgres(logger: logger)
             let status = try queue.status()
             let start = try queue.recorded(Self.changeStreamStartRecord).flatMap { try? JSONDecoder().decode(ChangeStreamStart.self, from: Data($0)) }
                 ?? .unavailable("the job was started by an etl-job that did not record where the change stream stood; run 'etl-job start --fresh' to start one that does")

@@ -66,7 +66,7 @@ public struct DurableJob: Sendable {
         // The target first: a wrong URL or password is told before anything about the source.
         facts.targets = []
         for job in jobs {
-            let db = try job.connectPostgres()
+            let db = try job.connectPostgres(logger: logger)
             run.connections[job.name] = db
             facts.targets.append(try target(job, db))
         }
@@ -131,7 +131,7 @@ public struct DurableJob: Sendable {
             let queue = try PipelineJob(mapping: mapping, settings: settings).openQueue()
             let recorded = JobIdentity.decode(try queue.identity)
             let job = PipelineJob(mapping: mapping, settings: settings, recorded: recorded, planned: manifest.planned[mapping.name])
-            let db = try job.connectPostgres()
+            let db = try job.connectPostgres(logger: logger)
             var pipeline = JobPlan.ResumePipeline(
                 target: try target(job, db), state: .finished, differences: recorded?.differences(from: try job.identity(db)) ?? [])
             if let status = try queue.status() {

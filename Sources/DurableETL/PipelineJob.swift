@@ -85,7 +85,7 @@ public struct PipelineJob: Sendable {
     /// the same tables at once. Waits up to `wait` seconds for a run that is ending, then
     /// refuses (exit 75) naming the session that holds it.
     public func lockTarget(wait: Double = 2) throws -> TargetLock {
-        let lock = try TargetLock(connection: connectPostgres(), pipeline: name, schema: target.schema, reconnect: connectPostgres)
+        let lock = try TargetLock(connection: connectPostgres(), pipeline: name, schema: target.schema, reconnect: { try self.connectPostgres() })
         let deadline = Date(timeIntervalSinceNow: wait)
         while true {
             if try lock.tryAcquire() { return lock }
@@ -106,14 +106,27 @@ public struct PipelineJob: Sendable {
         }
     }
 
-    /// A connection to the target schema; a malformed URL is a usage error.
-    public func connectPostgres() throws -> PGConnection {
-        do {
-            return try target.connect()
-        } catch let error as PGError where error.kind == .malformedURL {
-            throw JobError(.usage, error.message)
-        } catch {
-            throw JobError(.unavailable, "\(error)")
+    /// A connection to the target schema; a malformed URL is a usage error. A server still
+    /// starting up or recovering after a restart is waited for (up to `startupWait` seconds),
+    /// so that a `resume` run right after a PostgreSQL restart does not fail at once.
+    public func connectPostgres(startupWait: Double = 60, logger: Logger? = nil) throws -> PGConnection {
+        let deadline = ContinuousClock.now + .milliseconds(Int(startupWait * 1000))
+        var said = false
+        while true {
+            do {
+                return try target.connect()
+            } catch let error as PGError where error.kind == .malformedURL {
+                throw JobError(.usage, error.message)
+            } catch let error as PGError where error.isServerStartingUp && ContinuousClock.now < deadline {
+                if !said, let logger {
+                    logger.notice("PostgreSQL is starting up or recovering; waiting for it to accept connections",
+                                  metadata: ["pipeline": "\(name)", "for at most": "\(Int(startupWait)) s"])
+                    said = true
+                }
+                Thread.sleep(forTimeInterval: 0.25)
+            } catch {
+                throw JobError(.unavailable, "\(error)")
+            }
         }
     }
 }

@@ -37,6 +37,13 @@ public struct PGError: Error, CustomStringConvertible, Sendable {
         sqlState.map { "\(message) (SQLSTATE \($0))" } ?? message
     }
 
+    /// A connection refused because the server is starting up or recovering (SQLSTATE 57P03,
+    /// which libpq gives only as text when connecting): it accepts connections once ready.
+    public var isServerStartingUp: Bool {
+        kind == .connection && ["the database system is starting up", "the database system is in recovery mode",
+                                "the database system is not yet accepting connections"].contains { message.contains($0) }
+    }
+
     /// What the job does about an error, by SQLSTATE. The one table of it: the longest
     /// matching prefix wins; a state not listed stops the job.
     public enum Disposition: Sendable, Equatable {

@@ -272,6 +272,29 @@ import UsersFixtures
         #expect(try sandbox.run(["verify"] + arguments).status == 0)
     }
 
+    /// Right after a PostgreSQL restart the server answers "the database system is starting up"
+    /// (57P03) until its recovery ends: `start`, `resume` and `sync` wait for it (up to a minute),
+    /// saying so, instead of failing at once. (A resume must name the target as its job did,
+    /// so the test starts through the proxy; all three connect the same way.)
+    @Test func aRunWhilePostgreSQLIsStartingUpWaitsForItThenLoadsExactly() throws {
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: 300)
+        let target = URLComponents(string: sandbox.postgresURL)!
+        let proxy = try LostCommitReplyProxy(targetPort: target.port!, loseCommit: 0, refuseFor: 0, startingUpFor: 3)
+        defer { proxy.stop() }
+        var viaProxy = target
+        viaProxy.port = proxy.port
+        viaProxy.query = "sslmode=disable&gssencmode=disable"
+        var arguments = sandbox.connectionArguments
+        arguments[arguments.firstIndex(of: "--postgres-url")! + 1] = viaProxy.string!
+        let started = try sandbox.run(["start"] + arguments)
+        #expect(started.status == 0, "\(started.stderr)")
+        #expect(proxy.startingUpAnswers > 0, "the run met a server starting up")
+        #expect(started.stderr.contains("PostgreSQL is starting up or recovering; waiting"), "\(started.stderr)")
+        #expect(try sandbox.counts() == (try expectedCounts(sandbox)))
+        #expect(try sandbox.run(["verify"] + arguments).status == 0)
+    }
+
     @Test func aTargetAlteredBetweenRunsStopsWith70NamingTableColumnAndTypes() throws {
         let sandbox = try interruptedJob()
         try sandbox.db().execute("ALTER TABLE users ALTER COLUMN age TYPE text")

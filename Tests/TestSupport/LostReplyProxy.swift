@@ -19,11 +19,19 @@ public final class LostCommitReplyProxy: @unchecked Sendable {
     private var refuseUntil: Date?
     private var stopped = false
     public private(set) var lostCommits = 0
+    private let startingUpUntil: Date
+    /// Connections answered "the database system is starting up".
+    public var startingUpAnswers: Int { lock.withLock { answeredStartingUp } }
+    private var answeredStartingUp = 0
 
     /// When the proxy accepts connections again (after the lost reply).
     public var refusingUntil: Date? { lock.withLock { refuseUntil } }
 
-    public init(targetPort: Int, loseCommit: Int, refuseFor: Double) throws {
+    /// `startingUpFor`: for that many seconds, every connection is answered as PostgreSQL
+    /// answers while it starts up or recovers after a restart (FATAL, SQLSTATE 57P03).
+    /// `loseCommit` 0 loses no COMMIT reply.
+    public init(targetPort: Int, loseCommit: Int, refuseFor: Double, startingUpFor: Double = 0) throws {
+        startingUpUntil = Date(timeIntervalSinceNow: startingUpFor)
         self.targetPort = targetPort
         self.loseCommit = loseCommit
         self.refuseFor = refuseFor
@@ -69,6 +77,10 @@ public final class LostCommitReplyProxy: @unchecked Sendable {
                 close(client)
                 continue
             }
+            if Date() < startingUpUntil {
+                Thread.detachNewThread { [self] in answerStartingUp(client) }
+                continue
+            }
             let server = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
             var address = Self.loopback(port: UInt16(targetPort))
             let connected = withUnsafePointer(to: &address) {
@@ -105,10 +117,27 @@ public final class LostCommitReplyProxy: @unchecked Sendable {
         }
     }
 
+    /// Reads the startup message, answers with PostgreSQL's own FATAL for a server that is
+    /// starting up, and closes.
+    private func answerStartingUp(_ client: Int32) {
+        let connection = Connection(client: client, server: -1)
+        _ = connection.readClient(headerBytes: 0)
+        var fields: [UInt8] = []
+        for (code, text) in [("S", "FATAL"), ("V", "FATAL"), ("C", "57P03"), ("M", "the database system is starting up")] {
+            fields += Array(code.utf8) + Array(text.utf8) + [0]
+        }
+        fields.append(0)
+        let length = UInt32(fields.count + 4)
+        let message = [UInt8(ascii: "E")] + withUnsafeBytes(of: length.bigEndian, Array.init) + fields
+        _ = message.withUnsafeBytes { Glibc.send(client, $0.baseAddress, message.count, Int32(MSG_NOSIGNAL)) }
+        lock.withLock { answeredStartingUp += 1 }
+        close(client)
+    }
+
     private func shouldLose() -> Bool {
         lock.withLock {
             commitsAfterCopy += 1
-            guard commitsAfterCopy == loseCommit else { return false }
+            guard loseCommit > 0, commitsAfterCopy == loseCommit else { return false }
             lostCommits += 1
             refuseUntil = Date(timeIntervalSinceNow: refuseFor)
             return true
