@@ -22,6 +22,33 @@ public struct UsersMapping: DocumentMapping {
         }
     }
 
+    /// After the tables: the seed's unique columns (`users.username`, `users.email`). On a
+    /// target created by an earlier version, each is added only when the rows allow it;
+    /// otherwise the migration refuses, naming values more than one user has (never
+    /// dropping or altering a row).
+    public var migrations: [Migration] {
+        [Migration(version: 2, name: "users unique username and email", statements: Self.uniqueColumns.map(Self.addUnique))]
+    }
+
+    static let uniqueColumns = ["username", "email"]
+
+    static func addUnique(_ column: String) -> String {
+        """
+        DO $$
+        DECLARE duplicated text;
+        BEGIN
+            SELECT string_agg(quote_literal(v), ', ') INTO duplicated
+              FROM (SELECT \(column) AS v FROM users GROUP BY \(column) HAVING count(*) > 1 ORDER BY 1 LIMIT 5) d;
+            IF duplicated IS NOT NULL THEN
+                RAISE EXCEPTION 'users.\(column) holds values that more than one user has (%): the users pipeline keeps \(column) UNIQUE, so the constraint users_\(column)_key cannot be added; remove the duplicate rows (or empty the tables), or load into another --target-schema', duplicated;
+            END IF;
+            IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'users'::regclass AND conname = 'users_\(column)_key') THEN
+                ALTER TABLE users ADD CONSTRAINT users_\(column)_key UNIQUE (\(column));
+            END IF;
+        END $$
+        """
+    }
+
     /// A document's key is its `_id`: a user's rows are found by it (see `tables`).
     public var documentKeyType: UInt32? { BinaryCopyWriter.OID.int8 }
 

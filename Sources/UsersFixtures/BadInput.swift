@@ -143,6 +143,15 @@ public enum BadInputCorpus {
                 }
             }
         }
+        // The seed's unique columns: a username or an email another (valid) user already has.
+        bad("username of another user", "duplicate key value violates unique constraint \"users_username_key\": Key (username)=(") { id in
+            let owner = validOwner(below: id) { _ in true }
+            return g.document(id: id, without: "username") { $0.append("username", g.username(of: owner)) }
+        }
+        bad("email of another user", "duplicate key value violates unique constraint \"users_email_key\": Key (email)=(") { id in
+            let owner = validOwner(below: id) { _ in true }
+            return g.document(id: id, without: "email") { $0.append("email", g.username(of: owner) + "@example.com") }
+        }
         bad("messages.id too large for its index", "index row requires") { id in
             // 10,000 pseudo-random letters: PostgreSQL cannot compress them under the btree limit (SQLSTATE 54000).
             var state = UInt64(bitPattern: id) &* 0x9E37_79B9_7F4A_7C15

@@ -56,14 +56,24 @@ public struct UserGenerator: Sendable {
     static let groupNames = ["Swift Developers", "Hiking Club", "Book Lovers", "Photography Fans",
                              "Startup Founders", "Chess Masters"]
 
+    /// The username user `id` has (`<first>_<last>_<id>`, lower-case): unique, as the id is.
+    public func username(of id: Int64) -> String {
+        var rng = SplitMix64(seed: seed ^ (UInt64(bitPattern: id) &* 0xD1B5_4A32_D192_ED03))
+        return Self.names(id, &rng).username
+    }
+
+    private static func names(_ id: Int64, _ rng: inout SplitMix64) -> (first: String, last: String, username: String) {
+        let first = firstNames.randomElement(using: &rng)!
+        let last = lastNames.randomElement(using: &rng)!
+        return (first, last, "\(first)_\(last)_\(id)".lowercased())
+    }
+
     /// The document of user `id`.
     public func document(id: Int64) -> BSONDocument {
         var rng = SplitMix64(seed: seed ^ (UInt64(bitPattern: id) &* 0xD1B5_4A32_D192_ED03))
         let doc = BSONDocument()
         let w = doc.writer
-        let first = Self.firstNames.randomElement(using: &rng)!
-        let last = Self.lastNames.randomElement(using: &rng)!
-        let username = "\(first)_\(last)_\(id)".lowercased()
+        let (first, last, username) = Self.names(id, &rng)
         let email = "\(username)@example.com"
         if let small = Int32(exactly: id) { w.append("_id", small) } else { w.append("_id", id) }
         w.append("username", username)

@@ -48,7 +48,7 @@ import UsersFixtures
         let sandbox = try Sandbox()
         let result = try sandbox.job("migrate")
         #expect(result.status == 0, "\(result.stderr)")
-        #expect(result.stdout.contains("applied 4 migration"), "the engine's checkpoints (and their columns for changes), its writers, and the users tables")
+        #expect(result.stdout.contains("applied 5 migration"), "the engine's checkpoints (and their columns for changes), its writers, the users tables and their unique columns")
         let db = try sandbox.db()
         let tables = try db.execute("""
             SELECT table_name FROM information_schema.tables
@@ -74,6 +74,12 @@ import UsersFixtures
                 """, ["\"\(table)\""]).rows
             #expect(foreignKeys.map { $0[0]! } == (Self.parents[table].map { [$0] } ?? []), "\(table)")
             #expect(foreignKeys.allSatisfy { $0[1] == "c" }, "\(table): ON DELETE CASCADE")
+            let unique = try db.query("""
+                SELECT c.conname || ' (' || a.attname || ')' FROM pg_constraint c
+                JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY(c.conkey)
+                WHERE c.conrelid = $1::regclass AND c.contype = 'u' ORDER BY 1
+                """, ["\"\(table)\""]).rows.map { $0[0]! }
+            #expect(unique == (table == "users" ? ["users_email_key (email)", "users_username_key (username)"] : []), "\(table)")
         }
         let bookkeeping = try db.execute("SELECT to_regclass('etl_checkpoints') IS NOT NULL, to_regclass('etl_migrations') IS NOT NULL").rows[0]
         #expect(bookkeeping == ["t", "t"])
@@ -86,7 +92,7 @@ import UsersFixtures
         #expect(second.status == 0)
         #expect(second.stdout.contains("schema is up to date"))
         #expect(try sandbox.db().execute("SELECT pipeline || ':' || version FROM etl_migrations ORDER BY 1").rows.map { $0[0]! }
-            == ["etl-job:1", "etl-job:2", "etl-job:3", "users:1"])
+            == ["etl-job:1", "etl-job:2", "etl-job:3", "users:1", "users:2"])
     }
 
     /// A target and a state directory left by etl-job 0.1 (bookkeeping without a pipeline
@@ -112,10 +118,39 @@ import UsersFixtures
         #expect(fresh.status == 0, "\(fresh.stderr)")
         #expect(!FileManager.default.fileExists(atPath: sandbox.stateDirectory + "/data.mdb"))
         let db = try sandbox.db()
-        #expect(try db.execute("SELECT pipeline || ':' || version FROM etl_migrations ORDER BY 1").rows.map { $0[0]! } == ["etl-job:1", "etl-job:2", "etl-job:3", "users:1"])
+        #expect(try db.execute("SELECT pipeline || ':' || version FROM etl_migrations ORDER BY 1").rows.map { $0[0]! } == ["etl-job:1", "etl-job:2", "etl-job:3", "users:1", "users:2"])
         #expect(try db.execute("SELECT DISTINCT pipeline FROM etl_checkpoints").rows.map { $0[0]! } == ["users"])
         #expect(try sandbox.counts()["users"] == 50)
         #expect(try sandbox.job("verify").status == 0)
+    }
+
+    /// A target whose users tables an earlier version made (no UNIQUE on username and email):
+    /// `start` adds the constraints when the rows allow it, and otherwise refuses in one line,
+    /// exit 70, naming the values more than one user has, changing nothing.
+    @Test func uniqueUsernameAndEmailAreAddedToAnEarlierTargetOnlyWhenItsRowsAllowIt() throws {
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: 40)
+        #expect(try sandbox.job("start").status == 0)
+        let db = try sandbox.db()
+        func makeEarlier() throws {
+            try db.execute("""
+                ALTER TABLE users DROP CONSTRAINT users_username_key, DROP CONSTRAINT users_email_key;
+                DELETE FROM etl_migrations WHERE pipeline = 'users' AND version = 2
+                """)
+        }
+        try makeEarlier()
+        try db.execute("UPDATE users SET username = 'twin', email = 'twin@example.com' WHERE id IN (3, 5)")
+        let other = ["--target-schema", "public", "--state-dir", sandbox.stateDirectory + "-2"]
+        let refused = try sandbox.job("migrate", other)
+        #expect(refused.status == 70, "\(refused.stderr)")
+        #expect(refused.stderr.split(separator: "\n").count == 1, "\(refused.stderr)")
+        #expect(refused.stderr.contains("users.username holds values that more than one user has ('twin')"), "\(refused.stderr)")
+        #expect(try db.execute("SELECT count(*) FROM users WHERE username = 'twin'").rows[0][0] == "2", "no row changed")
+        #expect(try db.execute("SELECT count(*) FROM etl_migrations WHERE pipeline = 'users' AND version = 2").rows[0][0] == "0")
+        try db.execute("UPDATE users SET username = 'twin' || id, email = 'twin' || id || '@example.com' WHERE id IN (3, 5)")
+        let added = try sandbox.job("migrate", other)
+        #expect(added.status == 0, "\(added.stderr)")
+        #expect(try db.execute("SELECT count(*) FROM pg_constraint WHERE conrelid = 'users'::regclass AND contype = 'u'").rows[0][0] == "2")
     }
 
     /// Killed after the run named its pipelines and before the queue recorded the job: status
