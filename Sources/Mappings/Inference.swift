@@ -7,8 +7,9 @@ import Mongo
 /// Rules: int32 → integer; int32 and int64 → bigint; any other mix of numbers (double,
 /// Decimal128) → numeric (exact), double alone → double precision; string → text; bool →
 /// boolean; date → timestamptz; ObjectId → text (its hex); binary of subtype 4 → uuid, other
-/// binary → bytea. Objects whose keys are stable are flattened into the parent's columns
-/// (`dims.w` → `dims_w`); objects whose keys vary, and mixtures of other types, → jsonb.
+/// binary → bytea. Objects that read as records are flattened into the parent's columns
+/// (`dims.w` → `dims_w`, a key absent from some objects nullable); objects that read as maps
+/// (id-like keys, or many keys each in few objects), and mixtures of other types, → jsonb.
 /// Arrays of objects → a child table `<table>_<field>` keyed by the parent's key and the
 /// position; arrays of one scalar type → a PostgreSQL array; anything else → jsonb. A field
 /// absent from (or null in) any sampled document is nullable.
@@ -21,8 +22,6 @@ public struct Inference {
         var binarySubtypes = Set<UInt8>()
         var children: [String: Field] = [:]
         var order: [String] = []
-        /// Per object occurrence, the set of its keys (to tell stable objects from free-form ones).
-        var keySets = Set<[String]>()
         var objects = 0
         var element: Field?
         var arrays = 0
@@ -61,14 +60,10 @@ public struct Inference {
 
     private static func object(_ iterator: BSONIterator, into field: Field) {
         var it = iterator
-        var keys: [String] = []
         field.objects += 1
         while it.next() {
-            let key = it.key
-            keys.append(key)
-            value(it, into: field.child(key))
+            value(it, into: field.child(it.key))
         }
-        if field.keySets.count <= 64 { field.keySets.insert(keys.sorted()) }
     }
 
     private static func value(_ it: BSONIterator, into field: Field) {
@@ -222,11 +217,26 @@ public struct Inference {
         }
     }
 
-    /// Objects whose keys are the same in (nearly) every occurrence are flattened; an object
-    /// with many keys, or keys that come and go, is free-form.
+    /// An object is a record, flattened into a column per key (nullable where the key is
+    /// absent from some objects, however rare), unless it reads as a map from keys to values:
+    /// keys that look like ids (digits, 16 or more hex digits, UUIDs) for most of its keys, more
+    /// than 32 distinct keys, or 8 or more keys most of which appear in under a tenth of the
+    /// objects. A map stays one jsonb column, which keeps every key.
     private func stableKeys(_ field: Field) -> Bool {
-        guard field.objects > 0, field.children.count <= 32, field.keySets.count <= 64 else { return false }
-        return field.children.values.allSatisfy { 2 * ($0.present + $0.nulls) >= field.objects }
+        guard field.objects > 0 else { return false }
+        let keys = field.order
+        guard keys.count <= 32 else { return false }
+        guard 2 * keys.filter(Self.looksLikeId).count <= keys.count else { return false }
+        let rare = field.children.values.filter { 10 * ($0.present + $0.nulls) < field.objects }.count
+        return keys.count < 8 || 2 * rare <= keys.count
+    }
+
+    /// A key that names an entity rather than a property: `2019`, `5f1e…` (16+ hex digits), a UUID.
+    static func looksLikeId(_ key: String) -> Bool {
+        guard !key.isEmpty else { return false }
+        if key.allSatisfy({ $0.isASCII && $0.isNumber }) { return true }
+        if key.count >= 16 && key.allSatisfy({ $0.isASCII && $0.isHexDigit }) { return true }
+        return UUID(uuidString: key) != nil
     }
 
     private func evidence(_ field: Field, of total: Int) -> String {

@@ -251,6 +251,80 @@ import UsersFixtures
         #expect(try sandbox.job("verify").status == 0)
     }
 
+    /// Records with optional keys are flattened, rare keys as nullable columns; maps (keys that
+    /// are ids, or many keys each in few documents) stay jsonb. Shown on collections shaped like
+    /// the public sample data sets: biographies whose `name` has an `aka` one time in ten,
+    /// theaters whose `location.address` rarely has a `street2`, customers whose
+    /// `tier_and_details` is keyed by 32-hex-digit ids seen once each.
+    @Test func recordsWithOptionalKeysAreFlattenedAndMapsStayJsonb() throws {
+        let sandbox = try Sandbox()
+        let bios = sandbox.mongo.collection(database: sandbox.mongoDatabase, name: "bios")
+        try bios.insertMany((0..<60).map { i in
+            let doc = BSONDocument()
+            doc.writer.append("_id", Int32(i))
+            doc.writer.appendDocument("name") { n in
+                n.append("first", "F\(i)")
+                n.append("last", "L\(i)")
+                if i % 10 == 3 { n.append("aka", "A\(i)") }
+            }
+            return doc
+        })
+        let theaters = sandbox.mongo.collection(database: sandbox.mongoDatabase, name: "theaters")
+        try theaters.insertMany((0..<60).map { i in
+            let doc = BSONDocument()
+            doc.writer.append("_id", Int32(i))
+            doc.writer.appendDocument("location") { l in
+                l.appendDocument("address") { a in
+                    a.append("street1", "\(i) Main St")
+                    if i == 17 || i == 41 { a.append("street2", "Suite \(i)") }
+                    a.append("city", "C\(i % 7)")
+                    a.append("state", "ST")
+                    a.append("zipcode", String(10_000 + i))
+                }
+            }
+            return doc
+        })
+        let customers = sandbox.mongo.collection(database: sandbox.mongoDatabase, name: "customers")
+        var rng = SplitMix64(seed: 22)
+        try customers.insertMany((0..<60).map { i in
+            let doc = BSONDocument()
+            doc.writer.append("_id", Int32(i))
+            doc.writer.appendDocument("tier_and_details") { t in
+                for _ in 0..<(1 + i % 3) {
+                    let id = (0..<2).map { _ in String(format: "%016llx", rng.next()) }.joined()
+                    t.appendDocument(id) { $0.append("tier", "Gold"); $0.append("id", id) }
+                }
+            }
+            return doc
+        })
+        func inferred(_ collection: String) throws -> (file: String, columns: [String: [String: Any]]) {
+            let file = sandbox.stateDirectory + "-\(collection).json"
+            let result = try sandbox.job("init", ["--collection", collection, "--output", file])
+            #expect(result.status == 0, "\(result.stderr)")
+            let mapping = try JSON.object(try String(contentsOfFile: file, encoding: .utf8))
+            return (file, Dictionary(uniqueKeysWithValues: (mapping["columns"] as! [[String: Any]]).map { ($0["column"] as! String, $0) }))
+        }
+        let bio = try inferred("bios")
+        #expect(Set(bio.columns.keys) == ["id", "name_first", "name_last", "name_aka"], "\(bio.columns.keys.sorted())")
+        #expect(bio.columns["name_aka"]?["nullable"] as? Bool == true && bio.columns["name_first"]?["nullable"] == nil)
+        let theater = try inferred("theaters")
+        #expect(theater.columns["location_address_street2"]?["type"] as? String == "text", "\(theater.columns.keys.sorted())")
+        #expect(theater.columns["location_address_street2"]?["nullable"] as? Bool == true)
+        #expect(theater.columns["location_address_zipcode"]?["nullable"] == nil)
+        let customer = try inferred("customers")
+        #expect(customer.columns["tier_and_details"]?["type"] as? String == "jsonb", "ids as keys: a map, \(customer.columns.keys.sorted())")
+        defer { for f in [bio.file, theater.file, customer.file] { try? FileManager.default.removeItem(atPath: f) } }
+
+        let started = try sandbox.job("start", ["--mapping", bio.file, "--mapping", theater.file, "--mapping", customer.file])
+        #expect(started.status == 0, "\(started.stderr)")
+        let db = try sandbox.db()
+        #expect(try db.execute("SELECT count(*), count(name_aka) FROM bios").rows[0] == ["60", "6"])
+        #expect(try db.execute("SELECT location_address_street2 FROM theaters WHERE location_address_street2 IS NOT NULL ORDER BY id").rows.map { $0[0]! }
+            == ["Suite 17", "Suite 41"])
+        #expect(try db.execute("SELECT sum((SELECT count(*) FROM jsonb_object_keys(tier_and_details))) FROM customers").rows[0][0] == "120")
+        #expect(try sandbox.job("verify").status == 0)
+    }
+
     /// `init` never writes a mapping it then refuses: a file named as no pipeline can be gets a
     /// pipeline name derived from it; documents without an _id are refused in one line.
     @Test func initNamesAPipelineItCanLoadAndRefusesDocumentsWithoutAnId() throws {
