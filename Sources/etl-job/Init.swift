@@ -86,13 +86,13 @@ struct Init: AsyncParsableCommand {
                 + "so it cannot load them: give each document an _id (mongorestore into MongoDB gives each one), then run init on that collection")
         }
         let mapping = inference.mapping(source: names)
-        let data = try JSONSerialization.data(withJSONObject: mapping, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
+        let data = Data(MappingText.render(mapping).utf8)
         // What init writes must load: read it back as etl-job will. A failure is init's own fault.
         do {
             _ = try MappingFile(json: data)
         } catch {
             throw JobError(.software, "init proposed a mapping it cannot read back (\(error)); this is a bug in etl-job, please report it with the source's first documents")
         }
-        return data + Data("\n".utf8)
+        return data
     }
 }

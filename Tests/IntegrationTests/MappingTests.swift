@@ -251,6 +251,30 @@ import UsersFixtures
         #expect(try sandbox.job("verify").status == 0)
     }
 
+    /// The file `init` writes reads in the README's order (formatVersion, source, table, columns,
+    /// children, notes), one column per line, and the same collection gives the same bytes.
+    @Test func initWritesTheMappingInTheReadmesOrderAndTheSameBytesEachTime() throws {
+        let sandbox = try Sandbox()
+        try Orders.seed(sandbox, count: 120)
+        let first = sandbox.stateDirectory + "-a.json", second = sandbox.stateDirectory + "-b.json"
+        defer { for f in [first, second] { try? FileManager.default.removeItem(atPath: f) } }
+        #expect(try sandbox.job("init", ["--collection", "orders", "--output", first]).status == 0)
+        #expect(try sandbox.job("init", ["--collection", "orders", "--output", second]).status == 0)
+        let text = try String(contentsOfFile: first, encoding: .utf8)
+        #expect(try String(contentsOfFile: second, encoding: .utf8) == text, "same input, same bytes")
+        let positions = ["\"formatVersion\"", "\"source\"", "\"table\"", "\"columns\"", "\"children\"", "\"notes\""].map {
+            text.range(of: $0)?.lowerBound
+        }
+        #expect(positions.allSatisfy { $0 != nil } && positions.map { $0! } == positions.map { $0! }.sorted(), "\(text)")
+        let lines = text.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
+        #expect(lines.contains(#"{"field": "_id", "column": "id", "type": "text", "key": true},"#), "\(text)")
+        #expect(lines.contains(#"{"field": "note", "column": "note", "type": "text", "nullable": true},"#)
+            || lines.contains(#"{"field": "note", "column": "note", "type": "text", "nullable": true}"#), "\(text)")
+        #expect(lines.contains(#"{"field": "items", "table": "orders_items","#), "\(text)")
+        #expect(!text.contains("[\n\n") && !lines.contains("["), "no empty array spread over lines")
+        #expect(text.hasPrefix("{\n  \"formatVersion\": 1,\n  \"source\": {\"database\": ") && text.hasSuffix("}\n"))
+    }
+
     /// Records with optional keys are flattened, rare keys as nullable columns; maps (keys that
     /// are ids, or many keys each in few documents) stay jsonb. Shown on collections shaped like
     /// the public sample data sets: biographies whose `name` has an `aka` one time in ten,
