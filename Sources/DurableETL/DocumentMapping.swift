@@ -116,16 +116,20 @@ public struct TableSpec: Sendable {
     /// How a document's rows here are found by its key (default: the first primary-key column
     /// holds it, as in a root table and in a child table keyed by its root's key).
     public let documentRows: DocumentRows
+    /// Column sets that are UNIQUE (created with the table): a document whose values another
+    /// document already holds is set aside, as for a primary key.
+    public let unique: [[String]]
 
     public init(
-        _ name: String, columns: [Column], primaryKey: [String], foreignKeys: [ForeignKey] = [], bytesPerDocument: Int = 256,
-        documentRows: DocumentRows? = nil
+        _ name: String, columns: [Column], primaryKey: [String], foreignKeys: [ForeignKey] = [], unique: [[String]] = [],
+        bytesPerDocument: Int = 256, documentRows: DocumentRows? = nil
     ) {
         precondition(!primaryKey.isEmpty, "table \(name) needs a primary key")
         self.name = name
         self.columns = columns
         self.primaryKey = primaryKey
         self.foreignKeys = foreignKeys
+        self.unique = unique
         self.bytesPerDocument = bytesPerDocument
         self.documentRows = documentRows ?? .key(primaryKey[0])
     }
@@ -163,7 +167,17 @@ public struct TableSpec: Sendable {
     var createStatement: String {
         var lines = columns.map { "\(quoteIdentifier($0.name)) \($0.type)\($0.nullable ? "" : " NOT NULL")" }
         lines.append("PRIMARY KEY (\(primaryKey.map(quoteIdentifier).joined(separator: ", ")))")
+        for columns in unique {
+            lines.append("CONSTRAINT \(quoteIdentifier(uniqueConstraintName(columns))) UNIQUE (\(columns.map(quoteIdentifier).joined(separator: ", ")))")
+        }
         return "CREATE TABLE \(quotedName) (\n    " + lines.joined(separator: ",\n    ") + "\n)"
+    }
+
+    /// The name PostgreSQL gives an unnamed unique constraint (`table_column_key`), within its 63 bytes.
+    public func uniqueConstraintName(_ columns: [String]) -> String {
+        var name = ([name] + columns).joined(separator: "_")
+        while name.utf8.count > 59 { name.removeLast() }
+        return name + "_key"
     }
 
     /// The name PostgreSQL gives an unnamed foreign key (`table_column_fkey`), within its 63 bytes.

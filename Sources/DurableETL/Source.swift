@@ -43,10 +43,28 @@ public protocol Source: AnyObject, Sendable {
     /// caught up with the changes made before it was opened, unless `follow`; a cursor that
     /// waits for changes ends when `stop` is requested.
     func changes(from start: ChangeStreamStart, follow: Bool, stop: StopToken) throws -> any Source
+    /// The source's unique indexes besides `_id`'s (what `init` carries into a mapping); none
+    /// when the source cannot tell.
+    func uniqueIndexes() throws -> [UniqueIndex]
+}
+
+/// A unique index of a source: its name and its key's field paths, in order.
+public struct UniqueIndex: Sendable, Equatable {
+    public let name: String
+    public let fields: [String]
+    /// A partial index (`partialFilterExpression`) holds only some documents, which no table
+    /// constraint can say.
+    public let partial: Bool
+
+    public init(name: String, fields: [String], partial: Bool) {
+        (self.name, self.fields, self.partial) = (name, fields, partial)
+    }
 }
 
 extension Source {
     public var keepsDocuments: Bool { false }
+
+    public func uniqueIndexes() throws -> [UniqueIndex] { [] }
 
     public func documents(from start: [UInt8]?, to end: [UInt8], batch: UInt64, check: ([UInt8]) throws -> Void) throws -> [UInt8] {
         throw JobError(.failed, "\(description) does not keep a batch's documents for the queue")

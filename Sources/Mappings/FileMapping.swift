@@ -41,7 +41,7 @@ public struct FileMapping: DocumentMapping {
             columns += table.columns.map { TableSpec.Column($0.column, $0.type.sql, nullable: $0.nullable) }
             let key = file.keyColumns(of: table)
             let foreignKeys = parent.map { [TableSpec.ForeignKey(Array(key.dropLast()), references: $0.name)] } ?? []
-            tables.append(TableSpec(table.name, columns: columns, primaryKey: key, foreignKeys: foreignKeys,
+            tables.append(TableSpec(table.name, columns: columns, primaryKey: key, foreignKeys: foreignKeys, unique: table.uniqueSets,
                                     bytesPerDocument: 32 * max(1, table.columns.count)))
             plans.append(Plan(table: index, field: table.field ?? table.name, arrayPath: Self.path(table.field ?? ""), columns: table.columns.map { (Self.path($0.field), $0) },
                               children: [], keyColumns: generated.count))

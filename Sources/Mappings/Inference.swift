@@ -93,7 +93,7 @@ public struct Inference {
     // MARK: Proposing a mapping
 
     /// The mapping file for `source`, as JSON, with the evidence in `notes`.
-    public func mapping(source: SourceCollection) -> [String: Any] {
+    public func mapping(source: SourceCollection, uniqueIndexes: [UniqueIndex] = []) -> [String: Any] {
         var notes: [String: String] = [:]
         var tables = Set<String>()
         let table = tableName(source.collection, &tables)
@@ -119,6 +119,8 @@ public struct Inference {
             notes["(pipeline)"] = "the collection's name '\(source.collection)' is not a pipeline name (letters, digits, - and _, starting with a letter): "
                 + "the pipeline is named '\(pipeline)'; rename it as you like"
         }
+        let (groups, indexNotes) = Self.carry(uniqueIndexes, into: &columns)
+        if !indexNotes.isEmpty { notes["(unique indexes)"] = indexNotes.joined(separator: "; ") }
         var mapping: [String: Any] = [
             "formatVersion": MappingFile.formatVersion,
             "source": ["database": source.database, "collection": source.collection],
@@ -128,7 +130,35 @@ public struct Inference {
             "notes": notes.merging(sampleNotes) { a, _ in a },
         ]
         if pipeline != source.collection { mapping["pipeline"] = pipeline }
+        if !groups.isEmpty { mapping["unique"] = groups }
         return mapping
+    }
+
+    /// The source's unique indexes as the root table's constraints: one on a single column is
+    /// `"unique": true` on it, a compound one a group of the table's `unique`. An index is left
+    /// out (and the note says why) when it is partial, or when a field of it is not a column
+    /// of the root table, or is an array (MongoDB then keeps each element unique).
+    static func carry(_ indexes: [UniqueIndex], into columns: inout [[String: Any]]) -> (groups: [[String]], notes: [String]) {
+        var groups: [[String]] = [], notes: [String] = []
+        for index in indexes {
+            if index.partial {
+                notes.append("\(index.name): partial, not carried (no table constraint holds for only some rows)")
+                continue
+            }
+            let found = index.fields.compactMap { field in columns.firstIndex { ($0["field"] as? String) == field } }
+            guard found.count == index.fields.count else {
+                notes.append("\(index.name): a field of it is not a column of the root table (it is in an array or a jsonb column), not carried")
+                continue
+            }
+            guard !found.contains(where: { (columns[$0]["type"] as? String)?.hasSuffix("[]") == true }) else {
+                notes.append("\(index.name): on an array, whose every element MongoDB keeps unique, which no column constraint says; not carried")
+                continue
+            }
+            let names = found.map { columns[$0]["column"] as! String }
+            if found.count == 1 { columns[found[0]]["unique"] = true } else { groups.append(names) }
+            notes.append("\(index.name) → UNIQUE (\(names.joined(separator: ", ")))")
+        }
+        return (groups, notes)
     }
 
     /// Whether any sampled document has an `_id`: without one a document's rows have no key.

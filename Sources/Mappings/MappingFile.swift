@@ -20,6 +20,8 @@ public struct MappingFile: Sendable, Equatable {
         public var type: ColumnType
         public var nullable: Bool
         public var key: Bool
+        /// UNIQUE on its own (a MongoDB unique index on the field).
+        public var unique: Bool = false
     }
 
     public struct Table: Sendable, Equatable {
@@ -28,6 +30,11 @@ public struct MappingFile: Sendable, Equatable {
         public var name: String
         public var columns: [Column]
         public var children: [Table]
+        /// Groups of columns UNIQUE together (a compound unique index), by column name.
+        public var unique: [[String]] = []
+
+        /// Every UNIQUE column set: single columns, then the groups.
+        public var uniqueSets: [[String]] { columns.filter(\.unique).map { [$0.column] } + unique }
     }
 
     public var pipeline: String
@@ -55,7 +62,7 @@ public struct MappingFile: Sendable, Equatable {
             throw Invalid(path: "$", problem: "not valid JSON (\((error as NSError).userInfo[NSDebugDescriptionErrorKey] ?? error))")
         }
         let reader = Reader(value: object, path: "$")
-        let top = try reader.object(allowed: ["formatVersion", "pipeline", "source", "table", "columns", "children", "notes"])
+        let top = try reader.object(allowed: ["formatVersion", "pipeline", "source", "table", "columns", "children", "unique", "notes"])
         let version = try reader.member(top, "formatVersion").int()
         guard version == Self.formatVersion else {
             throw Invalid(path: "$.formatVersion", problem: "is \(version); this etl-job reads format version \(Self.formatVersion)")
@@ -77,7 +84,7 @@ public struct MappingFile: Sendable, Equatable {
         let columnsReader = try reader.member(object, "columns")
         var columns: [Column] = []
         for item in try columnsReader.array() {
-            let c = try item.object(allowed: ["field", "column", "type", "nullable", "key", "notes"])
+            let c = try item.object(allowed: ["field", "column", "type", "nullable", "key", "unique", "notes"])
             let typeReader = try item.member(c, "type")
             let typeName = try typeReader.string()
             guard let type = ColumnType(typeName) else {
@@ -89,18 +96,34 @@ public struct MappingFile: Sendable, Equatable {
             }
             columns.append(Column(
                 field: try item.member(c, "field").string(), column: try item.member(c, "column").name(), type: type,
-                nullable: try item.optionalMember(c, "nullable")?.bool() ?? false, key: key))
+                nullable: try item.optionalMember(c, "nullable")?.bool() ?? false, key: key,
+                unique: try item.optionalMember(c, "unique")?.bool() ?? false))
+        }
+        var unique: [[String]] = []
+        if let groups = try reader.optionalMember(object, "unique") {
+            for group in try groups.array() {
+                var names: [String] = []
+                for (i, item) in try group.array().enumerated() {
+                    let column = try item.name()
+                    guard columns.contains(where: { $0.column == column }) else {
+                        throw Invalid(path: "\(group.path)[\(i)]", problem: "'\(column)' names no column of table \(name)")
+                    }
+                    names.append(column)
+                }
+                guard !names.isEmpty else { throw Invalid(path: group.path, problem: "a unique group needs at least one column") }
+                unique.append(names)
+            }
         }
         var children: [Table] = []
         if let childrenReader = try reader.optionalMember(object, "children") {
             for item in try childrenReader.array() {
-                let c = try item.object(allowed: ["field", "table", "columns", "children", "notes"])
+                let c = try item.object(allowed: ["field", "table", "columns", "children", "unique", "notes"])
                 var child = try table(item, c, isRoot: false)
                 child.field = try item.member(c, "field").string()
                 children.append(child)
             }
         }
-        return Table(field: nil, name: name, columns: columns, children: children)
+        return Table(field: nil, name: name, columns: columns, children: children, unique: unique)
     }
 
     /// What JSON decoding cannot check: a root key, unique table and column names, no
@@ -182,7 +205,7 @@ public struct MappingFile: Sendable, Equatable {
     private func describe(_ table: Table, indent: String) -> String {
         var lines = ["\(indent)\(table.field.map { $0 + " → " } ?? "")\(table.name)"]
         for c in table.columns {
-            lines.append("\(indent)  \(c.column) \(c.type.label)\(c.nullable ? " NULL" : "")\(c.key ? " KEY" : "") ← \(c.field.isEmpty ? "(element)" : c.field)")
+            lines.append("\(indent)  \(c.column) \(c.type.label)\(c.nullable ? " NULL" : "")\(c.key ? " KEY" : "")\(c.unique ? " UNIQUE" : "") ← \(c.field.isEmpty ? "(element)" : c.field)")
         }
         for child in table.children { lines.append(describe(child, indent: indent + "  ")) }
         return lines.joined(separator: "\n")

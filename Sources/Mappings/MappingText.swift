@@ -22,13 +22,16 @@ public enum MappingText {
         return lines.joined(separator: "\n") + "\n"
     }
 
-    static let columnOrder = ["field", "column", "type", "key", "nullable"]
+    static let columnOrder = ["field", "column", "type", "key", "nullable", "unique"]
 
     /// A table's `columns` and `children` members (a child's `field` and `table` come first, on its opening line).
     private static func table(_ table: [String: Any], indent: String, isRoot: Bool) -> [String] {
         var members: [String] = []
         let columns = table["columns"] as? [[String: Any]] ?? []
         members.append(indent + "\"columns\": " + list(columns.map { inline($0, order: columnOrder) }, indent: indent))
+        if let groups = table["unique"] as? [[String]], !groups.isEmpty {
+            members.append(indent + "\"unique\": " + inline(groups, order: []))
+        }
         let children = table["children"] as? [[String: Any]] ?? []
         // A child table without children of its own leaves the member out (it is optional).
         if !children.isEmpty || isRoot {

@@ -51,6 +51,21 @@ public final class BSONFileReader {
         buffer.deallocate()
     }
 
+    /// A whole small file, gzip-compressed or not (mongodump's `.metadata.json[.gz]`); nil when
+    /// it cannot be read.
+    public static func contents(of path: String) -> Data? {
+        guard let file = gzopen(path, "rb") else { return nil }
+        defer { gzclose_r(file) }
+        var data = Data()
+        var chunk = [UInt8](repeating: 0, count: 65_536)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { gzread(file, $0.baseAddress, UInt32($0.count)) }
+            if n < 0 { return nil }
+            if n == 0 { return data }
+            data.append(contentsOf: chunk[..<Int(n)])
+        }
+    }
+
     /// The next document, or nil at the end of the file. A file that ends inside a document,
     /// or whose next length cannot be a document's, is an error naming the offset.
     public func next() throws -> [UInt8]? {

@@ -85,7 +85,7 @@ struct Init: AsyncParsableCommand {
                 + "(mongodump writes such files for the oplog and some system collections); etl-job keys every document's rows by its _id, "
                 + "so it cannot load them: give each document an _id (mongorestore into MongoDB gives each one), then run init on that collection")
         }
-        let mapping = inference.mapping(source: names)
+        let mapping = inference.mapping(source: names, uniqueIndexes: try source.uniqueIndexes())
         let data = Data(MappingText.render(mapping).utf8)
         // What init writes must load: read it back as etl-job will. A failure is init's own fault.
         do {

@@ -126,6 +126,8 @@ import UsersFixtures
         (#"{"formatVersion": 1, "source": {"database": "d", "collection": "c"}, "table": "t", "columns": [{"field": "_id", "column": "id", "type": "text", "key": true}], "children": [{"field": "xs", "table": "u", "columns": [{"field": "y", "column": "position", "type": "integer"}]}]}"#,
          "$.children[0].columns[0].column: duplicate column 'position' in table u (a key column the child table gets from its parent)"),
         (#"{"formatVersion": 1, "source": {"database": "d"}, "table": "t", "columns": []}"#, "$.source.collection: is missing"),
+        (#"{"formatVersion": 1, "source": {"database": "d", "collection": "c"}, "table": "t", "columns": [{"field": "_id", "column": "id", "type": "text", "key": true}], "unique": [["id", "nope"]]}"#,
+         "$.unique[0][1]: 'nope' names no column of table t"),
         (#"{"formatVersion": 1, "sorce": {}}"#, "$.sorce: unknown member"),
         ("{not json", "$: not valid JSON"),
     ])
@@ -249,6 +251,78 @@ import UsersFixtures
         #expect(try db.execute(#"SELECT count(*) FROM mixed WHERE id IN ('{"n":4,"region":"eu"}', '{"region":"eu","n":4}')"#).rows[0][0] == "1")
         #expect(try sandbox.counts(tables: ["mixed", "mixed_lines"]) == ["mixed": loaded - 1, "mixed_lines": loaded - 1])
         #expect(try sandbox.job("verify").status == 0)
+    }
+
+    /// MongoDB's unique indexes become the table's UNIQUE constraints: one on a field is
+    /// `"unique": true` on its column, a compound one a group of the table's `unique`; a partial
+    /// index and one on an array are left out, the notes saying why. From a mongodump file the
+    /// indexes come from the `.metadata.json` beside it, and a document colliding with another
+    /// on a unique column is set aside naming the constraint and the value.
+    @Test func uniqueIndexesBecomeUniqueConstraintsLiveAndFromADump() throws {
+        let sandbox = try Sandbox()
+        let accounts = sandbox.mongo.collection(database: sandbox.mongoDatabase, name: "accounts")
+        func account(_ i: Int, email: String? = nil) -> BSONDocument {
+            let doc = BSONDocument()
+            doc.writer.append("_id", Int32(i))
+            doc.writer.append("email", email ?? "a\(i)@example.com")
+            doc.writer.append("region", ["eu", "us"][i % 2])
+            doc.writer.append("number", Int32(i / 2))
+            doc.writer.append("code", "c\(i)")
+            doc.writer.appendArray("tags") { $0.append("0", "t\(i)") }
+            return doc
+        }
+        try accounts.insertMany((0..<30).map { account($0) })
+        let create = BSONDocument()
+        create.writer.append("createIndexes", "accounts")
+        create.writer.appendArray("indexes") { list in
+            list.appendDocument("0") { $0.appendDocument("key") { $0.append("email", Int32(1)) }; $0.append("name", "email_1"); $0.append("unique", true) }
+            list.appendDocument("1") { i in
+                i.appendDocument("key") { $0.append("region", Int32(1)); $0.append("number", Int32(1)) }
+                i.append("name", "region_1_number_1"); i.append("unique", true)
+            }
+            list.appendDocument("2") { i in
+                i.appendDocument("key") { $0.append("code", Int32(1)) }; i.append("name", "code_1"); i.append("unique", true)
+                i.appendDocument("partialFilterExpression") { $0.appendDocument("code") { $0.append("$exists", true) } }
+            }
+            list.appendDocument("3") { $0.appendDocument("key") { $0.append("tags", Int32(1)) }; $0.append("name", "tags_1"); $0.append("unique", true) }
+        }
+        try sandbox.mongo.runCommand(create, database: sandbox.mongoDatabase)
+        let file = sandbox.stateDirectory + "-accounts.json"
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        #expect(try sandbox.job("init", ["--collection", "accounts", "--output", file]).status == 0)
+        let mapping = try JSON.object(try String(contentsOfFile: file, encoding: .utf8))
+        let columns = Dictionary(uniqueKeysWithValues: (mapping["columns"] as! [[String: Any]]).map { ($0["column"] as! String, $0) })
+        #expect(columns["email"]?["unique"] as? Bool == true, "\(mapping)")
+        #expect(columns["code"]?["unique"] == nil && columns["tags"]?["unique"] == nil)
+        #expect((mapping["unique"] as? [[String]]) == [["region", "number"]], "\(mapping)")
+        let notes = (mapping["notes"] as? [String: String])?["(unique indexes)"] ?? ""
+        #expect(notes.contains("code_1: partial") && notes.contains("tags_1: on an array"), "\(notes)")
+        #expect(try sandbox.job("start", ["--mapping", file]).status == 0)
+        let constraints = try sandbox.db().execute("SELECT conname FROM pg_constraint WHERE conrelid = 'accounts'::regclass AND contype = 'u' ORDER BY 1")
+        #expect(constraints.rows.map { $0[0]! } == ["accounts_email_key", "accounts_region_number_key"])
+        #expect(try sandbox.job("verify").status == 0)
+
+        // A dump of the same collection, its metadata beside it, one document reusing an email.
+        let directory = sandbox.stateDirectory + "-dump"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let bytes = (0..<30).flatMap { account($0).bytes } + account(30, email: "a3@example.com").bytes
+        #expect(FileManager.default.createFile(atPath: directory + "/accounts.bson", contents: Data(bytes)))
+        let metadata = #"{"indexes":[{"v":{"$numberInt":"2"},"key":{"_id":{"$numberInt":"1"}},"name":"_id_"},"#
+            + #"{"v":{"$numberInt":"2"},"key":{"email":{"$numberInt":"1"}},"name":"email_1","unique":true}],"uuid":"00","collectionName":"accounts"}"#
+        #expect(FileManager.default.createFile(atPath: directory + "/accounts.metadata.json", contents: Data(metadata.utf8)))
+        let fromDump = directory + "/mapping.json"
+        #expect(try sandbox.run(["init", "--source-file", directory + "/accounts.bson", "--output", fromDump]).status == 0)
+        let dumped = try JSON.object(try String(contentsOfFile: fromDump, encoding: .utf8))
+        #expect((dumped["columns"] as! [[String: Any]]).first { $0["column"] as? String == "email" }?["unique"] as? Bool == true, "\(dumped)")
+        let state = ["--postgres-url", sandbox.postgresURL, "--state-dir", sandbox.stateDirectory + "-dumpstate", "--target-schema", "dumped"]
+        let loaded = try sandbox.run(["start", "--mapping", fromDump, "--source-file", directory + "/accounts.bson", "--max-set-aside", "1"] + state)
+        #expect(loaded.status == 0, "\(loaded.stderr)")
+        let listed = try JSON.object(try sandbox.run(["status", "--rejected", "--json", "--state-dir", sandbox.stateDirectory + "-dumpstate"]).stdout)
+        let rejected = (listed["documents"] as? [[String: Any]]) ?? []
+        #expect(rejected.count == 1 && (rejected.first?["reason"] as? String)?.contains(
+            #"duplicate key value violates unique constraint "accounts_email_key": Key (email)=(a3@example.com) already exists"#) == true, "\(rejected)")
+        #expect(try sandbox.db().execute("SELECT count(*) FROM dumped.accounts").rows[0][0] == "30")
     }
 
     /// The file `init` writes reads in the README's order (formatVersion, source, table, columns,

@@ -230,3 +230,29 @@ enum FilePosition {
         return UInt64(position.withUnsafeBytes { Int64(littleEndian: $0.loadUnaligned(fromByteOffset: 12, as: Int64.self)) })
     }
 }
+
+extension BSONFileSource {
+    /// The unique indexes mongodump recorded beside the file (`<collection>.metadata.json`, or
+    /// `.metadata.json.gz` beside a `.bson.gz`); none without that file.
+    public func uniqueIndexes() throws -> [UniqueIndex] {
+        let base = path.hasSuffix(".bson.gz") ? String(path.dropLast(8)) : path.hasSuffix(".bson") ? String(path.dropLast(5)) : path
+        let candidates = [base + ".metadata.json", base + ".metadata.json.gz"]
+        guard let metadata = candidates.first(where: FileManager.default.fileExists(atPath:)) else { return [] }
+        guard let data = BSONFileReader.contents(of: metadata) else {
+            throw JobError(.noInput, "cannot read \(metadata), the indexes mongodump recorded beside \(path)")
+        }
+        guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let list = object["indexes"] as? [[String: Any]] else {
+            throw JobError(.dataError, "\(metadata) is not the metadata mongodump writes (a JSON object with \"indexes\")")
+        }
+        return list.compactMap { index in
+            let unique = (index["unique"] as? Bool) ?? false
+            guard unique, let key = index["key"] as? [String: Any] else { return nil }
+            // JSON objects keep no member order here: a compound key's fields sorted (a UNIQUE
+            // constraint on a set of columns means the same in any order).
+            let fields = key.keys.sorted()
+            guard fields != ["_id"] else { return nil }
+            return UniqueIndex(name: index["name"] as? String ?? fields.joined(separator: "_"), fields: fields,
+                               partial: index["partialFilterExpression"] != nil)
+        }
+    }
+}

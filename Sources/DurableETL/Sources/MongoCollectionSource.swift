@@ -172,3 +172,37 @@ public final class MongoCollectionSource: Source {
         var position: [UInt8]? { last.flatMap { $0.withUnsafeBytes(BSONSequence.idElement) } }
     }
 }
+
+extension MongoCollectionSource {
+    /// `listIndexes`: every unique index but `_id`'s, with its key's fields in order.
+    public func uniqueIndexes() throws -> [UniqueIndex] {
+        let client = try client()
+        let command = BSONDocument()
+        command.writer.append("listIndexes", collection.collection)
+        let reply: BSONDocument
+        do {
+            reply = try client.command(command, database: collection.database)
+        } catch let error as MongoError {
+            throw JobError(.unavailable, "cannot list the indexes of \(description): \(error)")
+        }
+        return reply.withUnsafeBytes { bytes in
+            guard var it = BSONIterator(document: bytes), it.find("cursor"), var cursor = it.children, cursor.find("firstBatch"),
+                  var batch = cursor.children else { return [] }
+            var indexes: [UniqueIndex] = []
+            while batch.next() {
+                guard var index = batch.children else { continue }
+                var name = "", fields: [String] = [], unique = false, partial = false
+                while index.next() {
+                    if index.keyIs("name"), let text = index.utf8 { name = String(decoding: text, as: UTF8.self) }
+                    if index.keyIs("unique") { unique = index.bool ?? (index.integer.map { $0 != 0 } ?? false) }
+                    if index.keyIs("partialFilterExpression") { partial = true }
+                    if index.keyIs("key"), var key = index.children {
+                        while key.next() { fields.append(key.key) }
+                    }
+                }
+                if unique, fields != ["_id"], !fields.isEmpty { indexes.append(UniqueIndex(name: name, fields: fields, partial: partial)) }
+            }
+            return indexes
+        }
+    }
+}
