@@ -49,20 +49,26 @@ extension JSONText {
         try members(it, isArray: false)
     }
 
-    private mutating func members(_ iterator: BSONIterator, isArray: Bool) throws(RejectReason) {
+    /// A document's or an array's members; `extended`: compact Relaxed Extended JSON (for
+    /// extjson), else the jsonb form. A key that is not valid UTF-8 is a rejection (repairing
+    /// it would change the data, and could make two keys one).
+    private mutating func members(_ iterator: BSONIterator, isArray: Bool, extended: Bool = false) throws(RejectReason) {
         var child = iterator
         raw(isArray ? "[" : "{")
         var first = true
         while child.next() {
-            if !first { raw(", ") }
+            if !first { extended ? raw(",") : raw(", ") }
             first = false
             var key = child.key
             if !isArray {
+                guard BSON.isValidUTF8(UnsafeRawBufferPointer(start: child.keyPointer, count: strlen(child.keyPointer))) else {
+                    throw RejectReason("has a key that is not valid UTF-8")
+                }
                 key.withUTF8 { string(UnsafeRawBufferPointer($0)) }
-                raw(": ")
+                extended ? raw(":") : raw(": ")
             }
             do {
-                try value(child)
+                if extended { try extendedValue(child) } else { try value(child) }
             } catch {
                 throw error.inside(isArray ? "[\(key)]" : key)
             }
@@ -78,28 +84,8 @@ extension JSONText {
     public mutating func extendedValue(_ it: BSONIterator) throws(RejectReason) {
         switch it.type {
         case .document, .array:
-            guard var child = it.children else { throw RejectReason("is not valid BSON") }
-            let isArray = it.type == .array
-            raw(isArray ? "[" : "{")
-            var first = true
-            while child.next() {
-                if !first { raw(",") }
-                first = false
-                var key = child.key
-                if !isArray {
-                    guard BSON.isValidUTF8(UnsafeRawBufferPointer(start: child.keyPointer, count: strlen(child.keyPointer))) else {
-                        throw RejectReason("has a key that is not valid UTF-8")
-                    }
-                    key.withUTF8 { string(UnsafeRawBufferPointer($0)) }
-                    raw(":")
-                }
-                do {
-                    try extendedValue(child)
-                } catch {
-                    throw error.inside(isArray ? "[\(key)]" : key)
-                }
-            }
-            raw(isArray ? "]" : "}")
+            guard let child = it.children else { throw RejectReason("is not valid BSON") }
+            try members(child, isArray: it.type == .array, extended: true)
         case .utf8:
             guard let s = it.utf8, BSON.isValidUTF8(s) else { throw RejectReason("is not valid UTF-8 (or contains a NUL byte)") }
             string(s)

@@ -32,15 +32,7 @@ public enum StateFiles {
     public static func remove(_ path: String) throws {
         let aside = asidePath(path)
         try removeTree(aside)
-        var info = stat()
-        guard lstat(path, &info) == 0 else {
-            if errno == ENOENT { return }
-            throw StateFileError("inspect", path)
-        }
-        guard info.st_mode & S_IFMT == S_IFDIR else {
-            if unlink(path) != 0 && errno != ENOENT { throw StateFileError("remove", path) }
-            return
-        }
+        guard try isDirectory(removingAFile: path) else { return }
         guard rename(path, aside) == 0 else {
             if errno == ENOENT { return }
             throw StateFileError("move aside", path)
@@ -56,16 +48,23 @@ public enum StateFiles {
         return parent + "." + name + ".discarding"
     }
 
-    private static func removeTree(_ path: String) throws {
+    /// True when `path` is a directory; a file there is removed, and then (or when nothing is
+    /// there) false.
+    private static func isDirectory(removingAFile path: String) throws -> Bool {
         var info = stat()
         guard lstat(path, &info) == 0 else {
-            if errno == ENOENT { return }
+            if errno == ENOENT { return false }
             throw StateFileError("inspect", path)
         }
         guard info.st_mode & S_IFMT == S_IFDIR else {
             if unlink(path) != 0 && errno != ENOENT { throw StateFileError("remove", path) }
-            return
+            return false
         }
+        return true
+    }
+
+    private static func removeTree(_ path: String) throws {
+        guard try isDirectory(removingAFile: path) else { return }
         // A file created while the entries were removed makes rmdir fail with ENOTEMPTY:
         // list and remove again (only a process that opened the directory before it was
         // renamed aside can still add one, so this ends).

@@ -247,17 +247,24 @@ import UsersFixtures
         #expect(try sandbox.counts() == (try expectedCounts(sandbox)), "the refused --fresh truncated nothing")
     }
 
+    /// The sandbox's connection arguments with PostgreSQL reached through `proxy` (in plain
+    /// protocol: no TLS or GSS negotiation for the proxy to read).
+    static func arguments(_ sandbox: Sandbox, through proxy: LostCommitReplyProxy) -> [String] {
+        var viaProxy = URLComponents(string: sandbox.postgresURL)!
+        viaProxy.port = proxy.port
+        viaProxy.query = "sslmode=disable&gssencmode=disable"
+        var arguments = sandbox.connectionArguments
+        arguments[arguments.firstIndex(of: "--postgres-url")! + 1] = viaProxy.string!
+        return arguments
+    }
+
     @Test func aCommitWhoseReplyIsLostWhileTheServerStaysAwayIsSettledByItsCheckpoint() throws {
         let sandbox = try Sandbox()
         try sandbox.seed(users: 600)
         let target = URLComponents(string: sandbox.postgresURL)!
         let proxy = try LostCommitReplyProxy(targetPort: target.port!, loseCommit: 2, refuseFor: 10)
         defer { proxy.stop() }
-        var viaProxy = target
-        viaProxy.port = proxy.port
-        viaProxy.query = "sslmode=disable&gssencmode=disable"
-        var arguments = sandbox.connectionArguments
-        arguments[arguments.firstIndex(of: "--postgres-url")! + 1] = viaProxy.string!
+        let arguments = Self.arguments(sandbox, through: proxy)
         let first = try sandbox.run(["start"] + arguments + ["--batch-size", "100", "--workers", "1"])
         #expect(proxy.lostCommits == 1)
         // The server stayed away longer than the retries: a clear failure, the batch's fate unknown to the queue.
@@ -282,11 +289,7 @@ import UsersFixtures
         let target = URLComponents(string: sandbox.postgresURL)!
         let proxy = try LostCommitReplyProxy(targetPort: target.port!, loseCommit: 0, refuseFor: 0, startingUpFor: 3)
         defer { proxy.stop() }
-        var viaProxy = target
-        viaProxy.port = proxy.port
-        viaProxy.query = "sslmode=disable&gssencmode=disable"
-        var arguments = sandbox.connectionArguments
-        arguments[arguments.firstIndex(of: "--postgres-url")! + 1] = viaProxy.string!
+        let arguments = Self.arguments(sandbox, through: proxy)
         let started = try sandbox.run(["start"] + arguments)
         #expect(started.status == 0, "\(started.stderr)")
         #expect(proxy.startingUpAnswers > 0, "the run met a server starting up")
