@@ -313,7 +313,7 @@ public struct DurableJob: Sendable {
         var processors: [PipelineProcessor] = []
         var before: [String: QueueStatus] = [:]
         for ((job, queue, lock), share) in zip(prepared.pipelines, shares) {
-            if changes { before[job.name] = try await Threads.blocking(name: "prepare") { try queue.status() } }
+            before[job.name] = try await Threads.blocking(name: "prepare") { try queue.status() }
             let (jobId, extractionFinished) = try await Threads.blocking(name: "prepare") {
                 guard let id = try queue.jobId else { throw JobError(.failed, "the queue of \(job.name) holds no job id") }
                 try queue.beginRun()

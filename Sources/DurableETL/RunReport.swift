@@ -12,9 +12,18 @@ public struct PipelineReport: Sendable {
     public var failure: String?
     /// A resume found this pipeline's job already finished: nothing ran.
     public var alreadyFinished = false
-    /// For a run of changes: the change queue's status when the run began (what it applied is
-    /// the difference).
+    /// The queue's status when the run began (what this run did is the difference): for a
+    /// resume, what earlier runs loaded; for a run of changes, what earlier syncs applied.
     public var before: QueueStatus?
+
+    /// What this run loaded (a resume's share of the job's totals).
+    public var thisRun: (documents: Int64, setAside: Int64, rows: Int64) {
+        (status.documentsLoaded - (before?.documentsLoaded ?? 0), status.documentsSetAside - (before?.documentsSetAside ?? 0),
+         status.totalRows - (before?.totalRows ?? 0))
+    }
+
+    /// Whether earlier runs of the job had loaded anything (the report then tells this run apart).
+    public var resumed: Bool { (before?.documentsLoaded ?? 0) + (before?.documentsSetAside ?? 0) > 0 }
 
     /// For a run of changes: what it applied (the change queue's counters less those at its start).
     public var applied: (replaced: Int64, deleted: Int64, setAside: Int64, rows: Int64) {
@@ -51,6 +60,16 @@ public struct RunReport: Sendable {
     public var documentsSetAside: Int64 { pipelines.reduce(0) { $0 + $1.status.documentsSetAside } }
     public var totalRows: Int64 { pipelines.reduce(0) { $0 + $1.status.totalRows } }
     public var alreadyFinished: Bool { !pipelines.isEmpty && pipelines.allSatisfy(\.alreadyFinished) }
+    /// This run's share: what it loaded, set aside and wrote (all of it unless it resumed a job).
+    public var thisRun: (documents: Int64, setAside: Int64, rows: Int64) {
+        var sum: (documents: Int64, setAside: Int64, rows: Int64) = (0, 0, 0)
+        for p in pipelines where !p.alreadyFinished {
+            let run = p.thisRun
+            sum = (sum.documents + run.documents, sum.setAside + run.setAside, sum.rows + run.rows)
+        }
+        return sum
+    }
+    public var resumed: Bool { pipelines.contains(where: \.resumed) }
 
     /// Set when the run went through but a pipeline did not succeed (exit 65).
     public var failure: JobError? {
@@ -90,10 +109,16 @@ public struct RunReport: Sendable {
                 "  rows              \(n(totalRows))",
             ]
         }
+        // The rates are this run's: after a resume, what it loaded over its own duration.
+        let run = thisRun
+        if resumed {
+            lines.append("  this run          \(n(run.documents)) documents loaded, \(n(run.setAside)) set aside, \(n(run.rows)) rows "
+                + "(the counts above are the job's, earlier runs included)")
+        }
         lines += [
             "  duration          \(String(format: "%.2f s", seconds))",
-            "  documents/s       \(rate(documentsLoaded))",
-            "  rows/s            \(rate(totalRows))",
+            "  documents/s       \(rate(run.documents))",
+            "  rows/s            \(rate(run.rows))",
             "  peak memory       \(String(format: "%.1f MB", Double(usage.peakResidentBytes) / 1_048_576))",
             "  CPU time          \(String(format: "%.2f s", usage.cpuSeconds))",
             "  time per stage (summed over threads)",

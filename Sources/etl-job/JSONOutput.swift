@@ -52,6 +52,10 @@ enum ReportJSON {
             "documentsLoaded": report?.documentsLoaded ?? 0,
             "documentsSetAside": report?.documentsSetAside ?? 0,
             "totalRows": report?.totalRows ?? 0,
+            "thisRun": report.map { r -> [String: Any?] in
+                let run = r.thisRun
+                return ["documentsLoaded": run.documents, "documentsSetAside": run.setAside, "totalRows": run.rows, "resumed": r.resumed]
+            } as Any?,
             "stages": Dictionary(uniqueKeysWithValues: Stage.allCases.map { stage in
                 (stage.label, report?.stages.first { $0.0 == stage }?.1 as Any?)
             }),

@@ -74,6 +74,7 @@ enum Reference {
         let expected = try expectedCounts(sandbox)
         #expect(try sandbox.counts() == expected)
         #expect(result.stdout.contains("documents loaded  2,000"))
+        #expect(!result.stdout.contains("this run"), "a first run's report has no share to tell apart")
         #expect(result.stdout.contains("rows              \(expected.values.reduce(0, +).formatted(.number.grouping(.automatic)))"))
 
         let status = try sandbox.status()
@@ -352,8 +353,14 @@ enum Reference {
         let status = try sandbox.status()
         #expect(status["complete"] as? Bool == false)
         #expect(status["inFlight"] as? Int == 0, "in-flight batches finish or roll back")
+        let loadedBefore = status["documentsLoaded"] as? Int ?? 0
         let resumed = try sandbox.job("resume")
         #expect(resumed.status == 0, "\(resumed.stderr)")
         #expect(try sandbox.checksums() == reference)
+        // The report tells this run's share from the job's totals, and its rate is this run's.
+        let thisRun = resumed.stdout.split(separator: "\n").first { $0.contains("this run ") }.map(String.init) ?? ""
+        let expected = (Reference.users - loadedBefore).formatted(.number.grouping(.automatic))
+        #expect(loadedBefore > 0 && thisRun.contains("this run          \(expected) documents loaded"), "\(resumed.stdout)")
+        #expect(resumed.stdout.contains("documents loaded  \(Reference.users.formatted(.number.grouping(.automatic)))"), "\(resumed.stdout)")
     }
 }
