@@ -220,7 +220,7 @@ public struct DurableJob: Sendable {
                 // Before the first document is read: where a later sync starts, so that no
                 // change made while the snapshot runs is missed.
                 try recordChangeStreamStart(job, queue)
-                logger.info("started a new job", metadata: ["pipeline": "\(name)", "documents": "\(total.map(String.init) ?? "unknown")"])
+                logger.info("started a new job", metadata: ["pipeline": "\(name)", "documents": "\(total.map(String.init) ?? job.source.sizeDescription ?? "unknown")"])
             case .createDocumentIndexes(let name):
                 let created = try run.job(name).target.createDocumentIndexes(run.db(name), run.job(name).mapping)
                 if created > 0 { logger.info("created the indexes that find a document's rows", metadata: ["pipeline": "\(name)", "indexes": "\(created)"]) }

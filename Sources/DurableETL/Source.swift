@@ -46,6 +46,8 @@ public protocol Source: AnyObject, Sendable {
     /// The source's unique indexes besides `_id`'s (what `init` carries into a mapping); none
     /// when the source cannot tell.
     func uniqueIndexes() throws -> [UniqueIndex]
+    /// How large the source is, for a message, when its document count is unknown (a file's bytes).
+    var sizeDescription: String? { get }
 }
 
 /// A unique index of a source: its name and its key's field paths, in order.
@@ -65,6 +67,8 @@ extension Source {
     public var keepsDocuments: Bool { false }
 
     public func uniqueIndexes() throws -> [UniqueIndex] { [] }
+
+    public var sizeDescription: String? { nil }
 
     public func documents(from start: [UInt8]?, to end: [UInt8], batch: UInt64, check: ([UInt8]) throws -> Void) throws -> [UInt8] {
         throw JobError(.failed, "\(description) does not keep a batch's documents for the queue")

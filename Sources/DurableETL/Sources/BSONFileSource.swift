@@ -232,6 +232,13 @@ enum FilePosition {
 }
 
 extension BSONFileSource {
+    /// The file's size (uncompressed documents are not counted before they are read).
+    public var sizeDescription: String? {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        return String(format: "not counted; the file is %.1f MB", Double(info.st_size) / 1_048_576) + (compressed == true ? " compressed" : "")
+    }
+
     /// The unique indexes mongodump recorded beside the file (`<collection>.metadata.json`, or
     /// `.metadata.json.gz` beside a `.bson.gz`); none without that file.
     public func uniqueIndexes() throws -> [UniqueIndex] {
