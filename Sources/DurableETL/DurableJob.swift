@@ -50,6 +50,60 @@ public struct DurableJob: Sendable {
 
     /// Gathers what `start` must know (reading only), plans, and runs the plan.
     private func prepareStart(_ mappings: [any DocumentMapping], fresh: Bool) throws -> Prepared {
+        var (steps, run) = try planStart(mappings, fresh: fresh)
+        try execute(steps, &run)
+        return run.prepared
+    }
+
+    /// What `start` would do, step by step, without doing any of it: it connects and reads
+    /// (the state directory, the target's tables and migrations, the source's count) and
+    /// writes nothing. Throws the refusal `start` would give.
+    public func dryRunStart(_ mappings: [any DocumentMapping], fresh: Bool) throws -> [String] {
+        let (steps, run) = try planStart(mappings, fresh: fresh)
+        func tables(_ name: String) -> String { "\(run.job(name).mapping.tables.count) tables of \(name)" }
+        var lines = ["etl-job: dry run of start; nothing was written"]
+        for step in steps {
+            switch step {
+            case .lockTargets(let names):
+                lines.append("  lock        " + names.map { "the \($0) pipeline in schema \(run.job($0).target.schema)" }.joined(separator: ", ")
+                    + " (refused, exit 75, while another run holds one)")
+            case .lockStateDirectory:
+                lines.append("  lock        the state directory \(settings.stateDirectory)")
+            case .migrate(let names):
+                let pending = try run.job(names[0]).target.pendingMigrations(run.db(names[0]), names.map { run.job($0).mapping })
+                lines.append("  migrate     " + (pending.isEmpty ? "nothing: the schema is up to date" : pending.joined(separator: "; ")))
+            case .checkTargets(let names):
+                for name in names {
+                    let differences = try run.job(name).target.differences(run.db(name), run.job(name).mapping)
+                    let missing = differences.filter { $0.hasPrefix("table ") && $0.hasSuffix(" is missing") }
+                    if differences.isEmpty {
+                        lines.append("  check       the \(tables(name)): in place and as the pipeline writes them")
+                    } else if missing.count == differences.count {
+                        lines.append("  check       the \(tables(name)): " + (missing.count == run.job(name).mapping.tables.count
+                            ? "none exists yet; the migration creates them" : "\(missing.count) missing; the migration creates them"))
+                    } else {
+                        try run.job(name).checkTarget(run.db(name))
+                    }
+                }
+            case .discardPreviousJob:
+                lines.append("  discard     the job in \(settings.stateDirectory)" + (run.previous.map { " (pipelines \($0.pipelines.joined(separator: ", ")))" } ?? ""))
+            case .truncate(let name):
+                lines.append("  empty       the \(tables(name)) and its checkpoints")
+            case .prepareForeignKeys(let name, let mode):
+                lines.append("  keys        \(name): foreign keys " + (mode == .after ? "added in one step after the load" : "in place during the load"))
+            case .createJob(let name, _):
+                let total = run.totals[name] ?? nil
+                let count = total.map { $0.formatted(.number.grouping(.automatic)) + " documents" } ?? (run.job(name).source.sizeDescription.map { "documents (\($0))" } ?? "documents")
+                lines.append("  load        \(count) from \(run.job(name).source.description) into schema \(run.job(name).target.schema)")
+            case .removeOrphanQueues, .writeManifest, .addForeignKeys, .createDocumentIndexes, .openChanges:
+                continue
+            }
+        }
+        return lines
+    }
+
+    /// `start`'s facts gathered (reading only) and its plan, with the connections it opened.
+    private func planStart(_ mappings: [any DocumentMapping], fresh: Bool) throws -> (steps: [JobPlan.Step], run: Execution) {
         let directory = settings.stateDirectory
         let jobs = mappings.map { PipelineJob(mapping: $0, settings: settings) }
         var facts = JobPlan.StartFacts(
@@ -76,8 +130,7 @@ public struct DurableJob: Sendable {
         for target in facts.targets where settings.foreignKeys == nil && steps.contains(.prepareForeignKeys(target.name, .during)) {
             logger.info("this role does not own the tables: their foreign keys stay in place during the load", metadata: ["pipeline": "\(target.name)"])
         }
-        try execute(steps, &run)
-        return run.prepared
+        return (steps, run)
     }
 
     /// What a plan knows of a pipeline's target, read through `db`.

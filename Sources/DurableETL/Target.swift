@@ -86,6 +86,19 @@ public struct Target: Sendable {
         }
     }
 
+    /// The names of the migrations `migrate` would apply here, read only (for `start --dry-run`).
+    public func pendingMigrations(_ db: PGConnection, _ mappings: [any DocumentMapping]) throws -> [String] {
+        var applied = Set<String>()
+        if try db.execute("SELECT to_regclass('etl_migrations') IS NOT NULL").rows[0][0] == "t" {
+            // A table of etl-job 0.1 has no pipeline column: migrate upgrades it, and its version 1 is the users tables.
+            applied = Set((try? db.execute("SELECT pipeline || ' ' || version FROM etl_migrations").rows.compactMap { $0[0] }) ?? [])
+        }
+        let plans = [(Self.enginePipeline, Self.engineMigrations)] + mappings.map { ($0.name, Self.migrations(of: $0)) }
+        return plans.flatMap { pipeline, migrations in
+            migrations.filter { !applied.contains("\(pipeline) \($0.version)") }.map { "\($0.name)" }
+        }
+    }
+
     static func migrations(of mapping: any DocumentMapping) -> [Migration] {
         [Migration(version: 1, name: "\(mapping.name) tables", statements: mapping.tables.map(\.createStatement))] + mapping.migrations
     }
@@ -139,7 +152,7 @@ public struct Target: Sendable {
         let found = try db.query("""
             SELECT c.relname, a.attname, format_type(a.atttypid, NULL), a.attnotnull AND NOT a.atthasdef, a.attnotnull
             FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
-            WHERE c.relnamespace = $1::regnamespace AND c.relname = ANY($2::text[]) AND a.attnum > 0 AND NOT a.attisdropped
+            WHERE c.relnamespace = to_regnamespace($1) AND c.relname = ANY($2::text[]) AND a.attnum > 0 AND NOT a.attisdropped
             """, [quoteIdentifier(schema), postgresArray(names)]).rows
         var columns: [String: [String: (type: String, required: Bool, notNull: Bool)]] = [:]
         for row in found {

@@ -17,6 +17,9 @@ struct Start: AsyncParsableCommand {
     @Flag(help: "Do not ask before --fresh truncates the target tables.")
     var yes = false
 
+    @Flag(name: .customLong("dry-run"), help: "Check the settings, the source, the mappings and the target, and print what the run would create, empty and load; write nothing.")
+    var dryRun = false
+
     @Option(name: .customLong("foreign-keys"), help: ArgumentHelp(
         "When the tables' foreign keys are put in place: after (load without them, then add them in one final step; default) or during (in place while loading).",
         valueName: "after|during"))
@@ -37,6 +40,11 @@ struct Start: AsyncParsableCommand {
             settings.foreignKeys = foreignKeys.flatMap(ForeignKeyMode.init)
             let mappings = try pipelines.mappings()
             try settings.source.refuse(for: mappings, ofJob: false)
+            if dryRun {
+                let job = DurableJob(settings: settings, logger: try connection.makeLogger())
+                print(try job.dryRunStart(mappings, fresh: fresh).joined(separator: "\n"))
+                return
+            }
             if fresh && !yes { try confirmTruncation(settings, mappings) }
             let job = DurableJob(settings: settings, logger: try connection.makeLogger())
             try await runInterruptibly(reportJSON: reportJSON) { stop, progress in

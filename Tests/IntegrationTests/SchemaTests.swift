@@ -153,6 +153,33 @@ import UsersFixtures
         #expect(try db.execute("SELECT count(*) FROM pg_constraint WHERE conrelid = 'users'::regclass AND contype = 'u'").rows[0][0] == "2")
     }
 
+    /// `start --dry-run` checks everything a start checks and prints what it would do, writing
+    /// nothing: no state directory, no schema, no table, no row emptied; a refusal is the one
+    /// a start gives, with its exit code.
+    @Test func aDryRunPrintsThePlanAndWritesNothing() throws {
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: 30)
+        let schema = ["--target-schema", "dry"]
+        let planned = try sandbox.job("start", schema + ["--dry-run"])
+        #expect(planned.status == 0, "\(planned.stderr)")
+        for expected in ["dry run of start; nothing was written", "migrate     checkpoints;", "users tables; users unique username and email",
+                         "none exists yet; the migration creates them", "load        30 documents from the collection"] {
+            #expect(planned.stdout.contains(expected), "\(expected): \(planned.stdout)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: sandbox.stateDirectory), "no state directory")
+        #expect(try sandbox.db().execute("SELECT to_regnamespace('dry') IS NULL").rows[0][0] == "t", "no schema")
+
+        #expect(try sandbox.job("start").status == 0)
+        let refused = try sandbox.job("start", ["--dry-run"])
+        #expect(refused.status == 64 && refused.stderr.contains("already finished"), "\(refused.stderr)")
+        let fresh = try sandbox.job("start", ["--dry-run", "--fresh"])
+        #expect(fresh.status == 0, "\(fresh.stderr)")
+        #expect(fresh.stdout.contains("discard     the job in") && fresh.stdout.contains("empty       the 15 tables of users"), "\(fresh.stdout)")
+        #expect(fresh.stdout.contains("migrate     nothing: the schema is up to date"), "\(fresh.stdout)")
+        #expect(try sandbox.counts()["users"] == 30, "nothing emptied")
+        #expect(try sandbox.status()["complete"] as? Bool == true, "the job is still there")
+    }
+
     /// Killed after the run named its pipelines and before the queue recorded the job: status
     /// says so, and resume starts the job on the source and schema the start was given.
     @Test func aRunKilledBeforeItsQueueRecordedTheJobIsStartedByResume() throws {
