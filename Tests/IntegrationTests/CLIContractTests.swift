@@ -164,7 +164,7 @@ enum JSON {
     ]
     static let reportKeys: Set<String> = [
         "schemaVersion", "exitCode", "exitReason", "error", "seconds", "cpuSeconds", "peakMemoryBytes", "documentsLoaded",
-        "documentsSetAside", "totalRows", "stages", "pipelines", "changes",
+        "documentsSetAside", "totalRows", "stages", "pipelines", "changes", "thisRun",
     ]
 
     static func object(_ text: String) throws -> [String: Any] {
