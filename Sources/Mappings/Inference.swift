@@ -270,7 +270,7 @@ public struct Inference {
     }
 
     private func evidence(_ field: Field, of total: Int) -> String {
-        let types = field.types.sorted { $0.value > $1.value }.map { "\($0.key.name) \($0.value)" }.joined(separator: ", ")
+        let types = field.types.sorted { ($0.value, $1.key.name) > ($1.value, $0.key.name) }.map { "\($0.key.name) \($0.value)" }.joined(separator: ", ")
         return "in \(field.present) of \(total)" + (field.nulls > 0 ? ", null in \(field.nulls)" : "") + (types.isEmpty ? "" : "; \(types)")
     }
 
