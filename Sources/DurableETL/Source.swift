@@ -208,7 +208,13 @@ public protocol SourceChoice: Sendable {
     var option: String { get }
     /// The database and collection it names by itself, if any (mongodump's `db/coll.bson`).
     var impliedCollection: SourceCollection? { get }
+    /// It names a source for each pipeline (a dump directory's files), not one pipeline's.
+    var namesEachPipeline: Bool { get }
     func source(_ settings: JobSettings, collection: SourceCollection) -> any Source
+}
+
+extension SourceChoice {
+    public var namesEachPipeline: Bool { false }
 }
 
 /// What a command says about where documents come from: each nil when it says nothing.
@@ -236,7 +242,7 @@ extension SourceRequest {
         if let refusal = JobPlan.refusal(of: planRequest, builtIn: builtIn, pipelines: pipelines.count, ofJob: ofJob) { throw refusal }
     }
 
-    var planRequest: JobPlan.Request { JobPlan.Request(namesCollection: namesCollection, option: choice?.option) }
+    var planRequest: JobPlan.Request { JobPlan.Request(namesCollection: namesCollection, option: choice?.namesEachPipeline == true ? nil : choice?.option) }
 }
 
 /// What a job moves from where to where, recorded when it starts (never a credential).

@@ -93,9 +93,10 @@ public struct Inference {
     // MARK: Proposing a mapping
 
     /// The mapping file for `source`, as JSON, with the evidence in `notes`.
-    public func mapping(source: SourceCollection, uniqueIndexes: [UniqueIndex] = []) -> [String: Any] {
+    /// `takenTables`: names other pipelines of the same job already use (a whole database's).
+    public func mapping(source: SourceCollection, uniqueIndexes: [UniqueIndex] = [], takenTables: Set<String> = []) -> [String: Any] {
         var notes: [String: String] = [:]
-        var tables = Set<String>()
+        var tables = takenTables
         let table = tableName(source.collection, &tables)
         let idField = root.children["_id"]
         var columns: [[String: Any]] = []

@@ -18,10 +18,29 @@ struct Init: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Write the mapping here (refused if the file exists) instead of printing it.", valueName: "file"))
     var output: String?
 
+    @Option(name: .customLong("output-dir"), help: ArgumentHelp(
+        "For a whole database (--database without --collection, or --source-dump): write one mapping per collection, <pipeline>.json, here (default mappings).",
+        valueName: "dir"))
+    var outputDirectory: String?
+
+    @Flag(help: "Overwrite mapping files that exist in --output-dir.")
+    var force = false
+
+    /// --database without --collection, or a dump directory without --collection.
+    var wholeDatabase: Bool {
+        connection.source.collection == nil && (connection.source.sourceDump != nil || (connection.source.database != nil && connection.source.sourceFile == nil))
+    }
+
     func validate() throws {
         guard sample > 0 else { throw ValidationError("--sample must be at least 1") }
-        guard connection.source.namesAnotherSource || (connection.source.database != nil && connection.source.collection != nil) else {
-            throw ValidationError("init needs --database and --collection (the collection to describe), or --source-file (a mongodump file)")
+        guard connection.source.namesAnotherSource || connection.source.database != nil else {
+            throw ValidationError("init needs --database (a whole database) and --collection (one collection), --source-file (a mongodump file) or --source-dump (a mongodump directory)")
+        }
+        if wholeDatabase, output != nil {
+            throw ValidationError("--output writes one mapping; a whole database writes one per collection into --output-dir")
+        }
+        if !wholeDatabase, outputDirectory != nil || force {
+            throw ValidationError("\(outputDirectory != nil ? "--output-dir" : "--force") is for a whole database (--database without --collection, or --source-dump); use --output for one collection")
         }
     }
 
@@ -29,11 +48,19 @@ struct Init: AsyncParsableCommand {
         try await reportingErrors {
             let settings = try connection.resolved()
             _ = try connection.makeLogger()
+            if wholeDatabase { return try await writeAll(settings) }
             if let output, FileManager.default.fileExists(atPath: output) {
                 throw JobError(.usage, "\(output) exists; choose another --output or remove it")
             }
             let sample = sample
-            let data = try await Threads.blocking(name: "init") { try Self.propose(settings, sample: sample) }
+            let data = try await Threads.blocking(name: "init") { () throws -> Data in
+                let implied = settings.source.choice?.impliedCollection
+                let dump = (settings.source.choice as? BSONDumpDirectory.Choice)?.dump.database
+                let names = SourceCollection(
+                    database: dump ?? settings.source.database ?? implied?.database ?? "",
+                    collection: settings.source.collection ?? implied?.collection ?? "")
+                return try Proposal.propose(SourceKinds.source(settings, collection: names), names: names, sample: sample)
+            }
             if let output {
                 do {
                     try AtomicFile.write(data, to: output)
@@ -49,50 +76,30 @@ struct Init: AsyncParsableCommand {
         }
     }
 
-    /// Reads every k-th document in source order (k = count / sample) and infers the mapping.
-    /// A source that does not know its count (a file) is read twice: once to count its
-    /// documents, once to sample them.
-    private static func propose(_ settings: JobSettings, sample: Int) throws -> Data {
-        let implied = settings.source.choice?.impliedCollection
-        let names = SourceCollection(
-            database: settings.source.database ?? implied?.database ?? "",
-            collection: settings.source.collection ?? implied?.collection ?? "")
-        let source = SourceKinds.source(settings, collection: names)
-        var total: Int64
-        if let known = try source.check(allowEmpty: false) {
-            total = known
-        } else {
-            let counting = try source.open(after: nil, batchSize: 1_000)
-            total = 0
-            while try counting.next() != nil { total += 1 }
+    /// One mapping per collection into the output directory; files that exist are refused
+    /// (all named, nothing written) unless --force.
+    private func writeAll(_ settings: JobSettings) async throws {
+        let directory = outputDirectory ?? "mappings"
+        let (sample, database, collection, force) = (sample, connection.source.database, connection.source.collection, force)
+        let proposed = try await Threads.blocking(name: "init") {
+            try Proposal.proposeAll(settings, try Proposal.collections(settings, database: database, only: collection), sample: sample)
         }
-        let stride = max(1, Int(total) / sample)
-        let cursor = try source.open(after: nil, batchSize: 1_000)
-        var inference = Inference()
-        var seen = 0
-        while inference.documents < sample, let document = try cursor.next() {
-            if seen % stride == 0 { document.withUnsafeBytes { inference.add($0) } }
-            seen += 1
-            if seen % 10_000 == 0 { Console.standardError.status("init: read \(seen) documents, sampled \(inference.documents)") }
+        guard !proposed.isEmpty else { throw JobError(.noInput, "every collection of the source is empty; there is nothing to infer a mapping from") }
+        let files = proposed.map { (URL(fileURLWithPath: directory).appendingPathComponent($0.mapping.name + ".json").path, $0) }
+        let existing = files.map(\.0).filter { FileManager.default.fileExists(atPath: $0) }
+        if !existing.isEmpty && !force {
+            throw JobError(.usage, "\(existing.joined(separator: ", ")) exist\(existing.count == 1 ? "s" : ""); nothing was written: add --force to overwrite, or choose another --output-dir")
         }
-        Console.standardError.endStatus()
-        if inference.damagedCount > 0 {
-            Console.standardError.line("etl-job: \(inference.damagedCount) sampled documents are damaged BSON and were left out of the inference "
-                + "(a load sets them aside); the first: \(inference.damaged[0])")
-        }
-        guard inference.sawIds || inference.documents == 0 else {
-            throw JobError(.dataError, "none of the \(inference.documents) documents sampled from \(source.description) has an _id "
-                + "(mongodump writes such files for the oplog and some system collections); etl-job keys every document's rows by its _id, "
-                + "so it cannot load them: give each document an _id (mongorestore into MongoDB gives each one), then run init on that collection")
-        }
-        let mapping = inference.mapping(source: names, uniqueIndexes: try source.uniqueIndexes())
-        let data = Data(MappingText.render(mapping).utf8)
-        // What init writes must load: read it back as etl-job will. A failure is init's own fault.
         do {
-            _ = try MappingFile(json: data)
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            for (path, proposal) in files { try AtomicFile.write(proposal.data, to: path) }
         } catch {
-            throw JobError(.software, "init proposed a mapping it cannot read back (\(error)); this is a bug in etl-job, please report it with the source's first documents")
+            throw JobError(.ioError, "cannot write the mappings into \(directory): \(error.localizedDescription)")
         }
-        return data
+        for (path, proposal) in files {
+            Console.standardError.line("etl-job: wrote \(path) (\(proposal.names.database).\(proposal.names.collection): \(proposal.mapping.tables.count) tables)")
+        }
+        let dump = connection.source.sourceDump.map { " --source-dump \($0)" } ?? ""
+        Console.standardError.line("etl-job: wrote \(files.count) mappings; review them, then run 'etl-job start --mappings \(directory)\(dump)'")
     }
 }

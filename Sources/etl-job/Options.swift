@@ -38,8 +38,7 @@ struct ConnectionOptions: ParsableArguments {
         var settings = JobSettings(
             mongoURL: mongo, postgresURL: postgres,
             stateDirectory: pick(state.stateDirectory, "ETL_STATE_DIR", Self.defaultStateDirectory), targetSchema: target.targetSchema)
-        settings.source = SourceRequest(
-            database: source.database, collection: source.collection, choice: try source.absoluteSourceFile.map { BSONFileSource.Choice(path: $0) })
+        settings.source = SourceRequest(database: source.database, collection: source.collection, choice: try source.choice())
         if let run {
             settings.bucket = run.config
             settings.cursorBatchSize = run.cursorBatchSize
@@ -96,17 +95,29 @@ struct SourceOptions: ParsableArguments {
         valueName: "path"))
     var sourceFile: String?
 
-    /// Whether a source other than a MongoDB collection is named.
-    var namesAnotherSource: Bool { sourceFile != nil }
+    @Option(name: .customLong("source-dump"), help: ArgumentHelp(
+        "Read a mongodump output directory (DIR/<database>/<collection>.bson or .bson.gz) instead of MongoDB: each collection is a pipeline reading its own file (--database chooses among several databases).",
+        valueName: "dir"))
+    var sourceDump: String?
 
-    /// The source file as an absolute path, so that a resume from another directory finds it.
-    var absoluteSourceFile: String? {
-        get throws {
-            guard let sourceFile else { return nil }
-            guard !sourceFile.isEmpty else { throw JobError(.usage, "--source-file needs a path") }
-            if sourceFile.hasPrefix("/") { return sourceFile }
-            return URL(fileURLWithPath: sourceFile, relativeTo: URL(fileURLWithPath: FileManager.default.currentDirectoryPath)).standardizedFileURL.path
+    /// Whether a source other than a MongoDB collection is named.
+    var namesAnotherSource: Bool { sourceFile != nil || sourceDump != nil }
+
+    /// The source another than MongoDB the command names, with absolute paths, so that a
+    /// resume from another directory finds it.
+    func choice() throws -> (any SourceChoice)? {
+        if sourceFile != nil && sourceDump != nil {
+            throw JobError(.usage, "--source-file and --source-dump both name the source; give one")
         }
+        if let sourceFile { return BSONFileSource.Choice(path: try Self.absolute(sourceFile, "--source-file")) }
+        if let sourceDump { return BSONDumpDirectory.Choice(try BSONDumpDirectory(path: try Self.absolute(sourceDump, "--source-dump"), database: database)) }
+        return nil
+    }
+
+    private static func absolute(_ path: String, _ option: String) throws -> String {
+        guard !path.isEmpty else { throw JobError(.usage, "\(option) needs a path") }
+        if path.hasPrefix("/") { return path }
+        return URL(fileURLWithPath: path, relativeTo: URL(fileURLWithPath: FileManager.default.currentDirectoryPath)).standardizedFileURL.path
     }
 }
 

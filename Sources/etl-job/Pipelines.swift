@@ -26,6 +26,24 @@ enum Pipelines {
         }
     }
 
+    /// Two pipelines of one job with one name, or writing one table, are refused (exit 64):
+    /// they would share a queue, or truncate and load each other's rows.
+    static func refuseOverlaps(_ all: [any DocumentMapping]) throws {
+        var seen = Set<String>()
+        for m in all where !seen.insert(m.name).inserted {
+            throw JobError(.usage, "two pipelines are named '\(m.name)'; give a mapping file another \"pipeline\" name")
+        }
+        var owners: [String: String] = [:]
+        for m in all {
+            for table in m.tables.map(\.name) {
+                if let other = owners[table] {
+                    throw JobError(.usage, "the pipelines \(other) and \(m.name) both write the table \(table); rename it in one mapping file")
+                }
+                owners[table] = m.name
+            }
+        }
+    }
+
     /// How a resume, status or verify finds a recorded pipeline: a built-in by name; one
     /// defined by a mapping file from the definition the job recorded. A file given again
     /// with `--mapping` must describe the same tables, or the command is refused (exit 64).
@@ -57,7 +75,27 @@ struct MappingOptions: ParsableArguments {
         "A mapping file describing a collection's tables (repeatable; see 'etl-job init').", valueName: "file"))
     var files: [String] = []
 
-    func load() throws -> [FileMapping] { try files.map(Pipelines.load) }
+    @Option(name: .customLong("mappings"), help: ArgumentHelp(
+        "A directory of mapping files: each *.json in it is a pipeline (as 'etl-job init --output-dir' writes them).", valueName: "dir"))
+    var directory: String?
+
+    func load() throws -> [FileMapping] {
+        var paths = files
+        if let directory {
+            let names: [String]
+            do {
+                names = try FileManager.default.contentsOfDirectory(atPath: directory)
+            } catch {
+                throw JobError(.usage, "--mappings \(directory): no such directory, or it cannot be read")
+            }
+            let found = names.filter { $0.hasSuffix(".json") && !$0.hasPrefix(".") }.sorted()
+            guard !found.isEmpty else { throw JobError(.usage, "--mappings \(directory) holds no mapping file (*.json); 'etl-job init --output-dir \(directory)' writes them") }
+            paths += found.map { URL(fileURLWithPath: directory).appendingPathComponent($0).path }
+        }
+        return try paths.map(Pipelines.load)
+    }
+
+    var given: Bool { !files.isEmpty || directory != nil }
 }
 
 /// Which pipelines a command runs: `--pipeline NAME` and `--mapping FILE`, both repeatable.
@@ -79,15 +117,13 @@ struct PipelineOptions: ParsableArguments {
         }
     }
 
-    /// The named built-in pipelines and the mapping files; users alone when neither is given.
-    func mappings() throws -> [any DocumentMapping] {
+    /// The named built-in pipelines and the mapping files; users alone when neither is given,
+    /// unless `defaultUsers` is false (a whole database's pipelines are its collections).
+    func mappings(defaultUsers: Bool = true) throws -> [any DocumentMapping] {
         let files = try mapping.load()
-        let builtIn = names.isEmpty && files.isEmpty ? [Pipelines.builtIn[0]] : names.compactMap(Pipelines.mapping(named:))
+        let builtIn = names.isEmpty && files.isEmpty && defaultUsers ? [Pipelines.builtIn[0]] : names.compactMap(Pipelines.mapping(named:))
         let all: [any DocumentMapping] = builtIn + files
-        var seen = Set<String>()
-        for m in all where !seen.insert(m.name).inserted {
-            throw JobError(.usage, "two pipelines are named '\(m.name)'; give a mapping file another \"pipeline\" name")
-        }
+        try Pipelines.refuseOverlaps(all)
         return all
     }
 }

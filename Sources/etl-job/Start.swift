@@ -2,6 +2,7 @@ import ArgumentParser
 import ETLCore
 import Foundation
 import DurableETL
+import Mappings
 
 struct Start: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -17,6 +18,12 @@ struct Start: AsyncParsableCommand {
     @Flag(help: "Do not ask before --fresh truncates the target tables.")
     var yes = false
 
+    @Flag(name: .customLong("all-collections"), help: "Run every collection of --database as a pipeline: its mapping from --mapping/--mappings when one names it, else inferred from a sample (implied by --source-dump).")
+    var allCollections = false
+
+    @Option(help: ArgumentHelp("Documents sampled to infer the mapping of a collection no mapping file names (whole database).", valueName: "n"))
+    var sample = 1_000
+
     @Flag(name: .customLong("dry-run"), help: "Check the settings, the source, the mappings and the target, and print what the run would create, empty and load; write nothing.")
     var dryRun = false
 
@@ -26,6 +33,13 @@ struct Start: AsyncParsableCommand {
     var foreignKeys: String?
 
     func validate() throws {
+        guard sample > 0 else { throw ValidationError("--sample must be at least 1") }
+        if allCollections, connection.source.database == nil, connection.source.sourceDump == nil {
+            throw ValidationError("--all-collections runs every collection of --database; name the database")
+        }
+        if allCollections, connection.source.sourceFile != nil {
+            throw ValidationError("--all-collections runs a whole database; --source-file names one collection's file (use --source-dump for a dump directory)")
+        }
         if let foreignKeys, ForeignKeyMode(rawValue: foreignKeys) == nil {
             throw ValidationError("--foreign-keys '\(foreignKeys)' is not a mode; valid modes: after, during")
         }
@@ -38,7 +52,9 @@ struct Start: AsyncParsableCommand {
         try await reportingErrors {
             var settings = try connection.resolved(bucket)
             settings.foreignKeys = foreignKeys.flatMap(ForeignKeyMode.init)
-            let mappings = try pipelines.mappings()
+            let whole = allCollections || connection.source.sourceDump != nil
+            var mappings = try pipelines.mappings(defaultUsers: !whole)
+            if whole { mappings += try await inferMissing(settings, mappings) }
             try settings.source.refuse(for: mappings, ofJob: false)
             if dryRun {
                 let job = DurableJob(settings: settings, logger: try connection.makeLogger())
@@ -51,6 +67,33 @@ struct Start: AsyncParsableCommand {
                 try await job.start(mappings, fresh: fresh, stop: stop, observer: progress)
             }
         }
+    }
+
+    /// The mappings of the whole database's collections that no given mapping names,
+    /// inferred from a sample as `init` would write them (the job records each one).
+    private func inferMissing(_ settings: JobSettings, _ given: [any DocumentMapping]) async throws -> [any DocumentMapping] {
+        let (database, collection, sample) = (connection.source.database, connection.source.collection, sample)
+        let dump = connection.source.sourceDump != nil
+        let inferred = try await Threads.blocking(name: "init") { () throws -> [(names: SourceCollection, data: Data, mapping: FileMapping)] in
+            let all = try Proposal.collections(settings, database: database, only: collection)
+            if let dump = (settings.source.choice as? BSONDumpDirectory.Choice)?.dump, collection == nil {
+                for mapping in given where !all.contains(where: { $0.collection == mapping.source.collection }) {
+                    throw JobError(.noInput, "the dump \(dump.databaseDirectory) holds no collection \(mapping.source.collection), which the pipeline \(mapping.name) reads; "
+                        + "its collections: \(all.map(\.collection).joined(separator: ", "))")
+                }
+            }
+            // In a dump a mapping names its collection's file; its database is the dump's.
+            let missing = all.filter { c in !given.contains { $0.source.collection == c.collection && (dump || $0.source.database == c.database) } }
+            return try Proposal.proposeAll(settings, missing, sample: sample, taken: Set(given.flatMap { $0.tables.map(\.name) }))
+        }
+        for proposal in inferred {
+            Console.standardError.line("etl-job: no mapping names \(proposal.names.database).\(proposal.names.collection): inferred one from a sample "
+                + "(pipeline \(proposal.mapping.name), \(proposal.mapping.tables.count) tables); 'etl-job init' writes it to a file to review")
+        }
+        let added: [any DocumentMapping] = inferred.map(\.mapping)
+        try Pipelines.refuseOverlaps(given + added)
+        guard !(given + added).isEmpty else { throw JobError(.noInput, "every collection of the source is empty; there is nothing to load") }
+        return added
     }
 
     private func confirmTruncation(_ settings: JobSettings, _ mappings: [any DocumentMapping]) throws {

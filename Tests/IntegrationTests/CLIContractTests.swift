@@ -25,6 +25,13 @@ import Testing
         (["start", "--pipeline", "nope"], [:], "unknown pipeline 'nope'; the known pipelines are: users", "See 'etl-job start --help'."),
         (["status", "-q", "-v"], [:], "-q and -v contradict each other", "See 'etl-job status --help'."),
         (["start", "--progress-interval", "0"], [:], "--progress-interval must be a positive number", "See 'etl-job start --help'."),
+        (["start", "--all-collections"], [:], "--all-collections runs every collection of --database; name the database", "See 'etl-job start --help'."),
+        (["start", "--all-collections", "--database", "shop", "--source-file", "a.bson"], [:], "use --source-dump for a dump directory", "See 'etl-job start --help'."),
+        (["start", "--sample", "0", "--all-collections", "--database", "shop"], [:], "--sample must be at least 1", "See 'etl-job start --help'."),
+        (["init", "--database", "shop", "--output", "a.json"], [:], "a whole database writes one per collection into --output-dir", "See 'etl-job init --help'."),
+        (["init", "--database", "shop", "--collection", "orders", "--output-dir", "m"], [:], "--output-dir is for a whole database", "See 'etl-job init --help'."),
+        (["init"], [:], "init needs --database (a whole database) and --collection (one collection), --source-file", "See 'etl-job init --help'."),
+        (["start", "--source-dump", ""], [:], "--source-dump needs a path", nil),
         (["status"], ["ETL_LOG_LEVEL": "loud"], "ETL_LOG_LEVEL 'loud' is not a level; valid levels: trace, debug", nil),
     ] as [([String], [String: String], String, String?)])
     func aUsageErrorSaysWhatIsWrongWhatIsValidAndWhereHelpIs(arguments: [String], environment: [String: String], problem: String, pointer: String?) throws {

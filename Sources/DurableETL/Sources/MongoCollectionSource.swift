@@ -69,6 +69,19 @@ public final class MongoCollectionSource: Source {
         Identity(sourceServers: try client().servers, database: collection.database, collection: collection.collection)
     }
 
+    /// The collections of `database` on the server of `url`, sorted; system collections
+    /// (`system.views`, `system.profile`, …) left out. Exit 69 when the server does not answer.
+    public static func collections(url: String, database: String) throws -> [SourceCollection] {
+        let probe = MongoCollectionSource(url: url, collection: SourceCollection(database: database, collection: ""))
+        let client = try probe.connected()
+        do {
+            return try client.collectionNames(database: database).filter { !$0.hasPrefix("system.") }
+                .map { SourceCollection(database: database, collection: $0) }
+        } catch {
+            throw JobError(.unavailable, "cannot list the collections of \(database) at \(client.redactedURL): \(error)")
+        }
+    }
+
     public func check(allowEmpty: Bool) throws -> Int64? {
         let client = try connected()
         try checkExists(client)
