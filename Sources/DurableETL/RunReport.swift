@@ -86,7 +86,9 @@ public struct RunReport: Sendable {
         }
         func n(_ v: Int64) -> String { v.formatted(.number.grouping(.automatic)) }
         func rate(_ v: Int64) -> String { seconds > 0 ? n(Int64(Double(v) / seconds)) : "-" }
-        func label(_ text: String) -> String { text.padding(toLength: 18, withPad: " ", startingAt: 0) }
+        // As wide as the longest table name: a cut name could read as another table's.
+        let width = max(18, pipelines.flatMap(\.tables).map(\.count).max() ?? 0)
+        func label(_ text: String) -> String { text.padding(toLength: width, withPad: " ", startingAt: 0) }
         if let lags { return renderChanges(lags: lags) }
         var lines = ["etl-job: run complete"]
         for p in pipelines {
