@@ -91,6 +91,12 @@ import UsersFixtures
         #expect(inferred.status == 0, "\(inferred.stderr)")
         #expect(inferred.stderr.contains("no mapping names \(sandbox.mongoDatabase).orders: inferred one"), "\(inferred.stderr)")
         #expect(try sandbox.checksums(tables: Self.tables, schema: "inferred") == expected)
+        // The inferred pipelines are the job's: sync applies the collections' changes with them.
+        try sandbox.mongo.collection(database: sandbox.mongoDatabase, name: "bios").insertMany((60..<65).map(Self.bio))
+        let synced = try sandbox.run(["sync"] + state("b", "inferred"))
+        #expect(synced.status == 0, "\(synced.stderr)")
+        #expect(try sandbox.counts(tables: ["bios"], schema: "inferred") == ["bios": 65])
+        #expect(try sandbox.run(["verify"] + state("b", "inferred")).status == 0)
 
         // A dump directory with the mappings, killed and resumed from where the dump moved to.
         let dump = base + "-dump"
