@@ -33,6 +33,9 @@ public protocol DocumentMapping: Sendable {
 }
 
 extension DocumentMapping {
+    /// The tables whose primary keys `--keys after` builds after the load.
+    public var keysBuiltAfter: [TableSpec] { tables.enumerated().filter { $0.element.keyFollowsDocument(isRoot: $0.offset == 0) }.map(\.element) }
+
     public var migrations: [Migration] { [] }
     public var definition: String? { nil }
     public var documentKeyType: UInt32? { nil }
@@ -159,6 +162,27 @@ public struct TableSpec: Sendable {
         }
     }
 
+    /// Whether this table's primary key follows from the document's key, so that it cannot
+    /// repeat across documents once the root table's key does not: a child table found by its
+    /// primary key's first column (`_id`, `_id * 10000 + index`, or the root key and a
+    /// position). Its key can be built after the load (`--keys after`); a key taken from the
+    /// document's data (`messages.id`) stays in place, where a repeated value sets the
+    /// document aside as it is loaded. A mapping that still wrote two rows with one such key
+    /// fails the final step (exit 70) instead of loading them.
+    public func keyFollowsDocument(isRoot: Bool) -> Bool { !isRoot && documentRows.column == primaryKey[0] }
+
+    /// Adds the primary key (on a table loaded without it).
+    var addPrimaryKey: String {
+        "ALTER TABLE \(quotedName) ADD CONSTRAINT \(quoteIdentifier(primaryKeyName)) PRIMARY KEY (\(primaryKey.map(quoteIdentifier).joined(separator: ", ")))"
+    }
+
+    /// The name PostgreSQL gives an unnamed primary key (`table_pkey`), within its 63 bytes.
+    var primaryKeyName: String {
+        var name = name
+        while name.utf8.count > 58 { name.removeLast() }
+        return name + "_pkey"
+    }
+
     public var quotedName: String { quoteIdentifier(name) }
     public var quotedColumns: [String] { columns.map { quoteIdentifier($0.name) } }
 
@@ -193,13 +217,20 @@ public struct TableSpec: Sendable {
     }
 }
 
-/// When a job puts its tables' foreign keys in place.
+/// When a job puts its tables' keys in place (`--keys`, `--foreign-keys`).
 public enum ForeignKeyMode: String, Sendable, Codable, CaseIterable {
-    /// Load the tables without them and add them in one final step: PostgreSQL checks each
-    /// key once, not row by row. The default of a new job (its tables are empty).
+    /// Load the tables without their foreign keys and without the primary keys that follow
+    /// from the document's key (`TableSpec.keyFollowsDocument`), then build those and add the
+    /// foreign keys in one final step, as pg_restore orders a restore: each index is built
+    /// once, sorted, instead of row by row. The default of a new job (its tables are empty).
+    case keysAfter = "keys-after"
+    /// Only the foreign keys after the load (`--keys during`); every primary key in place.
     case after
     /// Keep them in place while loading (what etl-job 0.2 and earlier did).
     case during
+
+    /// The foreign keys are added in the final step.
+    public var foreignKeysAfter: Bool { self != .during }
 }
 
 /// A PostgreSQL identifier, quoted.

@@ -90,7 +90,7 @@ public struct DurableJob: Sendable {
             case .truncate(let name):
                 lines.append("  empty       the \(tables(name)) and its checkpoints")
             case .prepareForeignKeys(let name, let mode):
-                lines.append("  keys        \(name): foreign keys " + (mode == .after ? "added in one step after the load" : "in place during the load"))
+                lines.append("  keys        \(name): " + Self.describe(mode, run.job(name).mapping))
             case .createJob(let name, _):
                 let total = run.totals[name] ?? nil
                 let count = total.map { $0.formatted(.number.grouping(.automatic)) + " documents" } ?? (run.job(name).source.sizeDescription.map { "documents (\($0))" } ?? "documents")
@@ -288,25 +288,42 @@ public struct DurableJob: Sendable {
         }
     }
 
-    /// Puts a new job's empty tables in the state its foreign-key mode loads them in.
+    /// When a mode puts a pipeline's keys in place, in words (dry run).
+    static func describe(_ mode: ForeignKeyMode, _ mapping: any DocumentMapping) -> String {
+        switch mode {
+        case .keysAfter: "the primary keys of \(mapping.keysBuiltAfter.count) tables built and the foreign keys added in one step after the load"
+        case .after: "foreign keys added in one step after the load"
+        case .during: "foreign keys in place during the load"
+        }
+    }
+
+    /// Puts a new job's empty tables in the state its key mode loads them in.
     private func prepareForeignKeys(_ job: PipelineJob, _ db: PGConnection, _ mode: ForeignKeyMode) throws {
         switch mode {
-        case .after: try job.target.dropForeignKeys(db, job.mapping)
+        case .keysAfter, .after: try job.target.dropKeys(db, job.mapping, primaryKeys: mode == .keysAfter)
         case .during: try addForeignKeys(job, db)
         }
     }
 
-    /// Adds the missing foreign keys of a pipeline's tables, in one transaction. Rows without
-    /// their parent fail it (exit 65) naming the key; the job stays resumable.
-    private func addForeignKeys(_ job: PipelineJob, _ db: PGConnection, fence: (PGConnection) throws -> Void = { _ in }) throws {
+    /// Builds the missing primary keys (`primaryKeys`) and adds the missing foreign keys of a
+    /// pipeline's tables, in one transaction. Rows without their parent fail it (exit 65)
+    /// naming the key, two rows with one key too (exit 70); the job stays resumable.
+    private func addForeignKeys(_ job: PipelineJob, _ db: PGConnection, primaryKeys: Bool = false, fence: (PGConnection) throws -> Void = { _ in }) throws {
         do {
-            let added = try job.target.addForeignKeys(db, job.mapping, fence: fence) { CrashPoint.keys.reach() }
-            if added > 0 {
-                logger.info("added the foreign keys", metadata: ["pipeline": "\(job.name)", "keys": "\(added)"])
+            let added = try job.target.addKeys(db, job.mapping, primaryKeys: primaryKeys, fence: fence) { CrashPoint.keys.reach() }
+            if added.primary > 0 {
+                logger.info("built the primary keys", metadata: ["pipeline": "\(job.name)", "keys": "\(added.primary)"])
+            }
+            if added.foreign > 0 {
+                logger.info("added the foreign keys", metadata: ["pipeline": "\(job.name)", "keys": "\(added.foreign)"])
             }
         } catch let error as PGError where error.sqlState == "23503" {
             throw JobError(.dataError, "cannot add the foreign keys of the \(job.name) pipeline: \(error); "
                 + "the target holds rows without their parent (written by something other than this job); remove them, then run 'etl-job resume'")
+        } catch let error as PGError where error.sqlState == "23505" {
+            throw JobError(.software, "cannot build the primary keys of the \(job.name) pipeline after the load: \(error); two rows hold one key, "
+                + "which the pipeline's keys promise cannot happen (a bug in its mapping, or rows written by something other than this job); "
+                + "remove them, then run 'etl-job resume', or load with --keys during")
         }
     }
 
@@ -416,9 +433,9 @@ public struct DurableJob: Sendable {
             if failure == nil {
                 // The final step of a job that adds its keys after the load: in one transaction,
                 // so that a kill leaves none of them, and resume (which comes back here) adds them.
-                if status.foreignKeys.flatMap(ForeignKeyMode.init) == .after {
+                if let mode = status.foreignKeys.flatMap(ForeignKeyMode.init), mode.foreignKeysAfter {
                     try lock.regain()
-                    try addForeignKeys(job, try job.connectPostgres(), fence: lock.fence)
+                    try addForeignKeys(job, try job.connectPostgres(), primaryKeys: mode == .keysAfter, fence: lock.fence)
                     CrashPoint.keysCommitted.reach()
                 }
                 try queue.markFinished()

@@ -118,16 +118,22 @@ public enum JobPlan {
             + list.joined(separator: "; ") + "; use the same settings, or another --state-dir")
     }
 
-    /// A new job's foreign-key mode: as asked, else `after` when the role may drop and add the
-    /// keys (it owns the tables, or they have none in place yet), else `during`.
+    /// A new job's key mode: as asked, else `keysAfter` (primary keys that follow from the
+    /// document's key built after the load, foreign keys added after it) when the role may
+    /// drop and add keys: it owns the tables, or they do not exist yet. A role that does not
+    /// own tables whose foreign keys are in place loads `during`; one that does not own
+    /// tables without them, `after` (their primary keys stay).
     static func foreignKeyMode(_ target: Target, requested: ForeignKeyMode?) throws(JobError) -> ForeignKeyMode {
         if requested == .during { return .during }
-        guard target.declaredKeys > 0, target.missingKeys < target.declaredKeys, !target.ownsTables else { return .after }
-        if requested == .after {
-            throw JobError(.usage, "--foreign-keys after drops the tables' foreign keys and adds them after the load, which needs a role that owns "
-                + "the \(target.name) pipeline's tables; use --foreign-keys during, or run as their owner")
+        guard !target.ownsTables else { return requested ?? .keysAfter }
+        let refusal = JobError(.usage, "loading with the keys after the load drops the tables' keys and adds them after it, which needs a role that owns "
+            + "the \(target.name) pipeline's tables; use --keys during --foreign-keys during, or run as their owner")
+        if target.declaredKeys > 0, target.missingKeys < target.declaredKeys {
+            if requested != nil { throw refusal }
+            return .during
         }
-        return .during
+        if requested == .keysAfter { throw refusal }
+        return .after
     }
 
     // MARK: Start
@@ -296,7 +302,7 @@ public enum JobPlan {
             switch pipeline.state {
             case .neverStarted(let planned):
                 steps += [.prepareForeignKeys(name, planned ?? .during), .createJob(name, planned ?? .during)]
-            case .unfinished(let mode) where (mode ?? .during) == .during:
+            case .unfinished(let mode) where !(mode ?? .during).foreignKeysAfter:
                 // A job that keeps its keys in place while loading finds them there (a job of
                 // etl-job 0.2 created its tables with them).
                 steps.append(.addForeignKeys(name))

@@ -217,20 +217,36 @@ public struct Target: Sendable {
                   postgresArray(key.columns)]).rows[0][0] == "t"
     }
 
-    /// Adds the foreign keys of `mapping` that are missing, in one transaction: all of them or
-    /// none. PostgreSQL checks every row once; a row without its parent fails the step with
-    /// the constraint and key it names. Returns how many were added.
+    /// The primary keys `--keys after` builds after the load that are not in place.
+    public func missingPrimaryKeys(_ db: PGConnection, _ mapping: any DocumentMapping) throws -> [TableSpec] {
+        try tablesWithoutPrimaryKey(db, mapping, among: mapping.keysBuiltAfter)
+    }
+
+    /// The tables of `mapping` (or of `among`) that exist without a primary key.
+    public func tablesWithoutPrimaryKey(_ db: PGConnection, _ mapping: any DocumentMapping, among: [TableSpec]? = nil) throws -> [TableSpec] {
+        try (among ?? mapping.tables).filter { table in
+            try db.query("SELECT count(*) = 0 FROM pg_constraint WHERE contype = 'p' AND conrelid = to_regclass($1)",
+                         [quoteIdentifier(schema) + "." + table.quotedName]).rows[0][0] == "t"
+        }
+    }
+
+    /// Builds the missing primary keys (with `primaryKeys`) and adds the missing foreign keys
+    /// of `mapping`, in one transaction: all of them or none. PostgreSQL builds each index
+    /// once and checks every row once; a row without its parent fails the step with the
+    /// constraint and key it names. Returns how many primary and foreign keys were added.
     @discardableResult
-    public func addForeignKeys(_ db: PGConnection, _ mapping: any DocumentMapping, fence: (PGConnection) throws -> Void = { _ in },
-                               beforeCommit: () -> Void = {}) throws -> Int {
+    public func addKeys(_ db: PGConnection, _ mapping: any DocumentMapping, primaryKeys: Bool, fence: (PGConnection) throws -> Void = { _ in },
+                        beforeCommit: () -> Void = {}) throws -> (primary: Int, foreign: Int) {
         try db.execute("BEGIN")
         do {
             try fence(db)
+            let tables = primaryKeys ? try missingPrimaryKeys(db, mapping) : []
+            for table in tables { try db.execute(table.addPrimaryKey) }
             let missing = try missingForeignKeys(db, mapping)
             for (table, key) in missing { try db.execute(table.addConstraint(key)) }
             beforeCommit()
             try db.execute("COMMIT")
-            return missing.count
+            return (tables.count, missing.count)
         } catch {
             _ = try? db.execute("ROLLBACK")
             throw error
@@ -274,9 +290,10 @@ public struct Target: Sendable {
             """, [quoteIdentifier(schema), postgresArray(mapping.tables.map(\.name))]).rows[0][0] != "f"
     }
 
-    /// Drops the foreign keys of `mapping` that are in place (for a load that adds them after;
+    /// Drops the foreign keys of `mapping` that are in place and, with `primaryKeys`, the
+    /// primary keys `--keys after` builds after the load (for a load that adds them after;
     /// only on empty tables, where adding them back costs nothing).
-    public func dropForeignKeys(_ db: PGConnection, _ mapping: any DocumentMapping) throws {
+    public func dropKeys(_ db: PGConnection, _ mapping: any DocumentMapping, primaryKeys: Bool) throws {
         try db.execute("BEGIN")
         do {
             for table in mapping.tables {
@@ -284,6 +301,14 @@ public struct Target: Sendable {
                     SELECT conname FROM pg_constraint WHERE contype = 'f' AND conrelid = to_regclass($1)
                       AND confrelid = ANY(ARRAY(SELECT to_regclass(quote_ident($2) || '.' || quote_ident(t)) FROM unnest($3::text[]) t))
                     """, [quoteIdentifier(schema) + "." + table.quotedName, schema, postgresArray(table.foreignKeys.map(\.table))]).rows
+                for row in names {
+                    try db.execute("ALTER TABLE \(table.quotedName) DROP CONSTRAINT \(quoteIdentifier(row[0]!))")
+                }
+            }
+            // After the foreign keys: a primary key they reference cannot be dropped before them.
+            for table in primaryKeys ? mapping.keysBuiltAfter : [] {
+                let names = try db.query("SELECT conname FROM pg_constraint WHERE contype = 'p' AND conrelid = to_regclass($1)",
+                                         [quoteIdentifier(schema) + "." + table.quotedName]).rows
                 for row in names {
                     try db.execute("ALTER TABLE \(table.quotedName) DROP CONSTRAINT \(quoteIdentifier(row[0]!))")
                 }

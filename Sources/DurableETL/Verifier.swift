@@ -89,36 +89,46 @@ public struct Verifier {
         public var missing: [String]
         /// The job adds them when its load completes and has not got there yet.
         public var pending: Bool
+        /// Tables, and the tables among them without their primary key (a job with `--keys
+        /// after` builds those of child tables when its load completes).
+        public var primaryKeys: Int = 0
+        public var primaryKeysMissing: [String] = []
 
-        public var agrees: Bool { pending || missing.isEmpty }
+        public var agrees: Bool { pending || (missing.isEmpty && primaryKeysMissing.isEmpty) }
     }
 
     /// Checks which of `mapping`'s foreign keys are in place in `target`.
     public static func checkForeignKeys(_ db: PGConnection, _ target: Target, _ mapping: any DocumentMapping, pending: Bool) throws -> ForeignKeyCheck {
         let missing = try target.missingForeignKeys(db, mapping)
         let expected = mapping.tables.reduce(0) { $0 + $1.foreignKeys.count }
-        return ForeignKeyCheck(
+        var check = ForeignKeyCheck(
             expected: expected, inPlace: expected - missing.count,
             missing: missing.map { "\($0.table.name)(\($0.key.columns.joined(separator: ", "))) -> \($0.key.table)" }, pending: pending)
+        check.primaryKeys = mapping.tables.count
+        check.primaryKeysMissing = try target.tablesWithoutPrimaryKey(db, mapping).map(\.name)
+        return check
     }
 
     let db: PGConnection
     let mapping: any DocumentMapping
     let source: any DocumentCursor
     let setAside: Set<String>
+    /// How many documents of each set-aside `_id` the job set aside (1 when not given).
+    let setAsideCounts: [String: Int]
     let maxDocumentBytes: Int
     let chunk: Int
 
     /// `db`: a connection to the target schema (`Target.connect`). `setAside`: `_id`s (as the
     /// queue shows them) of documents the job set aside.
     public init(
-        db: PGConnection, mapping: any DocumentMapping, source: any DocumentCursor, setAside: Set<String>,
+        db: PGConnection, mapping: any DocumentMapping, source: any DocumentCursor, setAside: Set<String>, setAsideCounts: [String: Int] = [:],
         maxDocumentBytes: Int = JobSettings.defaultMaxDocumentBytes, chunk: Int = 1000
     ) {
         self.db = db
         self.mapping = mapping
         self.source = source
         self.setAside = setAside
+        self.setAsideCounts = setAsideCounts
         self.maxDocumentBytes = maxDocumentBytes
         self.chunk = chunk
     }
@@ -132,11 +142,13 @@ public struct Verifier {
         }
         var report = Report(pipeline: mapping.name, sourceDocuments: 0, setAsideByJob: 0, rejectedByRules: [], tables: [])
         var rows = newRows()
+        // The documents of set-aside `_id`s: a file may hold an `_id` twice, one copy loaded.
+        var copies: [String: [[UInt8]]] = [:]
         while let document = try source.next() {
             report.sourceDocuments += 1
             let id = document.withUnsafeBytes(BSONSequence.displayId)
             if setAside.contains(id) {
-                report.setAsideByJob += 1
+                copies[id, default: []].append(document.count <= maxDocumentBytes ? document : [])
                 continue
             }
             let rejected = document.withUnsafeBytes { doc -> RejectReason? in
@@ -154,9 +166,37 @@ public struct Verifier {
                 progress(report.sourceDocuments)
             }
         }
+        for (id, held) in copies.sorted(by: { $0.key < $1.key }) {
+            let loaded = held.count - (setAsideCounts[id] ?? 1)
+            report.setAsideByJob += held.count - max(0, loaded)
+            guard loaded > 0 else { continue }
+            // The copy the job loaded (the first to commit): the one whose rows the target holds.
+            let candidates = held.filter { !$0.isEmpty }
+            if let chosen = try candidates.first(where: isLoaded) ?? candidates.first {
+                chosen.withUnsafeBytes { try? rows.add(document: $0) }
+            }
+        }
         try load(rows)
         report.tables = try mapping.tables.map(compare)
         return report
+    }
+
+    /// Whether every row of `document` is in the target, as it is.
+    private func isLoaded(_ document: [UInt8]) throws -> Bool {
+        var one = newRows()
+        guard (try? document.withUnsafeBytes { try one.add(document: $0) }) != nil else { return false }
+        for (t, table) in mapping.tables.enumerated() where !one.tables[t].isEmpty {
+            let probe = quoteIdentifier("probe_" + table.name)
+            try db.execute("CREATE TEMP TABLE IF NOT EXISTS \(probe) (LIKE \(table.quotedName)) ON COMMIT DROP; TRUNCATE \(probe)")
+            try db.copyIn(probe, columns: table.quotedColumns, binary: one.tables[t].bytes, BinaryCopyWriter.trailer)
+            let on = table.primaryKey.map { "a.\(quoteIdentifier($0)) = p.\(quoteIdentifier($0))" }.joined(separator: " AND ")
+            let absent = try db.execute("""
+                SELECT count(*) FROM \(probe) p LEFT JOIN \(table.quotedName) a ON \(on)
+                WHERE a.\(quoteIdentifier(table.primaryKey[0])) IS NULL OR a::text <> p::text
+                """).rows[0][0]
+            if absent != "0" { return false }
+        }
+        return true
     }
 
     private func newRows() -> MappedRows {
@@ -220,6 +260,10 @@ extension Verifier.Report {
             if !t.firstMissing.isEmpty { lines.append("    missing ids: \(t.firstMissing.joined(separator: ", "))") }
             if !t.firstUnexpected.isEmpty { lines.append("    unexpected ids: \(t.firstUnexpected.joined(separator: ", "))") }
             if !t.firstDiffering.isEmpty { lines.append("    differing ids: \(t.firstDiffering.joined(separator: ", "))") }
+        }
+        if let keys = foreignKeys, !keys.primaryKeysMissing.isEmpty {
+            lines.append("primary keys \(keys.primaryKeys - keys.primaryKeysMissing.count) of \(keys.primaryKeys) in place"
+                + (keys.pending ? " (the job builds the rest when its load completes)" : "  ✗ missing: \(keys.primaryKeysMissing.joined(separator: ", "))"))
         }
         if let keys = foreignKeys, keys.expected > 0 {
             lines.append("foreign keys \(keys.inPlace) of \(keys.expected) in place"

@@ -20,7 +20,7 @@ struct Migrate: AsyncParsableCommand {
                 let db = try first.connectPostgres()
                 let applied = try job.migrate(db, mappings)
                 // The schema complete, keys included (a job that adds them after its load drops them first).
-                for mapping in mappings { try first.target.addForeignKeys(db, mapping) }
+                for mapping in mappings { try first.target.addKeys(db, mapping, primaryKeys: true) }
                 return applied
             }
             print(applied == 0 ? "schema is up to date" : "applied \(applied) migration(s)")

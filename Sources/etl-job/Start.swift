@@ -32,6 +32,21 @@ struct Start: AsyncParsableCommand {
         valueName: "after|during"))
     var foreignKeys: String?
 
+    @Option(help: ArgumentHelp(
+        "When the primary keys that follow from each document's key (child tables') are built: after (load without them, build them in the final step, before the foreign keys; default) or during (in place while loading; implied by --foreign-keys during).",
+        valueName: "after|during"))
+    var keys: String?
+
+    /// The key mode asked for: nil for the default (keys after, where the role may).
+    var requestedKeyMode: ForeignKeyMode? {
+        switch (keys, foreignKeys) {
+        case (_, "during"?): .during
+        case ("during"?, _): .after
+        case ("after"?, _), (nil, "after"?): .keysAfter
+        default: nil
+        }
+    }
+
     func validate() throws {
         guard sample > 0 else { throw ValidationError("--sample must be at least 1") }
         if allCollections, connection.source.database == nil, connection.source.sourceDump == nil {
@@ -40,7 +55,13 @@ struct Start: AsyncParsableCommand {
         if allCollections, connection.source.sourceFile != nil {
             throw ValidationError("--all-collections runs a whole database; --source-file names one collection's file (use --source-dump for a dump directory)")
         }
-        if let foreignKeys, ForeignKeyMode(rawValue: foreignKeys) == nil {
+        if let keys, !["after", "during"].contains(keys) {
+            throw ValidationError("--keys '\(keys)' is not a mode; valid modes: after, during")
+        }
+        if keys == "after" && foreignKeys == "during" {
+            throw ValidationError("--keys after builds the primary keys the foreign keys reference after the load, so the foreign keys cannot be in place during it; drop --foreign-keys during, or use --keys during")
+        }
+        if let foreignKeys, !["after", "during"].contains(foreignKeys) {
             throw ValidationError("--foreign-keys '\(foreignKeys)' is not a mode; valid modes: after, during")
         }
     }
@@ -51,7 +72,7 @@ struct Start: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             var settings = try connection.resolved(bucket)
-            settings.foreignKeys = foreignKeys.flatMap(ForeignKeyMode.init)
+            settings.foreignKeys = requestedKeyMode
             let whole = allCollections || connection.source.sourceDump != nil
             var mappings = try pipelines.mappings(defaultUsers: !whole)
             if whole { mappings += try await inferMissing(settings, mappings) }

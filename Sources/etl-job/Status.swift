@@ -306,9 +306,12 @@ struct StatusView {
             "batches      \(batches): \(pending) pending, \(inFlight) in flight, \(done) done",
             "loaded       \(n(documentsLoaded)) documents, \(n(totalRows)) rows",
             "set aside    \(n(documentsSetAside)) documents" + (documentsSetAside > 0 ? " (etl-job status --rejected)" : ""),
-            "foreign keys " + (foreignKeys == "after"
-                ? (foreignKeysInPlace == true ? "added after the load" : "added after the load, when it completes (not in place yet)")
-                : "in place during the load"),
+            foreignKeys == "keys-after"
+                ? "keys         " + (foreignKeysInPlace == true ? "child tables' primary keys and the foreign keys built after the load"
+                    : "child tables' primary keys and the foreign keys built after the load, when it completes (not in place yet)")
+                : "foreign keys " + (foreignKeys == "after"
+                    ? (foreignKeysInPlace == true ? "added after the load" : "added after the load, when it completes (not in place yet)")
+                    : "in place during the load"),
         ]
         lines.insert(contentsOf: source?.lines ?? [], at: 2)
         if let rate = documentsPerSecond { lines.append("throughput   \(n(Int64(rate))) documents/s") }

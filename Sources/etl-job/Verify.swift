@@ -44,7 +44,7 @@ struct Verify: AsyncParsableCommand {
         let given = try pipelines.mappings()
         guard let manifest = try RunManifest.read(directory) else {
             try settings.source.refuse(for: given, ofJob: false)
-            return try given.map { try verify($0, settings, recorded: (nil, [], nil)) }
+            return try given.map { try verify($0, settings, recorded: (nil, [:], nil)) }
         }
         var names = manifest.pipelines
         if !pipelines.names.isEmpty {
@@ -64,29 +64,29 @@ struct Verify: AsyncParsableCommand {
         return try mappings.map { try verify($0, settings, recorded: try recordedJob(RunManifest.queueDirectory(directory, $0.name))) }
     }
 
-    private func verify(_ mapping: any DocumentMapping, _ settings: JobSettings, recorded: (identity: JobIdentity?, setAside: Set<String>, status: QueueStatus?)) throws -> Verifier.Report {
+    private func verify(_ mapping: any DocumentMapping, _ settings: JobSettings, recorded: (identity: JobIdentity?, setAside: [String: Int], status: QueueStatus?)) throws -> Verifier.Report {
         let job = PipelineJob(mapping: mapping, settings: settings, recorded: recorded.identity)
         let db = try job.connectPostgres()
         try job.refuseMismatch(recorded: recorded.identity, current: job.identity(db))
         try job.source.checkExists()
         let verifier = Verifier(
-            db: db, mapping: mapping, source: try job.source.open(after: nil, batchSize: settings.cursorBatchSize), setAside: recorded.setAside,
+            db: db, mapping: mapping, source: try job.source.open(after: nil, batchSize: settings.cursorBatchSize), setAside: Set(recorded.setAside.keys), setAsideCounts: recorded.setAside,
             maxDocumentBytes: settings.maxDocumentBytes)
         var report = try verifier.run { n in Console.standardError.status("\(mapping.name): verified \(n) documents") }
         Console.standardError.endStatus()
-        let pending = recorded.status.map { $0.finishedAt == nil && $0.foreignKeys == ForeignKeyMode.after.rawValue } ?? false
+        let pending = recorded.status.map { $0.finishedAt == nil && ($0.foreignKeys.flatMap(ForeignKeyMode.init)?.foreignKeysAfter ?? false) } ?? false
         report.foreignKeys = try Verifier.checkForeignKeys(db, job.target, mapping, pending: pending)
         return report
     }
 
     /// What a pipeline's queue recorded: its identity, and the documents set aside now (by
     /// the snapshot, unless a change since replaced or deleted them, and by the changes).
-    private func recordedJob(_ directory: String) throws -> (identity: JobIdentity?, setAside: Set<String>, status: QueueStatus?) {
-        guard DurableQueue.exists(in: directory) else { return (nil, [], nil) }
+    private func recordedJob(_ directory: String) throws -> (identity: JobIdentity?, setAside: [String: Int], status: QueueStatus?) {
+        guard DurableQueue.exists(in: directory) else { return (nil, [:], nil) }
         do {
             let queue = try DurableQueue(directory: directory, readOnly: true)
             let setAside = try SetAsideNow.read(queue, changes: directory + "/changes")
-            return (JobIdentity.decode(try queue.identity), Set(setAside.map(\.documentId)), try queue.status())
+            return (JobIdentity.decode(try queue.identity), setAside.reduce(into: [:]) { $0[$1.documentId, default: 0] += 1 }, try queue.status())
         } catch let error as JobError {
             throw error
         } catch {

@@ -16,7 +16,7 @@ import Testing
         let steps = try JobPlan.start(.init(stateDirectory: "var/state", fresh: false, targets: [Self.users]))
         #expect(steps == [
             .lockTargets(["users"]), .lockStateDirectory, .migrate(["users"]), .checkTargets(["users"]),
-            .prepareForeignKeys("users", .after), .removeOrphanQueues(["users"]), .writeManifest(["users": .after]), .createJob("users", .after),
+            .prepareForeignKeys("users", .keysAfter), .removeOrphanQueues(["users"]), .writeManifest(["users": .keysAfter]), .createJob("users", .keysAfter),
         ])
     }
 
@@ -51,9 +51,16 @@ import Testing
         let asked = Self.refusal { try JobPlan.start(.init(stateDirectory: "s", fresh: false, targets: [notOwner], requestedForeignKeys: .after)) }
         #expect(asked?.kind == .usage && asked?.description.contains("needs a role that owns") == true)
         let noneInPlace = notOwner.with { $0.missingKeys = 14 }
-        #expect(try JobPlan.start(.init(stateDirectory: "s", fresh: false, targets: [noneInPlace])).contains(.createJob("users", .after)))
+        #expect(try JobPlan.start(.init(stateDirectory: "s", fresh: false, targets: [noneInPlace])).contains(.createJob("users", .after)),
+                "a role that does not own the tables keeps their primary keys in place")
+        let keysAsked = Self.refusal { try JobPlan.start(.init(stateDirectory: "s", fresh: false, targets: [noneInPlace], requestedForeignKeys: .keysAfter)) }
+        #expect(keysAsked?.kind == .usage && keysAsked?.description.contains("needs a role that owns") == true)
         #expect(try JobPlan.start(.init(stateDirectory: "s", fresh: false, targets: [Self.users], requestedForeignKeys: .during))
             .contains(.createJob("users", .during)))
+        #expect(try JobPlan.start(.init(stateDirectory: "s", fresh: false, targets: [Self.users], requestedForeignKeys: .after))
+            .contains(.createJob("users", .after)), "--keys during: only the foreign keys after")
+        #expect(try JobPlan.start(.init(stateDirectory: "s", fresh: false, targets: [Self.users])).contains(.createJob("users", .keysAfter)),
+                "by default, on tables the role owns (or that do not exist yet), the keys after")
     }
 
     @Test func aResumeStartsWhatNeverStartedAndKeepsKeysInPlaceForJobsThatLoadWithThem() throws {
@@ -66,6 +73,8 @@ import Testing
             .lockTargets(["users", "orders"]), .migrate(["users", "orders"]), .checkTargets(["users", "orders"]),
             .addForeignKeys("users"), .prepareForeignKeys("orders", .after), .createJob("orders", .after),
         ])
+        let later = try JobPlan.resume(.init(job: .init(stateDirectory: "s", hasJob: true), pipelines: [.init(target: Self.users, state: .unfinished(.keysAfter))]))
+        #expect(later == [.lockTargets(["users"]), .migrate(["users"]), .checkTargets(["users"])], "a job with its keys after builds them only when its load completes")
         #expect(try JobPlan.resume(.init(job: .init(stateDirectory: "s", hasJob: true), pipelines: [.init(target: Self.users, state: .finished)])).isEmpty)
     }
 

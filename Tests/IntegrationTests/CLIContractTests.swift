@@ -25,6 +25,8 @@ import Testing
         (["start", "--pipeline", "nope"], [:], "unknown pipeline 'nope'; the known pipelines are: users", "See 'etl-job start --help'."),
         (["status", "-q", "-v"], [:], "-q and -v contradict each other", "See 'etl-job status --help'."),
         (["start", "--progress-interval", "0"], [:], "--progress-interval must be a positive number", "See 'etl-job start --help'."),
+        (["start", "--keys", "sometimes"], [:], "--keys 'sometimes' is not a mode; valid modes: after, during", "See 'etl-job start --help'."),
+        (["start", "--keys", "after", "--foreign-keys", "during"], [:], "the foreign keys cannot be in place during it", "See 'etl-job start --help'."),
         (["start", "--all-collections"], [:], "--all-collections runs every collection of --database; name the database", "See 'etl-job start --help'."),
         (["start", "--all-collections", "--database", "shop", "--source-file", "a.bson"], [:], "use --source-dump for a dump directory", "See 'etl-job start --help'."),
         (["start", "--sample", "0", "--all-collections", "--database", "shop"], [:], "--sample must be at least 1", "See 'etl-job start --help'."),
