@@ -23,6 +23,45 @@ import UsersFixtures
         }
     }
 
+    /// The one-pass check answers "whole" only where libbson's walk finds nothing: every
+    /// single-byte change and truncation of generated users (a deterministic sample of
+    /// 40,000), and every generated user is whole by the fast pass (so it is the one used).
+    @Test func theFastCheckNeverCallsWholeWhatLibbsonFindsDamaged() {
+        let generator = UserGenerator(seed: 42)
+        var random = SplitMix64(seed: 7)
+        var whole = 0, damaged = 0
+        for id in Int64(1)...200 {
+            let original = generator.document(id: id).bytes
+            #expect(original.withUnsafeBytes { BSON.isCertainlyWhole($0) }, "user \(id) takes the fast path")
+            for _ in 0..<200 {
+                var bytes = original
+                switch random.next() % 3 {
+                case 0: bytes[Int(random.next() % UInt64(bytes.count))] = UInt8(truncatingIfNeeded: random.next())
+                case 1: bytes[Int(random.next() % UInt64(bytes.count))] ^= 1 << UInt8(random.next() % 8)
+                default:  // a length made a little wrong, in its first byte
+                    let at = Int(random.next() % UInt64(bytes.count))
+                    bytes[at] = bytes[at] &+ UInt8(truncatingIfNeeded: random.next() % 5) &- 2
+                }
+                let fast = bytes.withUnsafeBytes { BSON.isCertainlyWhole($0) }
+                let walked = bytes.withUnsafeBytes { BSON.walkedDamage(in: $0) }
+                if fast { #expect(walked == nil, "user \(id): the fast pass calls whole what libbson finds damaged: \(String(describing: walked))") }
+                if walked == nil { whole += 1 } else { damaged += 1 }
+                #expect(bytes.withUnsafeBytes { BSON.damage(in: $0) } == walked)
+            }
+        }
+        #expect(whole > 1000 && damaged > 1000, "both kinds were tried: \(whole) whole, \(damaged) damaged")
+    }
+
+    @Test func typesLeftToLibbsonAreStillFoundWhole() {
+        // { _id: 1, pattern: /^a/i }, written by hand (a regular expression, type 0x0B).
+        let body: [UInt8] = [0x10] + Array("_id".utf8) + [0, 1, 0, 0, 0] + [0x0B] + Array("pattern".utf8) + [0] + Array("^a".utf8) + [0, UInt8(ascii: "i"), 0]
+        let length = UInt32(4 + body.count + 1)
+        let bytes = withUnsafeBytes(of: length.littleEndian, Array.init) + body + [0]
+        #expect(bytes.withUnsafeBytes { BSON.walkedDamage(in: $0) } == nil)
+        #expect(!bytes.withUnsafeBytes { BSON.isCertainlyWhole($0) })
+        #expect(bytes.withUnsafeBytes { BSON.damage(in: $0) } == nil)
+    }
+
     @Test func anUnknownTypeInTheMiddleIsFoundAtItsElementWithThePathAroundIt() {
         var (bytes, at) = Self.user(locating: Self.element(0x10, "age"))
         bytes[at] = 0xAA
