@@ -178,8 +178,15 @@ public struct BinaryCopyWriter: Sendable {
     /// The trailer that ends a stream (a field count of -1).
     public static let trailer: [UInt8] = [0xFF, 0xFF]
 
+    /// Byte by byte, most significant first: for these 2 to 8 bytes the compiler unrolls it
+    /// into plain stores, where appending a buffer of them costs a generic call each.
+    @inline(__always)
     private mutating func append<T: FixedWidthInteger>(_ v: T) {
-        withUnsafeBytes(of: v.bigEndian) { bytes.append(contentsOf: $0) }
+        var shift = T.bitWidth - 8
+        while shift >= 0 {
+            bytes.append(UInt8(truncatingIfNeeded: v >> shift))
+            shift -= 8
+        }
     }
 }
 
