@@ -24,7 +24,9 @@ public struct DurableJob: Sendable {
     /// A new run of `mappings`. Refuses when the state directory holds a job or a target table
     /// holds rows, unless `fresh`, which discards the job and empties the pipelines' tables.
     public func start(_ mappings: [any DocumentMapping], fresh: Bool, stop: StopToken, observer: RunObserver? = nil) async throws -> RunReport {
-        let prepared = try await Threads.blocking(name: "prepare") { try prepareStart(mappings, fresh: fresh) }
+        let began = ContinuousClock.now
+        var prepared = try await Threads.blocking(name: "prepare") { try prepareStart(mappings, fresh: fresh) }
+        prepared.prepareSeconds = (ContinuousClock.now - began).seconds
         return try await run(prepared, stop: stop, observer: observer)
     }
 
@@ -32,8 +34,10 @@ public struct DurableJob: Sendable {
     /// and target it was started on. `resolve` gives the mapping of a recorded pipeline name
     /// (and recorded definition, for one defined by data), or throws why it will not.
     public func resume(resolve: @escaping @Sendable (String, String?) throws -> (any DocumentMapping)?, stop: StopToken, observer: RunObserver? = nil) async throws -> RunReport {
-        let prepared = try await Threads.blocking(name: "prepare") { try prepareResume(resolve: resolve) }
+        let began = ContinuousClock.now
+        var prepared = try await Threads.blocking(name: "prepare") { try prepareResume(resolve: resolve) }
         if prepared.pipelines.isEmpty { return prepared.finishedReport }
+        prepared.prepareSeconds = (ContinuousClock.now - began).seconds
         return try await run(prepared, stop: stop, observer: observer)
     }
 
@@ -46,6 +50,8 @@ public struct DurableJob: Sendable {
         var lock: JobLock?
         var pipelines: [(job: PipelineJob, queue: DurableQueue, lock: TargetLock)] = []
         var finishedReport = RunReport(pipelines: [], seconds: 0, usage: .current(), stages: [])
+        /// How long preparing took (connecting, checking, migrating, emptying, opening the queues).
+        var prepareSeconds = 0.0
     }
 
     /// Gathers what `start` must know (reading only), plans, and runs the plan.
@@ -308,14 +314,16 @@ public struct DurableJob: Sendable {
     /// Builds the missing primary keys (`primaryKeys`) and adds the missing foreign keys of a
     /// pipeline's tables, in one transaction. Rows without their parent fail it (exit 65)
     /// naming the key, two rows with one key too (exit 70); the job stays resumable.
-    private func addForeignKeys(_ job: PipelineJob, _ db: PGConnection, primaryKeys: Bool = false, fence: (PGConnection) throws -> Void = { _ in }) throws {
+    private func addForeignKeys(_ job: PipelineJob, _ db: PGConnection, primaryKeys: Bool = false,
+                                fence: @escaping @Sendable (PGConnection) throws -> Void = { _ in }) throws {
         do {
-            let added = try job.target.addKeys(db, job.mapping, primaryKeys: primaryKeys, fence: fence) { CrashPoint.keys.reach() }
-            if added.primary > 0 {
-                logger.info("built the primary keys", metadata: ["pipeline": "\(job.name)", "keys": "\(added.primary)"])
-            }
-            if added.foreign > 0 {
-                logger.info("added the foreign keys", metadata: ["pipeline": "\(job.name)", "keys": "\(added.foreign)"])
+            let started = ContinuousClock.now
+            let added = try job.target.addKeys(db, job.mapping, primaryKeys: primaryKeys, build: settings.keyBuild, fence: fence) { CrashPoint.keys.reach() }
+            if added.primary + added.foreign > 0 {
+                logger.info("built the primary keys and added the foreign keys", metadata: [
+                    "pipeline": "\(job.name)", "primaryKeys": "\(added.primary)", "foreignKeys": "\(added.foreign)",
+                    "seconds": "\(String(format: "%.2f", (ContinuousClock.now - started).seconds))",
+                    "sessions": "\(settings.keyBuild.connections)"])
             }
         } catch let error as PGError where error.sqlState == "23503" {
             throw JobError(.dataError, "cannot add the foreign keys of the \(job.name) pipeline: \(error); "
@@ -407,6 +415,7 @@ public struct DurableJob: Sendable {
             for (_, queue, _) in prepared.pipelines { queue.close() }
         }
         try await Manager(workers: runners.count).runAll(runners, stop: stop)
+        let loaded = ContinuousClock.now
         var reports = prepared.finishedReport.pipelines
         for (job, queue, lock) in prepared.pipelines {
             let start = before[job.name]
@@ -417,9 +426,11 @@ public struct DurableJob: Sendable {
             reports.append(pipeline)
         }
         withExtendedLifetime(prepared) {}
+        let (load, keys) = ((loaded - started).seconds, (ContinuousClock.now - loaded).seconds)
         var ran = RunReport(
-            pipelines: reports, seconds: (ContinuousClock.now - started).seconds, usage: .current(),
+            pipelines: reports, seconds: prepared.prepareSeconds + load + keys, usage: .current(),
             stages: Stage.allCases.map { ($0, clock.seconds($0)) })
+        ran.phases = [(.prepare, prepared.prepareSeconds), (.load, load), (.finish, keys)]
         if changes { ran.lags = processors.flatMap(\.lags.all) }
         return ran
     }

@@ -22,6 +22,8 @@ public struct JobSettings: Sendable {
     public var source = SourceRequest()
     /// When a new job puts its foreign keys in place (nil: `after`).
     public var foreignKeys: ForeignKeyMode?
+    /// How the final step builds the keys it adds after the load.
+    public var keyBuild = KeyBuild()
 
     public static let defaultSchema = "public"
     public static let defaultMaxDocumentBytes = 8 << 20

@@ -48,6 +48,28 @@ public struct RunReport: Sendable {
     public var stages: [(Stage, Double)]
     /// A run of changes: how far behind the source each batch was when it committed (seconds).
     public var lags: [Double]? = nil
+    /// Where the run's time went, in order; `seconds` is their sum.
+    public var phases: [(Phase, Double)] = []
+
+    /// The parts of a run's time, one after the other.
+    public enum Phase: String, CaseIterable, Sendable {
+        /// The process starting, reading its settings (and inferring mappings) until the job begins.
+        case start
+        /// Connecting, checking the source and target, migrating, emptying tables, dropping keys, opening queues.
+        case prepare
+        /// Reading, transforming and loading every batch.
+        case load
+        /// The final step: the keys added after the load, the job marked finished.
+        case finish
+    }
+
+    /// Counts the process's start (`seconds` after it was created, when the job began) in the
+    /// run's time, so that the report's duration is the command's.
+    public mutating func include(start seconds: Double?) {
+        guard let seconds, seconds > 0, !phases.isEmpty, phases.first?.0 != .start else { return }
+        phases.insert((.start, seconds), at: 0)
+        self.seconds += seconds
+    }
 
     public init(pipelines: [PipelineReport], seconds: Double, usage: ProcessUsage, stages: [(Stage, Double)]) {
         self.pipelines = pipelines
@@ -118,7 +140,8 @@ public struct RunReport: Sendable {
                 + "(the counts above are the job's, earlier runs included)")
         }
         lines += [
-            "  duration          \(String(format: "%.2f s", seconds))",
+            "  duration          \(String(format: "%.2f s", seconds))" + (phases.isEmpty ? "" : "  ("
+                + phases.map { "\($0.0.rawValue) \(String(format: "%.2f", $0.1))" }.joined(separator: ", ") + ")"),
             "  documents/s       \(rate(run.documents))",
             "  rows/s            \(rate(run.rows))",
             "  peak memory       \(String(format: "%.1f MB", Double(usage.peakResidentBytes) / 1_048_576))",

@@ -231,22 +231,56 @@ public struct Target: Sendable {
     }
 
     /// Builds the missing primary keys (with `primaryKeys`) and adds the missing foreign keys
-    /// of `mapping`, in one transaction: all of them or none. PostgreSQL builds each index
-    /// once and checks every row once; a row without its parent fails the step with the
-    /// constraint and key it names. Returns how many primary and foreign keys were added.
+    /// of `mapping`, as pg_restore does: the primary keys first, largest table first, over
+    /// `build.connections` sessions at once; then every foreign key declared `NOT VALID` in
+    /// one short transaction and validated, again over several sessions (validating takes
+    /// only a share lock on the referenced table, so keys to one parent check at once, where
+    /// `ADD FOREIGN KEY` would wait for each other). Each key commits on its own, fenced by
+    /// the run's lock, and `committed` follows each; a kill leaves some keys in place, and the
+    /// next call adds the rest. A row without its parent fails the step with the constraint
+    /// and key it names. Returns how many primary and foreign keys were added.
     @discardableResult
-    public func addKeys(_ db: PGConnection, _ mapping: any DocumentMapping, primaryKeys: Bool, fence: (PGConnection) throws -> Void = { _ in },
-                        beforeCommit: () -> Void = {}) throws -> (primary: Int, foreign: Int) {
+    public func addKeys(_ db: PGConnection, _ mapping: any DocumentMapping, primaryKeys: Bool, build: KeyBuild = KeyBuild(),
+                        fence: @escaping @Sendable (PGConnection) throws -> Void = { _ in },
+                        committed: @escaping @Sendable () -> Void = {}) throws -> (primary: Int, foreign: Int) {
+        let tables = primaryKeys ? try largestFirst(db, try missingPrimaryKeys(db, mapping)) : []
+        let missing = try missingForeignKeys(db, mapping)
+        guard !tables.isEmpty || !missing.isEmpty else { return (0, 0) }
+        let sessions = KeySessions(target: self, first: db, build: build, fence: fence, committed: committed)
+        try sessions.run(tables.map(\.addPrimaryKey))
+        var validations: [String] = []
+        try transaction(db) {
+            try fence(db)
+            for (table, key) in missing {
+                let name = table.constraintName(key)
+                let declared = try db.query("SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass($1) AND conname = $2",
+                                            [quoteIdentifier(schema) + "." + table.quotedName, name]).rows
+                if declared.isEmpty { try db.execute(table.addConstraint(key) + " NOT VALID") }
+                validations.append("ALTER TABLE \(table.quotedName) VALIDATE CONSTRAINT \(quoteIdentifier(name))")
+            }
+        }
+        try sessions.run(validations)
+        return (tables.count, missing.count)
+    }
+
+    /// `tables` by their size on disk, largest first: the longest builds start first, so that
+    /// the sessions finish together.
+    private func largestFirst(_ db: PGConnection, _ tables: [TableSpec]) throws -> [TableSpec] {
+        guard tables.count > 1 else { return tables }
+        let sizes = try db.query("""
+            SELECT t, coalesce(pg_relation_size(to_regclass(quote_ident($1) || '.' || quote_ident(t))), 0)
+            FROM unnest($2::text[]) t
+            """, [schema, postgresArray(tables.map(\.name))]).rows
+        let size = Dictionary(sizes.map { ($0[0]!, Int64($0[1]!) ?? 0) }, uniquingKeysWith: { a, _ in a })
+        return tables.enumerated().sorted { (size[$0.element.name] ?? 0, -$0.offset) > (size[$1.element.name] ?? 0, -$1.offset) }.map(\.element)
+    }
+
+    /// Runs `body` in a transaction of `db`: committed when it returns, rolled back when it throws.
+    func transaction(_ db: PGConnection, _ body: () throws -> Void) throws {
         try db.execute("BEGIN")
         do {
-            try fence(db)
-            let tables = primaryKeys ? try missingPrimaryKeys(db, mapping) : []
-            for table in tables { try db.execute(table.addPrimaryKey) }
-            let missing = try missingForeignKeys(db, mapping)
-            for (table, key) in missing { try db.execute(table.addConstraint(key)) }
-            beforeCommit()
+            try body()
             try db.execute("COMMIT")
-            return (tables.count, missing.count)
         } catch {
             _ = try? db.execute("ROLLBACK")
             throw error

@@ -15,9 +15,9 @@ public enum CrashPoint: String, CaseIterable, Sendable {
     case committed
     /// A batch was marked done in the queue.
     case acknowledged
-    /// The foreign keys added after the load are in place; their transaction is still open.
+    /// The final step committed its first key (the others are not all in place yet).
     case keys
-    /// The foreign keys added after the load committed; the job is not marked finished yet.
+    /// The keys added after the load all committed; the job is not marked finished yet.
     case keysCommitted
 
     private static let armed: (point: CrashPoint, count: Int)? = {

@@ -42,6 +42,21 @@ public final class StageClock: Sendable {
 }
 
 /// Resource use of this process so far.
+/// How long this process has existed: since the kernel created it (its `exec` and the
+/// runtime's start included), from /proc; nil where /proc does not say.
+public enum ProcessAge {
+    public static var seconds: Double? {
+        guard let stat = try? String(contentsOfFile: "/proc/self/stat", encoding: .utf8),
+              let end = stat.lastIndex(of: ")") else { return nil }
+        // Field 22, starttime, in clock ticks after boot; the fields after the name start at 3.
+        let fields = stat[stat.index(after: end)...].split(separator: " ")
+        guard fields.count > 19, let ticks = Double(fields[19]) else { return nil }
+        var now = timespec()
+        clock_gettime(CLOCK_BOOTTIME, &now)
+        return max(0, Double(now.tv_sec) + Double(now.tv_nsec) / 1e9 - ticks / Double(sysconf(Int32(_SC_CLK_TCK))))
+    }
+}
+
 public struct ProcessUsage: Sendable {
     public let peakResidentBytes: Int64
     public let cpuSeconds: Double

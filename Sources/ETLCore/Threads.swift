@@ -19,6 +19,26 @@ public enum Threads {
         return try result.withLock { $0 }!.get()
     }
 
+    /// `run` for a caller that is itself a dedicated thread (never the cooperative pool): it
+    /// waits, blocked, for the `count` threads to end.
+    public static func runAndWait(count: Int, name: String, _ body: @escaping @Sendable (Int) throws -> Void) -> [any Error] {
+        guard count > 0 else { return [] }
+        let errors = Mutex<[(Int, any Error)]>([])
+        let group = DispatchGroup()
+        for index in 0..<count {
+            group.enter()
+            let thread = Thread {
+                defer { group.leave() }
+                do { try body(index) } catch { errors.withLock { $0.append((index, error)) } }
+            }
+            thread.name = "\(name)-\(index)"
+            thread.stackSize = 4 << 20
+            thread.start()
+        }
+        group.wait()
+        return errors.withLock { $0 }.sorted { $0.0 < $1.0 }.map(\.1)
+    }
+
     /// Runs `body(0..<count)` on `count` threads and returns every error thrown, in index order.
     public static func run(
         count: Int, name: String, _ body: @escaping @Sendable (Int) throws -> Void

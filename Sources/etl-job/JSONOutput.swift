@@ -56,6 +56,9 @@ enum ReportJSON {
                 let run = r.thisRun
                 return ["documentsLoaded": run.documents, "documentsSetAside": run.setAside, "totalRows": run.rows, "resumed": r.resumed]
             } as Any?,
+            "phases": Dictionary(uniqueKeysWithValues: RunReport.Phase.allCases.map { phase in
+                (phase.rawValue, report?.phases.first { $0.0 == phase }?.1 as Any?)
+            }),
             "stages": Dictionary(uniqueKeysWithValues: Stage.allCases.map { stage in
                 (stage.label, report?.stages.first { $0.0 == stage }?.1 as Any?)
             }),

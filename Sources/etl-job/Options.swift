@@ -46,6 +46,7 @@ struct ConnectionOptions: ParsableArguments {
             settings.queueMapBytes = run.queueMapMB << 20
             settings.maxSetAside = run.setAsideLimit
             settings.allowEmpty = run.allowEmpty
+            settings.keyBuild = run.keyBuild
         }
         return settings
     }
@@ -207,10 +208,10 @@ struct ConsoleLogHandler: LogHandler {
 /// The batching knobs of a run.
 struct BucketOptions: ParsableArguments {
     @Option(name: .customLong("batch-size"), help: "Documents per batch.")
-    var batchSize = 500
+    var batchSize = BucketConfig.defaultBatchSize
 
-    @Option(help: "Transform/load workers, each with its own PostgreSQL connection, shared among the pipelines (default 2 × cores).")
-    var workers = 2 * ProcessInfo.processInfo.activeProcessorCount
+    @Option(help: "Transform/load workers, each with its own PostgreSQL connection, shared among the pipelines (default: one per core, at least 2).")
+    var workers = BucketConfig.defaultWorkers
 
     @Option(name: .customLong("flush-timeout"), help: "Seconds after which a partial batch is queued anyway (default 5; for sync 0.5, so that a change waits little).")
     var flushTimeout: Double?
@@ -233,6 +234,19 @@ struct BucketOptions: ParsableArguments {
     @Flag(name: .customLong("allow-empty"), help: "Run on an empty collection instead of refusing it (exit 66).")
     var allowEmpty = false
 
+    @Option(name: .customLong("key-connections"), help: "PostgreSQL sessions building the keys added after the load, at once.")
+    var keyConnections = 2
+
+    @Option(name: .customLong("maintenance-work-mem"), help: ArgumentHelp(
+        "maintenance_work_mem of the sessions building the keys (e.g. 256MB; default: the server's).", valueName: "size"))
+    var maintenanceWorkMem: String?
+
+    @Option(name: .customLong("maintenance-workers"), help: ArgumentHelp(
+        "max_parallel_maintenance_workers of the sessions building the keys (default 0 when several build at once, else the server's).", valueName: "n"))
+    var maintenanceWorkers: Int?
+
+    var keyBuild: KeyBuild { KeyBuild(connections: keyConnections, workMemory: maintenanceWorkMem, parallelWorkers: maintenanceWorkers) }
+
     var setAsideLimit: SetAsideLimit { SetAsideLimit(maxSetAside) ?? .default }
 
     func validate() throws {
@@ -243,6 +257,11 @@ struct BucketOptions: ParsableArguments {
         guard cursorBatchSize > 0 else { throw ValidationError("--cursor-batch-size must be at least 1") }
         guard maxDocumentMB > 0 else { throw ValidationError("--max-document-mb must be positive") }
         guard queueMapMB > 0 else { throw ValidationError("--queue-map-mb must be at least 1") }
+        guard keyConnections > 0 else { throw ValidationError("--key-connections must be at least 1") }
+        guard maintenanceWorkers.map({ $0 >= 0 }) ?? true else { throw ValidationError("--maintenance-workers must be 0 or more") }
+        if let maintenanceWorkMem, !KeyBuild.isMemorySize(maintenanceWorkMem) {
+            throw ValidationError("--maintenance-work-mem must be a size such as 256MB or 1GB (units kB, MB, GB, TB), not '\(maintenanceWorkMem)'")
+        }
         guard SetAsideLimit(maxSetAside) != nil else {
             throw ValidationError("--max-set-aside must be a count (e.g. 100) or a percentage (e.g. 2.5%), not '\(maxSetAside)'")
         }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import DurableETL
+import ETLCore
 
 struct Resume: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -16,7 +17,10 @@ struct Resume: AsyncParsableCommand {
             let resolve = Pipelines.resolver(given: try mapping.load())
             let job = DurableJob(settings: settings, logger: try connection.makeLogger())
             try await runInterruptibly(reportJSON: report.reportJSON) { stop, progress in
-                try await job.resume(resolve: resolve, stop: stop, observer: progress)
+                let age = ProcessAge.seconds
+                var report = try await job.resume(resolve: resolve, stop: stop, observer: progress)
+                report.include(start: age)
+                return report
             }
         }
     }

@@ -85,7 +85,10 @@ struct Start: AsyncParsableCommand {
             if fresh && !yes { try confirmTruncation(settings, mappings) }
             let job = DurableJob(settings: settings, logger: try connection.makeLogger())
             try await runInterruptibly(reportJSON: reportJSON) { stop, progress in
-                try await job.start(mappings, fresh: fresh, stop: stop, observer: progress)
+                let age = ProcessAge.seconds
+                var report = try await job.start(mappings, fresh: fresh, stop: stop, observer: progress)
+                report.include(start: age)
+                return report
             }
         }
     }

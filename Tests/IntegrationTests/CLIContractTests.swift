@@ -136,6 +136,15 @@ import Testing
         let pipeline = try #require((report["pipelines"] as? [[String: Any]])?.first)
         #expect((pipeline["rows"] as? [String: Int])?["users"] == 40 && pipeline["finished"] as? Bool == true)
         #expect(Set((report["stages"] as? [String: Any] ?? [:]).keys).contains("COPY"))
+        // The duration is the command's: its phases, from the process's start, add up to it.
+        let phases = try #require(report["phases"] as? [String: Double])
+        #expect(Set(phases.keys) == ["start", "prepare", "load", "finish"])
+        #expect(phases.values.allSatisfy { $0 >= 0 } && (phases["start"] ?? 0) > 0 && (phases["load"] ?? 0) > 0)
+        let seconds = try #require(report["seconds"] as? Double)
+        #expect(abs(phases.values.reduce(0, +) - seconds) < 0.01, "\(phases) sum to \(seconds)")
+        #expect(seconds < done.seconds + 0.05, "no longer than the process ran: \(seconds) of \(done.seconds)")
+        #expect(seconds > done.seconds * 0.5, "the most of the process's time: \(seconds) of \(done.seconds)")
+        #expect(done.stdout.contains("duration") && done.stdout.contains("(start "))
         #expect(!FileManager.default.fileExists(atPath: path + ".tmp-\(getpid())"))
     }
 
@@ -173,7 +182,7 @@ enum JSON {
     ]
     static let reportKeys: Set<String> = [
         "schemaVersion", "exitCode", "exitReason", "error", "seconds", "cpuSeconds", "peakMemoryBytes", "documentsLoaded",
-        "documentsSetAside", "totalRows", "stages", "pipelines", "changes", "thisRun",
+        "documentsSetAside", "totalRows", "stages", "pipelines", "changes", "thisRun", "phases",
     ]
 
     static func object(_ text: String) throws -> [String: Any] {
