@@ -31,27 +31,32 @@ public func within<R>(_ field: String, _ body: () throws -> R) throws -> R {
 }
 
 /// Finds each of `names` among the elements of a document; a missing one is a rejection.
+/// (One allocation, the result: which names were found is a bit mask. It runs for every
+/// object of every document.)
 public func lookup(_ doc: BSONIterator, _ names: [StaticString]) throws(RejectReason) -> [BSONIterator] {
-    var found = [BSONIterator?](repeating: nil, count: names.count)
+    precondition(names.count <= 64, "lookup finds at most 64 names")
+    var found: UInt64 = 0
+    var elements = [BSONIterator](repeating: doc, count: names.count)
     var it = doc
     var next = 0
     while it.next() {
         // Documents usually hold their fields in the expected order: try that one first.
-        if next < names.count, found[next] == nil, it.keyIs(names[next]) {
-            found[next] = it
+        if next < names.count, found & (1 << UInt64(next)) == 0, it.keyIs(names[next]) {
+            elements[next] = it
+            found |= 1 << UInt64(next)
             next += 1
             continue
         }
-        for i in names.indices where found[i] == nil && it.keyIs(names[i]) {
-            found[i] = it
+        for i in names.indices where found & (1 << UInt64(i)) == 0 && it.keyIs(names[i]) {
+            elements[i] = it
+            found |= 1 << UInt64(i)
             break
         }
     }
-    var elements: [BSONIterator] = []
-    elements.reserveCapacity(names.count)
-    for i in names.indices {
-        guard let element = found[i] else { throw RejectReason("is missing", at: "\(names[i])") }
-        elements.append(element)
+    let all: UInt64 = names.count == 64 ? ~0 : (1 << UInt64(names.count)) - 1
+    if found != all {
+        let missing = (~found & all).trailingZeroBitCount
+        throw RejectReason("is missing", at: "\(names[missing])")
     }
     return elements
 }
