@@ -357,16 +357,7 @@ import UsersFixtures
     @Test func recordsWithOptionalKeysAreFlattenedAndMapsStayJsonb() throws {
         let sandbox = try Sandbox()
         let bios = sandbox.mongo.collection(database: sandbox.mongoDatabase, name: "bios")
-        try bios.insertMany((0..<60).map { i in
-            let doc = BSONDocument()
-            doc.writer.append("_id", Int32(i))
-            doc.writer.appendDocument("name") { n in
-                n.append("first", "F\(i)")
-                n.append("last", "L\(i)")
-                if i % 10 == 3 { n.append("aka", "A\(i)") }
-            }
-            return doc
-        })
+        try bios.insertMany((0..<60).map { WholeDatabaseTests.bio($0, born: false) })
         let theaters = sandbox.mongo.collection(database: sandbox.mongoDatabase, name: "theaters")
         try theaters.insertMany((0..<60).map { i in
             let doc = BSONDocument()

@@ -10,7 +10,8 @@ import UsersFixtures
 @Suite(.serialized) struct WholeDatabaseTests {
     static let tables = ["orders", "orders_items", "orders_items_parts", "bios"]
 
-    static func bio(_ i: Int) -> BSONDocument {
+    /// A biography: a `name` whose `aka` one in ten has, and (`born`) a birth date.
+    static func bio(_ i: Int, born: Bool = true) -> BSONDocument {
         let doc = BSONDocument()
         doc.writer.append("_id", Int32(i))
         doc.writer.appendDocument("name") { n in
@@ -18,7 +19,7 @@ import UsersFixtures
             n.append("last", "L\(i)")
             if i % 10 == 3 { n.append("aka", "A\(i)") }
         }
-        doc.writer.append("born", dateTimeMillis: -1_000_000_000_000 + Int64(i) * 86_400_000)
+        if born { doc.writer.append("born", dateTimeMillis: -1_000_000_000_000 + Int64(i) * 86_400_000) }
         return doc
     }
 
@@ -27,7 +28,7 @@ import UsersFixtures
         var rng = SplitMix64(seed: 7)
         let orders = (0..<200).map { Orders.document($0, rng: &rng) }
         try Orders.insert(sandbox, orders)
-        let bios = (0..<60).map(bio)
+        let bios = (0..<60).map { bio($0) }
         try sandbox.mongo.collection(database: sandbox.mongoDatabase, name: "bios").insertMany(bios)
         let create = BSONDocument()
         create.writer.append("create", "empty")
@@ -92,7 +93,7 @@ import UsersFixtures
         #expect(inferred.stderr.contains("no mapping names \(sandbox.mongoDatabase).orders: inferred one"), "\(inferred.stderr)")
         #expect(try sandbox.checksums(tables: Self.tables, schema: "inferred") == expected)
         // The inferred pipelines are the job's: sync applies the collections' changes with them.
-        try sandbox.mongo.collection(database: sandbox.mongoDatabase, name: "bios").insertMany((60..<65).map(Self.bio))
+        try sandbox.mongo.collection(database: sandbox.mongoDatabase, name: "bios").insertMany((60..<65).map { Self.bio($0) })
         let synced = try sandbox.run(["sync"] + state("b", "inferred"))
         #expect(synced.status == 0, "\(synced.stderr)")
         #expect(try sandbox.counts(tables: ["bios"], schema: "inferred") == ["bios": 65])
