@@ -263,11 +263,11 @@ extension Verifier.Report {
         }
         if let keys = foreignKeys, !keys.primaryKeysMissing.isEmpty {
             lines.append("primary keys \(keys.primaryKeys - keys.primaryKeysMissing.count) of \(keys.primaryKeys) in place"
-                + (keys.pending ? " (the job builds the rest when its load completes)" : "  ✗ missing: \(keys.primaryKeysMissing.joined(separator: ", "))"))
+                + (keys.pending ? " (the job builds the rest in its final step, after the load; etl-job resume finishes one stopped there)" : "  ✗ missing: \(keys.primaryKeysMissing.joined(separator: ", "))"))
         }
         if let keys = foreignKeys, keys.expected > 0 {
             lines.append("foreign keys \(keys.inPlace) of \(keys.expected) in place"
-                + (keys.missing.isEmpty ? "" : keys.pending ? " (the job adds them when its load completes)" : "  ✗ missing: \(keys.missing.joined(separator: ", "))"))
+                + (keys.missing.isEmpty ? "" : keys.pending ? " (the job adds them in its final step, after the load)" : "  ✗ missing: \(keys.missing.joined(separator: ", "))"))
         }
         let rows = tables.reduce(0) { $0 + $1.expected }
         lines.append(agrees ? "OK: source and target agree (\(n(rows)) rows compared)"
