@@ -312,8 +312,9 @@ public struct DurableJob: Sendable {
     }
 
     /// Builds the missing primary keys (`primaryKeys`) and adds the missing foreign keys of a
-    /// pipeline's tables, in one transaction. Rows without their parent fail it (exit 65)
-    /// naming the key, two rows with one key too (exit 70); the job stays resumable.
+    /// pipeline's tables (`Target.addKeys`: each key committed on its own). Rows without their
+    /// parent fail it (exit 65) naming the key, two rows with one key too (exit 70); the job
+    /// stays resumable.
     private func addForeignKeys(_ job: PipelineJob, _ db: PGConnection, primaryKeys: Bool = false,
                                 fence: @escaping @Sendable (PGConnection) throws -> Void = { _ in }) throws {
         do {

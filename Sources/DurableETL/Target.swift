@@ -57,8 +57,7 @@ public struct Target: Sendable {
     /// mapping's migrations not yet applied there. Returns how many ran.
     @discardableResult
     public func migrate(_ db: PGConnection, _ mappings: [any DocumentMapping]) throws -> Int {
-        try db.execute("BEGIN")
-        do {
+        try transaction(db) {
             // Serializes concurrent migrations of the same database.
             try db.execute("SELECT pg_advisory_xact_lock(7215829043)")
             // Only when missing: CREATE SCHEMA IF NOT EXISTS needs the database's CREATE right even then.
@@ -78,11 +77,7 @@ public struct Target: Sendable {
                     ran += 1
                 }
             }
-            try db.execute("COMMIT")
             return ran
-        } catch {
-            _ = try? db.execute("ROLLBACK")
-            throw error
         }
     }
 
@@ -276,11 +271,13 @@ public struct Target: Sendable {
     }
 
     /// Runs `body` in a transaction of `db`: committed when it returns, rolled back when it throws.
-    func transaction(_ db: PGConnection, _ body: () throws -> Void) throws {
+    @discardableResult
+    func transaction<R>(_ db: PGConnection, _ body: () throws -> R) throws -> R {
         try db.execute("BEGIN")
         do {
-            try body()
+            let result = try body()
             try db.execute("COMMIT")
+            return result
         } catch {
             _ = try? db.execute("ROLLBACK")
             throw error
@@ -328,8 +325,7 @@ public struct Target: Sendable {
     /// primary keys `--keys after` builds after the load (for a load that adds them after;
     /// only on empty tables, where adding them back costs nothing).
     public func dropKeys(_ db: PGConnection, _ mapping: any DocumentMapping, primaryKeys: Bool) throws {
-        try db.execute("BEGIN")
-        do {
+        try transaction(db) {
             for table in mapping.tables {
                 let names = try db.query("""
                     SELECT conname FROM pg_constraint WHERE contype = 'f' AND conrelid = to_regclass($1)
@@ -347,10 +343,6 @@ public struct Target: Sendable {
                     try db.execute("ALTER TABLE \(table.quotedName) DROP CONSTRAINT \(quoteIdentifier(row[0]!))")
                 }
             }
-            try db.execute("COMMIT")
-        } catch {
-            _ = try? db.execute("ROLLBACK")
-            throw error
         }
     }
 
@@ -365,14 +357,9 @@ public struct Target: Sendable {
 
     /// Empties `mapping`'s tables and its checkpoints (for `start --fresh`).
     public func truncate(_ db: PGConnection, _ mapping: any DocumentMapping) throws {
-        try db.execute("BEGIN")
-        do {
+        try transaction(db) {
             try db.execute("TRUNCATE \(mapping.tables.map(\.quotedName).joined(separator: ", "))")
             try db.query("DELETE FROM etl_checkpoints WHERE pipeline = $1", [mapping.name])
-            try db.execute("COMMIT")
-        } catch {
-            _ = try? db.execute("ROLLBACK")
-            throw error
         }
     }
 }

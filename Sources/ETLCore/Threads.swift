@@ -27,13 +27,10 @@ public enum Threads {
         let group = DispatchGroup()
         for index in 0..<count {
             group.enter()
-            let thread = Thread {
+            start(name: "\(name)-\(index)") {
                 defer { group.leave() }
                 do { try body(index) } catch { errors.withLock { $0.append((index, error)) } }
             }
-            thread.name = "\(name)-\(index)"
-            thread.stackSize = 4 << 20
-            thread.start()
         }
         group.wait()
         return errors.withLock { $0 }.sorted { $0.0 < $1.0 }.map(\.1)
@@ -47,7 +44,7 @@ public enum Threads {
         let results = Mutex<(left: Int, errors: [(Int, any Error)])>((count, []))
         return await withCheckedContinuation { (done: CheckedContinuation<[any Error], Never>) in
             for index in 0..<count {
-                let thread = Thread {
+                start(name: "\(name)-\(index)") {
                     var failure: (any Error)?
                     do { try body(index) } catch { failure = error }
                     let finished: [any Error]? = results.withLock { state in
@@ -58,10 +55,15 @@ public enum Threads {
                     }
                     if let finished { done.resume(returning: finished) }
                 }
-                thread.name = "\(name)-\(index)"
-                thread.stackSize = 4 << 20
-                thread.start()
             }
         }
+    }
+
+    /// A dedicated thread named `name`, with room for libpq's and libmongoc's stacks.
+    private static func start(name: String, _ body: @escaping @Sendable () -> Void) {
+        let thread = Thread(block: body)
+        thread.name = name
+        thread.stackSize = 4 << 20
+        thread.start()
     }
 }
