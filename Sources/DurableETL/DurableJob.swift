@@ -109,7 +109,7 @@ public struct DurableJob: Sendable {
     }
 
     /// `start`'s facts gathered (reading only) and its plan, with the connections it opened.
-    private func planStart(_ mappings: [any DocumentMapping], fresh: Bool) throws -> (steps: [JobPlan.Step], run: Execution) {
+    func planStart(_ mappings: [any DocumentMapping], fresh: Bool) throws -> (steps: [JobPlan.Step], run: Execution) {
         let directory = settings.stateDirectory
         let jobs = mappings.map { PipelineJob(mapping: $0, settings: settings) }
         var facts = JobPlan.StartFacts(
@@ -129,6 +129,8 @@ public struct DurableJob: Sendable {
             let db = try job.connectPostgres(logger: logger)
             run.connections[job.name] = db
             facts.targets.append(try target(job, db))
+            // A job split into partitions that workers have not finished owns these tables.
+            if !fresh, let held = try PartitionTable.unfinished(db, pipeline: job.name) { throw Self.unfinishedRefusal(job.name, held) }
         }
         for job in jobs { run.totals[job.name] = try job.source.check(allowEmpty: settings.allowEmpty) }
         run.previous = previous
@@ -315,7 +317,7 @@ public struct DurableJob: Sendable {
     /// pipeline's tables (`Target.addKeys`: each key committed on its own). Rows without their
     /// parent fail it (exit 65) naming the key, two rows with one key too (exit 70); the job
     /// stays resumable.
-    private func addForeignKeys(_ job: PipelineJob, _ db: PGConnection, primaryKeys: Bool = false,
+    func addForeignKeys(_ job: PipelineJob, _ db: PGConnection, primaryKeys: Bool = false,
                                 fence: @escaping @Sendable (PGConnection) throws -> Void = { _ in }) throws {
         do {
             let started = ContinuousClock.now

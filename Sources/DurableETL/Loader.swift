@@ -70,7 +70,7 @@ final class BatchLoader: ETLWorker {
             // The batch may have committed already, its reply lost: after a broken connection,
             // or in an earlier run that requeued it. The checkpoint row says; one lookup per batch.
             if let outcome = try Checkpoint.outcome(db, pipeline: processor.name, job: processor.jobId, batch: batch.id, payload: batch.payload,
-                                                    changes: processor.appliesChanges) {
+                                                    changes: processor.appliesChanges, position: batch.position) {
                 try processor.queue.complete(batch.id, outcome: outcome)
                 return
             }
@@ -259,11 +259,20 @@ enum Checkpoint {
 
     /// The outcome recorded for a batch, or nil when it never committed. `documents`: the
     /// batch's documents, for those it set aside.
-    static func outcome(_ db: PGConnection, pipeline: String, job: String, batch: UInt64, payload: [UInt8], changes: Bool) throws -> BatchOutcome? {
+    /// `position`: where the batch being settled ends in the source; a checkpoint that
+    /// recorded another end is another batch (a partition read again after its source
+    /// changed), which stops the job rather than take one for the other.
+    static func outcome(_ db: PGConnection, pipeline: String, job: String, batch: UInt64, payload: [UInt8], changes: Bool,
+                        position: [UInt8]? = nil) throws -> BatchOutcome? {
         let result = try db.query(
-            "SELECT documents_loaded, rows, set_aside, documents_deleted FROM etl_checkpoints WHERE pipeline = $1 AND job_id = $2 AND batch_id = $3",
+            "SELECT documents_loaded, rows, set_aside, documents_deleted, encode(position, 'hex') FROM etl_checkpoints WHERE pipeline = $1 AND job_id = $2 AND batch_id = $3",
             [pipeline, job, String(batch)])
         guard let row = result.rows.first else { return nil }
+        if let position, let recorded = row[4], recorded != position.map({ String(format: "%02x", $0) }).joined() {
+            throw JobError(.dataError, "batch \(batch) of job \(job) (pipeline \(pipeline)) committed ending elsewhere in the source than where it ends "
+                + "when read again: the source changed since that batch was loaded, and its documents are no longer the ones loaded; "
+                + "load it again with 'etl-job start --fresh'")
+        }
         let rows = (parse(row[1]) as? [String: Any] ?? [:]).compactMapValues { ($0 as? NSNumber)?.int64Value }
         let ranges = BatchDocuments(payload, changes: changes)?.ranges ?? []
         let setAside = (parse(row[2]) as? [[String: Any]] ?? []).map { entry -> SetAsideDocument in

@@ -165,6 +165,19 @@ public final class TargetLock: @unchecked Sendable {
         self.reconnect = reconnect
     }
 
+    /// The PostgreSQL session (backend pid) that holds the lock, once taken.
+    var session: String { mutex.withLock { backend } }
+
+    var schemaName: String { schema }
+
+    /// A worker's lease on a partition dies with its session: TCP keepalives make PostgreSQL
+    /// notice a machine that vanished (no FIN) within about a minute, not hours.
+    func keepAlive() throws {
+        try mutex.withLock {
+            _ = try connection.execute("SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10; SET tcp_keepalives_count = 3")
+        }
+    }
+
     func tryAcquire() throws -> Bool {
         guard try connection.query("SELECT pg_try_advisory_lock($1, hashtext($2))", [String(Self.namespace), name]).rows[0][0] == "t" else { return false }
         backend = try connection.execute("SELECT pg_backend_pid()").rows[0][0] ?? ""

@@ -60,8 +60,9 @@ final class PipelineProcessor: ETLProcessor, @unchecked Sendable {
         let db = try target.connect()
         var landed = 0
         for id in inFlight {
-            let payload = try queue.batch(of: id).map { try documents(of: $0).payload } ?? []
-            if let outcome = try Checkpoint.outcome(db, pipeline: name, job: jobId, batch: id, payload: payload, changes: appliesChanges) {
+            let batch = try queue.batch(of: id)
+            let payload = try batch.map { try documents(of: $0).payload } ?? []
+            if let outcome = try Checkpoint.outcome(db, pipeline: name, job: jobId, batch: id, payload: payload, changes: appliesChanges, position: batch?.position) {
                 try queue.complete(id, outcome: outcome)
                 landed += 1
             } else {

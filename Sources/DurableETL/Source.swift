@@ -48,6 +48,25 @@ public protocol Source: AnyObject, Sendable {
     func uniqueIndexes() throws -> [UniqueIndex]
     /// How large the source is, for a message, when its document count is unknown (a file's bytes).
     var sizeDescription: String? { get }
+    /// At most `count` ranges that cover the source in order, of about equal size, for a job
+    /// whose workers load one range each; and how they were found, in words.
+    func partitions(_ count: Int) throws -> (ranges: [SourcePartition], method: String)
+    /// The same source reading only `partition` (one of `partitions`), positions as the whole
+    /// source's: a batch of a partition is the same whichever worker cuts it.
+    func restricted(to partition: SourcePartition) throws -> any Source
+}
+
+/// A range of a source, for a job split into partitions: bounds only the source reads (a
+/// file's offsets, a collection's `_id`s), nil at the source's start or end, and how many
+/// documents the plan counted there, when it could.
+public struct SourcePartition: Sendable, Equatable {
+    public var lower: [UInt8]?
+    public var upper: [UInt8]?
+    public var documents: Int64?
+
+    public init(lower: [UInt8]?, upper: [UInt8]?, documents: Int64?) {
+        (self.lower, self.upper, self.documents) = (lower, upper, documents)
+    }
 }
 
 /// A unique index of a source: its name and its key's field paths, in order.
@@ -69,6 +88,14 @@ extension Source {
     public func uniqueIndexes() throws -> [UniqueIndex] { [] }
 
     public var sizeDescription: String? { nil }
+
+    public func partitions(_ count: Int) throws -> (ranges: [SourcePartition], method: String) {
+        throw JobError(.usage, "\(description) cannot be split into partitions; load it without --partitions")
+    }
+
+    public func restricted(to partition: SourcePartition) throws -> any Source {
+        throw JobError(.usage, "\(description) cannot be split into partitions")
+    }
 
     public func documents(from start: [UInt8]?, to end: [UInt8], batch: UInt64, check: ([UInt8]) throws -> Void) throws -> [UInt8] {
         throw JobError(.failed, "\(description) does not keep a batch's documents for the queue")

@@ -48,6 +48,8 @@ public struct Target: Sendable {
         Migration(version: 3, name: "writers", statements: [
             "CREATE TABLE etl_writers (pipeline text PRIMARY KEY, run_id text NOT NULL, host text NOT NULL, pid integer NOT NULL, since timestamptz NOT NULL)",
         ]),
+        // Jobs split into partitions (`start --partitions`), which workers on any machine claim.
+        Migration(version: 4, name: "partitions", statements: PartitionTable.statements),
     ]
 
     /// The engine's own migrations, recorded under this name.
@@ -360,6 +362,7 @@ public struct Target: Sendable {
         try transaction(db) {
             try db.execute("TRUNCATE \(mapping.tables.map(\.quotedName).joined(separator: ", "))")
             try db.query("DELETE FROM etl_checkpoints WHERE pipeline = $1", [mapping.name])
+            try db.query("DELETE FROM etl_partitioned_jobs WHERE pipeline = $1", [mapping.name])
         }
     }
 }

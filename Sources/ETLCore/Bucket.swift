@@ -13,6 +13,10 @@ public struct BucketConfig: Sendable, Equatable {
     /// A batch is flushed early once its items weigh this much (bytes), so a run of large
     /// documents cannot make one batch huge.
     public var maxBatchBytes: Int
+    /// Batches are cut by `batchSize` and `maxBatchBytes` alone, so that the same documents
+    /// give the same batches whoever reads them (a partition's workers): no flush on a timer,
+    /// and a stop mid-scan discards the unfinished batch instead of staging it.
+    public var cutsByCountOnly = false
 
     public static let defaultBatchSize = 1_000
     public static let defaultWorkers = max(2, ProcessInfo.processInfo.activeProcessorCount)

@@ -19,6 +19,8 @@ public enum CrashPoint: String, CaseIterable, Sendable {
     case keys
     /// The keys added after the load all committed; the job is not marked finished yet.
     case keysCommitted
+    /// A worker marked its partition done; it has not looked for the next one yet.
+    case partitionDone
 
     private static let armed: (point: CrashPoint, count: Int)? = {
         guard let spec = ProcessInfo.processInfo.environment["ETL_CRASH_AT"] else { return nil }

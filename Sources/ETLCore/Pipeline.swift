@@ -113,14 +113,14 @@ public struct ETLRunner<P: ETLProcessor>: Pipeline {
         let handoff = Handoff<P.Item>(name: "\(processor.name)-stage") { try processor.stage($0, stop: stop) }
         let bucket = Bucket<P.Item>(
             size: config.batchSize, maxWeight: config.maxBatchBytes, weigh: processor.weight(of:),
-            flushTimeout: config.flushTimeout
+            flushTimeout: config.cutsByCountOnly ? .seconds(86_400 * 365) : config.flushTimeout
         ) { try handoff.submit($0) }
         let complete: Bool
         do {
             complete = try processor.extract({ try bucket.add($0) }, stop: stop)
             // A stop mid-scan still flushes what was read: it is staged with its position, so
-            // nothing is read twice on resume.
-            try bucket.finish()
+            // nothing is read twice on resume. Batches cut by count alone are read again whole.
+            if complete || !config.cutsByCountOnly { try bucket.finish() } else { bucket.abandon() }
             try handoff.finish()
         } catch {
             bucket.abandon()

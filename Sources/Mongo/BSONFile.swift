@@ -69,6 +69,16 @@ public final class BSONFileReader {
     /// The next document, or nil at the end of the file. A file that ends inside a document,
     /// or whose next length cannot be a document's, is an error naming the offset.
     public func next() throws -> [UInt8]? {
+        try advance { Array($0) }
+    }
+
+    /// Steps over the next document without copying it: its length, or nil at the end of the
+    /// file (errors as `next`'s).
+    public func skip() throws -> Int? {
+        try advance { $0.count }
+    }
+
+    private func advance<T>(_ take: (UnsafeRawBufferPointer) -> T) throws -> T? {
         var needed = 4
         while true {
             guard try fill(needed) else {
@@ -87,7 +97,7 @@ public final class BSONFileReader {
                 throw BSONFileError("the document at offset \(offset) of the source file \(path) does not end where its length says "
                     + "(\(length) bytes): the file is damaged")
             case .document(let length):
-                let document = Array(UnsafeRawBufferPointer(rebasing: buffer[start..<(start + length)]))
+                let document = take(UnsafeRawBufferPointer(rebasing: buffer[start..<(start + length)]))
                 start += length
                 offset += UInt64(length)
                 return document

@@ -175,35 +175,30 @@ public final class MongoCollection {
     deinit { mongoc_collection_destroy(handle) }
 
     /// Documents in ascending `_id` order, starting after the `_id` held by `afterIdElement`
-    /// (a document `{"_id": value}`), or from the beginning when it is nil.
-    public func scanById(afterIdElement: [UInt8]?, batchSize: Int32) throws -> MongoCursor {
+    /// (a document `{"_id": value}`), or from the beginning when it is nil; within a range
+    /// when `from` (inclusive) or `before` (exclusive) name an `_id` the same way.
+    public func scanById(afterIdElement: [UInt8]?, from lower: [UInt8]? = nil, before upper: [UInt8]? = nil, batchSize: Int32) throws -> MongoCursor {
         let filter = BSONDocument()
         var skip: [UInt8]?
+        var clauses: [(BSONWriter) -> Void] = []
         if let afterIdElement {
-            try afterIdElement.withUnsafeBytes { bytes in
-                guard var it = BSONIterator(document: bytes), it.next() else {
-                    throw MongoError(message: "the stored extract position is not a BSON document", kind: .damagedState)
-                }
-                // `$gt` compares within one type only ({_id: {$gt: 5}} skips "abc"), so documents
-                // whose _id type sorts later are asked for by type.
-                let later = BSONType.typeAliasesSorting(after: it.type)
-                filter.writer.appendArray("$or") { or in
-                    if it.type == .binary {
-                        // Binary _ids sort by length, then subtype, then bytes. Servers differ in
-                        // how `$gt` compares them (the bundled wire server compares bytes only),
-                        // so all binary _ids are asked for, in order, and those up to the position
-                        // are skipped here.
-                        or.appendDocument("0") { $0.appendDocument("_id") { $0.append("$type", "binData") } }
-                        skip = Array(bytes)
-                    } else {
-                        or.appendDocument("0") { $0.appendDocument("_id") { range in it.append(to: range, as: "$gt") } }
-                    }
-                    if !later.isEmpty {
-                        or.appendDocument("1") { $0.appendDocument("_id") { t in
-                            t.appendArray("$type") { list in for (i, alias) in later.enumerated() { list.append(String(i), alias) } }
-                        } }
-                    }
-                }
+            let (clause, binary) = try Self.idClause(afterIdElement, operator: "$gt", types: BSONType.typeAliasesSorting(after:))
+            clauses.append(clause)
+            // Binary _ids sort by length, then subtype, then bytes. Servers differ in how `$gt`
+            // compares them (the bundled wire server compares bytes only), so all binary _ids
+            // are asked for, in order, and those up to the position are skipped here.
+            if binary { skip = afterIdElement }
+        } else if let lower {
+            clauses.append(try Self.idClause(lower, operator: "$gte", types: BSONType.typeAliasesSorting(after:)).clause)
+        }
+        if let upper {
+            clauses.append(try Self.idClause(upper, operator: "$lt", types: BSONType.typeAliasesSorting(before:)).clause)
+        }
+        if clauses.count == 1 {
+            clauses[0](filter.writer)
+        } else if clauses.count > 1 {
+            filter.writer.appendArray("$and") { and in
+                for (i, clause) in clauses.enumerated() { and.appendDocument(String(i)) { clause($0) } }
             }
         }
         let options = BSONDocument()
@@ -213,6 +208,73 @@ public final class MongoCollection {
             throw MongoError(message: "could not open a cursor", kind: .transient)
         }
         return MongoCursor(collection: self, handle: cursor, skipThrough: skip)
+    }
+
+    /// The filter `_id <op> value`, for `value` held by `element` (`{"_id": value}`): `$gt`,
+    /// `$gte` and `$lt` compare within one type only ({_id: {$gt: 5}} skips "abc"), so the
+    /// types that sort on the asked side (`types`) are asked for by type. A binary value is
+    /// asked for as every binary _id (the caller compares), and said so.
+    private static func idClause(_ element: [UInt8], operator op: String, types: (BSONType) -> [String]) throws
+        -> (clause: (BSONWriter) -> Void, binary: Bool) {
+        try element.withUnsafeBytes { bytes in
+            guard var it = BSONIterator(document: bytes), it.next() else {
+                throw MongoError(message: "the stored _id bound is not a BSON document", kind: .damagedState)
+            }
+            let copy = Array(bytes)
+            let binary = it.type == .binary
+            if binary && op != "$gt" {
+                throw MongoError(message: "a binary _id cannot bound a range of this scan", kind: .badInput)
+            }
+            let others = types(it.type)
+            let clause: (BSONWriter) -> Void = { writer in
+                copy.withUnsafeBytes { raw in
+                    var it = BSONIterator(document: raw)!
+                    _ = it.next()
+                    writer.appendArray("$or") { or in
+                        if binary {
+                            or.appendDocument("0") { $0.appendDocument("_id") { $0.append("$type", "binData") } }
+                        } else {
+                            or.appendDocument("0") { $0.appendDocument("_id") { range in it.append(to: range, as: op) } }
+                        }
+                        if !others.isEmpty {
+                            or.appendDocument("1") { $0.appendDocument("_id") { t in
+                                t.appendArray("$type") { list in for (i, alias) in others.enumerated() { list.append(String(i), alias) } }
+                            } }
+                        }
+                    }
+                }
+            }
+            return (clause, binary)
+        }
+    }
+
+    /// `count` ranges of `_id` with about as many documents each, from `$bucketAuto` (which
+    /// sorts every `_id` on the server, across types in BSON order): each bucket's lowest
+    /// `_id` (as `{"_id": value}`) and its document count.
+    public func idBuckets(_ count: Int) throws -> [(lowest: [UInt8], documents: Int64)] {
+        let pipeline = BSONDocument()
+        pipeline.writer.appendArray("pipeline") { stages in
+            stages.appendDocument("0") { $0.appendDocument("$bucketAuto") { b in
+                b.append("groupBy", "$_id")
+                b.append("buckets", Int32(count))
+            } }
+        }
+        guard let cursor = mongoc_collection_aggregate(handle, MONGOC_QUERY_NONE, pipeline.handle, nil, nil) else {
+            throw MongoError(message: "could not open an aggregation", kind: .transient)
+        }
+        let results = MongoCursor(collection: self, handle: cursor)
+        var buckets: [(lowest: [UInt8], documents: Int64)] = []
+        while let document = try results.next() {
+            guard var it = BSONIterator(document: document), it.find("_id"), var bounds = it.children, bounds.find("min") else {
+                throw MongoError(message: "the server's $bucketAuto gave a bucket without its bounds", kind: .badInput)
+            }
+            let lowest = BSONDocument()
+            bounds.append(to: lowest.writer, as: "_id")
+            var counted = BSONIterator(document: document)!
+            let documents = counted.find("count") ? counted.integer ?? 0 : 0
+            buckets.append((lowest.bytes, documents))
+        }
+        return buckets
     }
 
     public func insertMany(_ documents: [BSONDocument]) throws {
@@ -322,6 +384,12 @@ extension BSONType {
     static func typeAliasesSorting(after type: BSONType) -> [String] {
         guard let bracket = type.sortBracket else { return [] }
         return sortBrackets[(bracket + 1)...].flatMap { $0 }
+    }
+
+    /// The `$type` aliases of every type that sorts before values of this type.
+    static func typeAliasesSorting(before type: BSONType) -> [String] {
+        guard let bracket = type.sortBracket else { return [] }
+        return sortBrackets[..<bracket].flatMap { $0 }
     }
 }
 

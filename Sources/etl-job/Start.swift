@@ -24,6 +24,11 @@ struct Start: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Documents sampled to infer the mapping of a collection no mapping file names (whole database).", valueName: "n"))
     var sample = 1_000
 
+    @Option(help: ArgumentHelp(
+        "Split each pipeline's source into at most n ranges recorded in the target, for 'etl-job worker' processes on any machines to load; loads nothing itself.",
+        valueName: "n"))
+    var partitions: Int?
+
     @Flag(name: .customLong("dry-run"), help: "Check the settings, the source, the mappings and the target, and print what the run would create, empty and load; write nothing.")
     var dryRun = false
 
@@ -49,6 +54,8 @@ struct Start: AsyncParsableCommand {
 
     func validate() throws {
         guard sample > 0 else { throw ValidationError("--sample must be at least 1") }
+        if let partitions, !(1...10_000).contains(partitions) { throw ValidationError("--partitions must be between 1 and 10000") }
+        if partitions != nil && dryRun { throw ValidationError("--dry-run does not plan partitions; drop one of them") }
         if allCollections, connection.source.database == nil, connection.source.sourceDump == nil {
             throw ValidationError("--all-collections runs every collection of --database; name the database")
         }
@@ -84,6 +91,13 @@ struct Start: AsyncParsableCommand {
             }
             if fresh && !yes { try confirmTruncation(settings, mappings) }
             let job = DurableJob(settings: settings, logger: try connection.makeLogger())
+            if let partitions {
+                let all = mappings
+                let planned = try await Threads.blocking(name: "plan") { try job.planPartitions(all, fresh: fresh, count: partitions) }
+                print(planned.joined(separator: "\n"))
+                print(try workerCommand(settings))
+                return
+            }
             try await runInterruptibly(reportJSON: reportJSON) { stop, progress in
                 let age = ProcessAge.seconds
                 var report = try await job.start(mappings, fresh: fresh, stop: stop, observer: progress)
@@ -118,6 +132,20 @@ struct Start: AsyncParsableCommand {
         try Pipelines.refuseOverlaps(given + added)
         guard !(given + added).isEmpty else { throw JobError(.noInput, "every collection of the source is empty; there is nothing to load") }
         return added
+    }
+
+    /// The command a worker runs, on any machine that reaches the source and the target
+    /// (URLs as given here, their credentials hidden).
+    private func workerCommand(_ settings: JobSettings) throws -> String {
+        let urls = try connection.urlsGiven()
+        var words = ["etl-job", "worker"]
+        if urls.postgres { words += ["--postgres-url", "'\(Redact.url(settings.postgresURL))'"] }
+        if let schema = settings.targetSchema { words += ["--target-schema", schema] }
+        if urls.mongo && settings.source.choice == nil { words += ["--mongodb-url", "'\(Redact.url(settings.mongoURL))'"] }
+        words += ["--state-dir", "DIR"]
+        return "nothing is loaded yet: run workers (any number, on any machines that reach the source and the target, each with its own state directory):\n  "
+            + words.joined(separator: " ") + "\nand follow them with 'etl-job status --partitions'"
+            + (urls.postgres ? " (with the same --postgres-url)" : "")
     }
 
     private func confirmTruncation(_ settings: JobSettings, _ mappings: [any DocumentMapping]) throws {

@@ -27,13 +27,77 @@ struct Status: AsyncParsableCommand {
     @Flag(name: .customLong("with-documents"), help: "With --rejected: include each document as extended JSON.")
     var withDocuments = false
 
+    @Flag(help: "Show the target's jobs split into partitions (read from the target alone, no state directory): each partition pending, claimed by which worker, or done, and the ETA.")
+    var partitions = false
+
     func run() async throws {
         try await reportingErrors {
             let settings = try connection.resolved()
             _ = try connection.makeLogger()
             let urls = try connection.urlsGiven()
+            if partitions {
+                try await Threads.blocking(name: "status") { try showPartitions(settings) }
+                return
+            }
             try await Threads.blocking(name: "status") { try show(settings, urls: urls) }
         }
+    }
+
+    /// `--partitions`: the jobs split into partitions in the target schema.
+    private func showPartitions(_ settings: JobSettings) throws {
+        let schema = settings.targetSchema ?? JobSettings.defaultSchema
+        let db: PGConnection
+        do {
+            db = try Target(url: settings.postgresURL, schema: schema).connect()
+        } catch let error as PGError where error.kind == .malformedURL {
+            throw JobError(.usage, error.message)
+        } catch {
+            throw JobError(.unavailable, "\(error)")
+        }
+        let jobs = try PartitionedJobStatus.read(db, schema: schema)
+        if json {
+            print(JSONOutput.text(["targetSchema": schema, "jobs": jobs.map(Self.json)]))
+            return
+        }
+        guard !jobs.isEmpty else {
+            print("no job split into partitions in schema \(schema) of the target")
+            return
+        }
+        func n(_ v: Int64) -> String { v.formatted(.number.grouping(.automatic)) }
+        var lines: [String] = []
+        for job in jobs {
+            let done = job.partitions.filter { $0.state == .done }.count
+            lines.append("job \(job.job) of \(job.pipeline): \(job.partitions.count) partitions (\(job.method)), \(done) done; "
+                + (job.finishedAt.map { "finished \($0.formatted(.iso8601))" + (job.finishedBy.map { " by \($0)" } ?? "") } ?? "not finished"))
+            for part in job.partitions {
+                var state: String
+                switch part.state {
+                case .done: state = "done"
+                case .claimed: state = "claimed by \(part.host ?? "?") pid \(part.pid.map(String.init) ?? "?") (PostgreSQL session \(part.session.map(String.init) ?? "?"))"
+                case .pending: state = part.claims > 0 ? "pending (its last worker, \(part.host ?? "?") pid \(part.pid.map(String.init) ?? "?"), is gone)" : "pending"
+                }
+                let planned = part.documentsPlanned.map { " of \(n($0))" } ?? ""
+                let rate = part.rate.map { String(format: ", %.0f documents/s", $0) } ?? ""
+                lines.append("  partition \(part.number)  \(state): \(n(part.documents))\(planned) documents, \(n(part.rows)) rows, \(n(part.setAside)) set aside\(rate)")
+            }
+            let planned = job.documentsPlanned.map { " of \(n($0))" } ?? ""
+            let eta = job.finishedAt == nil ? (job.etaSeconds.map { String(format: ", ETA %.0f s", $0) } ?? ", ETA unknown") : ""
+            lines.append("  total \(n(job.documents))\(planned) documents\(eta)")
+        }
+        print(lines.joined(separator: "\n"))
+    }
+
+    private static func json(_ job: PartitionedJobStatus) -> [String: Any?] {
+        [
+            "job": job.job, "pipeline": job.pipeline, "method": job.method, "finished": job.finishedAt != nil,
+            "finishedAt": job.finishedAt.map { $0.formatted(.iso8601) }, "finishedBy": job.finishedBy,
+            "documents": job.documents, "documentsPlanned": job.documentsPlanned, "etaSeconds": job.etaSeconds,
+            "partitions": job.partitions.map { part -> [String: Any?] in
+                ["partition": part.number, "state": part.state.rawValue, "host": part.host, "pid": part.pid, "session": part.session,
+                 "claimedAt": part.claimedAt.map { $0.formatted(.iso8601) }, "claims": part.claims, "documentsPlanned": part.documentsPlanned,
+                 "documents": part.documents, "setAside": part.setAside, "rows": part.rows, "documentsPerSecond": part.rate]
+            },
+        ]
     }
 
     private func show(_ settings: JobSettings, urls: (mongo: Bool, postgres: Bool)) throws {

@@ -21,7 +21,7 @@ import Testing
     @Test(arguments: [
         (["start", "--log-level", "verbose"], [:], "valid levels: trace, debug, info, notice, warning, error, critical", "See 'etl-job start --help'."),
         (["start", "--workers", "x"], [:], "The value 'x' is invalid for '--workers", "See 'etl-job start --help'."),
-        (["stat"], [:], "Unexpected argument 'stat'", "Commands: start, resume, sync, status, verify, init, seed, migrate, version. See 'etl-job --help'."),
+        (["stat"], [:], "Unexpected argument 'stat'", "Commands: start, resume, worker, sync, status, verify, init, seed, migrate, version. See 'etl-job --help'."),
         (["start", "--pipeline", "nope"], [:], "unknown pipeline 'nope'; the known pipelines are: users", "See 'etl-job start --help'."),
         (["status", "-q", "-v"], [:], "-q and -v contradict each other", "See 'etl-job status --help'."),
         (["start", "--progress-interval", "0"], [:], "--progress-interval must be a positive number", "See 'etl-job start --help'."),

@@ -12,14 +12,25 @@ public final class BSONFileSource: Source {
     public let path: String
     public let collection: SourceCollection
     private let compressed: Bool?
+    /// The offsets this source reads, for a partition of a job: from `lower` to before `upper`
+    /// (the whole file: 0 and nil).
+    let lower: UInt64
+    let upper: UInt64?
 
-    public init(path: String, collection: SourceCollection) {
+    public convenience init(path: String, collection: SourceCollection) {
+        self.init(path: path, collection: collection, lower: 0, upper: nil)
+    }
+
+    private init(path: String, collection: SourceCollection, lower: UInt64, upper: UInt64?) {
         self.path = path
         self.collection = collection
         compressed = BSONFileReader.isCompressed(path: path)
+        (self.lower, self.upper) = (lower, upper)
     }
 
-    public var description: String { "the source file \(path)" }
+    public var description: String {
+        lower == 0 && upper == nil ? "the source file \(path)" : "offsets \(lower) to \(upper.map(String.init) ?? "the end") of the source file \(path)"
+    }
 
     /// `--source-file PATH`, as the command line names it.
     public struct Choice: SourceChoice {
@@ -160,7 +171,7 @@ public final class BSONFileSource: Source {
 
     public func open(after position: [UInt8]?, batchSize: Int32) throws -> any DocumentCursor {
         do {
-            return Cursor(try BSONFileReader(path: path, offset: try FilePosition.offset(position)))
+            return Cursor(try BSONFileReader(path: path, offset: try FilePosition.offset(position, start: lower)), upper: upper)
         } catch let error as BSONFileError {
             throw JobError(.dataError, "\(error)")
         }
@@ -168,13 +179,13 @@ public final class BSONFileSource: Source {
 
     /// In a file, the position after a batch is the offset after its bytes.
     public func position(after batch: [[UInt8]], previous: [UInt8]?) throws -> [UInt8] {
-        FilePosition.encode(try FilePosition.offset(previous) + UInt64(batch.reduce(0) { $0 + $1.count }))
+        FilePosition.encode(try FilePosition.offset(previous, start: lower) + UInt64(batch.reduce(0) { $0 + $1.count }))
     }
 
     public var keepsDocuments: Bool { compressed == false }
 
     public func documents(from start: [UInt8]?, to end: [UInt8], batch: UInt64, check: ([UInt8]) throws -> Void) throws -> [UInt8] {
-        let (first, last) = (try FilePosition.offset(start), try FilePosition.offset(end))
+        let (first, last) = (try FilePosition.offset(start, start: lower), try FilePosition.offset(end))
         guard last > first else {
             throw JobError(.ioError, "batch \(batch) of the queue has an empty extent in \(description); \(JobError.untrustedState)")
         }
@@ -195,13 +206,16 @@ public final class BSONFileSource: Source {
     /// job (exit 65) naming the offset: what was read before it stays loaded.
     private final class Cursor: DocumentCursor {
         let reader: BSONFileReader
+        /// The offset where this source's range ends (a partition's), if it does before the file's end.
+        let upper: UInt64?
         private var moved = false
 
-        init(_ reader: BSONFileReader) { self.reader = reader }
+        init(_ reader: BSONFileReader, upper: UInt64?) { (self.reader, self.upper) = (reader, upper) }
 
         var position: [UInt8]? { moved ? FilePosition.encode(reader.offset) : nil }
 
         func next() throws -> [UInt8]? {
+            if let upper, reader.offset >= upper { return nil }
             do {
                 let document = try reader.next()
                 moved = moved || document != nil
@@ -221,9 +235,9 @@ enum FilePosition {
         return bytes + [0]
     }
 
-    /// The offset a position holds; 0 for none (the file's start).
-    static func offset(_ position: [UInt8]?) throws -> UInt64 {
-        guard let position else { return 0 }
+    /// The offset a position holds; `start` for none (the file's, or a partition's, start).
+    static func offset(_ position: [UInt8]?, start: UInt64 = 0) throws -> UInt64 {
+        guard let position else { return start }
         guard position.count == 21, position[4] == 0x12 else {
             throw JobError(.ioError, "the queue's position is not a file offset; \(JobError.untrustedState)")
         }
@@ -232,6 +246,62 @@ enum FilePosition {
 }
 
 extension BSONFileSource {
+    /// Byte ranges of about equal size, each starting at a document: the file is walked from
+    /// its start by the documents' length prefixes (a compressed file's content is
+    /// decompressed to walk it). Each range's documents are counted on the way. Where the file
+    /// is damaged the walk stops: the rest is the last range's, whose worker reports the damage.
+    public func partitions(_ count: Int) throws -> (ranges: [SourcePartition], method: String) {
+        let total = compressed == true ? nil : try identify().size
+        let reader: BSONFileReader
+        do { reader = try BSONFileReader(path: path) } catch { throw JobError(.noInput, "\(error)") }
+        var starts: [UInt64] = [0]
+        var counts: [Int64] = [0]
+        var lengths: [Int] = []
+        var damaged = false
+        // A compressed file's content size is unknown before it is read: its documents' offsets
+        // are gathered first and cut by the total.
+        while true {
+            let length: Int?
+            do { length = try reader.skip() } catch {
+                damaged = true
+                break
+            }
+            guard let length else { break }
+            if let total {
+                let offset = reader.offset - UInt64(length)
+                if starts.count < count, offset >= UInt64(total) * UInt64(starts.count) / UInt64(count), counts[counts.count - 1] > 0 {
+                    starts.append(offset)
+                    counts.append(0)
+                }
+                counts[counts.count - 1] += 1
+            } else {
+                lengths.append(length)
+            }
+        }
+        if total == nil {
+            let size = lengths.reduce(UInt64(0)) { $0 + UInt64($1) }
+            var offset: UInt64 = 0
+            for length in lengths {
+                if starts.count < count, offset >= size * UInt64(starts.count) / UInt64(count), counts[counts.count - 1] > 0 {
+                    starts.append(offset)
+                    counts.append(0)
+                }
+                counts[counts.count - 1] += 1
+                offset += UInt64(length)
+            }
+        }
+        let ranges = starts.indices.map { i in
+            SourcePartition(lower: i == 0 ? nil : FilePosition.encode(starts[i]), upper: i + 1 < starts.count ? FilePosition.encode(starts[i + 1]) : nil,
+                            documents: damaged && i == starts.count - 1 ? nil : counts[i])
+        }
+        return (ranges, "byte ranges of the file, each starting at a document (found by walking the documents' length prefixes)")
+    }
+
+    public func restricted(to partition: SourcePartition) throws -> any Source {
+        BSONFileSource(path: path, collection: collection, lower: try FilePosition.offset(partition.lower),
+                       upper: try partition.upper.map { try FilePosition.offset($0) })
+    }
+
     /// The file's size (uncompressed documents are not counted before they are read).
     public var sizeDescription: String? {
         var info = stat()

@@ -11,14 +11,35 @@ public final class MongoCollectionSource: Source {
     public let collection: SourceCollection
     let url: String
     let batchSize: Int32
+    /// The `_id`s this source reads, for a partition of a job: from `lower` (inclusive) to
+    /// before `upper`, each `{"_id": value}`; nil for the collection's start or end.
+    let lower: [UInt8]?
+    let upper: [UInt8]?
 
-    public init(url: String, collection: SourceCollection, batchSize: Int32 = 500) {
+    public convenience init(url: String, collection: SourceCollection, batchSize: Int32 = 500) {
+        self.init(url: url, collection: collection, batchSize: batchSize, lower: nil, upper: nil)
+    }
+
+    private init(url: String, collection: SourceCollection, batchSize: Int32, lower: [UInt8]?, upper: [UInt8]?) {
         self.url = url
         self.collection = collection
         self.batchSize = batchSize
+        (self.lower, self.upper) = (lower, upper)
     }
 
-    public var description: String { "the collection \(collection.database).\(collection.collection)" }
+    public var description: String {
+        let whole = "the collection \(collection.database).\(collection.collection)"
+        guard lower != nil || upper != nil else { return whole }
+        return "the _ids " + (lower.map { "from \(Self.display($0)) " } ?? "") + (upper.map { "before \(Self.display($0)) " } ?? "") + "of " + whole
+    }
+
+    /// A bound's `_id`, as a message shows it.
+    static func display(_ element: [UInt8]) -> String {
+        element.withUnsafeBytes { bytes in
+            guard var it = BSONIterator(document: bytes), it.next() else { return "?" }
+            return it.displayValue
+        }
+    }
 
     /// What a job records: the deployment's hosts (never its credentials) and the collection.
     public struct Identity: SourceIdentity, Equatable {
@@ -117,7 +138,7 @@ public final class MongoCollectionSource: Source {
         let client = try client()
         try ping(client)
         let cursor = try client.collection(database: collection.database, name: collection.collection)
-            .scanById(afterIdElement: position, batchSize: batchSize)
+            .scanById(afterIdElement: position, from: lower, before: upper, batchSize: batchSize)
         return Cursor(cursor)
     }
 
@@ -187,6 +208,35 @@ public final class MongoCollectionSource: Source {
 }
 
 extension MongoCollectionSource {
+    /// Ranges of `_id` with about as many documents each, from the server's `$bucketAuto` on
+    /// `_id` (every server and deployment answers it, where `splitVector` needs a mongod and
+    /// privileges on it; it sorts the collection's `_id`s, from the `_id` index, once).
+    public func partitions(_ count: Int) throws -> (ranges: [SourcePartition], method: String) {
+        let client = try connected()
+        try checkExists(client)
+        let buckets: [(lowest: [UInt8], documents: Int64)]
+        do {
+            buckets = try client.collection(database: collection.database, name: collection.collection).idBuckets(count)
+        } catch let error as MongoError {
+            throw JobError(.unavailable, "cannot split \(description) into partitions ($bucketAuto on _id): \(error)")
+        }
+        for bucket in buckets.dropFirst() where bucket.lowest.withUnsafeBytes({ bytes in
+            var it = BSONIterator(document: bytes)
+            return it?.next() == true && it?.type == .binary
+        }) {
+            throw JobError(.usage, "\(description) has binary _ids (UUIDs, say) where its partitions would meet, and this version cannot bound "
+                + "a range of binary _ids on every server; load it without --partitions")
+        }
+        let ranges = buckets.indices.map { i in
+            SourcePartition(lower: i == 0 ? nil : buckets[i].lowest, upper: i + 1 < buckets.count ? buckets[i + 1].lowest : nil, documents: buckets[i].documents)
+        }
+        return (ranges, "_id ranges from the server's $bucketAuto on _id")
+    }
+
+    public func restricted(to partition: SourcePartition) throws -> any Source {
+        MongoCollectionSource(url: url, collection: collection, batchSize: batchSize, lower: partition.lower, upper: partition.upper)
+    }
+
     /// `listIndexes`: every unique index but `_id`'s, with its key's fields in order.
     public func uniqueIndexes() throws -> [UniqueIndex] {
         let client = try client()

@@ -1,0 +1,133 @@
+import Foundation
+import Testing
+import DurableETL
+import TestSupport
+import Users
+
+/// Jobs split into partitions (`start --partitions`), loaded by `etl-job worker` processes,
+/// each with its own state directory, against one PostgreSQL: workers killed in the middle
+/// of a partition and during the final step, the others finishing, the target equal, row by
+/// row, to a single-process run.
+@Suite(.serialized) struct PartitionTests {
+    /// The job's partitions as `status --partitions --json` shows them.
+    static func partitions(_ sandbox: Sandbox, schema: String) throws -> (job: [String: Any], parts: [[String: Any]]) {
+        let result = try sandbox.run(["status", "--partitions", "--json", "--postgres-url", sandbox.postgresURL, "--target-schema", schema])
+        #expect(result.status == 0, "\(result.stderr)")
+        let document = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any] ?? [:]
+        let job = (document["jobs"] as? [[String: Any]])?.first ?? [:]
+        return (job, job["partitions"] as? [[String: Any]] ?? [])
+    }
+
+    /// A worker of the sandbox's target: its own state directory, like a worker on another machine.
+    static func worker(_ sandbox: Sandbox, _ name: String, schema: String, _ extra: [String] = [], crashAt: String? = nil) throws -> RunningJob {
+        try sandbox.launch(["worker", "--postgres-url", sandbox.postgresURL, "--mongodb-url", Services.mongoURL, "--target-schema", schema,
+                            "--state-dir", sandbox.stateDirectory + "-" + name] + extra,
+                           environment: crashAt.map { ["ETL_CRASH_AT": $0] } ?? [:])
+    }
+
+    /// Plans, kills a worker mid-partition, then two workers killed in the final step, then
+    /// one that finishes; the target must equal `reference` table by table.
+    private func loadWithKilledWorkers(_ sandbox: Sandbox, plan: [String], schema: String, reference: [String: String], documents: Int,
+                                       workerFlags: [String] = []) throws {
+        defer { for name in ["a", "b", "c", "d"] { try? FileManager.default.removeItem(atPath: sandbox.stateDirectory + "-" + name) } }
+        let planned = try sandbox.run(["start", "--postgres-url", sandbox.postgresURL, "--target-schema", schema, "--partitions", "3",
+                                       "--batch-size", "100", "--state-dir", sandbox.stateDirectory + "-plan"] + plan)
+        #expect(planned.status == 0, "\(planned.stderr)")
+        #expect(planned.stdout.contains("etl-job worker"), "\(planned.stdout)")
+        #expect(!planned.stdout.contains(":etl@"), "a credential in the plan's output: \(planned.stdout)")
+        var (job, parts) = try Self.partitions(sandbox, schema: schema)
+        #expect(parts.count == 3)
+        #expect(job["documentsPlanned"] as? Int == documents, "\(job)")
+        #expect(try sandbox.counts(schema: schema).values.allSatisfy { $0 == 0 }, "the plan loads nothing")
+
+        // A worker dies in its first partition, two batches committed.
+        let a = try Self.worker(sandbox, "a", schema: schema, workerFlags, crashAt: "committed:2").wait()
+        #expect(a.signaled && a.status == 9, "\(a.stderr)")
+        (job, parts) = try Self.partitions(sandbox, schema: schema)
+        let abandoned = parts.filter { ($0["claims"] as? Int) == 1 }
+        #expect(abandoned.count == 1 && abandoned.first?["state"] as? String == "pending", "the dead worker's claim is released: \(parts)")
+        #expect((abandoned.first?["documents"] as? Int ?? 0) >= 200, "its committed batches stay: \(parts)")
+
+        // Two workers at once, each killed if it reaches the final step: one loads the
+        // abandoned partition from what PostgreSQL holds; the final step runs once at a time.
+        let b = try Self.worker(sandbox, "b", schema: schema, workerFlags, crashAt: "keys"), c = try Self.worker(sandbox, "c", schema: schema, workerFlags, crashAt: "keys")
+        let (rb, rc) = (try b.wait(), try c.wait())
+        #expect(rb.signaled || rc.signaled, "one of them ran the final step: \(rb.stdout) \(rb.stderr) \(rc.stdout) \(rc.stderr)")
+        for r in [rb, rc] where !r.signaled { #expect(r.status == 0, "\(r.stderr)") }
+        (job, parts) = try Self.partitions(sandbox, schema: schema)
+        #expect(parts.allSatisfy { $0["state"] as? String == "done" }, "\(parts)")
+        #expect(job["finished"] as? Bool == false, "killed in the final step: \(job)")
+        #expect(try FileSourceTests.primaryKeysInPlace(sandbox, schema: schema) < 15, "some keys are still to build")
+
+        // Another worker finishes the final step; a last one finds nothing to do.
+        let d = try Self.worker(sandbox, "d", schema: schema, workerFlags).wait()
+        #expect(d.status == 0, "\(d.stderr)")
+        #expect(d.stdout.contains("finished the job of users"), "\(d.stdout)")
+        let e = try Self.worker(sandbox, "e", schema: schema, workerFlags).wait()
+        #expect(e.status == 0 && e.stdout.contains("loaded no partition"), "\(e.stdout) \(e.stderr)")
+        (job, parts) = try Self.partitions(sandbox, schema: schema)
+        #expect(job["finished"] as? Bool == true && job["etaSeconds"] as? Int == 0, "\(job)")
+        #expect(parts.reduce(0) { $0 + ($1["documents"] as? Int ?? 0) } == documents)
+
+        #expect(try sandbox.checksums(schema: schema) == reference, "the partitioned load equals the single-process one, table by table")
+        #expect(try FileSourceTests.primaryKeysInPlace(sandbox, schema: schema) == 15)
+        let keys = (try FileSourceTests.foreignKeysInPlace(sandbox, schema: schema), try FileSourceTests.foreignKeysInPlace(sandbox, schema: "single"))
+        #expect(keys.0 == keys.1 && keys.0 >= FileSourceTests.keys, "foreign keys in place: \(keys)")
+        // Every batch's checkpoint once, under its partition's job id.
+        let checkpoints = try sandbox.db().execute("""
+            SELECT count(*), count(DISTINCT (job_id, batch_id)), sum(documents_loaded + jsonb_array_length(set_aside)) FROM \"\(schema)\".etl_checkpoints
+            """).rows[0]
+        #expect(checkpoints[0] == checkpoints[1] && checkpoints[2] == String(documents), "\(checkpoints)")
+    }
+
+    @Test func workersKilledMidPartitionAndInTheFinalStepLoadAFileExactlyOnce() throws {
+        let sandbox = try Sandbox()
+        defer { try? FileManager.default.removeItem(atPath: sandbox.stateDirectory + "-files") }
+        // The bad-input corpus too: documents set aside by a dead worker's batches are reported once.
+        let file = try FileSourceTests.dump(sandbox, users: 1_500, badInput: true)
+        let single = try sandbox.run(["start", "--source-file", file, "--postgres-url", sandbox.postgresURL, "--target-schema", "single",
+                                      "--state-dir", sandbox.stateDirectory + "-single", "--max-set-aside", "100"])
+        #expect(single.status == 0, "\(single.stderr)")
+        let documents = try Int(sandbox.db().execute("SELECT sum(documents_loaded + jsonb_array_length(set_aside)) FROM single.etl_checkpoints").rows[0][0]!)!
+        try loadWithKilledWorkers(sandbox, plan: ["--source-file", file], schema: "parts", reference: try sandbox.checksums(schema: "single"), documents: documents,
+                                  workerFlags: ["--max-set-aside", "100"])
+        let setAside = try sandbox.db().execute("""
+            SELECT (SELECT sum(jsonb_array_length(set_aside)) FROM parts.etl_checkpoints), (SELECT sum(jsonb_array_length(set_aside)) FROM single.etl_checkpoints)
+            """).rows[0]
+        #expect(setAside[0] == setAside[1] && setAside[0] != "0", "the same documents set aside: \(setAside)")
+    }
+
+    @Test func workersKilledMidPartitionAndInTheFinalStepLoadACollectionExactlyOnce() throws {
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: 900)
+        let single = try sandbox.job("start", ["--target-schema", "single"])
+        #expect(single.status == 0, "\(single.stderr)")
+        try loadWithKilledWorkers(sandbox, plan: ["--mongodb-url", Services.mongoURL, "--database", sandbox.mongoDatabase], schema: "parts",
+                                  reference: try sandbox.checksums(schema: "single"), documents: 900)
+    }
+
+    @Test func aPlannedJobIsRefusedToOtherJobsAndWorkersNeedOne() throws {
+        let sandbox = try Sandbox()
+        defer { try? FileManager.default.removeItem(atPath: sandbox.stateDirectory + "-files") }
+        let file = try FileSourceTests.dump(sandbox, users: 300)
+        let base = ["--source-file", file, "--postgres-url", sandbox.postgresURL, "--state-dir", sandbox.stateDirectory]
+        let none = try Self.worker(sandbox, "w", schema: "public").wait()
+        #expect(none.status == 66 && none.stderr.contains("no job split into partitions"), "\(none.stderr)")
+        #expect(try sandbox.run(["start", "--partitions", "0"] + base).status == 64)
+        #expect(try sandbox.run(["start", "--partitions", "2"] + base).status == 0)
+        // Another start of the same pipeline, split or not, is refused while the job is unfinished.
+        for extra in [[], ["--partitions", "2"]] {
+            let again = try sandbox.run(["start"] + base + extra)
+            #expect(again.status == 75 && again.stderr.contains("split into partitions") && again.stderr.contains("etl-job worker"), "\(again.stderr)")
+        }
+        // With --fresh the plan is discarded with the tables' rows.
+        let fresh = try sandbox.run(["start", "--fresh", "--yes"] + base)
+        #expect(fresh.status == 0, "\(fresh.stderr)")
+        #expect(try Self.partitions(sandbox, schema: "public").parts.isEmpty)
+        #expect(try sandbox.counts()["users"] == 300)
+        // A target with rows is refused as by start.
+        let withRows = try sandbox.run(["start", "--partitions", "2", "--source-file", file, "--postgres-url", sandbox.postgresURL,
+                                        "--state-dir", sandbox.stateDirectory + "-other"])
+        #expect(withRows.status != 0 && withRows.stderr.contains("rows"), "\(withRows.stderr)")
+    }
+}
