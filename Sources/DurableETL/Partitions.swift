@@ -269,7 +269,9 @@ extension DurableJob {
                 logger.info("waiting while other workers load the remaining partitions", metadata: ["pipelines": "\(waiting.joined(separator: ", "))"])
                 said = true
             }
-            _ = stop.sleep(1)
+            // A cheap look (two indexed queries) a fifth of a second apart: a worker waiting for the
+            // last partition exits, or takes it over, at most that long after it could.
+            _ = stop.sleep(0.2)
         }
         withExtendedLifetime(stateLock) {}
         report.seconds = (ContinuousClock.now - began).seconds

@@ -138,14 +138,14 @@ struct Start: AsyncParsableCommand {
     /// (URLs as given here, their credentials hidden).
     private func workerCommand(_ settings: JobSettings) throws -> String {
         let urls = try connection.urlsGiven()
-        var words = ["etl-job", "worker"]
-        if urls.postgres { words += ["--postgres-url", "'\(Redact.url(settings.postgresURL))'"] }
-        if let schema = settings.targetSchema { words += ["--target-schema", schema] }
-        if urls.mongo && settings.source.choice == nil { words += ["--mongodb-url", "'\(Redact.url(settings.mongoURL))'"] }
-        words += ["--state-dir", "DIR"]
+        var target: [String] = []
+        if urls.postgres { target += ["--postgres-url", "'\(Redact.url(settings.postgresURL))'"] }
+        if let schema = settings.targetSchema { target += ["--target-schema", schema] }
+        var worker = ["etl-job", "worker"] + target
+        if urls.mongo && settings.source.choice == nil { worker += ["--mongodb-url", "'\(Redact.url(settings.mongoURL))'"] }
+        worker += ["--state-dir", "DIR"]
         return "nothing is loaded yet: run workers (any number, on any machines that reach the source and the target, each with its own state directory):\n  "
-            + words.joined(separator: " ") + "\nand follow them with 'etl-job status --partitions'"
-            + (urls.postgres ? " (with the same --postgres-url)" : "")
+            + worker.joined(separator: " ") + "\nand follow them with:\n  " + (["etl-job", "status", "--partitions"] + target).joined(separator: " ")
     }
 
     private func confirmTruncation(_ settings: JobSettings, _ mappings: [any DocumentMapping]) throws {

@@ -512,7 +512,9 @@ final class Progress: RunObserver, @unchecked Sendable {
             let total = status.sourceTotal.map { "/\($0)" } ?? ""
             let file = status.extractionFinished ? "" : source?.progress.map { "\($0), " } ?? ""
             let eta = view.etaSeconds.map { String(format: ", ETA %.0f s", $0) } ?? ""
-            parts.append("\(name)job \(p.jobId.prefix(8)): loaded \(status.documentsLoaded)\(total) documents, \(status.totalRows) rows, "
+            // A partition's job id is the job's and its number (`etl-job worker`).
+            let partition = p.jobId.split(separator: "/").dropFirst().first.map { " partition \($0)" } ?? ""
+            parts.append("\(name)job \(p.jobId.prefix(8))\(partition): loaded \(status.documentsLoaded)\(total) documents, \(status.totalRows) rows, "
                 + "\(file)\(status.pending) batches pending\(eta)")
         }
         return parts.joined(separator: " | ")

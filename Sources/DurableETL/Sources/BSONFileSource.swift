@@ -294,7 +294,7 @@ extension BSONFileSource {
             SourcePartition(lower: i == 0 ? nil : FilePosition.encode(starts[i]), upper: i + 1 < starts.count ? FilePosition.encode(starts[i + 1]) : nil,
                             documents: damaged && i == starts.count - 1 ? nil : counts[i])
         }
-        return (ranges, "byte ranges of the file, each starting at a document (found by walking the documents' length prefixes)")
+        return (ranges, "byte ranges of the file, each starting at a document, found by walking the documents' length prefixes")
     }
 
     public func restricted(to partition: SourcePartition) throws -> any Source {
