@@ -503,3 +503,38 @@ public struct PartitionedJobStatus: Sendable {
         return jobs
     }
 }
+
+/// What `verify` needs of a job split into partitions (it has no state directory): the
+/// latest job of each pipeline in the schema, its recorded source and mapping, the documents
+/// its batches set aside (by `_id`, from their checkpoint rows) and whether its keys are still
+/// to be built.
+public struct RecordedPartitionedJob: Sendable {
+    public var pipeline: String
+    public var definition: String?
+    public var identity: JobIdentity
+    public var setAside: [String: Int]
+    public var keysPending: Bool
+
+    public static func latest(_ settings: JobSettings) throws -> [RecordedPartitionedJob] {
+        let target = Target(url: settings.postgresURL, schema: settings.targetSchema ?? JobSettings.defaultSchema)
+        let db: PGConnection
+        do { db = try target.connect() } catch let error as PGError where error.kind == .malformedURL {
+            throw JobError(.usage, error.message)
+        } catch {
+            throw JobError(.unavailable, "\(error)")
+        }
+        guard try PartitionTable.exists(db) else { return [] }
+        let rows = try db.execute("""
+            SELECT DISTINCT ON (pipeline) \(PartitionedJob.columns), finished_at IS NULL FROM etl_partitioned_jobs ORDER BY pipeline, planned_at DESC
+            """).rows
+        return try rows.map { row in
+            guard let job = PartitionedJob(row) else { throw JobError(.software, "the row of job \(row[0] ?? "?") in etl_partitioned_jobs is damaged") }
+            let ids = try db.query("""
+                SELECT e->>'id' FROM etl_checkpoints, jsonb_array_elements(set_aside) e WHERE pipeline = $1 AND job_id LIKE $2 || '/%'
+                """, [job.pipeline, job.id]).rows.compactMap { $0[0] }
+            return RecordedPartitionedJob(pipeline: job.pipeline, definition: job.definition, identity: job.identity,
+                                          setAside: ids.reduce(into: [:]) { $0[$1, default: 0] += 1 },
+                                          keysPending: row[7] == "t" && job.keyMode.foreignKeysAfter)
+        }
+    }
+}

@@ -37,12 +37,24 @@ struct Verify: AsyncParsableCommand {
         }
     }
 
-    /// Verifies each pipeline of the job in the state directory (or those named; the given
-    /// pipelines when there is no job) against the source and target it recorded.
+    /// Verifies each pipeline of the job in the state directory (or those named; without a job
+    /// there, the target's latest job split into partitions of each pipeline, else the given
+    /// pipelines) against the source and target it recorded.
     private func verifyAll(_ settings: JobSettings) throws -> [Verifier.Report] {
         let directory = settings.stateDirectory
         let given = try pipelines.mappings()
         guard let manifest = try RunManifest.read(directory) else {
+            // A job split into partitions keeps its record in the target, not in a state directory.
+            let partitioned = try RecordedPartitionedJob.latest(settings).filter { pipelines.names.isEmpty || pipelines.names.contains($0.pipeline) }
+            if !partitioned.isEmpty {
+                let resolve = Pipelines.resolver(given: try pipelines.mapping.load())
+                return try partitioned.map { job in
+                    guard let mapping = try resolve(job.pipeline, job.definition) else {
+                        throw JobError(.usage, "the target's job split into partitions runs the pipeline '\(job.pipeline)', which this etl-job does not know")
+                    }
+                    return try verify(mapping, settings, recorded: (job.identity, job.setAside, nil), keysPending: job.keysPending)
+                }
+            }
             try settings.source.refuse(for: given, ofJob: false)
             return try given.map { try verify($0, settings, recorded: (nil, [:], nil)) }
         }
@@ -64,7 +76,8 @@ struct Verify: AsyncParsableCommand {
         return try mappings.map { try verify($0, settings, recorded: try recordedJob(RunManifest.queueDirectory(directory, $0.name))) }
     }
 
-    private func verify(_ mapping: any DocumentMapping, _ settings: JobSettings, recorded: (identity: JobIdentity?, setAside: [String: Int], status: QueueStatus?)) throws -> Verifier.Report {
+    private func verify(_ mapping: any DocumentMapping, _ settings: JobSettings, recorded: (identity: JobIdentity?, setAside: [String: Int], status: QueueStatus?),
+                        keysPending: Bool = false) throws -> Verifier.Report {
         let job = PipelineJob(mapping: mapping, settings: settings, recorded: recorded.identity)
         let db = try job.connectPostgres()
         try job.refuseMismatch(recorded: recorded.identity, current: job.identity(db))
@@ -74,7 +87,7 @@ struct Verify: AsyncParsableCommand {
             maxDocumentBytes: settings.maxDocumentBytes)
         var report = try verifier.run { n in Console.standardError.status("\(mapping.name): verified \(n) documents") }
         Console.standardError.endStatus()
-        let pending = recorded.status.map { $0.finishedAt == nil && ($0.foreignKeys.flatMap(ForeignKeyMode.init)?.foreignKeysAfter ?? false) } ?? false
+        let pending = keysPending || recorded.status.map { $0.finishedAt == nil && ($0.foreignKeys.flatMap(ForeignKeyMode.init)?.foreignKeysAfter ?? false) } ?? false
         report.foreignKeys = try Verifier.checkForeignKeys(db, job.target, mapping, pending: pending)
         return report
     }

@@ -70,6 +70,10 @@ import Users
         #expect(parts.reduce(0) { $0 + ($1["documents"] as? Int ?? 0) } == documents)
 
         #expect(try sandbox.checksums(schema: schema) == reference, "the partitioned load equals the single-process one, table by table")
+        // verify finds the job in the target (no state directory holds it) and agrees, set-aside documents known.
+        let verified = try sandbox.run(["verify", "--postgres-url", sandbox.postgresURL, "--mongodb-url", Services.mongoURL, "--target-schema", schema,
+                                        "--state-dir", sandbox.stateDirectory + "-none"])
+        #expect(verified.status == 0, "\(verified.stdout) \(verified.stderr)")
         #expect(try FileSourceTests.primaryKeysInPlace(sandbox, schema: schema) == 15)
         let keys = (try FileSourceTests.foreignKeysInPlace(sandbox, schema: schema), try FileSourceTests.foreignKeysInPlace(sandbox, schema: "single"))
         #expect(keys.0 == keys.1 && keys.0 >= FileSourceTests.keys, "foreign keys in place: \(keys)")
