@@ -443,7 +443,7 @@ public struct DurableJob: Sendable {
         guard var status = try queue.status() else { throw JobError(.failed, "the queue of \(job.name) lost its job") }
         var failure: String?
         if status.isComplete && !stopped {
-            failure = settings.maxSetAside.failure(loaded: status.documentsLoaded, setAside: status.documentsSetAside)
+            failure = settings.weighsSetAside ? settings.maxSetAside.failure(loaded: status.documentsLoaded, setAside: status.documentsSetAside) : nil
             if failure == nil {
                 // The final step of a job that adds its keys after the load: in one transaction,
                 // so that a kill leaves none of them, and resume (which comes back here) adds them.

@@ -15,6 +15,10 @@ public struct JobSettings: Sendable {
     public var maxDocumentBytes: Int
     public var queueMapBytes: Int
     public var maxSetAside = SetAsideLimit.default
+    /// False for a run that loads one partition of a job (`etl-job worker`): the limit is
+    /// weighed over the whole job, in its final step, and a partition may set every one of
+    /// its documents aside.
+    public var weighsSetAside = true
     public var allowEmpty = false
     /// What the command says about the source: a database or collection (only for a run of
     /// one built-in pipeline; without them a pipeline reads its mapping's source, and a resume

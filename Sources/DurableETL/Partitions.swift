@@ -328,7 +328,7 @@ extension DurableJob {
             settings.bucket.maxBatchBytes = job.maxBatchBytes
             settings.bucket.cutsByCountOnly = true
             // The job's set-aside limit is weighed over all its partitions, in the final step.
-            settings.maxSetAside = .percent(100)
+            settings.weighsSetAside = false
             return settings
         }()
         let partitionJob = PartitionTable.partitionJob(job.id, claimed.number)

@@ -1,4 +1,5 @@
 import Foundation
+import Mongo
 import Testing
 import DurableETL
 import TestSupport
@@ -108,6 +109,49 @@ import Users
         #expect(single.status == 0, "\(single.stderr)")
         try loadWithKilledWorkers(sandbox, plan: ["--mongodb-url", Services.mongoURL, "--database", sandbox.mongoDatabase], schema: "parts",
                                   reference: try sandbox.checksums(schema: "single"), documents: 900)
+    }
+
+    /// One worker loading every partition, against one process on the same source.
+    private func loadByOneWorker(_ sandbox: Sandbox, plan: [String], partitions: Int) throws {
+        defer { try? FileManager.default.removeItem(atPath: sandbox.stateDirectory + "-w") }
+        let single = try sandbox.run(["start", "--postgres-url", sandbox.postgresURL, "--target-schema", "single", "--max-set-aside", "100",
+                                      "--state-dir", sandbox.stateDirectory + "-single"] + plan)
+        #expect(single.status == 0, "\(single.stderr)")
+        let planned = try sandbox.run(["start", "--postgres-url", sandbox.postgresURL, "--target-schema", "parts", "--partitions", String(partitions),
+                                       "--batch-size", "50", "--state-dir", sandbox.stateDirectory + "-plan"] + plan)
+        #expect(planned.status == 0, "\(planned.stderr)")
+        #expect(try Self.partitions(sandbox, schema: "parts").parts.count == partitions, "\(planned.stdout)")
+        let worker = try Self.worker(sandbox, "w", schema: "parts", ["--max-set-aside", "100"]).wait()
+        #expect(worker.status == 0, "\(worker.stderr)")
+        #expect(try sandbox.checksums(schema: "parts") == sandbox.checksums(schema: "single"))
+        let setAside = try sandbox.db().execute("""
+            SELECT (SELECT count(*) FROM parts.etl_checkpoints, jsonb_array_elements(set_aside)), (SELECT count(*) FROM single.etl_checkpoints, jsonb_array_elements(set_aside))
+            """).rows[0]
+        #expect(setAside[0] == setAside[1], "\(setAside)")
+    }
+
+    @Test func partitionsOfACollectionWithIdsOfSeveralTypesCoverEveryDocumentOnce() throws {
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: 100)
+        // _ids of other types sort after numbers (strings, then ObjectIds): the ranges must
+        // take them in BSON order too (they are set aside by the users pipeline, once each).
+        try sandbox.users.insertMany((0..<100).map { i in
+            let document = BSONDocument()
+            if i < 50 { document.writer.append("_id", "s\(i)") } else { document.writer.append("_id", objectId: (0..<12).map { UInt8(truncatingIfNeeded: $0 * 7 + i) }) }
+            document.writer.append("name", "not a user \(i)")
+            return document
+        })
+        // Five ranges of 40: they meet at numbers, at a string and at an ObjectId.
+        try loadByOneWorker(sandbox, plan: ["--mongodb-url", Services.mongoURL, "--database", sandbox.mongoDatabase], partitions: 5)
+        let parts = try Self.partitions(sandbox, schema: "parts").parts
+        #expect(parts.map { $0["documents"] as? Int ?? 0 } == [40, 40, 40, 40, 40], "\(parts)")
+    }
+
+    @Test func aCompressedFileIsSplitInItsContent() throws {
+        let sandbox = try Sandbox()
+        defer { try? FileManager.default.removeItem(atPath: sandbox.stateDirectory + "-files") }
+        let file = try FileSourceTests.dump(sandbox, users: 400, name: "users.bson.gz")
+        try loadByOneWorker(sandbox, plan: ["--source-file", file], partitions: 3)
     }
 
     @Test func aPlannedJobIsRefusedToOtherJobsAndWorkersNeedOne() throws {
