@@ -182,17 +182,17 @@ public final class MongoCollection {
         var skip: [UInt8]?
         var clauses: [(BSONWriter) -> Void] = []
         if let afterIdElement {
-            let (clause, binary) = try Self.idClause(afterIdElement, operator: "$gt", types: BSONType.typeAliasesSorting(after:))
+            let (clause, binary) = try Self.idClause(afterIdElement, operator: "$gt", types: BSONType.typeAliasesSorting(after:), what: "extract position")
             clauses.append(clause)
             // Binary _ids sort by length, then subtype, then bytes. Servers differ in how `$gt`
             // compares them (the bundled wire server compares bytes only), so all binary _ids
             // are asked for, in order, and those up to the position are skipped here.
             if binary { skip = afterIdElement }
         } else if let lower {
-            clauses.append(try Self.idClause(lower, operator: "$gte", types: BSONType.typeAliasesSorting(after:)).clause)
+            clauses.append(try Self.idClause(lower, operator: "$gte", types: BSONType.typeAliasesSorting(after:), what: "partition bound").clause)
         }
         if let upper {
-            clauses.append(try Self.idClause(upper, operator: "$lt", types: BSONType.typeAliasesSorting(before:)).clause)
+            clauses.append(try Self.idClause(upper, operator: "$lt", types: BSONType.typeAliasesSorting(before:), what: "partition bound").clause)
         }
         if clauses.count == 1 {
             clauses[0](filter.writer)
@@ -214,11 +214,11 @@ public final class MongoCollection {
     /// `$gte` and `$lt` compare within one type only ({_id: {$gt: 5}} skips "abc"), so the
     /// types that sort on the asked side (`types`) are asked for by type. A binary value is
     /// asked for as every binary _id (the caller compares), and said so.
-    private static func idClause(_ element: [UInt8], operator op: String, types: (BSONType) -> [String]) throws
+    private static func idClause(_ element: [UInt8], operator op: String, types: (BSONType) -> [String], what: String) throws
         -> (clause: (BSONWriter) -> Void, binary: Bool) {
         try element.withUnsafeBytes { bytes in
             guard var it = BSONIterator(document: bytes), it.next() else {
-                throw MongoError(message: "the stored _id bound is not a BSON document", kind: .damagedState)
+                throw MongoError(message: "the stored \(what) is not a BSON document", kind: .damagedState)
             }
             let copy = Array(bytes)
             let binary = it.type == .binary
