@@ -62,6 +62,18 @@ public enum PartitionTable {
         "\(pipeline) partition \(partition) of job \(job.prefix(8))"
     }
 
+    /// SQL: a session holds the lease of partition `p` of job `j` (the advisory lock of
+    /// `leaseName`, as `TargetLock` names it, in the schema given as `$1`), by any session
+    /// (`session` nil) or by the one that claimed it.
+    static func leaseHeld(session: String? = nil) -> String {
+        """
+        EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2\(session.map { " AND l.pid = \($0)" } ?? "")
+                AND l.classid = (\(TargetLock.namespace)::int4)::oid
+                AND l.objid = (hashtext('etl-job ' || j.pipeline || ' partition ' || p.partition || ' of job ' || left(j.job_id, 8) || ' ' || $1))::oid
+                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))
+        """
+    }
+
     /// Whether the schema holds the partition tables (a target migrated by this version).
     static func exists(_ db: PGConnection) throws -> Bool {
         try db.execute("SELECT to_regclass('etl_partitioned_jobs') IS NOT NULL").rows[0][0] == "t"
@@ -239,22 +251,22 @@ extension DurableJob {
             guard try PartitionTable.exists(db), try db.execute("SELECT 1 FROM etl_partitioned_jobs LIMIT 1").rows.count > 0 else {
                 throw JobError(.noInput, "schema \(target.schema) of the target holds no job split into partitions; plan one with 'etl-job start --partitions N'")
             }
-            return ControlConnection(db: db)
+            return ControlConnection(db: db, target: target)
         }
         var report = WorkerReport()
         var said = false
         while !stop.isStopRequested {
-            let claimed = try await Threads.blocking(name: "worker") { try self.claim(control.db, target) }
+            let claimed = try await Threads.blocking(name: "worker") { try control.run { try self.claim($0, target) } }
             if let claimed {
                 said = false
                 report.loaded.append(try await load(claimed, resolve: resolve, control: control, stop: stop, observer: observer))
                 continue
             }
-            let jobs = try await Threads.blocking(name: "worker") { try PartitionedJob.unfinished(control.db) }
+            let jobs = try await Threads.blocking(name: "worker") { try control.run { try PartitionedJob.unfinished($0) } }
             if jobs.isEmpty { break }
             var waiting: [String] = []
             for job in jobs {
-                let outcome = try await Threads.blocking(name: "finish") { try self.finishIfDone(job, control.db, resolve: resolve) }
+                let outcome = try await Threads.blocking(name: "finish") { try control.run { try self.finishIfDone(job, $0, resolve: resolve) } }
                 switch outcome {
                 case .finished: report.finished.append(job.pipeline)
                 case .running: waiting.append(job.pipeline)
@@ -281,8 +293,29 @@ extension DurableJob {
     /// The worker's own session for claims and bookkeeping.
     final class ControlConnection: @unchecked Sendable {
         // Safe: used by one worker thread at a time (each step runs to its end before the next).
-        let db: PGConnection
-        init(db: PGConnection) { self.db = db }
+        private var db: PGConnection
+        private let target: Target
+
+        init(db: PGConnection, target: Target) { (self.db, self.target) = (db, target) }
+
+        /// Runs one step (a claim, a look, the partition marked done, the final step) on the
+        /// worker's session. When PostgreSQL restarts or ends that session, or a lease's session
+        /// with it, the step runs again on a new session, for up to about a minute: every step
+        /// is safe to repeat (a lease taken meanwhile by another worker stops it, exit 75).
+        func run<T>(_ step: (PGConnection) throws -> T) throws -> T {
+            var attempt = 0
+            while true {
+                do {
+                    return try step(db)
+                } catch {
+                    let lost = error is TargetLock.Lost || !db.isHealthy || (error as? PGError)?.isTransient == true
+                    guard lost, attempt < 40 else { throw error }
+                    attempt += 1
+                    Thread.sleep(forTimeInterval: min(2, 0.25 * Double(attempt)))
+                    if !db.isHealthy, let fresh = try? target.connect() { db = fresh }
+                }
+            }
+        }
     }
 
     /// Claims the first pending partition of the oldest unfinished job that no live worker
@@ -293,11 +326,14 @@ extension DurableJob {
         return try target.transaction(db) {
             // Row locks, so that two workers never weigh one partition at once; the lease is
             // the advisory lock, which outlives this transaction with its session.
-            let candidates = try db.execute("""
+            // Partitions whose lease a live worker holds are left out here (without connecting to
+            // try each); the lock taken below is what decides.
+            let candidates = try db.query("""
                 SELECT p.job_id, p.partition, encode(p.lower, 'hex'), encode(p.upper, 'hex'), p.documents_planned
                 FROM etl_partitions p JOIN etl_partitioned_jobs j USING (job_id)
-                WHERE j.finished_at IS NULL AND p.done_at IS NULL ORDER BY j.planned_at, p.job_id, p.partition FOR UPDATE OF p SKIP LOCKED
-                """).rows
+                WHERE j.finished_at IS NULL AND p.done_at IS NULL AND NOT \(PartitionTable.leaseHeld())
+                ORDER BY j.planned_at, p.job_id, p.partition FOR UPDATE OF p SKIP LOCKED
+                """, [target.schema]).rows
             for row in candidates {
                 guard let job = jobs[row[0]!], let number = row[1].flatMap(Int.init) else { continue }
                 let name = PartitionTable.leaseName(job.pipeline, job.id, number)
@@ -360,9 +396,12 @@ extension DurableJob {
             throw JobError(.failed, "stopped before partition \(claimed.number) of \(job.pipeline) was loaded; another worker (or this one, run again) loads the rest")
         }
         let totals = try await Threads.blocking(name: "finish") { () throws -> (Int64, Int64, Int64) in
-            try Target(url: settings.postgresURL, schema: claimed.lease.schemaName).transaction(control.db) {
-                try claimed.lease.fence(control.db)
-                let row = try control.db.query("""
+            try control.run { db in try Target(url: settings.postgresURL, schema: claimed.lease.schemaName).transaction(db) {
+                // A lease lost with its session (a PostgreSQL restart) is taken again, unless
+                // another worker took the partition meanwhile.
+                try claimed.lease.regain()
+                try claimed.lease.fence(db)
+                let row = try db.query("""
                     WITH sums AS (
                       SELECT coalesce(sum(documents_loaded), 0) AS loaded, coalesce(sum(jsonb_array_length(set_aside)), 0) AS set_aside,
                              coalesce(sum((SELECT sum(value::bigint) FROM jsonb_each_text(rows))), 0) AS rows
@@ -371,7 +410,7 @@ extension DurableJob {
                     FROM sums WHERE job_id = $1 AND partition = $2 RETURNING sums.loaded, sums.set_aside, sums.rows
                     """, [job.id, String(claimed.number), job.pipeline, partitionJob]).rows[0]
                 return (Int64(row[0]!) ?? 0, Int64(row[1]!) ?? 0, Int64(row[2]!) ?? 0)
-            }
+            } }
         }
         CrashPoint.partitionDone.reach()
         logger.info("loaded a partition", metadata: ["pipeline": "\(job.pipeline)", "partition": "\(claimed.number)", "documents": "\(totals.0)"])
@@ -476,13 +515,11 @@ public struct PartitionedJobStatus: Sendable {
                    p.partition, p.done_at IS NOT NULL, p.claimed_host, p.claimed_pid, p.claimed_session, extract(epoch FROM p.claimed_at), p.claims,
                    p.documents_planned, coalesce(pr.documents, 0), coalesce(pr.set_aside, 0), coalesce(pr.rows, 0),
                    extract(epoch FROM coalesce(p.done_at, now()) - p.claimed_at),
-                   EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND l.pid = p.claimed_session
-                           AND l.classid = ($2::int4)::oid
-                           AND l.objid = (hashtext('etl-job ' || j.pipeline || ' partition ' || p.partition || ' of job ' || left(j.job_id, 8) || ' ' || $1))::oid)
+                   \(PartitionTable.leaseHeld(session: "p.claimed_session"))
             FROM etl_partitioned_jobs j JOIN etl_partitions p USING (job_id)
             LEFT JOIN progress pr ON pr.job_id = j.job_id || '/' || p.partition
             ORDER BY j.planned_at, j.job_id, p.partition
-            """, [schema, String(TargetLock.namespace)]).rows
+            """, [schema]).rows
         var jobs: [PartitionedJobStatus] = []
         func date(_ text: String?) -> Date? { text.flatMap(Double.init).map { Date(timeIntervalSince1970: $0) } }
         for row in rows {

@@ -154,6 +154,33 @@ import Users
         try loadByOneWorker(sandbox, plan: ["--source-file", file], partitions: 3)
     }
 
+    /// PostgreSQL restarts under two workers: every session ends, the leases with them; each
+    /// worker takes its lease again (or leaves the partition to the one that did), and both
+    /// finish with exit 0 and the rows exactly once.
+    @Test func workersRideOutARestartOfPostgreSQL() throws {
+        let sandbox = try Sandbox()
+        defer { for name in ["r1", "r2"] { try? FileManager.default.removeItem(atPath: sandbox.stateDirectory + "-" + name) } }
+        defer { try? FileManager.default.removeItem(atPath: sandbox.stateDirectory + "-files") }
+        let file = try FileSourceTests.dump(sandbox, users: 3_000)
+        let single = try sandbox.run(["start", "--source-file", file, "--postgres-url", sandbox.postgresURL, "--target-schema", "single",
+                                      "--state-dir", sandbox.stateDirectory + "-single"])
+        #expect(single.status == 0, "\(single.stderr)")
+        try sandbox.slowCommits(seconds: 0.05)
+        let planned = try sandbox.run(["start", "--source-file", file, "--postgres-url", sandbox.postgresURL, "--partitions", "3", "--batch-size", "50",
+                                       "--state-dir", sandbox.stateDirectory + "-plan"])
+        #expect(planned.status == 0, "\(planned.stderr)")
+        let workers = try ["r1", "r2"].map { try Self.worker(sandbox, $0, schema: "public") }
+        Thread.sleep(forTimeInterval: 1.5)
+        try Services.services("restart", "postgres")
+        for worker in workers {
+            let result = try worker.wait()
+            #expect(result.status == 0 && !result.signaled, "\(result.stdout) \(result.stderr)")
+        }
+        #expect(try Self.partitions(sandbox, schema: "public").job["finished"] as? Bool == true)
+        #expect(try sandbox.checksums() == sandbox.checksums(schema: "single"))
+        #expect(try FileSourceTests.foreignKeysInPlace(sandbox) == FileSourceTests.keys)
+    }
+
     @Test func aPlannedJobIsRefusedToOtherJobsAndWorkersNeedOne() throws {
         let sandbox = try Sandbox()
         defer { try? FileManager.default.removeItem(atPath: sandbox.stateDirectory + "-files") }
