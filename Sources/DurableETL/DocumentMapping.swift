@@ -30,6 +30,9 @@ public protocol DocumentMapping: Sendable {
     var documentKeyType: UInt32? { get }
     /// Writes the key of the document whose `_id` (at least) `document` holds, as one value.
     func documentKey(_ document: UnsafeRawBufferPointer, into key: inout BinaryCopyWriter) throws(RejectReason)
+    /// How `status` and `verify` name the document whose key PostgreSQL prints as `key`
+    /// (its `_id` as `BSONSequence.displayId` shows it); nil when the pipeline cannot tell.
+    func displayId(ofKey key: String) -> String?
 }
 
 extension DocumentMapping {
@@ -43,6 +46,8 @@ extension DocumentMapping {
     public func documentKey(_ document: UnsafeRawBufferPointer, into key: inout BinaryCopyWriter) throws(RejectReason) {
         throw RejectReason("the \(name) pipeline cannot tell a document's key from its _id")
     }
+
+    public func displayId(ofKey key: String) -> String? { nil }
 }
 
 /// Which rows of a table belong to one document, found by the document's key: how the
@@ -149,6 +154,15 @@ public struct TableSpec: Sendable {
             var index = ([name] + columns).joined(separator: "_")
             while index.utf8.count > 58 { index.removeLast() }
             return (index + "_doc", columns)
+        }
+    }
+
+    /// The key of the document a row belongs to, as an SQL expression over the table's columns.
+    var documentKeyExpression: String {
+        switch documentRows {
+        case .key(let column): quoteIdentifier(column)
+        // Floor division: rows of a negative key lie from key × factor upwards too.
+        case .keyRange(let column, let factor): "((\(quoteIdentifier(column)) - ((\(quoteIdentifier(column)) % \(factor)) + \(factor)) % \(factor)) / \(factor))"
         }
     }
 

@@ -118,21 +118,23 @@ final class BatchLoader: ETLWorker {
                     }
                 }
             }
-            let counts = try copyIsolating(db, batch.payload, documents.ranges, good, prebuilt: rows, setAside: &setAside)
+            var displaced: [Displaced] = []
+            let counts = try copyIsolating(db, batch.payload, documents.ranges, good, prebuilt: rows, setAside: &setAside, displaced: &displaced)
             let deleted = documents.kinds.indices.filter { documents.kinds[$0] == .write(.delete) && setAside[$0] == nil }.count
+            // Net: a document of an earlier batch this one displaced is no longer loaded.
             let outcome = BatchOutcome(
-                documentsLoaded: copying.filter { setAside[$0] == nil }.count,
+                documentsLoaded: copying.filter { setAside[$0] == nil }.count - displaced.count,
                 rows: Dictionary(uniqueKeysWithValues: zip(processor.mapping.tables.map(\.name), counts.map(Int64.init))),
                 setAside: setAside.keys.sorted().map { i in
                     batch.payload[documents.ranges[i]].withUnsafeBytes { doc in
                         SetAsideDocument(batch: batch.id, documentId: BSONSequence.displayId(doc), reason: setAside[i]!, document: Array(doc))
                     }
-                },
+                } + displaced.map { SetAsideDocument(batch: batch.id, documentId: $0.documentId, reason: $0.reason, document: []) },
                 documentsDeleted: deleted, touched: documents.touched(batch.payload), latestChange: documents.times.compactMap { $0 }.max())
             CrashPoint.copied.reach()
             try traced("INSERT INTO etl_checkpoints", batch: batch.id) {
                 try Checkpoint.insert(db, pipeline: processor.name, job: processor.jobId, batch: batch.id, outcome: outcome,
-                                      indices: setAside.keys.sorted(), position: batch.position)
+                                      indices: setAside.keys.sorted() + displaced.map { _ in -1 }, position: batch.position)
             }
             do {
                 try processor.clock.measure(.commit) { try sql(db, "COMMIT", batch: batch.id) }
@@ -192,36 +194,155 @@ final class BatchLoader: ETLWorker {
 
     /// COPYs the rows of `indices` under a savepoint. When PostgreSQL rejects the data, it
     /// rolls back to the savepoint and loads each half separately, down to single documents,
-    /// which are set aside with the server's message. Returns rows loaded per table.
+    /// which are set aside with the server's message (or, for a repeated value, weighed
+    /// against the document holding it: `displacing`). Returns rows loaded per table, net of
+    /// the rows of documents displaced.
     private func copyIsolating(
         _ db: PGConnection, _ payload: [UInt8], _ ranges: [Range<Int>], _ indices: [Int],
-        prebuilt: MappedRows?, setAside: inout [Int: String]
+        prebuilt: MappedRows?, setAside: inout [Int: String], displaced: inout [Displaced]
     ) throws -> [Int] {
         let tables = processor.mapping.tables
         guard !indices.isEmpty else { return Array(repeating: 0, count: tables.count) }
         let rows = prebuilt ?? transform(payload, ranges, indices: indices, setAside: &setAside)
         try sql(db, "SAVEPOINT isolate")
         do {
-            try processor.clock.measure(.copy) {
-                for (t, table) in tables.enumerated() where !rows.tables[t].isEmpty {
-                    try traced("COPY \(table.quotedName) FROM STDIN (FORMAT binary): \(rows.tables[t].rowCount) rows, \(rows.tables[t].bytes.count) bytes") {
-                        try db.copyIn(table.quotedName, columns: table.quotedColumns, binary: rows.tables[t].bytes, BinaryCopyWriter.trailer)
-                    }
-                }
-            }
+            try copy(db, rows)
             try sql(db, "RELEASE SAVEPOINT isolate")
             return rows.tables.map(\.rowCount)
         } catch let error as PGError where error.isDataError {
             try sql(db, "ROLLBACK TO SAVEPOINT isolate; RELEASE SAVEPOINT isolate")
             if indices.count == 1 {
-                setAside[indices[0]] = "rejected by PostgreSQL: \(error)"
-                return Array(repeating: 0, count: tables.count)
+                switch try displacing(db, payload, ranges[indices[0]], rows, error: error) {
+                case .loaded(let counts, let others):
+                    displaced += others
+                    return counts
+                case .setAside(let reason):
+                    setAside[indices[0]] = reason
+                    return Array(repeating: 0, count: tables.count)
+                }
             }
             let half = indices.count / 2
-            let first = try copyIsolating(db, payload, ranges, Array(indices[..<half]), prebuilt: nil, setAside: &setAside)
-            let second = try copyIsolating(db, payload, ranges, Array(indices[half...]), prebuilt: nil, setAside: &setAside)
+            let first = try copyIsolating(db, payload, ranges, Array(indices[..<half]), prebuilt: nil, setAside: &setAside, displaced: &displaced)
+            let second = try copyIsolating(db, payload, ranges, Array(indices[half...]), prebuilt: nil, setAside: &setAside, displaced: &displaced)
             return zip(first, second).map(+)
         }
+    }
+
+    /// COPYs prepared rows, table by table.
+    private func copy(_ db: PGConnection, _ rows: MappedRows) throws {
+        try processor.clock.measure(.copy) {
+            for (t, table) in processor.mapping.tables.enumerated() where !rows.tables[t].isEmpty {
+                try traced("COPY \(table.quotedName) FROM STDIN (FORMAT binary): \(rows.tables[t].rowCount) rows, \(rows.tables[t].bytes.count) bytes") {
+                    try db.copyIn(table.quotedName, columns: table.quotedColumns, binary: rows.tables[t].bytes, BinaryCopyWriter.trailer)
+                }
+            }
+        }
+    }
+
+    /// A document of an earlier batch that a document of this one displaced: set aside, its
+    /// rows removed in this batch's transaction.
+    struct Displaced {
+        var documentId: String
+        var reason: String
+    }
+
+    enum Weighed {
+        /// The document loaded (rows per table, net of the displaced documents' rows).
+        case loaded([Int], displaced: [Displaced])
+        /// The document is set aside for this reason.
+        case setAside(String)
+    }
+
+    /// A snapshot's document PostgreSQL rejected for a value (a unique or primary key) that
+    /// an already loaded document holds: the document with the smaller `_id` keeps it,
+    /// whichever loaded first, so that the rows do not depend on the order batches commit in
+    /// (several loaders, several workers, a resume). When this one's `_id` is the smaller,
+    /// the holder's rows are removed in this transaction and it is set aside with the
+    /// reason; each value this document repeats is weighed so, and if any holder comes
+    /// first, nothing is removed and this document is set aside. Changes (sync) keep the
+    /// rule that the change is set aside; so does a repeated `_id` (one key), a key over
+    /// several columns, and a pipeline that cannot tell a document's key.
+    private func displacing(_ db: PGConnection, _ payload: [UInt8], _ range: Range<Int>, _ rows: MappedRows, error first: PGError) throws -> Weighed {
+        let mapping = processor.mapping
+        let plain = "rejected by PostgreSQL: \(first)"
+        guard !processor.appliesChanges, first.sqlState == "23505", let keyType = mapping.documentKeyType else { return .setAside(plain) }
+        var writer = BinaryCopyWriter(elements: 1)
+        let keyed = payload.withUnsafeBytes { raw -> Bool in
+            do throws(RejectReason) {
+                try mapping.documentKey(UnsafeRawBufferPointer(rebasing: raw[range]), into: &writer)
+                return true
+            } catch {
+                return false
+            }
+        }
+        guard keyed else { return .setAside(plain) }
+        let key = writer.arrayParameter(elementOID: keyType, count: 1)
+        let name = payload[range].withUnsafeBytes(BSONSequence.displayId)
+        var error = first
+        var reason = plain
+        var displaced: [Displaced] = []
+        var removed = Array(repeating: 0, count: mapping.tables.count)
+        try sql(db, "SAVEPOINT displace")
+        // Each round frees one value; a document repeats at most a few.
+        for _ in 0..<8 {
+            guard error.sqlState == "23505", let holder = try holder(db, error, key: key) else {
+                reason = "rejected by PostgreSQL: \(error)"
+                break
+            }
+            guard holder.outranked else {
+                reason = Self.repeated(holder.value, by: holder.documentId)
+                break
+            }
+            let gone = try processor.target.deleteDocuments(db, mapping, printedKeys: [holder.key])
+            // Nothing removed: another batch displaced it meanwhile; the COPY says what holds the value now.
+            if gone[0] > 0 {
+                displaced.append(Displaced(documentId: holder.documentId, reason: Self.repeated(holder.value, by: name)))
+                removed = zip(removed, gone).map(+)
+            }
+            try sql(db, "SAVEPOINT attempt")
+            do {
+                try copy(db, rows)
+                try sql(db, "RELEASE SAVEPOINT attempt; RELEASE SAVEPOINT displace")
+                return .loaded(zip(rows.tables.map(\.rowCount), removed).map(-), displaced: displaced)
+            } catch let next as PGError where next.isDataError {
+                try sql(db, "ROLLBACK TO SAVEPOINT attempt; RELEASE SAVEPOINT attempt")
+                error = next
+            }
+        }
+        try sql(db, "ROLLBACK TO SAVEPOINT displace; RELEASE SAVEPOINT displace")
+        return .setAside(reason)
+    }
+
+    /// The document holding the value `error` names (not the document's own key repeated):
+    /// the value as the server names it (`"users_email_key": Key (email)=(a@example.com)`),
+    /// the holder's key as PostgreSQL prints it and its `_id` as `status` shows it, and
+    /// whether its key is greater than `key` (that of the document repeating the value).
+    private func holder(_ db: PGConnection, _ error: PGError, key: [UInt8]) throws -> (value: String, key: String, documentId: String, outranked: Bool)? {
+        let tables = processor.mapping.tables
+        guard let constraint = error.constraint, let detail = error.detail, let t = tables.firstIndex(where: { $0.name == error.table }) else { return nil }
+        let table = tables[t]
+        let columns = try db.query("""
+            SELECT a.attname FROM pg_constraint c CROSS JOIN LATERAL unnest(c.conkey) AS k(attnum)
+            JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum
+            WHERE c.conrelid = $1::regclass AND c.conname = $2
+            """, [table.quotedName, constraint]).rows.compactMap { $0[0] }
+        let suffix = " already exists."
+        // A repeated document key (the root's own key) has nothing to weigh.
+        guard columns.count == 1, let column = columns.first, !(t == 0 && column == table.documentRows.column),
+              let open = detail.range(of: ")=("), detail.hasSuffix(suffix) else { return nil }
+        let value = String(detail[open.upperBound..<detail.index(detail.endIndex, offsetBy: -(suffix.count + 1))])
+        let row = try db.query("""
+            SELECT (\(table.documentKeyExpression))::text, \(table.documentKeyExpression) > ALL($2) FROM \(table.quotedName)
+            WHERE \(quoteIdentifier(column)) = $1 LIMIT 1
+            """, [value], binary: [key]).rows.first
+        guard let row, let holder = row[0], let documentId = processor.mapping.displayId(ofKey: holder) else { return nil }
+        return ("\"\(constraint)\": \(detail.dropLast(suffix.count))", holder, documentId, row[1] == "t")
+    }
+
+    /// Why a document that repeats a value is set aside, whichever of the two loaded first.
+    static func repeated(_ value: String, by holder: String) -> String {
+        "rejected by PostgreSQL: duplicate key value violates unique constraint \(value), which _id \(holder) also has "
+            + "and keeps (the smaller _id keeps a repeated value)"
     }
 }
 

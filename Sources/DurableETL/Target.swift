@@ -298,6 +298,16 @@ public struct Target: Sendable {
         return removed
     }
 
+    /// Removes the rows of the documents whose keys are `keys` (as PostgreSQL prints them);
+    /// returns the rows removed per table, in `mapping.tables` order.
+    func deleteDocuments(_ db: PGConnection, _ mapping: any DocumentMapping, printedKeys keys: [String]) throws -> [Int] {
+        var removed = Array(repeating: 0, count: mapping.tables.count)
+        for (t, table) in mapping.tables.enumerated().reversed() {
+            removed[t] = try db.query(table.deleteDocumentsStatement, [postgresArray(keys)]).affectedRows
+        }
+        return removed
+    }
+
     /// Creates the indexes that replacing and deleting documents' rows needs (`changeIndexes`),
     /// where missing. Returns how many it created.
     @discardableResult

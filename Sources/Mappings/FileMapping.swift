@@ -75,6 +75,22 @@ public struct FileMapping: DocumentMapping {
     /// when that key is its `_id`: what a change stream names a deleted document by.
     public var documentKeyType: UInt32? { rootKey.field == "_id" ? rootKey.type.oid : nil }
 
+    /// A number as itself; a text key of 24 hex digits as the ObjectId it most likely was, other
+    /// text as the string; an extjson key is already in that form.
+    public func displayId(ofKey key: String) -> String? {
+        guard rootKey.field == "_id" else { return nil }
+        switch rootKey.type {
+        case .integer, .bigint, .extendedJSON: return key
+        case .text:
+            let digits = Array(key.utf8)
+            guard digits.count == 24, digits.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 || $0 >= 0x61 && $0 <= 0x66 }) else { return "\"" + key + "\"" }
+            let document = BSONDocument()
+            document.writer.append("_id", objectId: stride(from: 0, to: 24, by: 2).map { UInt8(String(decoding: digits[$0..<$0 + 2], as: UTF8.self), radix: 16)! })
+            return document.withUnsafeBytes(BSONSequence.displayId)
+        default: return nil
+        }
+    }
+
     public func documentKey(_ document: UnsafeRawBufferPointer, into key: inout BinaryCopyWriter) throws(RejectReason) {
         guard let root = BSONIterator(document: document) else { throw RejectReason("the document is not valid BSON") }
         let value = try Self.find(rootKeyPath, in: root, element: nil)

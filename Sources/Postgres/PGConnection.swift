@@ -18,6 +18,11 @@ public struct PGError: Error, CustomStringConvertible, Sendable {
     public let kind: Kind
     public let sqlState: String?
     public let message: String
+    /// The server's detail (`Key (email)=(a@example.com) already exists.`), also in `message`.
+    public var detail: String?
+    /// The table and the constraint a violation names (the server's `t` and `n` fields).
+    public var table: String?
+    public var constraint: String?
     /// The error came from COMMIT (the transaction did not commit, or its fate is unknown).
     public private(set) var atCommit = false
 
@@ -248,6 +253,19 @@ public final class PGConnection {
         return try rows(of: result)
     }
 
+    /// Runs one statement with text parameters ($1 … $n) followed by parameters in
+    /// PostgreSQL's binary format ($n+1 …).
+    @discardableResult
+    public func query(_ sql: String, _ text: [String], binary: [[UInt8]]) throws -> PGRows {
+        let parameters = text.map { Array($0.utf8) + [0] } + binary
+        let lengths = parameters.map { Int32($0.count) }
+        let formats = text.map { _ in Int32(0) } + binary.map { _ in Int32(1) }
+        let result = Self.withBuffers(parameters) { values in
+            PQexecParams(handle, sql, Int32(parameters.count), nil, values, lengths, formats, 0)
+        }
+        return try rows(of: result)
+    }
+
     private static func withBuffers<R>(_ buffers: [[UInt8]], _ body: (UnsafePointer<UnsafePointer<CChar>?>) -> R) -> R {
         let copies = buffers.map { buffer -> UnsafeMutablePointer<CChar> in
             let copy = UnsafeMutablePointer<CChar>.allocate(capacity: max(1, buffer.count))
@@ -301,7 +319,11 @@ public final class PGConnection {
             let detail = PQresultErrorField(result, Int32(UInt8(ascii: "D"))).map { String(cString: $0) }
             let message = [primary ?? String(cString: PQresultErrorMessage(result)).trimmingTrailingNewlines, detail]
                 .compactMap { $0 }.joined(separator: ": ")
-            throw PGError(kind: .server, sqlState: state, message: message)
+            var error = PGError(kind: .server, sqlState: state, message: message)
+            error.detail = detail
+            error.table = PQresultErrorField(result, Int32(UInt8(ascii: "t"))).map { String(cString: $0) }
+            error.constraint = PQresultErrorField(result, Int32(UInt8(ascii: "n"))).map { String(cString: $0) }
+            throw error
         }
     }
 

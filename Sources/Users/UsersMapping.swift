@@ -52,6 +52,8 @@ public struct UsersMapping: DocumentMapping {
     /// A document's key is its `_id`: a user's rows are found by it (see `tables`).
     public var documentKeyType: UInt32? { BinaryCopyWriter.OID.int8 }
 
+    public func displayId(ofKey key: String) -> String? { key }
+
     public func documentKey(_ document: UnsafeRawBufferPointer, into key: inout BinaryCopyWriter) throws(RejectReason) {
         guard var it = BSONIterator(document: document), it.find("_id") else { throw RejectReason("is missing", at: "_id") }
         let id = try it.int64("_id")

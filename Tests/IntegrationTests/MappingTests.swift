@@ -321,7 +321,8 @@ import UsersFixtures
         let listed = try JSON.object(try sandbox.run(["status", "--rejected", "--json", "--state-dir", sandbox.stateDirectory + "-dumpstate"]).stdout)
         let rejected = (listed["documents"] as? [[String: Any]]) ?? []
         #expect(rejected.count == 1 && (rejected.first?["reason"] as? String)?.contains(
-            #"duplicate key value violates unique constraint "accounts_email_key": Key (email)=(a3@example.com) already exists"#) == true, "\(rejected)")
+            #"duplicate key value violates unique constraint "accounts_email_key": Key (email)=(a3@example.com), which _id 3 also has and keeps"#) == true,
+            "\(rejected)")
         #expect(try sandbox.db().execute("SELECT count(*) FROM dumped.accounts").rows[0][0] == "30")
     }
 
