@@ -69,10 +69,16 @@ import UsersFixtures
         let file = sandbox.stateDirectory + "-files/users.bson"
         #expect(FileManager.default.createFile(atPath: file, contents: Data(bytes)))
 
-        // One batch (the document order within it), and batches of 3 loading at once.
+        // One batch (the document order within it), and batches of 3 loading at once, killed
+        // in the transaction of a batch that displaces documents (the last ones), then resumed.
         for (schema, flags) in [("one", ["--batch-size", "1000"]), ("many", ["--batch-size", "3"])] {
-            let run = try sandbox.run(["start", "--source-file", file, "--postgres-url", sandbox.postgresURL, "--target-schema", schema,
-                                       "--state-dir", sandbox.stateDirectory + "-" + schema, "--max-set-aside", "100"] + flags)
+            let base = ["--postgres-url", sandbox.postgresURL, "--target-schema", schema, "--state-dir", sandbox.stateDirectory + "-" + schema,
+                        "--max-set-aside", "100"]
+            var run = try sandbox.run(["start", "--source-file", file] + base + flags, environment: schema == "many" ? ["ETL_CRASH_AT": "copied:69"] : [:])
+            if schema == "many" {
+                #expect(run.signaled && run.status == 9, "\(run.stderr)")
+                run = try sandbox.run(["resume"] + base)
+            }
             #expect(run.status == 0, "\(run.stderr)")
         }
         // Three partitions loaded by two workers at once.
