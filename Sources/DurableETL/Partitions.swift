@@ -127,6 +127,8 @@ struct ClaimedPartition: Sendable {
     var number: Int
     var range: SourcePartition
     var lease: TargetLock
+    /// The PostgreSQL session that holds the lease, as the claim recorded it.
+    var session: String
 }
 
 /// What a worker did: the partitions it loaded, and the jobs it finished.
@@ -141,6 +143,8 @@ public struct WorkerReport: Sendable {
     }
 
     public var loaded: [Loaded] = []
+    /// Partitions another worker took over while this one was cut off from PostgreSQL.
+    public var handedOver: [Int] = []
     /// The jobs whose final step (keys, finished) this worker ran.
     public var finished: [String] = []
     /// Jobs still unfinished when the worker stopped looking (`--no-wait`), by pipeline.
@@ -153,6 +157,7 @@ public struct WorkerReport: Sendable {
             lines.append("loaded partition \(part.partition) of \(part.pipeline): \(part.documents.formatted(.number.grouping(.automatic))) documents, "
                 + "\(part.rows.formatted(.number.grouping(.automatic))) rows, \(part.setAside) set aside in \(String(format: "%.2f", part.seconds)) s")
         }
+        for part in handedOver { lines.append("left partition \(part) to the worker that took it over while this one was cut off from PostgreSQL") }
         if loaded.isEmpty { lines.append("loaded no partition (the others' workers held or had done them all)") }
         for pipeline in finished { lines.append("finished the job of \(pipeline): its keys are in place") }
         for pipeline in unfinished { lines.append("the job of \(pipeline) is not finished: other workers hold its partitions") }
@@ -259,7 +264,18 @@ extension DurableJob {
             let claimed = try await Threads.blocking(name: "worker") { try control.run { try self.claim($0, target) } }
             if let claimed {
                 said = false
-                report.loaded.append(try await load(claimed, resolve: resolve, control: control, stop: stop, observer: observer))
+                do {
+                    report.loaded.append(try await load(claimed, resolve: resolve, control: control, stop: stop, observer: observer))
+                } catch {
+                    // The lease lost with its session (PostgreSQL restarted) and another
+                    // worker claimed the partition meanwhile: that one loads it (this one's
+                    // writes are fenced off, whatever stopped them); this one goes on.
+                    let takenOver = try? await Threads.blocking(name: "worker") { try control.run { try Self.takenOver(claimed, $0) } }
+                    guard takenOver == true, !stop.isStopRequested else { throw error }
+                    logger.info("another worker took the partition over while this one was cut off from PostgreSQL; it loads the rest",
+                                metadata: ["pipeline": "\(claimed.job.pipeline)", "partition": "\(claimed.number)"])
+                    report.handedOver.append(claimed.number)
+                }
                 continue
             }
             let jobs = try await Threads.blocking(name: "worker") { try control.run { try PartitionedJob.unfinished($0) } }
@@ -345,10 +361,16 @@ extension DurableJob {
                     WHERE job_id = $1 AND partition = $2
                     """, [job.id, String(number), ProcessInfo.processInfo.hostName, String(getpid()), lease.session])
                 let range = SourcePartition(lower: Self.unhex(row[2]), upper: Self.unhex(row[3]), documents: row[4].flatMap(Int64.init))
-                return ClaimedPartition(job: job, number: number, range: range, lease: lease)
+                return ClaimedPartition(job: job, number: number, range: range, lease: lease, session: lease.session)
             }
             return nil
         }
+    }
+
+    /// Whether another worker claimed (or finished) the partition since this one claimed it.
+    static func takenOver(_ claimed: ClaimedPartition, _ db: PGConnection) throws -> Bool {
+        try db.query("SELECT claimed_session::text IS DISTINCT FROM $3 FROM etl_partitions WHERE job_id = $1 AND partition = $2",
+                     [claimed.job.id, String(claimed.number), claimed.session]).rows.first?[0] == "t"
     }
 
     /// Loads a claimed partition with the whole durable machinery (a queue of its own in this
@@ -390,8 +412,11 @@ extension DurableJob {
             return prepared
         }
         logger.info("claimed a partition", metadata: ["pipeline": "\(job.pipeline)", "partition": "\(claimed.number)", "job": "\(job.id)"])
-        // Run with the partition's settings (its batches' cut, no set-aside limit of its own).
-        let ran = try await DurableJob(settings: settings, logger: logger).run(prepared, stop: stop, observer: observer)
+        // Run with the partition's settings (its batches' cut, no set-aside limit of its own),
+        // under a stop of its own: a failure ends this partition's run, not the worker.
+        let partitionStop = stop.child()
+        defer { stop.release(partitionStop) }
+        let ran = try await DurableJob(settings: settings, logger: logger).run(prepared, stop: partitionStop, observer: observer)
         guard let pipeline = ran.pipelines.first, pipeline.status.finishedAt != nil, !stop.isStopRequested else {
             throw JobError(.failed, "stopped before partition \(claimed.number) of \(job.pipeline) was loaded; another worker (or this one, run again) loads the rest")
         }
@@ -538,6 +563,29 @@ public struct PartitionedJobStatus: Sendable {
                 rate: state == .pending ? nil : seconds.flatMap { $0 > 0 ? Double(documents) / $0 : nil }))
         }
         return jobs
+    }
+}
+
+extension PartitionedJobStatus {
+    /// A document a job split into partitions set aside, as its checkpoint row records it
+    /// (the target holds its `_id` and reason; the document itself is in the source).
+    public struct SetAside: Sendable {
+        public var partition: Int
+        public var batch: Int64
+        public var documentId: String
+        public var reason: String
+    }
+
+    /// The documents this job's batches set aside, partition by partition, in batch order.
+    public func setAside(_ db: PGConnection) throws -> [SetAside] {
+        try db.query("""
+            SELECT split_part(c.job_id, '/', 2)::int, c.batch_id, e.value->>'id', e.value->>'reason'
+            FROM etl_checkpoints c CROSS JOIN LATERAL jsonb_array_elements(c.set_aside) WITH ORDINALITY AS e(value, n)
+            WHERE c.pipeline = $1 AND c.job_id LIKE $2 || '/%'
+            ORDER BY 1, 2, e.n
+            """, [pipeline, job]).rows.map {
+            SetAside(partition: Int($0[0] ?? "0") ?? 0, batch: Int64($0[1] ?? "0") ?? 0, documentId: $0[2] ?? "?", reason: $0[3] ?? "?")
+        }
     }
 }
 

@@ -20,8 +20,30 @@ public final class StopToken: @unchecked Sendable {
     private var nextHandler = 0
     /// The stop has escalated: a handler registered from now on runs at once.
     private var escalated = false
+    /// Tokens that stop when this one does (and escalate with it), but not the other way.
+    private var children: [ObjectIdentifier: StopToken] = [:]
 
     public init() {}
+
+    /// A token that a stop of this one stops too, while a stop requested on it (a failure of
+    /// the work it runs) leaves this one running: one unit of work among several, such as a
+    /// worker's partition. `release` it when that work is over.
+    public func child() -> StopToken {
+        let child = StopToken()
+        condition.lock()
+        let (reason, late) = (stopReason, escalated)
+        if reason == nil { children[ObjectIdentifier(child)] = child }
+        condition.unlock()
+        if let reason { child.request(reason) }
+        if late { child.escalate() }
+        return child
+    }
+
+    public func release(_ child: StopToken) {
+        condition.lock()
+        children[ObjectIdentifier(child)] = nil
+        condition.unlock()
+    }
 
     public var isStopRequested: Bool { reason != nil }
     public var reason: Reason? {
@@ -36,7 +58,9 @@ public final class StopToken: @unchecked Sendable {
         let first = stopReason == nil
         if first { stopReason = reason }
         condition.broadcast()
+        let stopping = first ? Array(children.values) : []
         condition.unlock()
+        stopping.forEach { $0.request(reason) }
     }
 
     /// Sleeps up to `seconds`; returns false when a stop was requested (at once if it was already).
@@ -77,8 +101,10 @@ public final class StopToken: @unchecked Sendable {
         escalated = true
         let pending = Array(handlers.values)
         handlers.removeAll()
+        let escalating = Array(children.values)
         condition.unlock()
         pending.forEach { $0() }
+        escalating.forEach { $0.escalate() }
     }
 
     /// Runs `body` with the cancellation of its task bridged to this token: a cancelled task

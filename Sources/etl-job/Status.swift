@@ -21,7 +21,7 @@ struct Status: AsyncParsableCommand {
     @Flag(help: "Print JSON for scripts.")
     var json = false
 
-    @Flag(help: "List the documents set aside, with their _id and reason.")
+    @Flag(help: "List the documents set aside, with their _id and reason (with --partitions: those of the target's jobs split into partitions, from their checkpoint rows).")
     var rejected = false
 
     @Flag(name: .customLong("with-documents"), help: "With --rejected: include each document as extended JSON.")
@@ -36,6 +36,10 @@ struct Status: AsyncParsableCommand {
             _ = try connection.makeLogger()
             let urls = try connection.urlsGiven()
             if partitions {
+                guard !withDocuments else {
+                    throw JobError(.usage, "--with-documents is not available with --partitions: the target keeps each set-aside document's _id and reason, "
+                        + "the document itself is in the source")
+                }
                 try await Threads.blocking(name: "status") { try showPartitions(settings) }
                 return
             }
@@ -55,6 +59,10 @@ struct Status: AsyncParsableCommand {
             throw JobError(.unavailable, "\(error)")
         }
         let jobs = try PartitionedJobStatus.read(db, schema: schema)
+        if rejected {
+            try printRejected(jobs, db, schema: schema)
+            return
+        }
         if json {
             print(JSONOutput.text(["targetSchema": schema, "jobs": jobs.map(Self.json)]))
             return
@@ -191,6 +199,22 @@ struct Status: AsyncParsableCommand {
             given.targetDatabase = named.database ?? given.targetDatabase
         }
         try job.refuseMismatch(recorded: recorded, current: given, sourceLocationNamed: request.choice != nil || urls.mongo)
+    }
+
+    /// `--partitions --rejected`: what the jobs' checkpoint rows set aside.
+    private func printRejected(_ jobs: [PartitionedJobStatus], _ db: PGConnection, schema: String) throws {
+        let documents = try jobs.flatMap { job in try job.setAside(db).map { (job, $0) } }
+        if json {
+            let entries = documents.map { job, d -> [String: Any] in
+                ["pipeline": job.pipeline, "job": job.job, "partition": d.partition, "batch": d.batch, "_id": d.documentId, "reason": d.reason]
+            }
+            print(JSONOutput.text(["targetSchema": schema, "documents": entries]))
+            return
+        }
+        print("\(documents.count) document(s) set aside")
+        for (job, d) in documents {
+            print("\(jobs.count > 1 ? job.pipeline + " " : "")_id \(d.documentId) (partition \(d.partition), batch \(d.batch)): \(d.reason)")
+        }
     }
 
     private func printRejected(_ pipelines: [(String, [SetAsideDocument])], directory: String) throws {

@@ -100,6 +100,19 @@ import Users
             SELECT (SELECT sum(jsonb_array_length(set_aside)) FROM parts.etl_checkpoints), (SELECT sum(jsonb_array_length(set_aside)) FROM single.etl_checkpoints)
             """).rows[0]
         #expect(setAside[0] == setAside[1] && setAside[0] != "0", "the same documents set aside: \(setAside)")
+
+        // status lists them from the target: each _id with its partition, batch and reason.
+        let listed = try sandbox.run(["status", "--partitions", "--rejected", "--json", "--postgres-url", sandbox.postgresURL, "--target-schema", "parts"])
+        #expect(listed.status == 0, "\(listed.stderr)")
+        let entries = try JSON.object(listed.stdout)["documents"] as? [[String: Any]] ?? []
+        let reference = try sandbox.db().execute("SELECT e->>'id', e->>'reason' FROM single.etl_checkpoints, jsonb_array_elements(set_aside) e").rows
+        #expect(Set(entries.compactMap { $0["_id"] as? String }) == Set(reference.map { $0[0]! }), "\(entries)")
+        #expect(Set(entries.compactMap { $0["reason"] as? String }) == Set(reference.map { $0[1]! }))
+        #expect(entries.allSatisfy { ($0["partition"] as? Int ?? 0) >= 1 && ($0["batch"] as? Int ?? 0) >= 1 && $0["pipeline"] as? String == "users" })
+        let text = try sandbox.run(["status", "--partitions", "--rejected", "--postgres-url", sandbox.postgresURL, "--target-schema", "parts"])
+        #expect(text.status == 0 && text.stdout.hasPrefix("\(reference.count) document(s) set aside\n") && text.stdout.contains("_id 71 (partition "), "\(text.stdout)")
+        let withDocuments = try sandbox.run(["status", "--partitions", "--rejected", "--with-documents", "--postgres-url", sandbox.postgresURL, "--target-schema", "parts"])
+        #expect(withDocuments.status == 64 && withDocuments.stderr.contains("--with-documents is not available with --partitions"), "\(withDocuments.stderr)")
     }
 
     @Test func workersKilledMidPartitionAndInTheFinalStepLoadACollectionExactlyOnce() throws {
@@ -155,8 +168,8 @@ import Users
     }
 
     /// PostgreSQL restarts under two workers: every session ends, the leases with them; each
-    /// worker takes its lease again (or leaves the partition to the one that did), and both
-    /// finish with exit 0 and the rows exactly once.
+    /// worker takes its lease again (or leaves the partition to the one that took it over
+    /// meanwhile, and goes on), and both finish with exit 0 and the rows exactly once.
     @Test func workersRideOutARestartOfPostgreSQL() throws {
         let sandbox = try Sandbox()
         defer { for name in ["r1", "r2"] { try? FileManager.default.removeItem(atPath: sandbox.stateDirectory + "-" + name) } }
@@ -172,9 +185,15 @@ import Users
         let workers = try ["r1", "r2"].map { try Self.worker(sandbox, $0, schema: "public") }
         Thread.sleep(forTimeInterval: 1.5)
         try Services.services("restart", "postgres")
-        for worker in workers {
-            let result = try worker.wait()
-            #expect(result.status == 0 && !result.signaled, "\(result.stdout) \(result.stderr)")
+        let results = try workers.map { try $0.wait() }
+        for result in results { #expect(result.status == 0 && !result.signaled, "\(result.stdout) \(result.stderr)") }
+        // A worker whose partition another took over while it was cut off leaves it to that one
+        // (which loads it), and goes on.
+        for (i, result) in results.enumerated() {
+            for line in result.stdout.split(separator: "\n") where line.hasPrefix("left partition ") {
+                let number = line.split(separator: " ")[2]
+                #expect(results[1 - i].stdout.contains("loaded partition \(number) of users"), "\(results[1 - i].stdout)")
+            }
         }
         #expect(try Self.partitions(sandbox, schema: "public").job["finished"] as? Bool == true)
         #expect(try sandbox.checksums() == sandbox.checksums(schema: "single"))
