@@ -60,6 +60,22 @@ import UsersFixtures
         #expect(!stop.sleep(30), "once stopped, every later wait returns at once")
     }
 
+    @Test func aChildStopsWithItsParentButNotTheOtherWayRound() {
+        let parent = StopToken()
+        let failed = parent.child()
+        failed.request(.failure)
+        #expect(failed.reason == .failure && !parent.isStopRequested, "a failure of one partition's run leaves the worker running")
+        parent.release(failed)
+        let child = parent.child()
+        let calls = Counter()
+        _ = child.onEscalation { calls.add() }
+        parent.request(.signal(SIGTERM))
+        #expect(child.reason == .signal(SIGTERM))
+        parent.escalate()
+        #expect(calls.value == 1, "the parent's escalation reaches the child's cancellations")
+        #expect(parent.child().reason == .signal(SIGTERM), "a child of a stopped token is stopped")
+    }
+
     @Test func backoffGrowsIsCappedAndJittered() {
         for attempt in 1...20 {
             let d = Backoff.delay(attempt: attempt, base: 0.2, cap: 5)
