@@ -344,13 +344,17 @@ extension DurableJob {
             // the advisory lock, which outlives this transaction with its session.
             // Partitions whose lease a live worker holds are left out here (without connecting to
             // try each); the lock taken below is what decides.
-            let candidates = try db.query("""
+            // One row at a time (LIMIT 1): a worker claiming locks only the partition it weighs,
+            // so that workers starting together each find one at once.
+            var tried: [String] = []
+            while let row = try db.query("""
                 SELECT p.job_id, p.partition, encode(p.lower, 'hex'), encode(p.upper, 'hex'), p.documents_planned
                 FROM etl_partitions p JOIN etl_partitioned_jobs j USING (job_id)
                 WHERE j.finished_at IS NULL AND p.done_at IS NULL AND NOT \(PartitionTable.leaseHeld())
-                ORDER BY j.planned_at, p.job_id, p.partition FOR UPDATE OF p SKIP LOCKED
-                """, [target.schema]).rows
-            for row in candidates {
+                  AND NOT (p.job_id || '/' || p.partition) = ANY($2::text[])
+                ORDER BY j.planned_at, p.job_id, p.partition LIMIT 1 FOR UPDATE OF p SKIP LOCKED
+                """, [target.schema, postgresArray(tried)]).rows.first {
+                tried.append(row[0]! + "/" + row[1]!)
                 guard let job = jobs[row[0]!], let number = row[1].flatMap(Int.init) else { continue }
                 let name = PartitionTable.leaseName(job.pipeline, job.id, number)
                 let lease = try TargetLock(connection: try target.connect(), pipeline: name, schema: target.schema, reconnect: { try target.connect() })
