@@ -15,7 +15,46 @@ import Queue
 /// lease (`TargetLock`), with its checkpoint row, under the partition's own job id: batches
 /// are cut by count alone, so whoever reads the partition again cuts the same batches, skips
 /// those whose checkpoint row is in PostgreSQL, and loads the rest once.
+/// One partition of a job split into partitions.
+public struct PartitionRef: Sendable, Equatable {
+    public var job: String
+    public var number: Int
+}
+
 public enum PartitionTable {
+    /// Marks a partition done with what its batches' checkpoint rows sum to (documents
+    /// loaded, set aside, rows); returns those. Run again, it keeps the first time.
+    @discardableResult
+    static func markDone(_ db: PGConnection, _ partition: PartitionRef, pipeline: String) throws -> (loaded: Int64, setAside: Int64, rows: Int64) {
+        let row = try db.query("""
+            WITH sums AS (
+              SELECT coalesce(sum(documents_loaded), 0) AS loaded, coalesce(sum(jsonb_array_length(set_aside)), 0) AS set_aside,
+                     coalesce(sum((SELECT sum(value::bigint) FROM jsonb_each_text(rows))), 0) AS rows
+              FROM etl_checkpoints WHERE pipeline = $3 AND job_id = $4)
+            UPDATE etl_partitions SET done_at = coalesce(done_at, now()), documents_loaded = sums.loaded, documents_set_aside = sums.set_aside, rows = sums.rows
+            FROM sums WHERE job_id = $1 AND partition = $2 RETURNING sums.loaded, sums.set_aside, sums.rows
+            """, [partition.job, String(partition.number), pipeline, partitionJob(partition.job, partition.number)]).rows[0]
+        return (Int64(row[0]!) ?? 0, Int64(row[1]!) ?? 0, Int64(row[2]!) ?? 0)
+    }
+
+    /// Inside the transaction of batch `batch` of a partition's run, before it commits: marks
+    /// the partition done there when this batch is its last, that is when the source is read
+    /// to its end, nothing is pending, and every other batch in flight has committed. (When two
+    /// last batches commit at once, neither may see the other's commit; the worker marks the
+    /// partition done after its run then.)
+    static func markDoneIfLast(_ db: PGConnection, _ partition: PartitionRef, pipeline: String, batch: UInt64, queue: DurableQueue) throws -> Bool {
+        guard let last = try queue.lastBatches(), last.contains(batch) else { return false }
+        let others = last.filter { $0 != batch }
+        if !others.isEmpty {
+            let committed = try db.query("SELECT count(*) FROM etl_checkpoints WHERE pipeline = $1 AND job_id = $2 AND batch_id = ANY($3::bigint[])",
+                                         [pipeline, partitionJob(partition.job, partition.number), "{" + others.map(String.init).joined(separator: ",") + "}"]).rows[0][0]
+            guard committed == String(others.count) else { return false }
+        }
+        try markDone(db, partition, pipeline: pipeline)
+        return true
+    }
+
+
     static let statements = [
         """
         CREATE TABLE etl_partitioned_jobs (
@@ -391,6 +430,7 @@ extension DurableJob {
             settings.bucket.cutsByCountOnly = true
             // The job's set-aside limit is weighed over all its partitions, in the final step.
             settings.weighsSetAside = false
+            settings.completesPartition = PartitionRef(job: job.id, number: claimed.number)
             return settings
         }()
         let partitionJob = PartitionTable.partitionJob(job.id, claimed.number)
@@ -430,15 +470,8 @@ extension DurableJob {
                 // another worker took the partition meanwhile.
                 try claimed.lease.regain()
                 try claimed.lease.fence(db)
-                let row = try db.query("""
-                    WITH sums AS (
-                      SELECT coalesce(sum(documents_loaded), 0) AS loaded, coalesce(sum(jsonb_array_length(set_aside)), 0) AS set_aside,
-                             coalesce(sum((SELECT sum(value::bigint) FROM jsonb_each_text(rows))), 0) AS rows
-                      FROM etl_checkpoints WHERE pipeline = $3 AND job_id = $4)
-                    UPDATE etl_partitions SET done_at = now(), documents_loaded = sums.loaded, documents_set_aside = sums.set_aside, rows = sums.rows
-                    FROM sums WHERE job_id = $1 AND partition = $2 RETURNING sums.loaded, sums.set_aside, sums.rows
-                    """, [job.id, String(claimed.number), job.pipeline, partitionJob]).rows[0]
-                return (Int64(row[0]!) ?? 0, Int64(row[1]!) ?? 0, Int64(row[2]!) ?? 0)
+                // Usually done already, in the transaction of its last batch.
+                return try PartitionTable.markDone(db, PartitionRef(job: job.id, number: claimed.number), pipeline: job.pipeline)
             } }
         }
         CrashPoint.partitionDone.reach()

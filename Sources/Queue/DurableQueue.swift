@@ -343,6 +343,20 @@ public final class DurableQueue: @unchecked Sendable {
         }
     }
 
+    /// Whether the source is read to its end and nothing is pending: the batches in flight
+    /// then are the last ones (their ids), or nil.
+    public func lastBatches() throws -> [UInt64]? {
+        try env.transaction(write: false) { txn in
+            guard try txn.get("meta", Key.extractionFinished) != nil, try txn.count("pending") == 0 else { return nil }
+            var ids: [UInt64] = []
+            try txn.forEach("inflight") { key, _ in
+                ids.append(Codec.id(Array(key)))
+                return true
+            }
+            return ids
+        }
+    }
+
     /// Ids of the batches in flight (after a crash: those whose outcome is unknown).
     public func inFlight() throws -> [UInt64] {
         try env.transaction(write: false) { txn in
