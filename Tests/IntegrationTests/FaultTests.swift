@@ -15,6 +15,7 @@ import UsersFixtures
     static let kills = Int(env["ETL_FAULT_KILLS"] ?? "") ?? 20
     static let fileKills = Int(env["ETL_FAULT_FILE_KILLS"] ?? "") ?? max(1, kills / 2)
     static let seed = UInt64(env["ETL_FAULT_SEED"] ?? "") ?? 20_261_124
+    static let workerKills = Int(env["ETL_FAULT_WORKER_KILLS"] ?? "") ?? max(1, kills / 2)
 
     /// After a fault: exactly the uninterrupted rows, no duplicate, and `verify` agrees.
     private func expectExact(_ sandbox: Sandbox, _ context: String) throws {
@@ -77,6 +78,73 @@ import UsersFixtures
         let written = try Sandbox.runBinary(["seed", "--users", String(Reference.users), "--output", file])
         #expect(written.status == 0, "\(written.stderr)")
         try campaign(kills: Self.fileKills, source: ["--source-file", file])
+    }
+
+    /// Jobs split into four partitions, loaded by three `etl-job worker` processes at once
+    /// (the bundled MongoDB, and a file on every other round), one of them killed with
+    /// SIGKILL at a random moment every so often (mid-partition, while claiming, in the final
+    /// step) and started again, on its old state directory or a new one (a machine that came
+    /// back, or another), until the job is finished; then the tables must equal the
+    /// uninterrupted run, and the next round plans afresh, until the kills have landed.
+    @Test func randomWorkerKillCampaignEndsExactly() throws {
+        let sandbox = try seededSandbox()
+        let reference = try Reference.checksums()
+        let directory = sandbox.stateDirectory + "-files"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let file = directory + "/users.bson"
+        #expect(try Sandbox.runBinary(["seed", "--users", String(Reference.users), "--output", file]).status == 0)
+        var rng = SplitMix64(seed: Self.seed ^ 0x5EED)
+        let base = ["--postgres-url", sandbox.postgresURL, "--mongodb-url", Services.mongoURL]
+        var kills = 0, launches = 0, rounds = 0
+        let began = Date()
+        while kills < Self.workerKills || rounds < 2 {
+            rounds += 1
+            let source = rounds % 2 == 1 ? ["--database", sandbox.mongoDatabase] : ["--source-file", file]
+            let planned = try sandbox.run(["start", "--partitions", "4", "--batch-size", "100", "--state-dir", directory + "/plan\(rounds)"]
+                                          + (rounds > 1 ? ["--fresh", "--yes"] : []) + source + base)
+            #expect(planned.status == 0, "seed \(Self.seed), round \(rounds): \(planned.stderr)")
+            var running: [Int: RunningJob] = [:]
+            var generation = 0
+            func launch(_ slot: Int) throws {
+                // The old state directory (a machine that came back) or a new one (another machine).
+                if rng.next() % 2 == 0 { generation += 1 }
+                running[slot] = try sandbox.launch(["worker", "--state-dir", directory + "/w\(slot)-\(generation)"] + base)
+                launches += 1
+            }
+            for slot in 0..<3 { try launch(slot) }
+            while !running.isEmpty {
+                guard Date().timeIntervalSince(began) < 600 else {
+                    Issue.record("seed \(Self.seed): the worker campaign made no end in 10 minutes (round \(rounds), \(kills) kills)")
+                    running.values.forEach { $0.signal(SIGKILL) }
+                    return
+                }
+                Thread.sleep(forTimeInterval: 0.05 + Double(rng.next() % 400) / 1000)
+                for (slot, job) in running where !job.process.isRunning {
+                    let result = try job.wait()
+                    #expect(result.status == 0 && !result.signaled, "seed \(Self.seed), round \(rounds): \(result.stderr)")
+                    running[slot] = nil
+                }
+                let alive = running.keys.sorted()
+                // About one look in three kills: rounds last long enough for workers to finish partitions.
+                guard kills < Self.workerKills, !alive.isEmpty, rng.next() % 3 == 0 else { continue }
+                let slot = alive[Int(rng.next() % UInt64(alive.count))]
+                guard let job = running[slot], job.process.isRunning else { continue }
+                job.signal(SIGKILL)
+                _ = try job.wait()
+                kills += 1
+                try launch(slot)
+            }
+            let finished = try sandbox.run(["status", "--partitions", "--json", "--postgres-url", sandbox.postgresURL])
+            let job = (try JSON.object(finished.stdout)["jobs"] as? [[String: Any]])?.last ?? [:]
+            #expect(job["finished"] as? Bool == true, "seed \(Self.seed), round \(rounds): \(finished.stdout)")
+            #expect(try sandbox.checksums() == reference, "seed \(Self.seed), round \(rounds), \(kills) kills")
+            #expect(try sandbox.duplicateKeys() == 0)
+        }
+        let verified = try sandbox.run(["verify", "--state-dir", directory + "/none"] + base)
+        #expect(verified.status == 0, "\(verified.stdout) \(verified.stderr)")
+        print("worker kill campaign: \(kills) kills of worker processes at random moments in \(rounds) jobs of 4 partitions (\(launches) launches), "
+            + "\(Reference.users) users, seed \(Self.seed), " + String(format: "%.1f minutes", Date().timeIntervalSince(began) / 60))
     }
 
     private func campaign(kills wanted: Int, source: [String]) throws {
