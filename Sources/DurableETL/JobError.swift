@@ -156,15 +156,17 @@ public enum SetAsideLimit: Sendable, Equatable, CustomStringConvertible {
     }
 
     /// Why a run that loaded `loaded` and set aside `setAside` documents failed, or nil.
-    public func failure(loaded: Int64, setAside: Int64) -> String? {
+    /// `list` and `accept`: the commands that list them and that accept them.
+    public func failure(loaded: Int64, setAside: Int64, list: String = "etl-job status --rejected",
+                        accept: String = "etl-job resume --max-set-aside N") -> String? {
         guard setAside > 0 else { return nil }
         if loaded == 0 {
-            return "every document read (\(setAside)) was set aside and none was loaded; list them with 'etl-job status --rejected'"
+            return "every document read (\(setAside)) was set aside and none was loaded; list them with '\(list)'"
         }
         let allowed = allowed(of: loaded + setAside)
         guard setAside > allowed else { return nil }
         let limit = if case .percent = self { "\(allowed) (\(self) of \(loaded + setAside) documents read)" } else { "\(allowed)" }
         return "\(setAside) documents were set aside, more than the limit of \(limit); list them with "
-            + "'etl-job status --rejected'. Everything else is loaded; to accept them, run 'etl-job resume --max-set-aside N'"
+            + "'\(list)'. Everything else is loaded; to accept them, run '\(accept)'"
     }
 }

@@ -66,6 +66,7 @@ public enum PartitionTable {
             batch_size integer NOT NULL,
             max_batch_bytes integer NOT NULL,
             method text NOT NULL,
+            change_stream_start text,
             planned_at timestamptz NOT NULL DEFAULT now(),
             finished_at timestamptz,
             finished_by text
@@ -237,13 +238,21 @@ extension DurableJob {
             let id = UUID().uuidString.lowercased()
             let (split, method) = ranges[job.name]!
             let mode = modes[job.name] ?? .keysAfter
+            // Before any worker reads a document: where a later sync starts (as `start` records it).
+            let start: ChangeStreamStart
+            do {
+                start = try job.source.changeStreamStart()
+            } catch {
+                start = .unavailable("\(job.source.description) gave no change stream position when the job was planned (\(error))")
+            }
             try job.target.transaction(db) {
                 try run.locks[job.name]?.fence(db)
                 try db.query("""
-                    INSERT INTO etl_partitioned_jobs (job_id, pipeline, definition, identity, key_mode, batch_size, max_batch_bytes, method)
-                    VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8)
+                    INSERT INTO etl_partitioned_jobs (job_id, pipeline, definition, identity, key_mode, batch_size, max_batch_bytes, method, change_stream_start)
+                    VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8, $9)
                     """, [id, job.name, job.mapping.definition, String(decoding: try job.identity(db).encoded(), as: UTF8.self), mode.rawValue,
-                          String(settings.bucket.batchSize), String(settings.bucket.maxBatchBytes), method])
+                          String(settings.bucket.batchSize), String(settings.bucket.maxBatchBytes), method,
+                          String(decoding: try JSONEncoder().encode(start), as: UTF8.self)])
                 for (i, range) in split.enumerated() {
                     try db.query("INSERT INTO etl_partitions (job_id, partition, lower, upper, documents_planned) VALUES ($1, $2, decode($3, 'hex'), decode($4, 'hex'), $5)",
                                  [id, String(i + 1), range.lower.map(Self.hex), range.upper.map(Self.hex), range.documents.map(String.init)])
@@ -254,6 +263,58 @@ extension DurableJob {
                 + "(\(method)), documents \(counts.joined(separator: ", ")); keys: \(Self.describe(mode, job.mapping))")
             logger.info("planned a job split into partitions", metadata: ["pipeline": "\(job.name)", "job": "\(id)", "partitions": "\(split.count)"])
         }
+        return lines
+    }
+
+    /// `sync` with a state directory that holds no job: when the target's latest job split
+    /// into partitions of each pipeline is finished, this directory takes it as its snapshot
+    /// (a manifest, and a queue per pipeline recording the job, its identity and where the
+    /// change stream stood when it was planned), so that the changes made since the plan are
+    /// applied as after `start`. Returns what it adopted, in words (nothing: not such a target).
+    public func adoptPartitionedJobs(resolve: (String, String?) throws -> (any DocumentMapping)?) throws -> [String] {
+        guard try RunManifest.read(settings.stateDirectory) == nil else { return [] }
+        let target = Target(url: settings.postgresURL, schema: settings.targetSchema ?? JobSettings.defaultSchema)
+        let db: PGConnection
+        do { db = try target.connect() } catch let error as PGError where error.kind == .malformedURL {
+            throw JobError(.usage, error.message)
+        } catch {
+            throw JobError(.unavailable, "\(error)")
+        }
+        guard try PartitionTable.exists(db) else { return [] }
+        let rows = try db.execute("""
+            SELECT DISTINCT ON (pipeline) job_id, pipeline, definition, identity::text, key_mode, change_stream_start, finished_at IS NOT NULL
+            FROM etl_partitioned_jobs ORDER BY pipeline, planned_at DESC
+            """).rows
+        guard !rows.isEmpty else { return [] }
+        let stateLock = try takeLock()
+        defer { withExtendedLifetime(stateLock) {} }
+        var jobs: [PipelineJob] = []
+        var modes: [String: ForeignKeyMode] = [:]
+        var lines: [String] = []
+        for row in rows {
+            let (id, pipeline) = (row[0]!, row[1]!)
+            guard row[6] == "t" else {
+                throw JobError(.busy, "job \(id) of the \(pipeline) pipeline, split into partitions, is not finished; run 'etl-job worker' until it is "
+                    + "(etl-job status --partitions shows it), then sync")
+            }
+            guard let mapping = try resolve(pipeline, row[2]) else {
+                throw JobError(.usage, "job \(id) loads the \(pipeline) pipeline, which this etl-job does not know; name its mapping with --mapping")
+            }
+            let identity = JobIdentity.decode(Array(row[3]!.utf8))
+            let job = PipelineJob(mapping: mapping, settings: settings, recorded: identity)
+            let mode = ForeignKeyMode(rawValue: row[4] ?? "") ?? .keysAfter
+            let start = row[5].flatMap { try? JSONDecoder().decode(ChangeStreamStart.self, from: Data($0.utf8)) }
+                ?? .unavailable("job \(id) was planned by an etl-job that did not record where the change stream stood; load it again with 'etl-job start --fresh'")
+            let queue = try job.openQueue()
+            try queue.createJob(id: id, sourceTotal: nil, identity: Array(row[3]!.utf8), foreignKeys: mode.rawValue)
+            try queue.record(Self.changeStreamStartRecord, Array(try JSONEncoder().encode(start)))
+            try queue.finishExtraction()
+            try queue.markFinished()
+            jobs.append(job)
+            modes[pipeline] = mode
+            lines.append("etl-job: took job \(id) of the \(pipeline) pipeline, split into partitions and finished, as this state directory's snapshot")
+        }
+        try RunManifest(jobs, foreignKeys: modes).write(settings.stateDirectory)
         return lines
     }
 
@@ -504,7 +565,8 @@ extension DurableJob {
         guard try db.query("SELECT finished_at IS NULL FROM etl_partitioned_jobs WHERE job_id = $1", [job.id]).rows.first?[0] == "t" else { return .finished }
         let row = try db.query("SELECT sum(documents_loaded), sum(documents_set_aside) FROM etl_partitions WHERE job_id = $1", [job.id]).rows[0]
         let (loaded, setAside) = (Int64(row[0] ?? "0") ?? 0, Int64(row[1] ?? "0") ?? 0)
-        if let failure = settings.maxSetAside.failure(loaded: loaded, setAside: setAside) {
+        if let failure = settings.maxSetAside.failure(loaded: loaded, setAside: setAside, list: "etl-job status --partitions --rejected",
+                                                      accept: "etl-job worker --max-set-aside N") {
             throw JobError(.dataError, "the job of \(job.pipeline) is loaded but not finished: \(failure)")
         }
         if job.keyMode.foreignKeysAfter {

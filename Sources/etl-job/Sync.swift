@@ -1,5 +1,6 @@
 import ArgumentParser
 import DurableETL
+import ETLCore
 
 /// Keeps the target equal to the source after the snapshot: applies its change stream.
 struct Sync: AsyncParsableCommand {
@@ -28,6 +29,10 @@ struct Sync: AsyncParsableCommand {
             let resolve = Pipelines.resolver(given: try mapping.load())
             let job = DurableJob(settings: settings, logger: try connection.makeLogger())
             let follow = follow
+            // A state directory without a job takes the target's finished job split into partitions.
+            for line in try await Threads.blocking(name: "adopt", { try job.adoptPartitionedJobs(resolve: resolve) }) {
+                Console.standardError.line(line)
+            }
             try await runInterruptibly(reportJSON: report.reportJSON, sync: true) { stop, progress in
                 try await job.applyChanges(resolve: resolve, follow: follow, stop: stop, observer: progress)
             }

@@ -209,6 +209,48 @@ import Users
         #expect(try FileSourceTests.foreignKeysInPlace(sandbox) == FileSourceTests.keys)
     }
 
+    /// A live writer changes the collection (inserts, updates pushing, popping and emptying
+    /// arrays, replaces, deletes) from before the workers start until after they finish, one
+    /// of them killed mid-partition; then `sync` from a new state directory takes the finished
+    /// job as its snapshot and applies every change made since the plan, killed once and run
+    /// again: the target equals a fresh snapshot of the final source.
+    @Test func syncAfterAJobSplitIntoPartitionsAppliesEveryChangeSinceThePlan() throws {
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: 600)
+        let base = ["--postgres-url", sandbox.postgresURL, "--mongodb-url", Services.mongoURL]
+        let planned = try sandbox.run(["start", "--partitions", "3", "--batch-size", "50", "--database", sandbox.mongoDatabase,
+                                       "--state-dir", sandbox.stateDirectory + "-plan"] + base)
+        #expect(planned.status == 0, "\(planned.stderr)")
+        // A sync before the job is finished is refused, and writes no state.
+        let early = try sandbox.run(["sync", "--state-dir", sandbox.stateDirectory + "-early"] + base)
+        #expect(early.status == 75 && early.stderr.contains("is not finished"), "\(early.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: sandbox.stateDirectory + "-early/pipelines.json"))
+
+        let writer = try SyncTests.LiveWriter(kind: "users", database: sandbox.mongoDatabase, rate: 150, seed: 23)
+        Thread.sleep(forTimeInterval: 0.5)
+        // (The writer's documents include some the users pipeline sets aside.)
+        let limit = ["--max-set-aside", "100%"]
+        let killed = try Self.worker(sandbox, "a", schema: "public", limit, crashAt: "committed:3").wait()
+        #expect(killed.signaled, "\(killed.stderr)")
+        let (b, c) = (try Self.worker(sandbox, "b", schema: "public", limit), try Self.worker(sandbox, "c", schema: "public", limit))
+        for result in [try b.wait(), try c.wait()] { #expect(result.status == 0, "\(result.stderr)") }
+        Thread.sleep(forTimeInterval: 0.5)
+        #expect(try writer.stop() > 50, "the writer changed the source throughout")
+
+        let state = sandbox.stateDirectory + "-sync"
+        let first = try sandbox.run(["sync", "--state-dir", state, "--batch-size", "20"] + limit + base, environment: ["ETL_CRASH_AT": "committed:2"])
+        #expect(first.signaled && first.stderr.contains("took job"), "\(first.stderr)")
+        let synced = try sandbox.run(["sync", "--state-dir", state, "--batch-size", "20"] + limit + base)
+        #expect(synced.status == 0 && !synced.stderr.contains("took job"), "\(synced.stderr)")
+        #expect(synced.stdout.contains("etl-job: changes applied"), "\(synced.stdout)")
+
+        try SyncTests.freshSnapshot(sandbox)
+        #expect(try sandbox.checksums() == sandbox.checksums(schema: "fresh"), "the synced target equals a fresh snapshot of the final source, row for row")
+        let status = try JSON.object(try sandbox.run(["status", "--json", "--state-dir", state]).stdout)
+        let sync = ((status["pipelines"] as? [[String: Any]])?.first?["sync"] as? [String: Any]) ?? [:]
+        #expect((sync["eventsApplied"] as? Int ?? 0) > 0, "\(status)")
+    }
+
     @Test func aPlannedJobIsRefusedToOtherJobsAndWorkersNeedOne() throws {
         let sandbox = try Sandbox()
         defer { try? FileManager.default.removeItem(atPath: sandbox.stateDirectory + "-files") }
