@@ -7,7 +7,8 @@ struct Sync: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Apply the source's changes since the snapshot to the target, exactly once: catch up and exit, or --follow until stopped.",
         discussion: """
-            Run after 'etl-job start' has completed. Each change replaces a document's rows (in every table of its pipeline) \
+            Run after 'etl-job start' has completed (or, with a state directory that holds no job, after a job split into \
+            partitions is finished: sync takes it as its snapshot). Each change replaces a document's rows (in every table of its pipeline) \
             with those of its current version, or removes them; the stream's position commits with the rows. Without --follow, \
             sync applies every change made before it began and exits 0 (a batch for cron); with --follow it goes on until \
             SIGINT/SIGTERM (130/143), and a later sync continues where it stopped.
