@@ -274,13 +274,8 @@ extension DurableJob {
     public func adoptPartitionedJobs(resolve: (String, String?) throws -> (any DocumentMapping)?) throws -> [String] {
         guard try RunManifest.read(settings.stateDirectory) == nil else { return [] }
         let target = Target(url: settings.postgresURL, schema: settings.targetSchema ?? JobSettings.defaultSchema)
-        let db: PGConnection
-        do { db = try target.connect() } catch let error as PGError where error.kind == .malformedURL {
-            throw JobError(.usage, error.message)
-        } catch {
-            throw JobError(.unavailable, "\(error)")
-        }
-        guard try PartitionTable.exists(db) else { return [] }
+        // A target that cannot be reached holds nothing to adopt here: the sync's own checks say why.
+        guard let db = try? target.connect(), try PartitionTable.exists(db) else { return [] }
         let rows = try db.execute("""
             SELECT DISTINCT ON (pipeline) job_id, pipeline, definition, identity::text, key_mode, change_stream_start, finished_at IS NOT NULL
             FROM etl_partitioned_jobs ORDER BY pipeline, planned_at DESC
