@@ -161,4 +161,10 @@ public final class SignalTrap {
     }
 
     deinit { sources.forEach { $0.cancel() } }
+
+    /// Until a trap is set: SIGINT or SIGTERM exits at once with 128 + signal (nothing has
+    /// been written yet), rather than the process being killed by it.
+    public static func exitOnSignalsUntilTrapped() {
+        for number in [SIGINT, SIGTERM] { signal(number) { _exit(128 + $0) } }
+    }
 }

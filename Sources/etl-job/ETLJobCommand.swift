@@ -1,4 +1,5 @@
 import ArgumentParser
+import ETLCore
 import CMalloc
 import Foundation
 import Mongo
@@ -17,6 +18,7 @@ struct ETLJobCommand: AsyncParsableCommand {
 @main
 enum Main {
     static func main() async {
+        SignalTrap.exitOnSignalsUntilTrapped()
         MongoDriver.keepCountersOutOfSharedMemory()
         keepMemoryFlat()
         do {

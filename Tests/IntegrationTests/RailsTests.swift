@@ -43,7 +43,8 @@ import UsersFixtures
         try sandbox.seed(users: 2_000)
         #expect(try sandbox.job("start", ["--batch-size", "500"]).status == 0)
         let oldJob = try #require(try sandbox.status()["job"] as? String)
-        // Slow enough for several progress lines; a killed backend puts a warning in the middle.
+        // Slow enough for several progress lines on any machine (40 batches, each COMMIT 80 ms).
+        try sandbox.slowCommits(seconds: 0.08)
         let result = try sandbox.inTerminal(
             ["start", "--fresh", "--yes", "--batch-size", "50", "--workers", "1"] + sandbox.connectionArguments)
         #expect(result.status == 0, "\(result.stdout)")
