@@ -303,6 +303,15 @@ extension DurableJob {
             let queue = try job.openQueue()
             try queue.createJob(id: id, sourceTotal: nil, identity: Array(row[3]!.utf8), foreignKeys: mode.rawValue)
             try queue.record(Self.changeStreamStartRecord, Array(try JSONEncoder().encode(start)))
+            // What the workers loaded, for `status` of this directory.
+            let totals = try db.query("SELECT coalesce(sum(documents_loaded), 0), coalesce(sum(documents_set_aside), 0) FROM etl_partitions WHERE job_id = $1",
+                                      [id]).rows[0]
+            let rows = try db.query("""
+                SELECT r.key, sum(r.value::bigint) FROM etl_checkpoints c CROSS JOIN LATERAL jsonb_each_text(c.rows) AS r
+                WHERE c.pipeline = $1 AND c.job_id LIKE $2 || '/%' GROUP BY r.key
+                """, [pipeline, id]).rows
+            try queue.countLoadedElsewhere(documents: Int64(totals[0] ?? "0") ?? 0, setAside: Int64(totals[1] ?? "0") ?? 0,
+                                           rows: Dictionary(uniqueKeysWithValues: rows.map { ($0[0]!, Int64($0[1] ?? "0") ?? 0) }))
             try queue.finishExtraction()
             try queue.markFinished()
             jobs.append(job)

@@ -321,6 +321,17 @@ public final class DurableQueue: @unchecked Sendable {
         notify()
     }
 
+    /// Counts documents loaded and set aside, and rows, that another queue's batches
+    /// committed (a job loaded elsewhere that this queue stands for, as a snapshot).
+    public func countLoadedElsewhere(documents: Int64, setAside: Int64, rows: [String: Int64]) throws {
+        try env.transaction(write: true) { txn in
+            try txn.addCounter(Key.extracted, documents + setAside)
+            try txn.addCounter(Key.documentsLoaded, documents)
+            try txn.addCounter(Key.documentsSetAside, setAside)
+            for (table, count) in rows { try txn.addCounter(Key.rowsPrefix + table, count) }
+        }
+    }
+
     /// Returns an in-flight batch to pending (its transaction rolled back or never committed).
     public func requeue(_ id: UInt64) throws {
         try env.transaction(write: true) { txn in

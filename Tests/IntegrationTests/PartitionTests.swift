@@ -247,8 +247,12 @@ import Users
         try SyncTests.freshSnapshot(sandbox)
         #expect(try sandbox.checksums() == sandbox.checksums(schema: "fresh"), "the synced target equals a fresh snapshot of the final source, row for row")
         let status = try JSON.object(try sandbox.run(["status", "--json", "--state-dir", state]).stdout)
-        let sync = ((status["pipelines"] as? [[String: Any]])?.first?["sync"] as? [String: Any]) ?? [:]
+        let pipeline = (status["pipelines"] as? [[String: Any]])?.first ?? [:]
+        let sync = pipeline["sync"] as? [String: Any] ?? [:]
         #expect((sync["eventsApplied"] as? Int ?? 0) > 0, "\(status)")
+        // The snapshot's counts are the workers': every document of the plan loaded or set aside.
+        let loaded = try Self.partitions(sandbox, schema: "public").job["documents"] as? Int
+        #expect((pipeline["documentsLoaded"] as? Int ?? 0) + (pipeline["documentsSetAside"] as? Int ?? 0) == loaded && loaded ?? 0 >= 600, "\(pipeline)")
     }
 
     @Test func aPlannedJobIsRefusedToOtherJobsAndWorkersNeedOne() throws {
