@@ -66,7 +66,6 @@ public enum PartitionTable {
             batch_size integer NOT NULL,
             max_batch_bytes integer NOT NULL,
             method text NOT NULL,
-            change_stream_start text,
             planned_at timestamptz NOT NULL DEFAULT now(),
             finished_at timestamptz,
             finished_by text

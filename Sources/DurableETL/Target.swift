@@ -50,6 +50,10 @@ public struct Target: Sendable {
         ]),
         // Jobs split into partitions (`start --partitions`), which workers on any machine claim.
         Migration(version: 4, name: "partitions", statements: PartitionTable.statements),
+        // Where a job split into partitions found the change stream when it was planned, for a later sync.
+        Migration(version: 5, name: "partitions' change stream start", statements: [
+            "ALTER TABLE etl_partitioned_jobs ADD COLUMN change_stream_start text",
+        ]),
     ]
 
     /// The engine's own migrations, recorded under this name.
