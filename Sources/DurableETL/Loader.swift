@@ -138,7 +138,7 @@ final class BatchLoader: ETLWorker {
             }
             if let partition = processor.settings.completesPartition {
                 try traced("UPDATE etl_partitions (done, if this batch is the partition's last)", batch: batch.id) {
-                    _ = try PartitionTable.markDoneIfLast(db, partition, pipeline: processor.name, batch: batch.id, queue: processor.queue)
+                    try PartitionTable.markDoneIfLast(db, partition, pipeline: processor.name, batch: batch.id, queue: processor.queue)
                 }
             }
             do {

@@ -4,6 +4,12 @@ import Logging
 import Postgres
 import Queue
 
+/// One partition of a job split into partitions.
+public struct PartitionRef: Sendable, Equatable {
+    public var job: String
+    public var number: Int
+}
+
 /// A job split into partitions (`start --partitions N`), recorded in the target schema, where
 /// workers on any machine claim its partitions one at a time (`etl-job worker`).
 ///
@@ -15,12 +21,6 @@ import Queue
 /// lease (`TargetLock`), with its checkpoint row, under the partition's own job id: batches
 /// are cut by count alone, so whoever reads the partition again cuts the same batches, skips
 /// those whose checkpoint row is in PostgreSQL, and loads the rest once.
-/// One partition of a job split into partitions.
-public struct PartitionRef: Sendable, Equatable {
-    public var job: String
-    public var number: Int
-}
-
 public enum PartitionTable {
     /// Marks a partition done with what its batches' checkpoint rows sum to (documents
     /// loaded, set aside, rows); returns those. Run again, it keeps the first time.
@@ -42,18 +42,16 @@ public enum PartitionTable {
     /// to its end, nothing is pending, and every other batch in flight has committed. (When two
     /// last batches commit at once, neither may see the other's commit; the worker marks the
     /// partition done after its run then.)
-    static func markDoneIfLast(_ db: PGConnection, _ partition: PartitionRef, pipeline: String, batch: UInt64, queue: DurableQueue) throws -> Bool {
-        guard let last = try queue.lastBatches(), last.contains(batch) else { return false }
+    static func markDoneIfLast(_ db: PGConnection, _ partition: PartitionRef, pipeline: String, batch: UInt64, queue: DurableQueue) throws {
+        guard let last = try queue.lastBatches(), last.contains(batch) else { return }
         let others = last.filter { $0 != batch }
         if !others.isEmpty {
             let committed = try db.query("SELECT count(*) FROM etl_checkpoints WHERE pipeline = $1 AND job_id = $2 AND batch_id = ANY($3::bigint[])",
-                                         [pipeline, partitionJob(partition.job, partition.number), "{" + others.map(String.init).joined(separator: ",") + "}"]).rows[0][0]
-            guard committed == String(others.count) else { return false }
+                                         [pipeline, partitionJob(partition.job, partition.number), postgresArray(others.map(String.init))]).rows[0][0]
+            guard committed == String(others.count) else { return }
         }
         try markDone(db, partition, pipeline: pipeline)
-        return true
     }
-
 
     static let statements = [
         """

@@ -295,20 +295,19 @@ public struct Target: Sendable {
     /// removed. Runs inside the caller's transaction.
     @discardableResult
     public func deleteDocuments(_ db: PGConnection, _ mapping: any DocumentMapping, keys: [UInt8]) throws -> Int {
-        var removed = 0
-        for table in mapping.tables.reversed() {
-            removed += try db.query(table.deleteDocumentsStatement, binary: [keys]).affectedRows
-        }
-        return removed
+        try deleteDocuments(mapping) { try db.query($0, binary: [keys]) }.reduce(0, +)
     }
 
-    /// Removes the rows of the documents whose keys are `keys` (as PostgreSQL prints them);
-    /// returns the rows removed per table, in `mapping.tables` order.
+    /// The same for keys as PostgreSQL prints them; returns the rows removed per table, in
+    /// `mapping.tables` order.
     func deleteDocuments(_ db: PGConnection, _ mapping: any DocumentMapping, printedKeys keys: [String]) throws -> [Int] {
+        try deleteDocuments(mapping) { try db.query($0, [postgresArray(keys)]) }
+    }
+
+    /// Runs each table's `deleteDocumentsStatement` with `run`, children first; rows removed per table.
+    private func deleteDocuments(_ mapping: any DocumentMapping, _ run: (String) throws -> PGRows) throws -> [Int] {
         var removed = Array(repeating: 0, count: mapping.tables.count)
-        for (t, table) in mapping.tables.enumerated().reversed() {
-            removed[t] = try db.query(table.deleteDocumentsStatement, [postgresArray(keys)]).affectedRows
-        }
+        for (t, table) in mapping.tables.enumerated().reversed() { removed[t] = try run(table.deleteDocumentsStatement).affectedRows }
         return removed
     }
 

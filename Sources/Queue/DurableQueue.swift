@@ -359,25 +359,13 @@ public final class DurableQueue: @unchecked Sendable {
     public func lastBatches() throws -> [UInt64]? {
         try env.transaction(write: false) { txn in
             guard try txn.get("meta", Key.extractionFinished) != nil, try txn.count("pending") == 0 else { return nil }
-            var ids: [UInt64] = []
-            try txn.forEach("inflight") { key, _ in
-                ids.append(Codec.id(Array(key)))
-                return true
-            }
-            return ids
+            return try txn.inFlightIds()
         }
     }
 
     /// Ids of the batches in flight (after a crash: those whose outcome is unknown).
     public func inFlight() throws -> [UInt64] {
-        try env.transaction(write: false) { txn in
-            var ids: [UInt64] = []
-            try txn.forEach("inflight") { key, _ in
-                ids.append(Codec.id(Array(key)))
-                return true
-            }
-            return ids
-        }
+        try env.transaction(write: false) { try $0.inFlightIds() }
     }
 
     /// The stored documents of a batch that is not yet done.
@@ -533,6 +521,15 @@ private enum Key {
 }
 
 extension LMDBTransaction {
+    func inFlightIds() throws -> [UInt64] {
+        var ids: [UInt64] = []
+        try forEach("inflight") { key, _ in
+            ids.append(Codec.id(Array(key)))
+            return true
+        }
+        return ids
+    }
+
     func counter(_ name: String) throws -> Int64 {
         try get("counters", Array(name.utf8)).map(Codec.int) ?? 0
     }
