@@ -25,9 +25,10 @@ public struct RejectReason: Error, CustomStringConvertible, Sendable {
     }
 }
 
-/// Runs `body`, prefixing the path of any rejection with `field`.
-public func within<R>(_ field: String, _ body: () throws -> R) throws -> R {
-    do { return try body() } catch let reason as RejectReason { throw reason.inside(field) }
+/// Runs `body`, prefixing the path of any rejection with `field` (made only then: an
+/// array's `[index]` would otherwise be a string built for every entry of every document).
+public func within<R>(_ field: @autoclosure () -> String, _ body: () throws -> R) throws -> R {
+    do { return try body() } catch let reason as RejectReason { throw reason.inside(field()) }
 }
 
 /// Finds each of `names` among the elements of a document; a missing one is a rejection.

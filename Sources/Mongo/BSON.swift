@@ -88,31 +88,38 @@ public struct BSONIterator {
         return false
     }
 
+    // The accessors below read libbson's iterator fields in place, as its own `_unsafe`
+    // inlines do (`raw + d1`, the key from `key` to `d1 - 1`), where a call into libbson
+    // would copy the whole iterator per element: they run for every field of every document.
+    // `next()` has checked the element's bounds already.
+
     public var type: BSONType {
-        var copy = raw
-        return BSONType(rawValue: bson_iter_type(iterPtr(&copy)).rawValue) ?? .other
+        BSONType(rawValue: UInt32(raw.raw[Int(raw.type)])) ?? .other
     }
+
+    /// The current element's value bytes (libbson's `d1`).
+    @inline(__always)
+    private var value: UnsafeRawPointer { UnsafeRawPointer(raw.raw + Int(raw.d1)) }
 
     /// The element's key as a NUL-terminated C string, valid as long as the document bytes.
     public var keyPointer: UnsafePointer<CChar> {
-        var copy = raw
-        return bson_iter_key(iterPtr(&copy))
+        UnsafeRawPointer(raw.raw + Int(raw.key)).assumingMemoryBound(to: CChar.self)
     }
 
     public var key: String { String(cString: keyPointer) }
 
     public func keyIs(_ name: StaticString) -> Bool {
-        strcmp(keyPointer, UnsafeRawPointer(name.utf8Start).assumingMemoryBound(to: CChar.self)) == 0
+        let length = Int(raw.d1) - Int(raw.key) - 1
+        return length == name.utf8CodeUnitCount && memcmp(raw.raw + Int(raw.key), name.utf8Start, length) == 0
     }
 
     /// An integral number stored as int32, int64 or a double without a fractional part.
     public var integer: Int64? {
-        var copy = raw
         switch type {
-        case .int32: return Int64(bson_iter_int32(iterPtr(&copy)))
-        case .int64: return bson_iter_int64(iterPtr(&copy))
+        case .int32: return Int64(Int32(littleEndian: value.loadUnaligned(as: Int32.self)))
+        case .int64: return Int64(littleEndian: value.loadUnaligned(as: Int64.self))
         case .double:
-            let d = bson_iter_double(iterPtr(&copy))
+            let d = Double(bitPattern: UInt64(littleEndian: value.loadUnaligned(as: UInt64.self)))
             guard d.isFinite, d.rounded() == d, abs(d) < 9.0e15 else { return nil }
             return Int64(d)
         default: return nil
@@ -121,11 +128,10 @@ public struct BSONIterator {
 
     /// Any number as a double.
     public var number: Double? {
-        var copy = raw
         switch type {
-        case .double: return bson_iter_double(iterPtr(&copy))
-        case .int32: return Double(bson_iter_int32(iterPtr(&copy)))
-        case .int64: return Double(bson_iter_int64(iterPtr(&copy)))
+        case .double: return Double(bitPattern: UInt64(littleEndian: value.loadUnaligned(as: UInt64.self)))
+        case .int32: return Double(Int32(littleEndian: value.loadUnaligned(as: Int32.self)))
+        case .int64: return Double(Int64(littleEndian: value.loadUnaligned(as: Int64.self)))
         default: return nil
         }
     }
@@ -133,10 +139,9 @@ public struct BSONIterator {
     /// The bytes of a UTF-8 string element (not validated; see `BSON.isValidUTF8`).
     public var utf8: UnsafeRawBufferPointer? {
         guard type == .utf8 else { return nil }
-        var copy = raw
-        var length: UInt32 = 0
-        guard let p = bson_iter_utf8(iterPtr(&copy), &length) else { return nil }
-        return UnsafeRawBufferPointer(start: p, count: Int(length))
+        // A length prefix that counts the NUL, then the bytes (bson_iter_utf8).
+        let length = max(0, Int(Int32(littleEndian: value.loadUnaligned(as: Int32.self))) - 1)
+        return UnsafeRawBufferPointer(start: value + 4, count: length)
     }
 
     /// A Decimal128 as libbson writes it: exact decimal digits (`-12.50`, `1.2E+7`, `NaN`).
@@ -184,14 +189,12 @@ public struct BSONIterator {
     /// Milliseconds since the Unix epoch, UTC.
     public var dateTimeMillis: Int64? {
         guard type == .dateTime else { return nil }
-        var copy = raw
-        return bson_iter_date_time(iterPtr(&copy))
+        return Int64(littleEndian: value.loadUnaligned(as: Int64.self))
     }
 
     public var bool: Bool? {
         guard type == .bool else { return nil }
-        var copy = raw
-        return bson_iter_bool(iterPtr(&copy))
+        return value.load(as: UInt8.self) != 0
     }
 
     /// The bytes of this embedded document or array element (a BSON document themselves), in place.
@@ -208,10 +211,9 @@ public struct BSONIterator {
     /// An iterator over the elements of this document or array element.
     public var children: BSONIterator? {
         guard type == .document || type == .array else { return nil }
-        var copy = raw
-        var child = bson_iter_t()
-        guard bson_iter_recurse(iterPtr(&copy), iterPtr(&child)) else { return nil }
-        return BSONIterator(raw: child)
+        // bson_iter_recurse: the embedded document's length prefix, then the document.
+        let length = Int(UInt32(littleEndian: value.loadUnaligned(as: UInt32.self)))
+        return BSONIterator(document: UnsafeRawBufferPointer(start: value, count: length))
     }
 
     /// A short human-readable rendering of a scalar value, for error messages.

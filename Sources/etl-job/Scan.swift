@@ -15,23 +15,47 @@ struct Scan: AsyncParsableCommand {
     @Option(name: .customLong("cursor-batch-size"), help: "Documents per getMore.")
     var cursorBatchSize: Int32 = 1000
 
+    @Flag(help: "Also map every document into its COPY rows, as a batch does, and report the CPU time of that alone.")
+    var transform = false
+
     func run() async throws {
         try await reportingErrors {
             let job = PipelineJob(mapping: try pipelines.mappings()[0], settings: try connection.resolved())
-            try await Threads.blocking(name: "scan") { try Self.scan(job, cursorBatchSize: cursorBatchSize) }
+            try await Threads.blocking(name: "scan") { try Self.scan(job, cursorBatchSize: cursorBatchSize, transform: transform) }
         }
     }
 
-    private static func scan(_ job: PipelineJob, cursorBatchSize: Int32) throws {
+    private static func scan(_ job: PipelineJob, cursorBatchSize: Int32, transform: Bool) throws {
         let start = ContinuousClock.now
         try job.source.checkExists()
         let cursor = try job.source.open(after: nil, batchSize: cursorBatchSize)
-        var documents = 0
-        var bytes = 0
+        var documents = 0, bytes = 0, rows = 0, rejected = 0
+        var mapped = MappedRows(job.mapping, expectedDocuments: 1000)
+        var mapping = Duration.zero
         while let doc = try cursor.next() {
             documents += 1
             bytes += doc.count
+            guard transform else { continue }
+            // Per document: the CPU of this thread alone is what a loader spends on it.
+            let before = threadCPUTime()
+            let accepted = doc.withUnsafeBytes { d in (try? mapped.add(document: d)) != nil }
+            if !accepted { rejected += 1 }
+            if mapped.documents == 1000 {
+                rows += mapped.tables.reduce(0) { $0 + $1.rowCount }
+                mapped = MappedRows(job.mapping, expectedDocuments: 1000)
+            }
+            mapping += threadCPUTime() - before
         }
+        rows += mapped.tables.reduce(0) { $0 + $1.rowCount }
         print("scanned \(documents) documents (\(bytes) bytes) in \(String(format: "%.3f", (ContinuousClock.now - start).seconds)) s")
+        if transform {
+            print("mapped them into \(rows) rows (\(rejected) set aside) in \(String(format: "%.3f", mapping.seconds)) s of CPU")
+        }
+    }
+
+    private static func threadCPUTime() -> Duration {
+        var now = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now)
+        return .seconds(now.tv_sec) + .nanoseconds(now.tv_nsec)
     }
 }
