@@ -8,6 +8,10 @@ public enum BSONType: UInt32, Sendable {
     case regex = 0x0B, code = 0x0D, symbol = 0x0E, int32 = 0x10, timestamp = 0x11
     case int64 = 0x12, decimal128 = 0x13, other = 0xFF
 
+    /// The type byte of an element of this type.
+    @inlinable
+    public var byte: UInt8 { UInt8(truncatingIfNeeded: rawValue) }
+
     public var name: String {
         switch self {
         case .double: "double"
@@ -36,10 +40,11 @@ public enum BSONType: UInt32, Sendable {
 ///
 /// Valid only while the bytes it was created from live; it never owns them.
 public struct BSONIterator {
-    private var raw = bson_iter_t()
+    @usableFromInline var raw = bson_iter_t()
 
     /// Starts before the first element of the document stored in `bytes`.
     /// Returns nil when the length prefix does not fit the buffer.
+    @inlinable
     public init?(document bytes: UnsafeRawBufferPointer) {
         guard let base = bytes.baseAddress,
               bson_iter_init_from_data(iterPtr(&raw), base.assumingMemoryBound(to: UInt8.self), bytes.count)
@@ -49,6 +54,7 @@ public struct BSONIterator {
     private init(raw: bson_iter_t) { self.raw = raw }
 
     /// Advances to the next element; false at the end or on a corrupt element.
+    @inlinable
     public mutating func next() -> Bool { bson_iter_next(iterPtr(&raw)) }
 
     /// The element at `path` in a document: each key but the last names an embedded document.
@@ -93,13 +99,19 @@ public struct BSONIterator {
     // would copy the whole iterator per element: they run for every field of every document.
     // `next()` has checked the element's bounds already.
 
+    @inlinable
     public var type: BSONType {
-        BSONType(rawValue: UInt32(raw.raw[Int(raw.type)])) ?? .other
+        BSONType(rawValue: UInt32(typeByte)) ?? .other
     }
 
+    /// The type byte itself: what the hot accessors below compare (BSONType's initializer
+    /// is a call).
+    @inlinable
+    var typeByte: UInt8 { raw.raw[Int(raw.type)] }
+
     /// The current element's value bytes (libbson's `d1`).
-    @inline(__always)
-    private var value: UnsafeRawPointer { UnsafeRawPointer(raw.raw + Int(raw.d1)) }
+    @inlinable
+    var value: UnsafeRawPointer { UnsafeRawPointer(raw.raw + Int(raw.d1)) }
 
     /// The element's key as a NUL-terminated C string, valid as long as the document bytes.
     public var keyPointer: UnsafePointer<CChar> {
@@ -108,17 +120,19 @@ public struct BSONIterator {
 
     public var key: String { String(cString: keyPointer) }
 
+    @inlinable
     public func keyIs(_ name: StaticString) -> Bool {
         let length = Int(raw.d1) - Int(raw.key) - 1
         return length == name.utf8CodeUnitCount && memcmp(raw.raw + Int(raw.key), name.utf8Start, length) == 0
     }
 
     /// An integral number stored as int32, int64 or a double without a fractional part.
+    @inlinable
     public var integer: Int64? {
-        switch type {
-        case .int32: return Int64(Int32(littleEndian: value.loadUnaligned(as: Int32.self)))
-        case .int64: return Int64(littleEndian: value.loadUnaligned(as: Int64.self))
-        case .double:
+        switch typeByte {
+        case BSONType.int32.byte: return Int64(Int32(littleEndian: value.loadUnaligned(as: Int32.self)))
+        case BSONType.int64.byte: return Int64(littleEndian: value.loadUnaligned(as: Int64.self))
+        case BSONType.double.byte:
             let d = Double(bitPattern: UInt64(littleEndian: value.loadUnaligned(as: UInt64.self)))
             guard d.isFinite, d.rounded() == d, abs(d) < 9.0e15 else { return nil }
             return Int64(d)
@@ -127,18 +141,20 @@ public struct BSONIterator {
     }
 
     /// Any number as a double.
+    @inlinable
     public var number: Double? {
-        switch type {
-        case .double: return Double(bitPattern: UInt64(littleEndian: value.loadUnaligned(as: UInt64.self)))
-        case .int32: return Double(Int32(littleEndian: value.loadUnaligned(as: Int32.self)))
-        case .int64: return Double(Int64(littleEndian: value.loadUnaligned(as: Int64.self)))
+        switch typeByte {
+        case BSONType.double.byte: return Double(bitPattern: UInt64(littleEndian: value.loadUnaligned(as: UInt64.self)))
+        case BSONType.int32.byte: return Double(Int32(littleEndian: value.loadUnaligned(as: Int32.self)))
+        case BSONType.int64.byte: return Double(Int64(littleEndian: value.loadUnaligned(as: Int64.self)))
         default: return nil
         }
     }
 
     /// The bytes of a UTF-8 string element (not validated; see `BSON.isValidUTF8`).
+    @inlinable
     public var utf8: UnsafeRawBufferPointer? {
-        guard type == .utf8 else { return nil }
+        guard typeByte == BSONType.utf8.byte else { return nil }
         // A length prefix that counts the NUL, then the bytes (bson_iter_utf8).
         let length = max(0, Int(Int32(littleEndian: value.loadUnaligned(as: Int32.self))) - 1)
         return UnsafeRawBufferPointer(start: value + 4, count: length)
@@ -187,13 +203,15 @@ public struct BSONIterator {
     }
 
     /// Milliseconds since the Unix epoch, UTC.
+    @inlinable
     public var dateTimeMillis: Int64? {
-        guard type == .dateTime else { return nil }
+        guard typeByte == BSONType.dateTime.byte else { return nil }
         return Int64(littleEndian: value.loadUnaligned(as: Int64.self))
     }
 
+    @inlinable
     public var bool: Bool? {
-        guard type == .bool else { return nil }
+        guard typeByte == BSONType.bool.byte else { return nil }
         return value.load(as: UInt8.self) != 0
     }
 
@@ -209,8 +227,9 @@ public struct BSONIterator {
     }
 
     /// An iterator over the elements of this document or array element.
+    @inlinable
     public var children: BSONIterator? {
-        guard type == .document || type == .array else { return nil }
+        guard typeByte == BSONType.document.byte || typeByte == BSONType.array.byte else { return nil }
         // bson_iter_recurse: the embedded document's length prefix, then the document.
         let length = Int(UInt32(littleEndian: value.loadUnaligned(as: UInt32.self)))
         return BSONIterator(document: UnsafeRawBufferPointer(start: value, count: length))
@@ -233,8 +252,20 @@ public struct BSONIterator {
     /// the end (libbson sets `err_off` then, and only then).
     public var isDamaged: Bool { raw.err_off != 0 }
 
-    /// The current element's offset from `start` (after a failed `next()`, the damaged one's).
-    fileprivate var elementOffset: Int { Int(raw.off) }
+    /// The current element's offset from the document's first byte (after a failed
+    /// `next()`, the damaged one's).
+    @inlinable
+    public var elementOffset: UInt32 { raw.off }
+
+    /// An iterator on the element of this document that starts at `offset` (an
+    /// `elementOffset` read from it before), as `next()` found it there.
+    @inlinable
+    public func element(at offset: UInt32) -> BSONIterator {
+        var it = self
+        it.raw.next_off = offset
+        _ = it.next()
+        return it
+    }
 
     /// The first byte of the document this iterator reads (valid until `next()` fails).
     fileprivate var start: UnsafeRawPointer? { raw.raw.map(UnsafeRawPointer.init) }
@@ -250,8 +281,8 @@ public struct BSONIterator {
 /// libbson (built by gcc, where the type is 80 bytes) needs only natural alignment, so the
 /// address of a Swift-held value is a valid `bson_iter_t *`. Valid only for the duration of the call
 /// it is passed to, which is the only way it is used.
-@inline(__always)
-private func iterPtr(_ iter: UnsafeMutablePointer<bson_iter_t>) -> OpaquePointer { OpaquePointer(iter) }
+@inlinable @inline(__always)
+func iterPtr(_ iter: UnsafeMutablePointer<bson_iter_t>) -> OpaquePointer { OpaquePointer(iter) }
 
 /// Where a BSON document is damaged inside: the first element libbson cannot read.
 public struct BSONDamage: Error, Equatable, Sendable, CustomStringConvertible {
@@ -373,7 +404,7 @@ public enum BSON {
         while it.next() {
             if it.type == .document || it.type == .array {
                 guard let child = it.children else {
-                    return BSONDamage(offset: start - base + it.elementOffset, path: [], after: last.map { String(cString: $0) })
+                    return BSONDamage(offset: start - base + Int(it.elementOffset), path: [], after: last.map { String(cString: $0) })
                 }
                 if var found = damage(child, base: base) {
                     found.path.insert(it.key, at: 0)
@@ -384,7 +415,7 @@ public enum BSON {
         }
         // The element that cannot be read starts at `elementOffset` (libbson keeps it).
         guard it.isDamaged else { return nil }
-        return BSONDamage(offset: start - base + it.elementOffset, path: [], after: last.map { String(cString: $0) })
+        return BSONDamage(offset: start - base + Int(it.elementOffset), path: [], after: last.map { String(cString: $0) })
     }
 
     /// True for well-formed UTF-8 without embedded NUL bytes (PostgreSQL text cannot hold NUL).

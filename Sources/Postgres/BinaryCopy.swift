@@ -4,23 +4,27 @@
 /// Layout: signature, flags, extension length; per row a field count, then per field a
 /// length (-1 for NULL) and the value in network byte order; a trailer of -1.
 public struct BinaryCopyWriter: Sendable {
-    public private(set) var bytes: [UInt8]
-    public private(set) var rowCount = 0
+    public var bytes: [UInt8] { storage }
+    public var rowCount: Int { rows }
+    // Stored under other names so that the value writers below can be inlined into a
+    // mapping's code (another module): they run for every field of every row.
+    @usableFromInline var storage: [UInt8]
+    @usableFromInline var rows = 0
 
     private static let header: [UInt8] = Array("PGCOPY\n".utf8) + [0xFF, 0x0D, 0x0A, 0x00] + [0, 0, 0, 0] + [0, 0, 0, 0]
     /// Microseconds between the Unix epoch and PostgreSQL's epoch, 2000-01-01 UTC.
-    private static let postgresEpochOffsetMillis: Int64 = 946_684_800_000
+    @usableFromInline static let postgresEpochOffsetMillis: Int64 = 946_684_800_000
 
     public init(capacity: Int = 1 << 16) {
-        bytes = Self.header
-        bytes.reserveCapacity(capacity)
+        storage = Self.header
+        storage.reserveCapacity(capacity)
     }
 
     /// Values written one after another with no COPY header: the elements of a binary array
     /// parameter (`arrayParameter`).
     public init(elements: Int) {
-        bytes = []
-        bytes.reserveCapacity(elements * 12)
+        storage = []
+        storage.reserveCapacity(elements * 12)
     }
 
     /// The `count` values written so far (with `init(elements:)`) as a one-dimensional binary
@@ -34,44 +38,50 @@ public struct BinaryCopyWriter: Sendable {
     }
 
     /// A mark to return to with `rollback(to:)`, so a document that fails halfway adds nothing.
-    public var mark: (count: Int, rows: Int) { (bytes.count, rowCount) }
+    public var mark: (count: Int, rows: Int) { (storage.count, rows) }
 
     public mutating func rollback(to mark: (count: Int, rows: Int)) {
-        bytes.removeSubrange(mark.count...)
-        rowCount = mark.rows
+        storage.removeSubrange(mark.count...)
+        rows = mark.rows
     }
 
     public var isEmpty: Bool { rowCount == 0 }
 
+    @inlinable
     public mutating func beginRow(fields: Int) {
-        rowCount += 1
+        rows += 1
         append(UInt16(fields))
     }
 
     /// SQL NULL, in a column of any type.
+    @inlinable
     public mutating func null() {
         append(UInt32(bitPattern: -1))
     }
 
+    @inlinable
     public mutating func int8(_ v: Int64) {
         append(UInt32(8))
         append(UInt64(bitPattern: v))
     }
 
+    @inlinable
     public mutating func int4(_ v: Int32) {
         append(UInt32(4))
         append(UInt32(bitPattern: v))
     }
 
+    @inlinable
     public mutating func bool(_ v: Bool) {
         append(UInt32(1))
-        bytes.append(v ? 1 : 0)
+        storage.append(v ? 1 : 0)
     }
 
     /// Text, varchar: the UTF-8 bytes as they are.
+    @inlinable
     public mutating func text(_ utf8: UnsafeRawBufferPointer) {
         append(UInt32(utf8.count))
-        bytes.append(contentsOf: utf8)
+        storage.append(contentsOf: utf8)
     }
 
     public mutating func text(_ s: String) {
@@ -85,6 +95,7 @@ public struct BinaryCopyWriter: Sendable {
     public static let timestampRangeMillis: Range<Int64> = -210_866_803_200_000..<9_224_318_016_000_000
 
     /// timestamptz from milliseconds since the Unix epoch, which must lie in `timestampRangeMillis`.
+    @inlinable
     public mutating func timestamp(millis: Int64) {
         append(UInt32(8))
         append(UInt64(bitPattern: (millis - Self.postgresEpochOffsetMillis) * 1000))
@@ -101,23 +112,24 @@ public struct BinaryCopyWriter: Sendable {
     }
 
     private mutating func json(version: [UInt8], _ body: (inout JSONText) throws -> Void) rethrows {
-        let lengthAt = bytes.count
+        let lengthAt = storage.count
         append(UInt32(0))
-        bytes.append(contentsOf: version)
+        storage.append(contentsOf: version)
         var json = JSONText(bytes: [])
-        swap(&json.bytes, &bytes)
+        swap(&json.bytes, &storage)
         do {
             try body(&json)
         } catch {
             // The caller rolls the half-written value back (a document loads whole or not at all).
-            swap(&json.bytes, &bytes)
+            swap(&json.bytes, &storage)
             throw error
         }
-        swap(&json.bytes, &bytes)
-        let length = UInt32(bytes.count - lengthAt - 4).bigEndian
-        withUnsafeBytes(of: length) { bytes.replaceSubrange(lengthAt..<lengthAt + 4, with: $0) }
+        swap(&json.bytes, &storage)
+        let length = UInt32(storage.count - lengthAt - 4).bigEndian
+        withUnsafeBytes(of: length) { storage.replaceSubrange(lengthAt..<lengthAt + 4, with: $0) }
     }
 
+    @inlinable
     public mutating func float8(_ v: Double) {
         append(UInt32(8))
         append(v.bitPattern)
@@ -132,7 +144,7 @@ public struct BinaryCopyWriter: Sendable {
     /// bytea (and any type whose binary form is the bytes as they are).
     public mutating func bytea(_ data: UnsafeRawBufferPointer) {
         append(UInt32(data.count))
-        bytes.append(contentsOf: data)
+        storage.append(contentsOf: data)
     }
 
     /// numeric from a decimal string as libbson writes a Decimal128 (`-12.50`, `1.2E+7`,
@@ -151,7 +163,7 @@ public struct BinaryCopyWriter: Sendable {
     /// A one-dimensional array of `count` elements of the type `elementOID`, each written by
     /// `element` with this writer's value methods (or `null()`).
     public mutating func array(elementOID: UInt32, count: Int, _ element: (inout BinaryCopyWriter, Int) -> Void) {
-        let lengthAt = bytes.count
+        let lengthAt = storage.count
         append(UInt32(0))
         append(Int32(count == 0 ? 0 : 1))  // dimensions
         append(Int32(0))  // flags: ignored by the server, nulls are marked per element
@@ -161,8 +173,8 @@ public struct BinaryCopyWriter: Sendable {
             append(Int32(1))  // lower bound
             for i in 0..<count { element(&self, i) }
         }
-        let length = UInt32(bytes.count - lengthAt - 4).bigEndian
-        withUnsafeBytes(of: length) { bytes.replaceSubrange(lengthAt..<lengthAt + 4, with: $0) }
+        let length = UInt32(storage.count - lengthAt - 4).bigEndian
+        withUnsafeBytes(of: length) { storage.replaceSubrange(lengthAt..<lengthAt + 4, with: $0) }
     }
 
     /// Type OIDs of array elements.
@@ -173,18 +185,18 @@ public struct BinaryCopyWriter: Sendable {
     }
 
     /// The complete stream: everything written plus the trailer.
-    public func finished() -> [UInt8] { bytes + Self.trailer }
+    public func finished() -> [UInt8] { storage + Self.trailer }
 
     /// The trailer that ends a stream (a field count of -1).
     public static let trailer: [UInt8] = [0xFF, 0xFF]
 
     /// Byte by byte, most significant first: for these 2 to 8 bytes the compiler unrolls it
     /// into plain stores, where appending a buffer of them costs a generic call each.
-    @inline(__always)
-    private mutating func append<T: FixedWidthInteger>(_ v: T) {
+    @inlinable @inline(__always)
+    mutating func append<T: FixedWidthInteger>(_ v: T) {
         var shift = T.bitWidth - 8
         while shift >= 0 {
-            bytes.append(UInt8(truncatingIfNeeded: v >> shift))
+            storage.append(UInt8(truncatingIfNeeded: v >> shift))
             shift -= 8
         }
     }
@@ -283,24 +295,28 @@ public struct JSONText: Sendable {
         bytes.append(contentsOf: v.description.utf8)
     }
 
-    /// A JSON string from valid UTF-8, escaping quotes, backslashes and control characters.
+    /// A JSON string from valid UTF-8, escaping quotes, backslashes and control characters
+    /// (runs of other bytes copied at once: most strings need no escape at all).
     public mutating func string(_ utf8: UnsafeRawBufferPointer) {
         bytes.append(UInt8(ascii: "\""))
-        for byte in utf8 {
+        var plain = 0
+        for (i, byte) in utf8.enumerated() where byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") {
+            bytes.append(contentsOf: UnsafeRawBufferPointer(rebasing: utf8[plain..<i]))
+            plain = i + 1
             switch byte {
             case UInt8(ascii: "\""): raw("\\\"")
             case UInt8(ascii: "\\"): raw("\\\\")
             case 0x0A: raw("\\n")
             case 0x0D: raw("\\r")
             case 0x09: raw("\\t")
-            case 0..<0x20:
+            default:
                 raw("\\u00")
                 let hex: StaticString = "0123456789abcdef"
                 bytes.append(hex.utf8Start[Int(byte >> 4)])
                 bytes.append(hex.utf8Start[Int(byte & 0xF)])
-            default: bytes.append(byte)
             }
         }
+        bytes.append(contentsOf: UnsafeRawBufferPointer(rebasing: utf8[plain...]))
         bytes.append(UInt8(ascii: "\""))
     }
 }
