@@ -186,6 +186,27 @@ import UsersFixtures
         #expect(try sandbox.duplicateKeys() == 0)
     }
 
+    /// libmongoc makes /dev/shm/mongoc-<pid> when it loads, and removes it only when the
+    /// process ends cleanly: the job removes its name at once, so that a killed run leaves none.
+    @Test func aRunKilledWithSIGKILLLeavesNoSharedMemorySegmentBehind() throws {
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: 300)
+        try sandbox.slowCommits(seconds: 0.2)
+        // The tests' own environment keeps libmongoc out of shared memory: the job must not inherit that.
+        let job = try RunningJob(arguments: ["start"] + sandbox.connectionArguments + ["--batch-size", "50", "--workers", "1"],
+                                 environment: [:], unsetting: ["MONGOC_DISABLE_SHM"])
+        let segment = "/dev/shm/mongoc-\(job.pid)"
+        #expect(try eventually(60) { (try? sandbox.status()["done"] as? Int).flatMap { $0 } ?? 0 >= 1 }, "the run loads")
+        #expect(!FileManager.default.fileExists(atPath: segment), "no segment while it runs")
+        job.signal(SIGKILL)
+        let result = try job.wait()
+        #expect(result.signaled)
+        #expect(!FileManager.default.fileExists(atPath: segment), "none after the kill")
+        let resumed = try sandbox.job("resume")
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+        #expect(try sandbox.counts() == (try expectedCounts(sandbox)))
+    }
+
     // MARK: Refusals leave nothing behind; secrets
 
     @Test func refusedCommandsCreateNoStateDirectoryAndRunNoDDL() throws {

@@ -183,12 +183,12 @@ public final class RunningJob {
     private let out: URL, err: URL
     private let started = Date()
 
-    public init(executable: String = Services.binary, arguments: [String], environment: [String: String]) throws {
+    /// `unsetting`: variables of this process's environment the job does not inherit.
+    public init(executable: String = Services.binary, arguments: [String], environment: [String: String], unsetting: [String] = []) throws {
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
         var env = ProcessInfo.processInfo.environment
-        env["MONGODB_URL"] = nil
-        env["POSTGRES_URL"] = nil
+        for name in ["MONGODB_URL", "POSTGRES_URL"] + unsetting { env[name] = nil }
         env.merge(environment) { $1 }
         process.environment = env
         let base = NSTemporaryDirectory() + "etl-job-" + UUID().uuidString
