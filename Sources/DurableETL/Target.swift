@@ -363,17 +363,24 @@ public struct Target: Sendable {
 
     /// The first of `mapping`'s tables that holds a row; tables that do not exist yet hold none.
     public func firstNonEmptyTable(_ db: PGConnection, _ mapping: any DocumentMapping) throws -> String? {
-        for table in mapping.tables {
-            let exists = try db.query("SELECT to_regclass($1) IS NOT NULL", [quoteIdentifier(schema) + "." + table.quotedName]).rows[0][0] == "t"
-            if exists, try db.execute("SELECT 1 FROM \(table.quotedName) LIMIT 1").rows.count > 0 { return table.name }
-        }
-        return nil
+        // Two round trips, not two per table: which tables exist, then the first of them with a row.
+        let qualified = mapping.tables.map { quoteIdentifier(schema) + "." + $0.quotedName }
+        let existing = Set(try db.query("SELECT n FROM unnest($1::text[]) n WHERE to_regclass(n) IS NOT NULL", [postgresArray(qualified)]).rows.compactMap { $0[0] })
+        let tables = zip(mapping.tables, qualified).filter { existing.contains($0.1) }.map(\.0)
+        guard !tables.isEmpty else { return nil }
+        let firstWithARow = tables.indices.map { "WHEN EXISTS (SELECT 1 FROM \(tables[$0].quotedName)) THEN \($0)" }.joined(separator: " ")
+        return try db.execute("SELECT CASE \(firstWithARow) END").rows[0][0].flatMap(Int.init).map { tables[$0].name }
     }
 
     /// Empties `mapping`'s tables and its checkpoints (for `start --fresh`).
     public func truncate(_ db: PGConnection, _ mapping: any DocumentMapping) throws {
         try transaction(db) {
-            try db.execute("TRUNCATE \(mapping.tables.map(\.quotedName).joined(separator: ", "))")
+            // Tables that are all empty already (a first run, or emptied by hand) are left as
+            // they are: TRUNCATE would give each a new file, fsynced at COMMIT, for nothing.
+            let anyRow = mapping.tables.map { "EXISTS (SELECT 1 FROM \($0.quotedName))" }.joined(separator: " OR ")
+            if try db.execute("SELECT \(anyRow)").rows[0][0] == "t" {
+                try db.execute("TRUNCATE \(mapping.tables.map(\.quotedName).joined(separator: ", "))")
+            }
             try db.query("DELETE FROM etl_checkpoints WHERE pipeline = $1", [mapping.name])
             try db.query("DELETE FROM etl_partitioned_jobs WHERE pipeline = $1", [mapping.name])
         }
