@@ -62,6 +62,7 @@ extension DurableJob {
             run.identities[name] = try job.identity(db).encoded()
         }
         try execute(try JobPlan.changes(facts), &run)
+        run.releaseConnections()
         return run.prepared
     }
 

@@ -58,6 +58,7 @@ public struct DurableJob: Sendable {
     private func prepareStart(_ mappings: [any DocumentMapping], fresh: Bool) throws -> Prepared {
         var (steps, run) = try planStart(mappings, fresh: fresh)
         try execute(steps, &run)
+        run.releaseConnections()
         return run.prepared
     }
 
@@ -220,6 +221,7 @@ public struct DurableJob: Sendable {
             run.queues[job.name] = queue
         }
         try execute(try JobPlan.resume(facts), &run)
+        run.releaseConnections()
         return run.prepared
     }
 
@@ -239,6 +241,11 @@ public struct DurableJob: Sendable {
 
         func job(_ name: String) -> PipelineJob { jobs.first { $0.name == name }! }
         func db(_ name: String) -> PGConnection { connections[name]! }
+
+        /// The plan's sessions, for the loaders to take.
+        func releaseConnections() {
+            for job in jobs { connections[job.name].map(job.target.release) }
+        }
     }
 
     func execute(_ steps: [JobPlan.Step], _ run: inout Execution) throws {
@@ -449,7 +456,7 @@ public struct DurableJob: Sendable {
                 // so that a kill leaves none of them, and resume (which comes back here) adds them.
                 if let mode = status.foreignKeys.flatMap(ForeignKeyMode.init), mode.foreignKeysAfter {
                     try lock.regain()
-                    try addForeignKeys(job, try job.connectPostgres(), primaryKeys: mode == .keysAfter, fence: lock.fence)
+                    try addForeignKeys(job, try job.target.takeReleased() ?? job.connectPostgres(), primaryKeys: mode == .keysAfter, fence: lock.fence)
                     CrashPoint.keysCommitted.reach()
                 }
                 try queue.markFinished()

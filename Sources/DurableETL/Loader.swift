@@ -20,7 +20,11 @@ final class BatchLoader: ETLWorker {
         self.index = index
     }
 
-    func close() { connection = nil }
+    /// The session goes to the run's next stage (the final step) rather than closing.
+    func close() {
+        if let connection { processor.target.release(connection) }
+        connection = nil
+    }
 
     func step(stop: StopToken) throws -> WorkerStep {
         let queue = processor.queue
@@ -89,7 +93,7 @@ final class BatchLoader: ETLWorker {
 
     private func database() throws -> PGConnection {
         if let connection, connection.isHealthy { return connection }
-        let db = try processor.target.connect()
+        let db = try processor.target.takeReleased() ?? processor.target.connect()
         connection = db
         return db
     }

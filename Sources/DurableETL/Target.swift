@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Postgres
 
 /// The target schema: the pipelines' tables and the engine's own (`etl_migrations`,
@@ -6,11 +7,23 @@ import Postgres
 public struct Target: Sendable {
     public let url: String
     public let schema: String
+    /// Sessions a stage of the run is done with, which the next stage takes instead of
+    /// connecting again (shared by copies of this value): the plan's session goes to a loader,
+    /// the loaders' to the final step. A connection costs an authentication and a backend's
+    /// start, 6 ms on this project's machine and far more across a network.
+    private let released = ReleasedSessions()
 
     public init(url: String, schema: String) {
         self.url = url
         self.schema = schema
     }
+
+    /// A session another stage released, if any.
+    func takeReleased() -> PGConnection? { released.take() }
+
+    /// Hands `db` to the next stage, if it is idle, with the session state `connect` gave it
+    /// (never a session that changed its settings).
+    func release(_ db: PGConnection) { released.put(db) }
 
     /// A connection whose unqualified names resolve in the target schema (and only there).
     public func connect(connectTimeout: Int? = nil) throws -> PGConnection {
@@ -390,4 +403,24 @@ public struct Target: Sendable {
 /// A text[] literal of plain names.
 func postgresArray(_ items: [String]) -> String {
     "{" + items.map { "\"" + $0.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\"" }.joined(separator: ",") + "}"
+}
+
+/// The sessions `Target.release` keeps for `Target.session`.
+final class ReleasedSessions: Sendable {
+    // PGConnection is not Sendable: each one here is owned by the mutex, and by one taker after.
+    private let idle = Mutex<[UnsafeSession]>([])
+
+    private struct UnsafeSession: @unchecked Sendable { let db: PGConnection }
+
+    func put(_ db: PGConnection) {
+        guard db.isIdle else { return }
+        idle.withLock { $0.append(UnsafeSession(db: db)) }
+    }
+
+    func take() -> PGConnection? {
+        while let session = idle.withLock({ $0.popLast() }) {
+            if session.db.isIdle { return session.db }
+        }
+        return nil
+    }
 }

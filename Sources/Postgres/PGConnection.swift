@@ -226,6 +226,9 @@ public final class PGConnection {
 
     public var isHealthy: Bool { PQstatus(handle) == CONNECTION_OK }
 
+    /// Healthy, and in no transaction: a session another user may take over as it is.
+    public var isIdle: Bool { isHealthy && PQtransactionStatus(handle) == PQTRANS_IDLE }
+
     /// Runs one or more statements without parameters.
     @discardableResult
     public func execute(_ sql: String) throws -> PGRows {
