@@ -34,7 +34,18 @@ public enum PartitionTable {
             UPDATE etl_partitions SET done_at = coalesce(done_at, now()), documents_loaded = sums.loaded, documents_set_aside = sums.set_aside, rows = sums.rows
             FROM sums WHERE job_id = $1 AND partition = $2 RETURNING sums.loaded, sums.set_aside, sums.rows
             """, [partition.job, String(partition.number), pipeline, partitionJob(partition.job, partition.number)]).rows[0]
+        try notifyWaitingWorkers(db)
         return (Int64(row[0]!) ?? 0, Int64(row[1]!) ?? 0, Int64(row[2]!) ?? 0)
+    }
+
+    /// Where workers waiting for others hear that a partition is done or a job finished.
+    static let channel = "etl_partitions"
+
+    /// Wakes the workers waiting on `channel` when the current transaction commits (at once
+    /// outside one), so that the last of them exits, or runs the final step, without waiting
+    /// out its next look.
+    static func notifyWaitingWorkers(_ db: PGConnection) throws {
+        try db.execute("NOTIFY \(channel)")
     }
 
     /// Inside the transaction of batch `batch` of a partition's run, before it commits: marks
@@ -398,9 +409,10 @@ extension DurableJob {
                 logger.info("waiting while other workers load the remaining partitions", metadata: ["pipelines": "\(waiting.joined(separator: ", "))"])
                 said = true
             }
-            // A cheap look (two indexed queries) a fifth of a second apart: a worker waiting for the
-            // last partition exits, or takes it over, at most that long after it could.
-            _ = stop.sleep(0.2)
+            // Another look when a worker marks a partition done or finishes a job (its NOTIFY), and
+            // at least every fifth of a second (two indexed queries): a worker that died says
+            // nothing, and the one waiting takes its partition over at most that long after it could.
+            control.waitForOthers(seconds: 0.2, stop: stop)
         }
         withExtendedLifetime(stateLock) {}
         report.seconds = (ContinuousClock.now - began).seconds
@@ -413,7 +425,31 @@ extension DurableJob {
         private var db: PGConnection
         private let target: Target
 
+        /// The session that LISTENs on `PartitionTable.channel` (a new session must LISTEN again).
+        private var listening: ObjectIdentifier?
+
         init(db: PGConnection, target: Target) { (self.db, self.target) = (db, target) }
+
+        /// Returns when another worker marks a partition done or finishes a job, when
+        /// `seconds` have passed, or when a stop is requested (looked at every 50 ms).
+        func waitForOthers(seconds: Double, stop: StopToken) {
+            if listening != ObjectIdentifier(db) {
+                guard (try? db.execute("LISTEN \(PartitionTable.channel)")) != nil else {
+                    _ = stop.sleep(seconds)
+                    return
+                }
+                listening = ObjectIdentifier(db)
+            }
+            let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+            while !stop.isStopRequested, ContinuousClock.now < deadline {
+                if db.waitForNotification(seconds: min(0.05, (deadline - ContinuousClock.now).seconds)) { return }
+                // A broken session (the next step connects again) would answer at once, forever.
+                guard db.isHealthy else {
+                    _ = stop.sleep((deadline - ContinuousClock.now).seconds)
+                    return
+                }
+            }
+        }
 
         /// Runs one step (a claim, a look, the partition marked done, the final step) on the
         /// worker's session. When PostgreSQL restarts or ends that session, or a lease's session
@@ -578,6 +614,7 @@ extension DurableJob {
             try lock.fence(db)
             try db.query("UPDATE etl_partitioned_jobs SET finished_at = now(), finished_by = $2 WHERE job_id = $1",
                          [job.id, "\(ProcessInfo.processInfo.hostName) pid \(getpid())"])
+            try PartitionTable.notifyWaitingWorkers(db)
         }
         logger.info("finished a job split into partitions", metadata: ["pipeline": "\(job.pipeline)", "job": "\(job.id)"])
         return .finished

@@ -229,6 +229,25 @@ public final class PGConnection {
     /// Healthy, and in no transaction: a session another user may take over as it is.
     public var isIdle: Bool { isHealthy && PQtransactionStatus(handle) == PQTRANS_IDLE }
 
+    /// Waits up to `seconds` for a notification on a channel this session LISTENs to (sent by
+    /// any session's NOTIFY, delivered when its transaction commits); true when one came,
+    /// every one received so far consumed. False at the timeout or when the session broke.
+    public func waitForNotification(seconds: Double) -> Bool {
+        func drained() -> Bool {
+            guard PQconsumeInput(handle) == 1 else { return false }
+            var any = false
+            while let notification = PQnotifies(handle) {
+                PQfreemem(notification)
+                any = true
+            }
+            return any
+        }
+        if drained() { return true }
+        var ready = pollfd(fd: PQsocket(handle), events: Int16(POLLIN), revents: 0)
+        guard ready.fd >= 0, poll(&ready, 1, Int32(seconds * 1000)) > 0 else { return false }
+        return drained()
+    }
+
     /// Runs one or more statements without parameters.
     @discardableResult
     public func execute(_ sql: String) throws -> PGRows {
