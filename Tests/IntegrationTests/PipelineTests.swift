@@ -157,6 +157,28 @@ enum Reference {
         #expect(try sandbox.counts()["users"] == 50)
     }
 
+    /// `--fresh` empties tables that hold rows (TRUNCATE gives them new files) and leaves
+    /// tables that are all empty as they are, files and all: the same rows either way.
+    @Test func freshTruncatesATargetWithRowsAndLeavesAnEmptyOneAsItIs() throws {
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: 50)
+        #expect(try sandbox.job("start").status == 0)
+        func fileOfUsers() throws -> String? { try sandbox.db().execute("SELECT relfilenode FROM pg_class WHERE oid = 'users'::regclass").rows[0][0] }
+        let loaded = try fileOfUsers()
+        let again = try sandbox.job("start", ["--fresh", "--yes"])
+        #expect(again.status == 0, "\(again.stderr)")
+        let truncated = try fileOfUsers()
+        #expect(truncated != loaded, "a target with rows is truncated")
+        #expect(try sandbox.counts() == (try expectedCounts(sandbox)))
+        try sandbox.db().execute("DELETE FROM users")  // cascades to every child table: all empty, same files
+        let emptied = try fileOfUsers()
+        let onEmpty = try sandbox.job("start", ["--fresh", "--yes"])
+        #expect(onEmpty.status == 0, "\(onEmpty.stderr)")
+        #expect(try fileOfUsers() == emptied, "tables that are all empty are not truncated")
+        #expect(try sandbox.counts() == (try expectedCounts(sandbox)))
+        #expect(try sandbox.duplicateKeys() == 0)
+    }
+
     @Test func verifyAgreesAfterARunAndNamesEveryDamagedRow() throws {
         let sandbox = try Sandbox()
         try sandbox.seed(users: 300)

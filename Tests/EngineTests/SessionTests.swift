@@ -1,0 +1,41 @@
+import Foundation
+import Postgres
+import Testing
+import TestSupport
+@testable import DurableETL
+
+/// The target's sessions passed from one stage of a run to the next, and the notifications
+/// that wake waiting workers: both against the real PostgreSQL.
+@Suite struct SessionTests {
+    @Test func onlyAnIdleSessionIsHandedOnAndEachOnlyOnce() throws {
+        let target = Target(url: Services.postgresURL, schema: "public")
+        let idle = try target.connect()
+        target.release(idle)
+        let copy = target
+        #expect(copy.takeReleased() === idle, "copies of a target share what was released")
+        #expect(target.takeReleased() == nil, "a released session is taken once")
+
+        let inTransaction = try target.connect()
+        try inTransaction.execute("BEGIN")
+        target.release(inTransaction)
+        let failed = try target.connect()
+        try failed.execute("BEGIN")
+        _ = try? failed.execute("SELECT 1 / 0")
+        target.release(failed)
+        #expect(target.takeReleased() == nil, "a session inside a transaction, open or failed, is never handed on")
+    }
+
+    @Test func aListeningSessionHearsANotifyOnceItsTransactionCommits() throws {
+        let channel = "etl_test_" + UUID().uuidString.prefix(8).lowercased()
+        let listener = try Services.postgres()
+        try listener.execute("LISTEN \(channel)")
+        #expect(!listener.waitForNotification(seconds: 0.1), "nothing was sent")
+        let sender = try Services.postgres()
+        try sender.execute("BEGIN")
+        try sender.execute("NOTIFY \(channel)")
+        #expect(!listener.waitForNotification(seconds: 0.1), "not before the sender commits")
+        try sender.execute("COMMIT")
+        #expect(listener.waitForNotification(seconds: 5))
+        #expect(!listener.waitForNotification(seconds: 0.05), "each notification is consumed once")
+    }
+}
