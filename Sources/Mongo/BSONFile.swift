@@ -72,6 +72,42 @@ public final class BSONFileReader {
         try advance { Array($0) }
     }
 
+    /// Calls `body` with the offset and length of each document of the plain (uncompressed)
+    /// file at `path`, in order, reading only each document's last byte and the next one's
+    /// length prefix (one `pread` of 5 bytes a document, where `skip` reads every byte). Stops
+    /// where `skip` would throw (a length out of range, a document that does not end with its
+    /// NUL, a file that ends inside a document) and returns false there; true at the end.
+    public static func walkPlainFile(_ path: String, _ body: (UInt64, Int) -> Void) throws -> Bool {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw BSONFileError("cannot open the source file \(path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw BSONFileError("cannot read the size of the source file \(path): \(String(cString: strerror(errno)))") }
+        let size = UInt64(info.st_size)
+        // The previous document's last byte, then the next document's length prefix.
+        var window: (UInt8, UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0, 0)
+        func read(_ count: Int, into at: Int, from offset: UInt64) -> Bool {
+            withUnsafeMutableBytes(of: &window) { pread(fd, $0.baseAddress! + at, count, off_t(offset)) == count }
+        }
+        func nextLength() -> Int {
+            withUnsafeBytes(of: window) { Int(Int32(littleEndian: $0.loadUnaligned(fromByteOffset: 1, as: Int32.self))) }
+        }
+        if size == 0 { return true }
+        guard size >= 4, read(4, into: 1, from: 0) else { return false }
+        var offset: UInt64 = 0
+        while true {
+            let length = nextLength()
+            guard length >= 5, length <= BSONSequence.maxDocumentBytes, offset + UInt64(length) <= size else { return false }
+            let end = offset + UInt64(length)
+            let rest = size - end
+            guard read(rest >= 4 ? 5 : 1, into: 0, from: end - 1), window.0 == 0 else { return false }
+            body(offset, length)
+            offset = end
+            if rest == 0 { return true }
+            if rest < 4 { return false }
+        }
+    }
+
     /// Steps over the next document without copying it: its length, or nil at the end of the
     /// file (errors as `next`'s).
     public func skip() throws -> Int? {

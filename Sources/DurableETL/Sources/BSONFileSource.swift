@@ -252,29 +252,33 @@ extension BSONFileSource {
     /// is damaged the walk stops: the rest is the last range's, whose worker reports the damage.
     public func partitions(_ count: Int) throws -> (ranges: [SourcePartition], method: String) {
         let total = compressed == true ? nil : try identify().size
-        let reader: BSONFileReader
-        do { reader = try BSONFileReader(path: path) } catch { throw JobError(.noInput, "\(error)") }
         var starts: [UInt64] = [0]
         var counts: [Int64] = [0]
         var lengths: [Int] = []
         var damaged = false
-        // A compressed file's content size is unknown before it is read: its documents' offsets
-        // are gathered first and cut by the total.
-        while true {
-            let length: Int?
-            do { length = try reader.skip() } catch {
-                damaged = true
-                break
-            }
-            guard let length else { break }
-            if let total {
-                let offset = reader.offset - UInt64(length)
-                if starts.count < count, offset >= UInt64(total) * UInt64(starts.count) / UInt64(count), counts[counts.count - 1] > 0 {
-                    starts.append(offset)
-                    counts.append(0)
+        if let total {
+            // A plain file: each document's length and last byte, not its every byte.
+            do {
+                damaged = try !BSONFileReader.walkPlainFile(path) { offset, _ in
+                    if starts.count < count, offset >= UInt64(total) * UInt64(starts.count) / UInt64(count), counts[counts.count - 1] > 0 {
+                        starts.append(offset)
+                        counts.append(0)
+                    }
+                    counts[counts.count - 1] += 1
                 }
-                counts[counts.count - 1] += 1
-            } else {
+            } catch { throw JobError(.noInput, "\(error)") }
+        } else {
+            // A compressed file's content size is unknown before it is read: its documents'
+            // offsets are gathered first and cut by the total.
+            let reader: BSONFileReader
+            do { reader = try BSONFileReader(path: path) } catch { throw JobError(.noInput, "\(error)") }
+            while true {
+                let length: Int?
+                do { length = try reader.skip() } catch {
+                    damaged = true
+                    break
+                }
+                guard let length else { break }
                 lengths.append(length)
             }
         }
