@@ -68,9 +68,11 @@ public func lookup(_ doc: BSONIterator, _ names: [StaticString]) throws(RejectRe
 /// object, read again when asked for (an array of iterators, allocated per object, cost a
 /// tenth of the users transform).
 public struct Fields {
-    public static let capacity = 64
+    /// As many as a bit mask of found names holds.
+    @usableFromInline typealias Offsets = InlineArray<64, UInt32>
+    public static var capacity: Int { Offsets.count }
     @usableFromInline let object: BSONIterator
-    @usableFromInline var offsets = InlineArray<64, UInt32>(repeating: 0)
+    @usableFromInline var offsets = Offsets(repeating: 0)
 
     @inlinable
     init(_ object: BSONIterator) { self.object = object }

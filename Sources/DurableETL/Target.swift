@@ -405,7 +405,7 @@ func postgresArray(_ items: [String]) -> String {
     "{" + items.map { "\"" + $0.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\"" }.joined(separator: ",") + "}"
 }
 
-/// The sessions `Target.release` keeps for `Target.session`.
+/// The sessions `Target.release` keeps for `Target.takeReleased`.
 final class ReleasedSessions: Sendable {
     // PGConnection is not Sendable: each one here is owned by the mutex, and by one taker after.
     private let idle = Mutex<[UnsafeSession]>([])

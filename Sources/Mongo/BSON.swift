@@ -51,8 +51,6 @@ public struct BSONIterator {
         else { return nil }
     }
 
-    private init(raw: bson_iter_t) { self.raw = raw }
-
     /// Advances to the next element; false at the end or on a corrupt element.
     @inlinable
     public mutating func next() -> Bool { bson_iter_next(iterPtr(&raw)) }
