@@ -417,9 +417,10 @@ final class ReleasedSessions: Sendable {
         idle.withLock { $0.append(UnsafeSession(db: db)) }
     }
 
+    /// A released session the server has not ended meanwhile (a restart between two stages).
     func take() -> PGConnection? {
         while let session = idle.withLock({ $0.popLast() }) {
-            if session.db.isIdle { return session.db }
+            if session.db.isOpen && session.db.isIdle { return session.db }
         }
         return nil
     }

@@ -229,6 +229,21 @@ public final class PGConnection {
     /// Healthy, and in no transaction: a session another user may take over as it is.
     public var isIdle: Bool { isHealthy && PQtransactionStatus(handle) == PQTRANS_IDLE }
 
+    /// Whether the server has not ended this session meanwhile, read without waiting: a
+    /// server that restarts or terminates a backend says so, then closes the socket, and
+    /// `isHealthy` learns of it only at the next statement.
+    public var isOpen: Bool {
+        // What is waiting is read (a notice, a notification, the server's last words) until
+        // nothing is, or the end of the stream is.
+        for _ in 0..<8 {
+            var ready = pollfd(fd: PQsocket(handle), events: Int16(POLLIN), revents: 0)
+            guard ready.fd >= 0, isHealthy else { return false }
+            guard poll(&ready, 1, 0) > 0 else { return true }
+            guard PQconsumeInput(handle) == 1 else { return false }
+        }
+        return isHealthy
+    }
+
     /// Waits up to `seconds` for a notification on a channel this session LISTENs to (sent by
     /// any session's NOTIFY, delivered when its transaction commits); true when one came,
     /// every one received so far consumed. False at the timeout or when the session broke.

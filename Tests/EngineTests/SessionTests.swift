@@ -23,6 +23,15 @@ import TestSupport
         _ = try? failed.execute("SELECT 1 / 0")
         target.release(failed)
         #expect(target.takeReleased() == nil, "a session inside a transaction, open or failed, is never handed on")
+
+        let ended = try target.connect()
+        let pid = try ended.execute("SELECT pg_backend_pid()").rows[0][0]!
+        target.release(ended)
+        let other = try Services.postgres()
+        _ = try other.execute("SELECT pg_terminate_backend(\(pid))")
+        // Gone from the machine (the bundled server is local), so its socket is closed.
+        #expect(eventually(5) { kill(pid_t(pid)!, 0) == -1 && errno == ESRCH }, "the backend exits")
+        #expect(target.takeReleased() == nil, "a session the server ended after its release is not handed on")
     }
 
     @Test func aListeningSessionHearsANotifyOnceItsTransactionCommits() throws {
