@@ -549,6 +549,8 @@ extension DurableJob {
             let queue = try pipeline.openQueue(directory)
             try queue.createJob(id: partitionJob, sourceTotal: claimed.range.documents, identity: try identity.encoded())
             try claimed.lease.claim()
+            // The partition's checks' session, for a loader to take (`reading` keeps the target).
+            pipeline.target.release(db)
             var prepared = Prepared()
             prepared.pipelines = [(pipeline, queue, claimed.lease)]
             return prepared
