@@ -32,6 +32,7 @@ struct Scan: AsyncParsableCommand {
         var documents = 0, bytes = 0, rows = 0, rejected = 0
         var mapped = MappedRows(job.mapping, expectedDocuments: 1000)
         var mapping = Duration.zero
+        func count(_ mapped: MappedRows) -> Int { mapped.tables.reduce(0) { $0 + $1.rowCount } }
         while let doc = try cursor.next() {
             documents += 1
             bytes += doc.count
@@ -41,12 +42,12 @@ struct Scan: AsyncParsableCommand {
             let accepted = doc.withUnsafeBytes { d in (try? mapped.add(document: d)) != nil }
             if !accepted { rejected += 1 }
             if mapped.documents == 1000 {
-                rows += mapped.tables.reduce(0) { $0 + $1.rowCount }
+                rows += count(mapped)
                 mapped = MappedRows(job.mapping, expectedDocuments: 1000)
             }
             mapping += threadCPUTime() - before
         }
-        rows += mapped.tables.reduce(0) { $0 + $1.rowCount }
+        rows += count(mapped)
         print("scanned \(documents) documents (\(bytes) bytes) in \(String(format: "%.3f", (ContinuousClock.now - start).seconds)) s")
         if transform {
             print("mapped them into \(rows) rows (\(rejected) set aside) in \(String(format: "%.3f", mapping.seconds)) s of CPU")
