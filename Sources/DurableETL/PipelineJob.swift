@@ -85,7 +85,8 @@ public struct PipelineJob: Sendable {
     /// the same tables at once. Waits up to `wait` seconds for a run that is ending, then
     /// refuses (exit 75) naming the session that holds it.
     public func lockTarget(wait: Double = 2) throws -> TargetLock {
-        let lock = try TargetLock(connection: connectPostgres(), pipeline: name, schema: target.schema, reconnect: { try self.connectPostgres() })
+        let lock = try TargetLock(connection: target.takeReleased() ?? connectPostgres(), pipeline: name, schema: target.schema,
+                                  reconnect: { try self.connectPostgres() })
         let deadline = Date(timeIntervalSinceNow: wait)
         while true {
             if try lock.tryAcquire() { return lock }

@@ -8,14 +8,17 @@ public struct Target: Sendable {
     public let url: String
     public let schema: String
     /// Sessions a stage of the run is done with, which the next stage takes instead of
-    /// connecting again (shared by copies of this value): the plan's session goes to a loader,
-    /// the loaders' to the final step. A connection costs an authentication and a backend's
-    /// start, 6 ms on this project's machine and far more across a network.
-    private let released = ReleasedSessions()
+    /// connecting again: the plan's session goes to a loader, the loaders' to the final step,
+    /// a worker's partition's to its next partition and to the job's final step. Shared by
+    /// every target of this process with the same URL and schema, however it was made. A
+    /// connection costs an authentication and a backend's start, 6 ms on this project's
+    /// machine and far more across a network.
+    private let released: ReleasedSessions
 
     public init(url: String, schema: String) {
         self.url = url
         self.schema = schema
+        released = ReleasedSessions.shared(url: url, schema: schema)
     }
 
     /// A session another stage released, if any.
@@ -405,10 +408,22 @@ func postgresArray(_ items: [String]) -> String {
     "{" + items.map { "\"" + $0.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\"" }.joined(separator: ",") + "}"
 }
 
-/// The sessions `Target.release` keeps for `Target.takeReleased`.
+/// The sessions `Target.release` keeps for `Target.takeReleased`, one set per URL and schema.
 final class ReleasedSessions: Sendable {
     // PGConnection is not Sendable: each one here is owned by the mutex, and by one taker after.
     private let idle = Mutex<[UnsafeSession]>([])
+
+    private static let sets = Mutex<[String: ReleasedSessions]>([:])
+
+    static func shared(url: String, schema: String) -> ReleasedSessions {
+        sets.withLock { sets in
+            let key = url + "\u{0}" + schema
+            if let existing = sets[key] { return existing }
+            let created = ReleasedSessions()
+            sets[key] = created
+            return created
+        }
+    }
 
     private struct UnsafeSession: @unchecked Sendable { let db: PGConnection }
 

@@ -22,18 +22,31 @@ public enum Threads {
     /// `run` for a caller that is itself a dedicated thread (never the cooperative pool): it
     /// waits, blocked, for the `count` threads to end.
     public static func runAndWait(count: Int, name: String, _ body: @escaping @Sendable (Int) throws -> Void) -> [any Error] {
-        guard count > 0 else { return [] }
-        let errors = Mutex<[(Int, any Error)]>([])
-        let group = DispatchGroup()
-        for index in 0..<count {
-            group.enter()
+        start(count: count, name: name, body).wait()
+    }
+
+    /// Threads started for a dedicated thread that goes on with its own work meanwhile, then
+    /// waits for them (`wait`, which returns every error thrown, in index order).
+    public final class Started: Sendable {
+        fileprivate let group = DispatchGroup()
+        fileprivate let errors = Mutex<[(Int, any Error)]>([])
+
+        public func wait() -> [any Error] {
+            group.wait()
+            return errors.withLock { $0 }.sorted { $0.0 < $1.0 }.map(\.1)
+        }
+    }
+
+    public static func start(count: Int, name: String, _ body: @escaping @Sendable (Int) throws -> Void) -> Started {
+        let started = Started()
+        for index in 0..<max(0, count) {
+            started.group.enter()
             start(name: "\(name)-\(index)") {
-                defer { group.leave() }
-                do { try body(index) } catch { errors.withLock { $0.append((index, error)) } }
+                defer { started.group.leave() }
+                do { try body(index) } catch { started.errors.withLock { $0.append((index, error)) } }
             }
         }
-        group.wait()
-        return errors.withLock { $0 }.sorted { $0.0 < $1.0 }.map(\.1)
+        return started
     }
 
     /// Runs `body(0..<count)` on `count` threads and returns every error thrown, in index order.

@@ -7,8 +7,14 @@ import TestSupport
 /// The target's sessions passed from one stage of a run to the next, and the notifications
 /// that wake waiting workers: both against the real PostgreSQL.
 @Suite struct SessionTests {
+    /// A schema of this test's own: released sessions are shared by every target of the
+    /// process with the same URL and schema, and other tests release theirs.
+    static func privateTarget() -> Target {
+        Target(url: Services.postgresURL, schema: "session_test_" + UUID().uuidString.prefix(8).lowercased())
+    }
+
     @Test func onlyAnIdleSessionIsHandedOnAndEachOnlyOnce() throws {
-        let target = Target(url: Services.postgresURL, schema: "public")
+        let target = Self.privateTarget()
         let idle = try target.connect()
         target.release(idle)
         let copy = target
@@ -32,6 +38,16 @@ import TestSupport
         // Gone from the machine (the bundled server is local), so its socket is closed.
         #expect(eventually(5) { kill(pid_t(pid)!, 0) == -1 && errno == ESRCH }, "the backend exits")
         #expect(target.takeReleased() == nil, "a session the server ended after its release is not handed on")
+    }
+
+    @Test func targetsMadeApartShareReleasedSessionsOfTheirURLAndSchemaOnly() throws {
+        let target = Self.privateTarget()
+        let idle = try target.connect()
+        target.release(idle)
+        #expect(Self.privateTarget().takeReleased() == nil, "another schema's target does not take it")
+        let elsewhere = Target(url: target.url, schema: target.schema)
+        #expect(elsewhere.takeReleased() === idle, "a target made elsewhere in the process, for the same schema, takes it")
+        #expect(target.takeReleased() == nil)
     }
 
     @Test func aListeningSessionHearsANotifyOnceItsTransactionCommits() throws {
