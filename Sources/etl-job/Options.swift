@@ -200,7 +200,7 @@ struct ConsoleLogHandler: LogHandler {
     ) {
         let all = metadata.merging(explicit ?? [:]) { $1 }
         let fields = all.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-        let time = Date().formatted(.iso8601.year().month().day().time(includingFractionalSeconds: false))
+        let time = Date().formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true))
         Console.standardError.line("\(time) \(level) \(label): \(message)" + (fields.isEmpty ? "" : " " + fields))
     }
 }
