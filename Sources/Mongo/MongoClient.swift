@@ -177,22 +177,32 @@ public final class MongoCollection {
     /// Documents in ascending `_id` order, starting after the `_id` held by `afterIdElement`
     /// (a document `{"_id": value}`), or from the beginning when it is nil; within a range
     /// when `from` (inclusive) or `before` (exclusive) name an `_id` the same way.
+    ///
+    /// Binary `_id`s sort by length, then subtype, then bytes in MongoDB; servers differ (the
+    /// bundled wire server sorts them by length and bytes and compares ranges by bytes alone).
+    /// So a binary position or bound asks the server for every binary `_id`, and this side
+    /// weighs them in MongoDB's order (`BinaryIdWindow`): which documents a range holds never
+    /// depends on the server, and ranges that meet at a binary `_id` share no document.
     public func scanById(afterIdElement: [UInt8]?, from lower: [UInt8]? = nil, before upper: [UInt8]? = nil, batchSize: Int32) throws -> MongoCursor {
         let filter = BSONDocument()
-        var skip: [UInt8]?
+        var window = BinaryIdWindow()
         var clauses: [(BSONWriter) -> Void] = []
         if let afterIdElement {
             let (clause, binary) = try Self.idClause(afterIdElement, operator: "$gt", types: BSONType.typeAliasesSorting(after:), what: "extract position")
             clauses.append(clause)
-            // Binary _ids sort by length, then subtype, then bytes. Servers differ in how `$gt`
-            // compares them (the bundled wire server compares bytes only), so all binary _ids
-            // are asked for, in order, and those up to the position are skipped here.
-            if binary { skip = afterIdElement }
+            if let binary {
+                window.skipThrough = binary
+                window.positionExists = try contains(idElement: afterIdElement)
+            }
         } else if let lower {
-            clauses.append(try Self.idClause(lower, operator: "$gte", types: BSONType.typeAliasesSorting(after:), what: "partition bound").clause)
+            let (clause, binary) = try Self.idClause(lower, operator: "$gte", types: BSONType.typeAliasesSorting(after:), what: "partition bound")
+            clauses.append(clause)
+            window.from = binary
         }
         if let upper {
-            clauses.append(try Self.idClause(upper, operator: "$lt", types: BSONType.typeAliasesSorting(before:), what: "partition bound").clause)
+            let (clause, binary) = try Self.idClause(upper, operator: "$lt", types: BSONType.typeAliasesSorting(before:), what: "partition bound")
+            clauses.append(clause)
+            window.before = binary
         }
         if clauses.count == 1 {
             clauses[0](filter.writer)
@@ -207,31 +217,42 @@ public final class MongoCollection {
         guard let cursor = mongoc_collection_find_with_opts(handle, filter.handle, options.handle, nil) else {
             throw MongoError(message: "could not open a cursor", kind: .transient)
         }
-        return MongoCursor(collection: self, handle: cursor, skipThrough: skip)
+        return MongoCursor(collection: self, handle: cursor, window: window.isEmpty ? nil : window)
+    }
+
+    /// Whether a document has the `_id` held by `element` (`{"_id": value}`).
+    func contains(idElement element: [UInt8]) throws -> Bool {
+        guard let filter = element.withUnsafeBytes({ BSONDocument(copying: $0) }) else {
+            throw MongoError(message: "the stored extract position is not a BSON document", kind: .damagedState)
+        }
+        let options = BSONDocument()
+        options.writer.append("limit", Int64(1))
+        options.writer.appendDocument("projection") { $0.append("_id", Int32(1)) }
+        guard let cursor = mongoc_collection_find_with_opts(handle, filter.handle, options.handle, nil) else {
+            throw MongoError(message: "could not open a cursor", kind: .transient)
+        }
+        return try MongoCursor(collection: self, handle: cursor).next() != nil
     }
 
     /// The filter `_id <op> value`, for `value` held by `element` (`{"_id": value}`): `$gt`,
     /// `$gte` and `$lt` compare within one type only ({_id: {$gt: 5}} skips "abc"), so the
     /// types that sort on the asked side (`types`) are asked for by type. A binary value is
-    /// asked for as every binary _id (the caller compares), and said so.
+    /// asked for as every binary _id, and returned for the caller to compare.
     private static func idClause(_ element: [UInt8], operator op: String, types: (BSONType) -> [String], what: String) throws
-        -> (clause: (BSONWriter) -> Void, binary: Bool) {
+        -> (clause: (BSONWriter) -> Void, binary: BinaryId?) {
         try element.withUnsafeBytes { bytes in
             guard var it = BSONIterator(document: bytes), it.next() else {
                 throw MongoError(message: "the stored \(what) is not a BSON document", kind: .damagedState)
             }
             let copy = Array(bytes)
-            let binary = it.type == .binary
-            if binary && op != "$gt" {
-                throw MongoError(message: "a binary _id cannot bound a range of this scan", kind: .badInput)
-            }
+            let binary = it.binary.map(BinaryId.init)
             let others = types(it.type)
             let clause: (BSONWriter) -> Void = { writer in
                 copy.withUnsafeBytes { raw in
                     var it = BSONIterator(document: raw)!
                     _ = it.next()
                     writer.appendArray("$or") { or in
-                        if binary {
+                        if binary != nil {
                             or.appendDocument("0") { $0.appendDocument("_id") { $0.append("$type", "binData") } }
                         } else {
                             or.appendDocument("0") { $0.appendDocument("_id") { range in it.append(to: range, as: op) } }
@@ -250,8 +271,23 @@ public final class MongoCollection {
 
     /// `count` ranges of `_id` with about as many documents each, from `$bucketAuto` (which
     /// sorts every `_id` on the server, across types in BSON order): each bucket's lowest
-    /// `_id` (as `{"_id": value}`) and its document count.
-    public func idBuckets(_ count: Int) throws -> [(lowest: [UInt8], documents: Int64)] {
+    /// `_id` (as `{"_id": value}`) and its document count. Binary lowest `_id`s are put in
+    /// MongoDB's order where the server sorted them otherwise (their counts then unknown), so
+    /// that the ranges they bound, weighed in that order by `scanById`, never overlap.
+    public func idBuckets(_ count: Int) throws -> [(lowest: [UInt8], documents: Int64?)] {
+        let buckets = try serverBuckets(count)
+        let binary = buckets.indices.dropFirst().filter { buckets[$0].lowest.withUnsafeBytes { BinaryId(idOf: $0) } != nil }
+        let ids = binary.map { buckets[$0].lowest.withUnsafeBytes { BinaryId(idOf: $0)! } }
+        guard ids != ids.sorted() else { return buckets.map { ($0.lowest, $0.documents) } }
+        let order = ids.indices.sorted { ids[$0] < ids[$1] }
+        var result: [(lowest: [UInt8], documents: Int64?)] = buckets.map { ($0.lowest, $0.documents) }
+        for (slot, k) in zip(binary, order) { result[slot] = (buckets[binary[k]].lowest, nil) }
+        // The bucket before the first binary bound now ends elsewhere too.
+        if let first = binary.first { result[first - 1].documents = nil }
+        return result
+    }
+
+    private func serverBuckets(_ count: Int) throws -> [(lowest: [UInt8], documents: Int64)] {
         let pipeline = BSONDocument()
         pipeline.writer.appendArray("pipeline") { stages in
             stages.appendDocument("0") { $0.appendDocument("$bucketAuto") { b in
@@ -312,13 +348,13 @@ public final class MongoCollection {
 public final class MongoCursor {
     private let collection: MongoCollection
     private let handle: OpaquePointer
-    /// `{_id: binary}`: leading documents whose binary `_id` sorts at or before it are skipped.
-    private var skipThrough: [UInt8]?
+    /// Which binary `_id`s this scan keeps, weighed here (see `scanById`).
+    private var window: BinaryIdWindow?
 
-    init(collection: MongoCollection, handle: OpaquePointer, skipThrough: [UInt8]? = nil) {
+    init(collection: MongoCollection, handle: OpaquePointer, window: BinaryIdWindow? = nil) {
         self.collection = collection
         self.handle = handle
-        self.skipThrough = skipThrough
+        self.window = window
     }
 
     deinit { mongoc_cursor_destroy(handle) }
@@ -330,10 +366,7 @@ public final class MongoCursor {
             let data = UnsafeRawPointer(bson_get_data(document)!)
             let length = Int(data.loadUnaligned(as: Int32.self).littleEndian)
             let bytes = UnsafeRawBufferPointer(start: data, count: length)
-            if let position = skipThrough {
-                if Self.binaryId(of: bytes, sortsAtOrBefore: position) { continue }
-                skipThrough = nil
-            }
+            if window != nil, let id = BinaryId(idOf: bytes), try !window!.keeps(id) { continue }
             return bytes
         }
         var error = bson_error_t()
@@ -342,17 +375,67 @@ public final class MongoCursor {
     }
 }
 
-extension MongoCursor {
-    /// Whether the document's `_id` is binary and sorts at or before the binary `_id` of
-    /// `position`, in MongoDB's order: length, then subtype, then bytes.
-    static func binaryId(of document: UnsafeRawBufferPointer, sortsAtOrBefore position: [UInt8]) -> Bool {
-        guard var it = BSONIterator(document: document), it.find("_id"), let id = it.binary else { return false }
-        return position.withUnsafeBytes { raw in
-            guard var p = BSONIterator(document: raw), p.next(), let pivot = p.binary else { return false }
-            if id.bytes.count != pivot.bytes.count { return id.bytes.count < pivot.bytes.count }
-            if id.subtype != pivot.subtype { return id.subtype < pivot.subtype }
-            return !pivot.bytes.lexicographicallyPrecedes(id.bytes)
+/// A binary `_id`, ordered as MongoDB orders them: by length, then subtype, then bytes.
+struct BinaryId: Comparable {
+    let subtype: UInt8
+    let bytes: [UInt8]
+
+    init(_ value: (subtype: UInt8, bytes: UnsafeRawBufferPointer)) {
+        (subtype, bytes) = (value.subtype, Array(value.bytes))
+    }
+
+    /// The binary `_id` of a document; nil when its `_id` is of another type.
+    init?(idOf document: UnsafeRawBufferPointer) {
+        guard var it = BSONIterator(document: document), it.find("_id"), let value = it.binary else { return nil }
+        self.init(value)
+    }
+
+    static func < (a: BinaryId, b: BinaryId) -> Bool {
+        if a.bytes.count != b.bytes.count { return a.bytes.count < b.bytes.count }
+        if a.subtype != b.subtype { return a.subtype < b.subtype }
+        return a.bytes.lexicographicallyPrecedes(b.bytes)
+    }
+}
+
+/// The binary `_id`s a scan keeps of the every-binary-`_id` answer it asked for, in the
+/// server's order: those in [`from`, `before`) in MongoDB's order, after `skipThrough`.
+struct BinaryIdWindow {
+    var from: BinaryId?
+    var before: BinaryId?
+    /// The extract position: the leading binary `_id`s up to it were read before.
+    var skipThrough: BinaryId?
+    /// Whether the position's document still exists: then the leading documents are skipped
+    /// through it, whatever order the server sorts binaries in. Otherwise (deleted since) those
+    /// sorting at or before it in MongoDB's order are, which is exact only where the server
+    /// sorts them that way: a binary `_id` out of that order then stops the scan.
+    var positionExists = false {
+        didSet { checksOrder = skipThrough != nil && !positionExists }
+    }
+    private var checksOrder = false
+    private var previous: BinaryId?
+
+    var isEmpty: Bool { from == nil && before == nil && skipThrough == nil }
+
+    mutating func keeps(_ id: BinaryId) throws -> Bool {
+        if checksOrder {
+            if let previous, id < previous {
+                throw MongoError(message: "the server sorts binary _ids in an order other than MongoDB's (length, subtype, bytes), and the document "
+                                 + "at the extract position is gone: where the scan stopped cannot be found; start again with 'etl-job start --fresh'",
+                                 kind: .refused)
+            }
+            previous = id
         }
+        if let position = skipThrough {
+            if positionExists {
+                if id == position { skipThrough = nil }
+                return false
+            }
+            if id <= position { return false }
+            skipThrough = nil
+        }
+        if let from, id < from { return false }
+        if let before, id >= before { return false }
+        return true
     }
 }
 

@@ -214,18 +214,11 @@ extension MongoCollectionSource {
     public func partitions(_ count: Int) throws -> (ranges: [SourcePartition], method: String) {
         let client = try connected()
         try checkExists(client)
-        let buckets: [(lowest: [UInt8], documents: Int64)]
+        let buckets: [(lowest: [UInt8], documents: Int64?)]
         do {
             buckets = try client.collection(database: collection.database, name: collection.collection).idBuckets(count)
         } catch let error as MongoError {
             throw JobError(.unavailable, "cannot split \(description) into partitions ($bucketAuto on _id): \(error)")
-        }
-        for bucket in buckets.dropFirst() where bucket.lowest.withUnsafeBytes({ bytes in
-            var it = BSONIterator(document: bytes)
-            return it?.next() == true && it?.type == .binary
-        }) {
-            throw JobError(.usage, "\(description) has binary _ids (UUIDs, say) where its partitions would meet, and this version cannot bound "
-                + "a range of binary _ids on every server; load it without --partitions")
         }
         let ranges = buckets.indices.map { i in
             SourcePartition(lower: i == 0 ? nil : buckets[i].lowest, upper: i + 1 < buckets.count ? buckets[i + 1].lowest : nil, documents: buckets[i].documents)
