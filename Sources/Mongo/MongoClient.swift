@@ -185,25 +185,24 @@ public final class MongoCollection {
     /// depends on the server, and ranges that meet at a binary `_id` share no document.
     public func scanById(afterIdElement: [UInt8]?, from lower: [UInt8]? = nil, before upper: [UInt8]? = nil, batchSize: Int32) throws -> MongoCursor {
         let filter = BSONDocument()
-        var window = BinaryIdWindow()
+        var (from, before, position): (BinaryId?, BinaryId?, BinaryId?) = (nil, nil, nil)
         var clauses: [(BSONWriter) -> Void] = []
         if let afterIdElement {
             let (clause, binary) = try Self.idClause(afterIdElement, operator: "$gt", types: BSONType.typeAliasesSorting(after:), what: "extract position")
             clauses.append(clause)
-            if let binary {
-                window.skipThrough = binary
-                window.positionExists = try contains(idElement: afterIdElement)
-            }
+            position = binary
         } else if let lower {
             let (clause, binary) = try Self.idClause(lower, operator: "$gte", types: BSONType.typeAliasesSorting(after:), what: "partition bound")
             clauses.append(clause)
-            window.from = binary
+            from = binary
         }
         if let upper {
             let (clause, binary) = try Self.idClause(upper, operator: "$lt", types: BSONType.typeAliasesSorting(before:), what: "partition bound")
             clauses.append(clause)
-            window.before = binary
+            before = binary
         }
+        let window = BinaryIdWindow(from: from, before: before, skipThrough: position,
+                                    positionExists: try position != nil && contains(idElement: afterIdElement!))
         if clauses.count == 1 {
             clauses[0](filter.writer)
         } else if clauses.count > 1 {
@@ -366,11 +365,12 @@ public final class MongoCursor {
             let data = UnsafeRawPointer(bson_get_data(document)!)
             let length = Int(data.loadUnaligned(as: Int32.self).littleEndian)
             let bytes = UnsafeRawBufferPointer(start: data, count: length)
-            if window != nil, let id = BinaryId(idOf: bytes), try !window!.keeps(id) { continue }
+            if window != nil, try !window!.keeps(bytes) { continue }
             return bytes
         }
         var error = bson_error_t()
         if mongoc_cursor_error(handle, &error) { throw MongoError(error) }
+        try window?.checkPositionPassed()
         return nil
     }
 }
@@ -400,23 +400,39 @@ struct BinaryId: Comparable {
 /// The binary `_id`s a scan keeps of the every-binary-`_id` answer it asked for, in the
 /// server's order: those in [`from`, `before`) in MongoDB's order, after `skipThrough`.
 struct BinaryIdWindow {
-    var from: BinaryId?
-    var before: BinaryId?
+    let from: BinaryId?
+    let before: BinaryId?
     /// The extract position: the leading binary `_id`s up to it were read before.
-    var skipThrough: BinaryId?
+    private(set) var skipThrough: BinaryId?
     /// Whether the position's document still exists: then the leading documents are skipped
     /// through it, whatever order the server sorts binaries in. Otherwise (deleted since) those
     /// sorting at or before it in MongoDB's order are, which is exact only where the server
     /// sorts them that way: a binary `_id` out of that order then stops the scan.
-    var positionExists = false {
-        didSet { checksOrder = skipThrough != nil && !positionExists }
-    }
-    private var checksOrder = false
+    let positionExists: Bool
+    private let checksOrder: Bool
     private var previous: BinaryId?
+
+    init(from: BinaryId? = nil, before: BinaryId? = nil, skipThrough: BinaryId? = nil, positionExists: Bool = false) {
+        (self.from, self.before, self.skipThrough, self.positionExists) = (from, before, skipThrough, positionExists)
+        checksOrder = skipThrough != nil && !positionExists
+    }
 
     var isEmpty: Bool { from == nil && before == nil && skipThrough == nil }
 
-    mutating func keeps(_ id: BinaryId) throws -> Bool {
+    /// The position's document, found when the scan opened, deleted before the scan reached
+    /// it: what was skipped cannot be told apart from what was read before. A transient
+    /// error, so that the scan reopens after the position again (and finds it gone).
+    private static let positionGone = MongoError(message: "the document at the extract position was deleted while the scan reopened after it", kind: .transient)
+
+    func checkPositionPassed() throws {
+        if skipThrough != nil && positionExists { throw Self.positionGone }
+    }
+
+    mutating func keeps(_ document: UnsafeRawBufferPointer) throws -> Bool {
+        guard let id = BinaryId(idOf: document) else {
+            try checkPositionPassed()
+            return true
+        }
         if checksOrder {
             if let previous, id < previous {
                 throw MongoError(message: "the server sorts binary _ids in an order other than MongoDB's (length, subtype, bytes), and the document "
