@@ -15,7 +15,7 @@ struct Worker: AsyncParsableCommand {
     var noWait = false
 
     func run() async throws {
-        try await reportingErrors {
+        try await reportingErrors(rerun: "etl-job worker") {
             let settings = try connection.resolved(bucket)
             let resolve = Pipelines.resolver(given: try mapping.load())
             let job = DurableJob(settings: settings, logger: try connection.makeLogger())

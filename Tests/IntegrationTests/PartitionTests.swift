@@ -184,6 +184,34 @@ import UsersFixtures
         #expect(parts.reduce(0) { $0 + ($1["documents"] as? Int ?? 0) } == 120, "\(parts)")
     }
 
+    /// A worker whose state directory fills exits 74, saying to run the worker again (not
+    /// `resume`, which has no partition to go on with); its partition goes back to the others,
+    /// and a worker run again after space is freed finishes the job exactly.
+    @Test func aWorkerWhoseDiskFillsExits74AndTheJobFinishesAfterSpaceIsFreed() throws {
+        let sandbox = try Sandbox()
+        try sandbox.seed(users: 2_000)
+        let mountPoint = sandbox.stateDirectory + "-fs"
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        #expect(try shell("mount -t tmpfs -o size=2m tmpfs \(mountPoint)") == 0, "mounting a tmpfs needs root")
+        defer { _ = try? shell("umount \(mountPoint)"); try? FileManager.default.removeItem(atPath: mountPoint) }
+        let single = try sandbox.run(["start", "--postgres-url", sandbox.postgresURL, "--mongodb-url", Services.mongoURL, "--database", sandbox.mongoDatabase,
+                                      "--target-schema", "single", "--state-dir", sandbox.stateDirectory + "-single"])
+        #expect(single.status == 0, "\(single.stderr)")
+        let planned = try sandbox.run(["start", "--postgres-url", sandbox.postgresURL, "--mongodb-url", Services.mongoURL, "--database", sandbox.mongoDatabase,
+                                       "--partitions", "2", "--max-pending", "100", "--state-dir", sandbox.stateDirectory + "-plan"])
+        #expect(planned.status == 0, "\(planned.stderr)")
+        let worker = ["worker", "--postgres-url", sandbox.postgresURL, "--mongodb-url", Services.mongoURL, "--max-pending", "100", "--state-dir", mountPoint + "/state"]
+        let full = try sandbox.run(worker)
+        #expect(full.status == 74 && !full.signaled, "exit \(full.status): \(full.stderr)")
+        #expect(full.stderr.contains("No space left on device") && full.stderr.contains("run 'etl-job worker' again")
+                && !full.stderr.contains("etl-job resume"), "\(full.stderr)")
+        #expect(try Self.partitions(sandbox, schema: "public").job["finished"] as? Bool == false)
+        #expect(try shell("mount -o remount,size=64m \(mountPoint)") == 0)
+        let again = try sandbox.run(worker)
+        #expect(again.status == 0, "\(again.stderr)")
+        #expect(try sandbox.checksums() == sandbox.checksums(schema: "single"))
+    }
+
     @Test func aCompressedFileIsSplitInItsContent() throws {
         let sandbox = try Sandbox()
         defer { try? FileManager.default.removeItem(atPath: sandbox.stateDirectory + "-files") }
