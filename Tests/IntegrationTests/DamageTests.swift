@@ -123,9 +123,8 @@ import UsersFixtures
         let sandbox = try Sandbox()
         try sandbox.seed(users: 2_000)
         let mountPoint = sandbox.stateDirectory + "-fs"
-        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
-        #expect(try shell("mount -t tmpfs -o size=3m tmpfs \(mountPoint)") == 0, "mounting a tmpfs needs root")
-        defer { _ = try? shell("umount \(mountPoint)"); try? FileManager.default.removeItem(atPath: mountPoint) }
+        let unmount = try mountTmpfs(at: mountPoint, size: "3m")
+        defer { unmount() }
         let state = ["--state-dir", mountPoint + "/state"]
         let full = try sandbox.job("start", state + ["--max-pending", "100"])
         #expect(full.status == 74 && !full.signaled, "exit \(full.status): \(full.stderr)")
@@ -146,13 +145,11 @@ import UsersFixtures
         let file = try FileSourceTests.dump(sandbox, users: 10_000)
         defer { try? FileManager.default.removeItem(atPath: sandbox.stateDirectory + "-files") }
         let mountPoint = sandbox.stateDirectory + "-pgfs"
-        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
-        #expect(try shell("mount -t tmpfs -o size=150m tmpfs \(mountPoint) && chmod 755 \(mountPoint)") == 0, "mounting a tmpfs needs root")
+        let unmount = try mountTmpfs(at: mountPoint, size: "150m")
         let cluster = ["ETL_PG_DIR": mountPoint + "/pg", "ETL_PG_PORT": "55498"]
         defer {
             try? Services.services(environment: cluster, ["stop", "postgres"])
-            _ = try? shell("umount \(mountPoint)")
-            try? FileManager.default.removeItem(atPath: mountPoint)
+            unmount()
         }
         try Services.services(environment: cluster, ["start", "postgres"])
         let arguments = ["--source-file", file, "--postgres-url", "postgresql://etl:etl@127.0.0.1:55498/etl", "--state-dir", sandbox.stateDirectory]
@@ -334,6 +331,17 @@ import UsersFixtures
         try db.execute("SET TIME ZONE 'UTC'")
         let stored = try db.execute("SELECT created_at::text FROM users ORDER BY id").rows.map { $0[0]! }
         #expect(stored == ["4714-11-24 00:00:00+00 BC", "294276-12-31 23:59:59.999+00"])
+    }
+}
+
+/// A tmpfs of `size` (`3m`) mounted at `path`, which it creates, for tests of a full disk (as
+/// root); the returned closure unmounts it and removes the directory.
+func mountTmpfs(at path: String, size: String) throws -> () -> Void {
+    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    #expect(try shell("mount -t tmpfs -o size=\(size) tmpfs \(path) && chmod 755 \(path)") == 0, "mounting a tmpfs needs root")
+    return {
+        _ = try? shell("umount \(path)")
+        try? FileManager.default.removeItem(atPath: path)
     }
 }
 

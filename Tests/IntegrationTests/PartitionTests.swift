@@ -191,9 +191,8 @@ import UsersFixtures
         let sandbox = try Sandbox()
         try sandbox.seed(users: 2_000)
         let mountPoint = sandbox.stateDirectory + "-fs"
-        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
-        #expect(try shell("mount -t tmpfs -o size=2m tmpfs \(mountPoint)") == 0, "mounting a tmpfs needs root")
-        defer { _ = try? shell("umount \(mountPoint)"); try? FileManager.default.removeItem(atPath: mountPoint) }
+        let unmount = try mountTmpfs(at: mountPoint, size: "2m")
+        defer { unmount() }
         let single = try sandbox.run(["start", "--postgres-url", sandbox.postgresURL, "--mongodb-url", Services.mongoURL, "--database", sandbox.mongoDatabase,
                                       "--target-schema", "single", "--state-dir", sandbox.stateDirectory + "-single"])
         #expect(single.status == 0, "\(single.stderr)")
