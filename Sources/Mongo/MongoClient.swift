@@ -1,5 +1,6 @@
 import CMongoc
 import ETLCore
+import Synchronization
 
 /// An error reported by libmongoc, with its domain, code and message, and what kind of
 /// failure it is: the one table of it (`Kind`), so that no caller reads the message text.
@@ -159,16 +160,18 @@ public final class MongoClient {
     }
 
     public func collection(database: String, name: String) -> MongoCollection {
-        MongoCollection(client: self, handle: mongoc_client_get_collection(handle, database, name))
+        MongoCollection(client: self, database: database, handle: mongoc_client_get_collection(handle, database, name))
     }
 }
 
 public final class MongoCollection {
     private let client: MongoClient  // keeps the client alive as long as the collection
+    let database: String
     let handle: OpaquePointer
 
-    init(client: MongoClient, handle: OpaquePointer) {
+    init(client: MongoClient, database: String, handle: OpaquePointer) {
         self.client = client
+        self.database = database
         self.handle = handle
     }
 
@@ -183,21 +186,31 @@ public final class MongoCollection {
     /// So a binary position or bound asks the server for every binary `_id`, and this side
     /// weighs them in MongoDB's order (`BinaryIdWindow`): which documents a range holds never
     /// depends on the server, and ranges that meet at a binary `_id` share no document.
-    public func scanById(afterIdElement: [UInt8]?, from lower: [UInt8]? = nil, before upper: [UInt8]? = nil, batchSize: Int32) throws -> MongoCursor {
+    ///
+    /// A server that compares and sorts binaries as MongoDB does (`ordersBinaryLikeMongoDB`, asked
+    /// once per process) bounds them itself, from the `_id` index; `binaryOnServer` decides
+    /// instead (tests).
+    public func scanById(afterIdElement: [UInt8]?, from lower: [UInt8]? = nil, before upper: [UInt8]? = nil, batchSize: Int32,
+                         binaryOnServer: Bool? = nil) throws -> MongoCursor {
         let filter = BSONDocument()
+        let anyBinary = [afterIdElement ?? lower, upper].contains { $0?.withUnsafeBytes { BinaryId(idOf: $0) } != nil }
+        let onServer = !anyBinary || (binaryOnServer ?? ordersBinaryLikeMongoDB())
         var (from, before, position): (BinaryId?, BinaryId?, BinaryId?) = (nil, nil, nil)
         var clauses: [(BSONWriter) -> Void] = []
         if let afterIdElement {
-            let (clause, binary) = try Self.idClause(afterIdElement, operator: "$gt", types: BSONType.typeAliasesSorting(after:), what: "extract position")
+            let (clause, binary) = try Self.idClause(afterIdElement, operator: "$gt", types: BSONType.typeAliasesSorting(after:), what: "extract position",
+                                                     binaryOnServer: onServer)
             clauses.append(clause)
             position = binary
         } else if let lower {
-            let (clause, binary) = try Self.idClause(lower, operator: "$gte", types: BSONType.typeAliasesSorting(after:), what: "partition bound")
+            let (clause, binary) = try Self.idClause(lower, operator: "$gte", types: BSONType.typeAliasesSorting(after:), what: "partition bound",
+                                                     binaryOnServer: onServer)
             clauses.append(clause)
             from = binary
         }
         if let upper {
-            let (clause, binary) = try Self.idClause(upper, operator: "$lt", types: BSONType.typeAliasesSorting(before:), what: "partition bound")
+            let (clause, binary) = try Self.idClause(upper, operator: "$lt", types: BSONType.typeAliasesSorting(before:), what: "partition bound",
+                                                     binaryOnServer: onServer)
             clauses.append(clause)
             before = binary
         }
@@ -219,6 +232,64 @@ public final class MongoCollection {
         return MongoCursor(collection: self, handle: cursor, window: window.isEmpty ? nil : window)
     }
 
+    /// Whether the server compares binary values in queries, and sorts them, as MongoDB does:
+    /// by length, then subtype, then bytes. Asked once per process and deployment with four
+    /// literal values (`$documents`; where the server has no `$documents`, one document of
+    /// the collection replaced by them); a server that cannot say is taken not to.
+    public func ordersBinaryLikeMongoDB() -> Bool {
+        if let known = BinaryOrder.known.withLock({ $0[client.servers] }) { return known }
+        let answer = (try? BinaryOrder.probe(self)) ?? false
+        BinaryOrder.known.withLock { $0[client.servers] = answer }
+        return answer
+    }
+
+    /// Binary values of a literal pipeline's `v`, in the order the server returns them.
+    fileprivate func literalBinaries(_ stages: (BSONWriter, Int) -> Void, values: [BinaryId]) throws -> [BinaryId] {
+        func run(_ pipeline: BSONDocument, onDatabase: Bool) throws -> [BinaryId] {
+            let cursor: OpaquePointer?
+            if onDatabase {
+                let db = mongoc_client_get_database(client.handle, database)
+                defer { mongoc_database_destroy(db) }
+                cursor = mongoc_database_aggregate(db, pipeline.handle, nil, nil)
+            } else {
+                cursor = mongoc_collection_aggregate(handle, MONGOC_QUERY_NONE, pipeline.handle, nil, nil)
+            }
+            guard let cursor else { throw MongoError(message: "could not open an aggregation", kind: .transient) }
+            let results = MongoCursor(collection: self, handle: cursor)
+            var found: [BinaryId] = []
+            while let document = try results.next() {
+                guard var it = BSONIterator(document: document), it.find("v"), let value = it.binary else { continue }
+                found.append(BinaryId(value))
+            }
+            return found
+        }
+        func literal(_ writer: BSONWriter, _ key: String, _ value: BinaryId) { writer.append(key, binary: value.bytes, subtype: value.subtype) }
+        let documents = BSONDocument()
+        documents.writer.appendArray("pipeline") { stage in
+            stage.appendDocument("0") { $0.appendArray("$documents") { list in
+                for (i, value) in values.enumerated() { list.appendDocument(String(i)) { literal($0, "v", value) } }
+            } }
+            stages(stage, 1)
+        }
+        do {
+            return try run(documents, onDatabase: true)
+        } catch {
+            let projected = BSONDocument()
+            projected.writer.appendArray("pipeline") { stage in
+                stage.appendDocument("0") { $0.append("$limit", Int32(1)) }
+                stage.appendDocument("1") { $0.appendDocument("$project") { p in
+                    p.append("_id", Int32(0))
+                    p.appendDocument("v") { $0.appendArray("$literal") { list in
+                        for (i, value) in values.enumerated() { literal(list, String(i), value) }
+                    } }
+                } }
+                stage.appendDocument("2") { $0.append("$unwind", "$v") }
+                stages(stage, 3)
+            }
+            return try run(projected, onDatabase: false)
+        }
+    }
+
     /// Whether a document has the `_id` held by `element` (`{"_id": value}`).
     func contains(idElement element: [UInt8]) throws -> Bool {
         guard let filter = element.withUnsafeBytes({ BSONDocument(copying: $0) }) else {
@@ -235,16 +306,17 @@ public final class MongoCollection {
 
     /// The filter `_id <op> value`, for `value` held by `element` (`{"_id": value}`): `$gt`,
     /// `$gte` and `$lt` compare within one type only ({_id: {$gt: 5}} skips "abc"), so the
-    /// types that sort on the asked side (`types`) are asked for by type. A binary value is
-    /// asked for as every binary _id, and returned for the caller to compare.
-    private static func idClause(_ element: [UInt8], operator op: String, types: (BSONType) -> [String], what: String) throws
-        -> (clause: (BSONWriter) -> Void, binary: BinaryId?) {
+    /// types that sort on the asked side (`types`) are asked for by type. A binary value the
+    /// server is not to compare (`binaryOnServer` false) is asked for as every binary _id, and
+    /// returned for the caller to compare.
+    private static func idClause(_ element: [UInt8], operator op: String, types: (BSONType) -> [String], what: String,
+                                 binaryOnServer: Bool) throws -> (clause: (BSONWriter) -> Void, binary: BinaryId?) {
         try element.withUnsafeBytes { bytes in
             guard var it = BSONIterator(document: bytes), it.next() else {
                 throw MongoError(message: "the stored \(what) is not a BSON document", kind: .damagedState)
             }
             let copy = Array(bytes)
-            let binary = it.binary.map(BinaryId.init)
+            let binary = binaryOnServer ? nil : it.binary.map(BinaryId.init)
             let others = types(it.type)
             let clause: (BSONWriter) -> Void = { writer in
                 copy.withUnsafeBytes { raw in
@@ -384,6 +456,10 @@ struct BinaryId: Comparable {
         (subtype, bytes) = (value.subtype, Array(value.bytes))
     }
 
+    init(subtype: UInt8, bytes: [UInt8]) {
+        (self.subtype, self.bytes) = (subtype, bytes)
+    }
+
     /// The binary `_id` of a document; nil when its `_id` is of another type.
     init?(idOf document: UnsafeRawBufferPointer) {
         guard var it = BSONIterator(document: document), it.find("_id"), let value = it.binary else { return nil }
@@ -394,6 +470,36 @@ struct BinaryId: Comparable {
         if a.bytes.count != b.bytes.count { return a.bytes.count < b.bytes.count }
         if a.subtype != b.subtype { return a.subtype < b.subtype }
         return a.bytes.lexicographicallyPrecedes(b.bytes)
+    }
+}
+
+/// What `ordersBinaryLikeMongoDB` found, per deployment, and how it asks.
+enum BinaryOrder {
+    static let known = Mutex<[String: Bool]>([:])
+
+    /// Values MongoDB orders p < q < s < r: by length first (p, one byte of 0xff, before q),
+    /// then subtype (r, subtype 5, after s), then bytes. Compared by bytes alone, or by length
+    /// and bytes, they come in another order, and other values lie between q and r.
+    static let (p, q, r, s) = (BinaryId(subtype: 0, bytes: [0xff]), BinaryId(subtype: 0, bytes: [0, 0]),
+                               BinaryId(subtype: 5, bytes: [0, 0]), BinaryId(subtype: 0, bytes: [0xff, 0xff]))
+
+    /// MongoDB's answers: the four sorted, and those `$gt` q and `$lt` r.
+    static func isMongoDBs(sorted: [BinaryId], between: [BinaryId]) -> Bool {
+        sorted == [p, q, s, r] && between == [s]
+    }
+
+    static func probe(_ collection: MongoCollection) throws -> Bool {
+        let values = [s, r, q, p]
+        let sorted = try collection.literalBinaries({ stage, at in
+            stage.appendDocument(String(at)) { $0.appendDocument("$sort") { $0.append("v", Int32(1)) } }
+        }, values: values)
+        let between = try collection.literalBinaries({ stage, at in
+            stage.appendDocument(String(at)) { $0.appendDocument("$match") { m in m.appendDocument("v") { range in
+                range.append("$gt", binary: q.bytes, subtype: q.subtype)
+                range.append("$lt", binary: r.bytes, subtype: r.subtype)
+            } } }
+        }, values: values)
+        return isMongoDBs(sorted: sorted, between: between)
     }
 }
 

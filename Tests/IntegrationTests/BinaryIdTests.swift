@@ -1,5 +1,5 @@
 import Foundation
-import Mongo
+@testable import Mongo
 import Testing
 import TestSupport
 
@@ -21,6 +21,18 @@ import TestSupport
             case ..<70: document.writer.append("_id", Int32(i))
             default: document.writer.append("_id", "s\(i)")
             }
+            document.writer.append("n", Int32(i))
+            return document
+        })
+        return collection
+    }
+
+    /// 60 UUIDs (subtype 4, 16 bytes): an order every server agrees on.
+    static func uuids(_ sandbox: Sandbox) throws -> MongoCollection {
+        let collection = sandbox.mongo.collection(database: sandbox.mongoDatabase, name: "uuids")
+        try collection.insertMany((0..<60).map { i in
+            let document = BSONDocument()
+            document.writer.append("_id", binary: (0..<16).map { UInt8(truncatingIfNeeded: (i * 97 + $0 * 13) ^ 0xa5) }, subtype: 4)
             document.writer.append("n", Int32(i))
             return document
         })
@@ -67,6 +79,36 @@ import TestSupport
                                                           before: i == bounds.count ? nil : bounds[i], batchSize: 7))
         }
         #expect(seen.sorted() == all.sorted(), "every document in exactly one range")
+    }
+
+    @Test func theBundledServerIsFoundToOrderBinariesItsOwnWay() throws {
+        let sandbox = try Sandbox()
+        let collection = try Self.collection(sandbox)
+        let started = ContinuousClock.now
+        #expect(try !BinaryOrder.probe(collection), "it answers, and sorts by length and bytes, and compares ranges by bytes")
+        #expect(!collection.ordersBinaryLikeMongoDB())
+        #expect(ContinuousClock.now - started < .seconds(1), "four literal values, not the collection")
+        // MongoDB's answers, and the bundled server's, to the same two questions.
+        let (p, q, r, s) = (BinaryOrder.p, BinaryOrder.q, BinaryOrder.r, BinaryOrder.s)
+        #expect(BinaryOrder.isMongoDBs(sorted: [p, q, s, r], between: [s]))
+        #expect(!BinaryOrder.isMongoDBs(sorted: [p, q, r, s], between: []))
+    }
+
+    /// Where the server bounds binary _ids itself (as MongoDB does, from the `_id` index): on
+    /// UUIDs, whose order every server agrees on, ranges and a resume read each document once.
+    @Test func rangesOfUUIDsBoundedOnTheServerHoldEveryDocumentOnce() throws {
+        let sandbox = try Sandbox()
+        let collection = try Self.uuids(sandbox)
+        let all = try Self.numbers(collection.scanById(afterIdElement: nil, batchSize: 100))
+        let bounds = try collection.idBuckets(4).dropFirst().map(\.lowest)
+        var seen: [Int32] = []
+        for i in 0...bounds.count {
+            seen += try Self.numbers(collection.scanById(afterIdElement: nil, from: i == 0 ? nil : bounds[i - 1],
+                                                          before: i == bounds.count ? nil : bounds[i], batchSize: 7, binaryOnServer: true))
+        }
+        #expect(seen == all, "in order, each once")
+        let position = try Self.idElement(of: all[20], in: collection)
+        #expect(try Self.numbers(collection.scanById(afterIdElement: position, batchSize: 5, binaryOnServer: true)) == Array(all[21...]))
     }
 
     @Test func aScanAfterABinaryPositionReadsWhatFollowsItInTheServersOrder() throws {
