@@ -456,7 +456,7 @@ public struct DurableJob: Sendable {
                 // so that a kill leaves none of them, and resume (which comes back here) adds them.
                 if let mode = status.foreignKeys.flatMap(ForeignKeyMode.init), mode.foreignKeysAfter {
                     try lock.regain()
-                    try addForeignKeys(job, try job.target.takeReleased() ?? job.connectPostgres(), primaryKeys: mode == .keysAfter, fence: lock.fence)
+                    try addForeignKeys(job, try job.releasedOrConnect(), primaryKeys: mode == .keysAfter, fence: lock.fence)
                     CrashPoint.keysCommitted.reach()
                 }
                 try queue.markFinished()

@@ -54,7 +54,7 @@ struct KeySessions: @unchecked Sendable {
         let next = Mutex<Int?>(0)
         let errors = Threads.runAndWait(count: count, name: "keys") { index in
             do {
-                let db = index == 0 ? first : try target.takeReleased() ?? target.connect()
+                let db = index == 0 ? first : try target.releasedOrConnect()
                 for set in build.settings(sessions: count) {
                     do {
                         try db.execute(set)

@@ -93,7 +93,7 @@ final class BatchLoader: ETLWorker {
 
     private func database() throws -> PGConnection {
         if let connection, connection.isHealthy { return connection }
-        let db = try processor.target.takeReleased() ?? processor.target.connect()
+        let db = try processor.target.releasedOrConnect()
         connection = db
         return db
     }

@@ -501,7 +501,7 @@ extension DurableJob {
                 tried.append(row[0]! + "/" + row[1]!)
                 guard let job = jobs[row[0]!], let number = row[1].flatMap(Int.init) else { continue }
                 let name = PartitionTable.leaseName(job.pipeline, job.id, number)
-                let lease = try TargetLock(connection: try target.takeReleased() ?? target.connect(), pipeline: name, schema: target.schema, reconnect: { try target.connect() })
+                let lease = try TargetLock(connection: try target.releasedOrConnect(), pipeline: name, schema: target.schema, reconnect: { try target.connect() })
                 guard try lease.tryAcquire() else { continue }
                 try lease.keepAlive()
                 try db.query("""
@@ -544,7 +544,7 @@ extension DurableJob {
                 throw JobError(.usage, "job \(job.id) loads the \(job.pipeline) pipeline, which this etl-job does not know; name its mapping with --mapping")
             }
             let whole = PipelineJob(mapping: mapping, settings: settings, recorded: job.identity)
-            let db = try whole.target.takeReleased() ?? whole.connectPostgres(logger: logger)
+            let db = try whole.releasedOrConnect(logger: logger)
             let identity = try whole.identity(db)
             try whole.refuseMismatch(recorded: job.identity, current: identity, sourceLocationNamed: settings.source.choice != nil)
             try whole.checkTarget(db)
@@ -616,8 +616,7 @@ extension DurableJob {
             throw JobError(.dataError, "the job of \(job.pipeline) is loaded but not finished: \(failure)")
         }
         if job.keyMode.foreignKeysAfter {
-            try addForeignKeys(pipeline, try pipeline.target.takeReleased() ?? pipeline.connectPostgres(), primaryKeys: job.keyMode == .keysAfter,
-                               fence: lock.fence)
+            try addForeignKeys(pipeline, try pipeline.releasedOrConnect(), primaryKeys: job.keyMode == .keysAfter, fence: lock.fence)
             CrashPoint.keysCommitted.reach()
         }
         try pipeline.target.transaction(db) {

@@ -85,8 +85,7 @@ public struct PipelineJob: Sendable {
     /// the same tables at once. Waits up to `wait` seconds for a run that is ending, then
     /// refuses (exit 75) naming the session that holds it.
     public func lockTarget(wait: Double = 2) throws -> TargetLock {
-        let lock = try TargetLock(connection: target.takeReleased() ?? connectPostgres(), pipeline: name, schema: target.schema,
-                                  reconnect: { try self.connectPostgres() })
+        let lock = try TargetLock(connection: releasedOrConnect(), pipeline: name, schema: target.schema, reconnect: { try self.connectPostgres() })
         let deadline = Date(timeIntervalSinceNow: wait)
         while true {
             if try lock.tryAcquire() { return lock }
@@ -105,6 +104,11 @@ public struct PipelineJob: Sendable {
         } catch {
             throw JobError.queue(error, directory)
         }
+    }
+
+    /// A session another stage released, or a new one (`connectPostgres`).
+    func releasedOrConnect(logger: Logger? = nil) throws -> PGConnection {
+        try target.takeReleased() ?? connectPostgres(logger: logger)
     }
 
     /// A connection to the target schema; a malformed URL is a usage error. A server still

@@ -24,6 +24,9 @@ public struct Target: Sendable {
     /// A session another stage released, if any.
     func takeReleased() -> PGConnection? { released.take() }
 
+    /// A session another stage released, or a new one.
+    func releasedOrConnect() throws -> PGConnection { try takeReleased() ?? connect() }
+
     /// Hands `db` to the next stage, if it is idle, with the session state `connect` gave it
     /// (never a session that changed its settings).
     func release(_ db: PGConnection) { released.put(db) }

@@ -347,8 +347,8 @@ public final class MongoCollection {
     /// that the ranges they bound, weighed in that order by `scanById`, never overlap.
     public func idBuckets(_ count: Int) throws -> [(lowest: [UInt8], documents: Int64?)] {
         let buckets = try serverBuckets(count)
-        let binary = buckets.indices.dropFirst().filter { buckets[$0].lowest.withUnsafeBytes { BinaryId(idOf: $0) } != nil }
-        let ids = binary.map { buckets[$0].lowest.withUnsafeBytes { BinaryId(idOf: $0)! } }
+        let found = buckets.indices.dropFirst().compactMap { i in buckets[i].lowest.withUnsafeBytes { BinaryId(idOf: $0) }.map { (i, $0) } }
+        let (binary, ids) = (found.map(\.0), found.map(\.1))
         guard ids != ids.sorted() else { return buckets.map { ($0.lowest, $0.documents) } }
         let order = ids.indices.sorted { ids[$0] < ids[$1] }
         var result: [(lowest: [UInt8], documents: Int64?)] = buckets.map { ($0.lowest, $0.documents) }
