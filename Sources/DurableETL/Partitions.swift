@@ -240,6 +240,7 @@ extension DurableJob {
             ranges[job.name] = split
         }
         try execute(steps, &run)
+        CrashPoint.prepared.reach()
         var lines: [String] = []
         for job in run.jobs {
             let db = run.db(job.name)

@@ -21,6 +21,9 @@ public enum CrashPoint: String, CaseIterable, Sendable {
     case keysCommitted
     /// A worker marked its partition done; it has not looked for the next one yet.
     case partitionDone
+    /// A plan of partitions made its preparations (tables migrated, keys dropped); it has not
+    /// recorded its job yet.
+    case prepared
 
     private static let armed: (point: CrashPoint, count: Int)? = {
         guard let spec = ProcessInfo.processInfo.environment["ETL_CRASH_AT"] else { return nil }

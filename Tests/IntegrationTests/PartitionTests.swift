@@ -297,6 +297,64 @@ import UsersFixtures
         #expect((pipeline["documentsLoaded"] as? Int ?? 0) + (pipeline["documentsSetAside"] as? Int ?? 0) == loaded && loaded ?? 0 >= 600, "\(pipeline)")
     }
 
+    /// `worker --partitions N`: every worker runs the same command, the first plans. A planner
+    /// killed after its preparations leaves no job; three workers started together, one of them
+    /// killed mid-partition, plan once and load the file exactly as one process does; a worker
+    /// that comes after finds nothing to plan and exits 0.
+    @Test func workersThatPlanThemselvesPlanOnceAndLoadExactlyOnce() throws {
+        let sandbox = try Sandbox()
+        defer {
+            for name in ["files", "a", "b", "c", "d", "e", "f", "g", "o"] { try? FileManager.default.removeItem(atPath: sandbox.stateDirectory + "-" + name) }
+        }
+        let file = try FileSourceTests.dump(sandbox, users: 1_200, badInput: true)
+        let other = try FileSourceTests.dump(sandbox, users: 100, name: "other.bson")
+        let single = try sandbox.run(["start", "--source-file", file, "--postgres-url", sandbox.postgresURL, "--target-schema", "single",
+                                      "--state-dir", sandbox.stateDirectory + "-single", "--max-set-aside", "100"])
+        #expect(single.status == 0, "\(single.stderr)")
+        let plan = ["--partitions", "3", "--source-file", file, "--batch-size", "100", "--max-set-aside", "100"]
+        let jobs = { try sandbox.db().execute("SELECT count(*) FROM parts.etl_partitioned_jobs").rows[0][0] }
+
+        let a = try Self.worker(sandbox, "a", schema: "parts", plan, crashAt: "prepared").wait()
+        #expect(a.signaled && a.status == 9, "\(a.stderr)")
+        #expect(try jobs() == "0", "a plan killed before it recorded its job leaves none")
+
+        // Each killed at its third commit. The bad input's large documents come last, so the byte
+        // ranges hold 1,194, 1 and 6 documents: the large one's 12 batches outlast the three (at
+        // most 3 commits each), and every worker dies in it, taking it over from the one before.
+        let workers = try ["b", "c", "d"].map { try Self.worker(sandbox, $0, schema: "parts", plan, crashAt: "committed:3") }
+        let results = try workers.map { try $0.wait() }
+        #expect(results.allSatisfy { $0.signaled }, "\(results)")
+        #expect(try jobs() == "1", "planned once")
+        #expect(try Self.partitions(sandbox, schema: "parts").parts.contains { ($0["claims"] as? Int ?? 0) >= 2 }, "a dead worker's partition taken over")
+        let last = try Self.worker(sandbox, "g", schema: "parts", plan).wait()
+        #expect(last.status == 0 && last.stdout.contains("is planned"), "\(last.stdout) \(last.stderr)")
+        let finished = try Self.partitions(sandbox, schema: "parts").job
+        #expect(finished["finished"] as? Bool == true, "\(finished)")
+        #expect(try sandbox.checksums(schema: "parts") == sandbox.checksums(schema: "single"), "equal, table by table, to one process's load")
+        let setAside = try ["parts", "single"].map { schema in
+            try sandbox.db().execute("SELECT e->>'id', e->>'reason' FROM \(schema).etl_checkpoints, jsonb_array_elements(set_aside) e ORDER BY 1, 2").rows
+        }
+        #expect(setAside[0] == setAside[1] && !setAside[0].isEmpty, "\(setAside)")
+
+        // One that comes after: nothing to plan, nothing to load, exit 0.
+        let late = try Self.worker(sandbox, "e", schema: "parts", plan).wait()
+        #expect(late.status == 0 && late.stdout.contains("was finished at") && late.stdout.contains("nothing to plan"), "\(late.stdout) \(late.stderr)")
+        #expect(try jobs() == "1")
+        // Another source into the loaded tables: refused as start refuses it.
+        let otherSource = try Self.worker(sandbox, "f", schema: "parts", ["--partitions", "3", "--source-file", other]).wait()
+        #expect(otherSource.status != 0 && otherSource.stderr.contains("holds rows"), "\(otherSource.stderr)")
+        #expect(try jobs() == "1")
+
+        // An unfinished job of another source is not loaded with this worker's.
+        let planned = try sandbox.run(["start", "--partitions", "2", "--source-file", other, "--postgres-url", sandbox.postgresURL,
+                                       "--target-schema", "others", "--state-dir", sandbox.stateDirectory + "-o"])
+        #expect(planned.status == 0, "\(planned.stderr)")
+        let mismatch = try Self.worker(sandbox, "f", schema: "others", plan).wait()
+        #expect(mismatch.status == 64 && mismatch.stderr.contains("reads another source"), "\(mismatch.stderr)")
+        let noPlan = try sandbox.run(["worker", "--pipeline", "users", "--postgres-url", sandbox.postgresURL, "--state-dir", sandbox.stateDirectory + "-f"])
+        #expect(noPlan.status == 64 && noPlan.stderr.contains("--pipeline chooses what --partitions plans"), "\(noPlan.stderr)")
+    }
+
     @Test func aPlannedJobIsRefusedToOtherJobsAndWorkersNeedOne() throws {
         let sandbox = try Sandbox()
         defer { try? FileManager.default.removeItem(atPath: sandbox.stateDirectory + "-files") }

@@ -1,0 +1,98 @@
+import ETLCore
+import Foundation
+import Postgres
+
+extension DurableJob {
+    /// `worker --partitions N`: the plan of `start --partitions N`, made by whichever worker
+    /// comes first, so that every worker runs one command and none waits for a plan made
+    /// elsewhere. Workers started together take turns at a session lock of the target schema's
+    /// (the one holding it plans; the others wait, woken when it lets go), and under it each
+    /// pipeline is planned unless the target holds its job already:
+    /// - an unfinished job of the pipeline is loaded as it is (refused, exit 64, when it reads
+    ///   another source or was planned for another target);
+    /// - a finished job of the same source and target, whose tables hold rows, leaves nothing
+    ///   to plan (a worker that comes after the others finished exits 0);
+    /// - otherwise the pipeline is planned, with every refusal of `start` (another job's lock,
+    ///   a target with rows, …).
+    /// Returns what it found and planned, in words; nothing when a stop came while waiting.
+    public func planUnlessPlanned(_ mappings: [any DocumentMapping], count: Int, stop: StopToken) throws -> [String] {
+        let target = Target(url: settings.postgresURL, schema: settings.targetSchema ?? JobSettings.defaultSchema)
+        let db = try target.connect()
+        guard try takePlanLock(db, schema: target.schema, stop: stop) else { return [] }
+        var lines: [String] = []
+        do {
+            var unplanned: [any DocumentMapping] = []
+            for mapping in mappings {
+                if let said = try planned(mapping, db) { lines.append(said) } else { unplanned.append(mapping) }
+            }
+            if !unplanned.isEmpty { lines += try planPartitions(unplanned, fresh: false, count: count) }
+        } catch {
+            releasePlanLock(db, schema: target.schema, target: target)
+            throw error
+        }
+        releasePlanLock(db, schema: target.schema, target: target)
+        return lines
+    }
+
+    /// What the target holds of `mapping`'s job split into partitions, in words, when it holds
+    /// one this worker loads as it is; nil when the pipeline is to be planned.
+    private func planned(_ mapping: any DocumentMapping, _ db: PGConnection) throws -> String? {
+        guard try PartitionTable.exists(db) else { return nil }
+        let row = try db.query("""
+            SELECT \(PartitionedJob.columns), to_char(finished_at, 'YYYY-MM-DD HH24:MI:SS TZ'),
+                   (SELECT count(done_at) FROM etl_partitions p WHERE p.job_id = j.job_id), (SELECT count(*) FROM etl_partitions p WHERE p.job_id = j.job_id)
+            FROM etl_partitioned_jobs j WHERE pipeline = $1 ORDER BY planned_at DESC LIMIT 1
+            """, [mapping.name]).rows.first
+        guard let row else { return nil }
+        guard let recorded = PartitionedJob(row) else {
+            throw JobError(.software, "the row of job \(row[0] ?? "?") in etl_partitioned_jobs is damaged (its identity or settings cannot be read)")
+        }
+        let job = PipelineJob(mapping: mapping, settings: settings)
+        let differences = recorded.identity.differences(from: try job.identity(db))
+        let finishedAt = row[7]
+        if finishedAt == nil {
+            guard differences.isEmpty else {
+                throw JobError(.usage, "the target holds job \(recorded.id) of the \(mapping.name) pipeline, unfinished, which reads another source or loads another target: "
+                    + differences.map { "\($0.field) \($0.recorded) (this worker: \($0.given))" }.joined(separator: ", ")
+                    + "; run this worker with the job's source, or discard the job with 'etl-job start --partitions N --fresh'")
+            }
+            return "etl-job: job \(recorded.id) of the \(mapping.name) pipeline is planned (\(row[8] ?? "?") of \(row[9] ?? "?") partitions done): loading its partitions"
+        }
+        // A finished job of another source, or whose rows are gone, is planned again (with the
+        // refusals of `start`: a target that holds rows is not loaded over).
+        guard differences.isEmpty, try job.target.firstNonEmptyTable(db, mapping) != nil else { return nil }
+        return "etl-job: job \(recorded.id) of the \(mapping.name) pipeline, from the same source into the same target, was finished at \(finishedAt!); "
+            + "nothing to plan ('etl-job sync' applies the changes made since, 'etl-job start --partitions N --fresh' loads it all again)"
+    }
+
+    private static let planLockNamespace: Int32 = 0x45_54_4C_50  // "ETLP"
+
+    /// Takes the schema's plan lock on `db`, waiting while another worker plans (woken by its
+    /// NOTIFY when it lets go, and looking again at least every quarter of a second). False
+    /// when a stop came first.
+    private func takePlanLock(_ db: PGConnection, schema: String, stop: StopToken) throws -> Bool {
+        try db.execute("LISTEN \(PartitionTable.channel)")
+        var said = false
+        while try db.query("SELECT pg_try_advisory_lock($1, hashtext($2))", [String(Self.planLockNamespace), "etl-job plan \(schema)"]).rows[0][0] != "t" {
+            if !said {
+                logger.info("another worker is planning the job: waiting for its plan", metadata: ["schema": "\(schema)"])
+                said = true
+            }
+            let deadline = ContinuousClock.now + .milliseconds(250)
+            while ContinuousClock.now < deadline {
+                if stop.isStopRequested { return false }
+                if db.waitForNotification(seconds: 0.05) { break }
+            }
+        }
+        return true
+    }
+
+    /// Lets go of the plan lock and wakes the workers waiting for it; the session goes back to
+    /// the process's idle ones (a broken one is dropped: its lock went with it).
+    private func releasePlanLock(_ db: PGConnection, schema: String, target: Target) {
+        guard (try? db.query("SELECT pg_advisory_unlock($1, hashtext($2))", [String(Self.planLockNamespace), "etl-job plan \(schema)"])) != nil,
+              (try? db.execute("UNLISTEN *")) != nil else { return }
+        try? PartitionTable.notifyWaitingWorkers(db)
+        target.release(db)
+    }
+}
