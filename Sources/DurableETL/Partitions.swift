@@ -272,6 +272,8 @@ extension DurableJob {
                 + "(\(method)), documents \(counts.joined(separator: ", ")); keys: \(Self.describe(mode, job.mapping))")
             logger.info("planned a job split into partitions", metadata: ["pipeline": "\(job.name)", "job": "\(id)", "partitions": "\(split.count)"])
         }
+        // For a worker that planned (`worker --partitions`), its first sessions.
+        run.releaseConnections()
         return lines
     }
 
@@ -367,12 +369,11 @@ extension DurableJob {
         let control = try await Threads.blocking(name: "worker") { () throws -> ControlConnection in
             // The sessions a claim goes on to need (its lease; the partition's checks, which a
             // loader takes after) opened beside this one rather than one after another: each costs
-            // an authentication (7 ms here with SCRAM) and, across a network, round trips.
-            let spares = Threads.start(count: 2, name: "connect") { _ in
-                if let db = try? target.connect() { target.release(db) }
-            }
+            // an authentication (7 ms here with SCRAM) and, across a network, round trips. A
+            // worker that planned, or waited for another's plan, has them already.
+            let spares = target.openAside(upTo: 2)
             defer { _ = spares.wait() }
-            let db = try target.connect()
+            let db = try target.releasedOrConnect()
             guard try PartitionTable.exists(db), try db.execute("SELECT 1 FROM etl_partitioned_jobs LIMIT 1").rows.count > 0 else {
                 throw JobError(.noInput, "schema \(target.schema) of the target holds no job split into partitions; plan one with 'etl-job start --partitions N'")
             }
@@ -601,6 +602,8 @@ extension DurableJob {
             throw JobError(.usage, "job \(job.id) loads the \(job.pipeline) pipeline, which this etl-job does not know; name its mapping with --mapping")
         }
         let pipeline = PipelineJob(mapping: mapping, settings: settings, recorded: job.identity)
+        // The step's sessions (its lock's, the keys') opened side by side, not one after another.
+        _ = pipeline.target.openAside(upTo: 1 + (job.keyMode.foreignKeysAfter ? settings.keyBuild.connections : 0)).wait()
         let lock: TargetLock
         do {
             lock = try pipeline.lockTarget(wait: 0)

@@ -93,6 +93,8 @@ public struct PipelineJob: Sendable {
             Thread.sleep(forTimeInterval: 0.25)
         }
         let holder = (try? lock.holder()) ?? "another session"
+        // The session holds nothing: a worker that looks again while another finishes the job takes it.
+        lock.handBack(to: target)
         throw JobError(.busy, "another etl-job run is loading the \(name) pipeline into schema \(target.schema) of this target (\(holder)); wait for it to finish or stop it")
     }
 
@@ -254,6 +256,12 @@ public final class TargetLock: @unchecked Sendable {
     /// Thrown by `fence` when this run's lock session no longer holds the lock.
     struct Lost: Error, CustomStringConvertible {
         var description: String { "this run's lock on the target is gone (its session ended); taking it again before writing" }
+    }
+
+    /// Gives the session of a lock never taken to the next stage of `target` (the lock must
+    /// not be used after).
+    func handBack(to target: Target) {
+        mutex.withLock { if backend.isEmpty { target.release(connection) } }
     }
 
     /// Who holds the lock, from pg_locks and pg_stat_activity.

@@ -17,6 +17,10 @@ extension DurableJob {
     /// Returns what it found and planned, in words; nothing when a stop came while waiting.
     public func planUnlessPlanned(_ mappings: [any DocumentMapping], count: Int, stop: StopToken) throws -> [String] {
         let target = Target(url: settings.postgresURL, schema: settings.targetSchema ?? JobSettings.defaultSchema)
+        // The worker's sessions (its control session, its lease's, its checks') opened while it
+        // waits or plans, each an authentication, rather than after.
+        let spares = target.openAside(upTo: 2)
+        defer { _ = spares.wait() }
         let db = try target.connect()
         guard try takePlanLock(db, schema: target.schema, stop: stop) else { return [] }
         var lines: [String] = []

@@ -1,3 +1,4 @@
+import ETLCore
 import Foundation
 import Synchronization
 import Postgres
@@ -24,12 +25,26 @@ public struct Target: Sendable {
     /// A session another stage released, if any.
     func takeReleased() -> PGConnection? { released.take() }
 
+    /// How many released sessions wait for a taker.
+    var idleSessions: Int { released.count }
+
     /// A session another stage released, or a new one.
     func releasedOrConnect() throws -> PGConnection { try takeReleased() ?? connect() }
 
     /// Hands `db` to the next stage, if it is idle, with the session state `connect` gave it
     /// (never a session that changed its settings).
     func release(_ db: PGConnection) { released.put(db) }
+
+    /// Opens sessions, each on its own thread, until `count` released ones wait for takers:
+    /// side by side, each an authentication (7 ms here with SCRAM) and across a network round
+    /// trips, rather than one after another when a stage needs them. One that fails is left
+    /// to the stage, which connects and says why.
+    func openAside(upTo count: Int) -> Threads.Started {
+        let target = self
+        return Threads.start(count: count - idleSessions, name: "connect") { _ in
+            if let db = try? target.connect() { target.release(db) }
+        }
+    }
 
     /// A connection whose unqualified names resolve in the target schema (and only there).
     public func connect(connectTimeout: Int? = nil) throws -> PGConnection {
@@ -434,6 +449,8 @@ final class ReleasedSessions: Sendable {
         guard db.isIdle else { return }
         idle.withLock { $0.append(UnsafeSession(db: db)) }
     }
+
+    var count: Int { idle.withLock { $0.count } }
 
     /// A released session the server has not ended meanwhile (a restart between two stages).
     func take() -> PGConnection? {
