@@ -373,7 +373,7 @@ extension DurableJob {
             // worker that planned, or waited for another's plan, has them already.
             let spares = target.openAside(upTo: 2)
             defer { _ = spares.wait() }
-            let db = try target.releasedOrConnect()
+            let db = try target.takeReleased() ?? target.connectWaiting(logger: logger)
             guard try PartitionTable.exists(db), try db.execute("SELECT 1 FROM etl_partitioned_jobs LIMIT 1").rows.count > 0 else {
                 throw JobError(.noInput, "schema \(target.schema) of the target holds no job split into partitions; plan one with 'etl-job start --partitions N'")
             }

@@ -113,28 +113,9 @@ public struct PipelineJob: Sendable {
         try target.takeReleased() ?? connectPostgres(logger: logger)
     }
 
-    /// A connection to the target schema; a malformed URL is a usage error. A server still
-    /// starting up or recovering after a restart is waited for (up to `startupWait` seconds),
-    /// so that a `resume` run right after a PostgreSQL restart does not fail at once.
+    /// A connection to the target schema (`Target.connectWaiting`).
     public func connectPostgres(startupWait: Double = 60, logger: Logger? = nil) throws -> PGConnection {
-        let deadline = ContinuousClock.now + .milliseconds(Int(startupWait * 1000))
-        var said = false
-        while true {
-            do {
-                return try target.connect()
-            } catch let error as PGError where error.kind == .malformedURL {
-                throw JobError(.usage, error.message)
-            } catch let error as PGError where error.isServerStartingUp && ContinuousClock.now < deadline {
-                if !said, let logger {
-                    logger.notice("PostgreSQL is starting up or recovering; waiting for it to accept connections",
-                                  metadata: ["pipeline": "\(name)", "for at most": "\(Int(startupWait)) s"])
-                    said = true
-                }
-                Thread.sleep(forTimeInterval: 0.25)
-            } catch {
-                throw JobError(.unavailable, "\(error)")
-            }
-        }
+        try target.connectWaiting(startupWait: startupWait, logger: logger, pipeline: name)
     }
 }
 

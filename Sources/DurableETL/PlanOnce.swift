@@ -21,7 +21,7 @@ extension DurableJob {
         // waits or plans, each an authentication, rather than after.
         let spares = target.openAside(upTo: 2)
         defer { _ = spares.wait() }
-        let db = try target.connect()
+        let db = try target.connectWaiting(logger: logger)
         guard try takePlanLock(db, schema: target.schema, stop: stop) else { return [] }
         var lines: [String] = []
         do {

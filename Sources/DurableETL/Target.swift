@@ -1,5 +1,6 @@
 import ETLCore
 import Foundation
+import Logging
 import Synchronization
 import Postgres
 
@@ -51,6 +52,31 @@ public struct Target: Sendable {
         let db = try connectTimeout.map { try PGConnection(url: url, connectTimeout: $0) } ?? PGConnection(url: url)
         try db.query("SELECT set_config('search_path', $1, false)", [quoteIdentifier(schema)])
         return db
+    }
+
+    /// A connection for a command's steps: a malformed URL is a usage error (exit 64), a server
+    /// that cannot be reached unavailable (69). A server still starting up or recovering after
+    /// a restart is waited for (up to `startupWait` seconds), so that a `resume` run right after
+    /// a PostgreSQL restart does not fail at once.
+    public func connectWaiting(startupWait: Double = 60, logger: Logger? = nil, pipeline: String? = nil) throws -> PGConnection {
+        let deadline = ContinuousClock.now + .milliseconds(Int(startupWait * 1000))
+        var said = false
+        while true {
+            do {
+                return try connect()
+            } catch let error as PGError where error.kind == .malformedURL {
+                throw JobError(.usage, error.message)
+            } catch let error as PGError where error.isServerStartingUp && ContinuousClock.now < deadline {
+                if !said, let logger {
+                    logger.notice("PostgreSQL is starting up or recovering; waiting for it to accept connections",
+                                  metadata: (pipeline.map { ["pipeline": "\($0)"] } ?? [:]).merging(["for at most": "\(Int(startupWait)) s"]) { a, _ in a })
+                    said = true
+                }
+                Thread.sleep(forTimeInterval: 0.25)
+            } catch {
+                throw JobError(.unavailable, "\(error)")
+            }
+        }
     }
 
     /// The engine's bookkeeping. One row per committed batch, written in the batch's own

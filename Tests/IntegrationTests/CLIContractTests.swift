@@ -170,6 +170,25 @@ import Testing
         let malformed = try sandbox.run(["status", "--postgres-url", "host=127.0.0.1 port", "--state-dir", sandbox.stateDirectory])
         #expect(malformed.status == 64 && malformed.stderr.contains("malformed PostgreSQL connection string"), "\(malformed.stderr)")
     }
+
+    /// A worker, planning or not (the Kubernetes example's arguments among them), says why it
+    /// cannot reach the target as `start` does: 69 for a server it cannot reach, 64 for a URL
+    /// it cannot read, the password masked.
+    @Test func aWorkerThatCannotReachTheTargetSaysSoAsStartDoes() throws {
+        let manifest = try String(contentsOf: Services.packageRoot.appendingPathComponent("examples/kubernetes/etl-job-workers.yaml"), encoding: .utf8)
+        let args = try #require(manifest.firstMatch(of: /args: \[([^\]]*)\]/)).1
+        let example = args.split(separator: ",").map { $0.trimmingCharacters(in: .whitespacesAndNewlines).trimmingCharacters(in: CharacterSet(charactersIn: "\"")) }
+        #expect(example.first == "worker" && example.contains("--partitions"), "\(example)")
+        let state = NSTemporaryDirectory() + "etl-worker-unreachable"
+        defer { try? FileManager.default.removeItem(atPath: state) }
+        for command in [["worker"], ["worker", "--partitions", "2"], example.filter { $0 != "--state-dir" && $0 != "/state" }] {
+            let unreachable = try Sandbox.runBinary(command + ["--state-dir", state, "--postgres-url", "postgresql://etl:Kw0rdSecret@127.0.0.1:1/etl"])
+            #expect(unreachable.status == 69 && unreachable.stderr.contains("cannot connect to PostgreSQL"), "\(command): \(unreachable.stderr)")
+            #expect(!unreachable.stderr.contains("Kw0rdSecret"))
+            let malformed = try Sandbox.runBinary(command + ["--state-dir", state, "--postgres-url", "postgresql://etl@127.0.0.1:1/etl?bogus=1"])
+            #expect(malformed.status == 64 && malformed.stderr.contains("malformed PostgreSQL connection string"), "\(command): \(malformed.stderr)")
+        }
+    }
 }
 
 enum JSON {

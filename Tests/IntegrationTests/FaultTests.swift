@@ -101,16 +101,26 @@ import UsersFixtures
         while kills < Self.workerKills || rounds < 2 {
             rounds += 1
             let source = rounds % 2 == 1 ? ["--database", sandbox.mongoDatabase] : ["--source-file", file]
-            let planned = try sandbox.run(["start", "--partitions", "4", "--batch-size", "100", "--state-dir", directory + "/plan\(rounds)"]
-                                          + (rounds > 1 ? ["--fresh", "--yes"] : []) + source + base)
-            #expect(planned.status == 0, "seed \(Self.seed), round \(rounds): \(planned.stderr)")
+            // Every other pair of rounds the workers plan it themselves (`worker --partitions 4`,
+            // the first plans): kills land in the plan too.
+            let selfPlanned = (rounds / 2) % 2 == 1
+            var workerFlags = base
+            let jobsBefore = selfPlanned ? Int(try sandbox.db().execute("SELECT count(*) FROM etl_partitioned_jobs").rows[0][0]!)! : 0
+            if selfPlanned {
+                try sandbox.db().execute("TRUNCATE etl_checkpoints, " + UsersMapping.tableNames.map { "\"\($0)\"" }.joined(separator: ", "))
+                workerFlags += ["--partitions", "4", "--batch-size", "100"] + source
+            } else {
+                let planned = try sandbox.run(["start", "--partitions", "4", "--batch-size", "100", "--state-dir", directory + "/plan\(rounds)"]
+                                              + (rounds > 1 ? ["--fresh", "--yes"] : []) + source + base)
+                #expect(planned.status == 0, "seed \(Self.seed), round \(rounds): \(planned.stderr)")
+            }
             var running: [Int: RunningJob] = [:]
             var launched: [Int: Date] = [:]
             var generation = 0
             func launch(_ slot: Int) throws {
                 // The old state directory (a machine that came back) or a new one (another machine).
                 if rng.next() % 2 == 0 { generation += 1 }
-                running[slot] = try sandbox.launch(["worker", "--state-dir", directory + "/w\(slot)-\(generation)"] + base)
+                running[slot] = try sandbox.launch(["worker", "--state-dir", directory + "/w\(slot)-\(generation)"] + workerFlags)
                 launched[slot] = Date()
                 launches += 1
             }
@@ -145,8 +155,10 @@ import UsersFixtures
                 try launch(slot)
             }
             let finished = try sandbox.run(["status", "--partitions", "--json", "--postgres-url", sandbox.postgresURL])
-            let job = (try JSON.object(finished.stdout)["jobs"] as? [[String: Any]])?.last ?? [:]
+            let jobs = try JSON.object(finished.stdout)["jobs"] as? [[String: Any]] ?? []
+            let job = jobs.last ?? [:]
             #expect(job["finished"] as? Bool == true, "seed \(Self.seed), round \(rounds): \(finished.stdout)")
+            #expect(jobs.count == jobsBefore + 1, "planned once a round: \(finished.stdout)")
             #expect(try sandbox.checksums() == reference, "seed \(Self.seed), round \(rounds), \(kills) kills")
             #expect(try sandbox.duplicateKeys() == 0)
         }
