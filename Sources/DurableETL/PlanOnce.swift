@@ -21,8 +21,7 @@ extension DurableJob {
         // waits or plans, each an authentication, rather than after.
         let spares = target.openAside(upTo: 2)
         defer { _ = spares.wait() }
-        let db = try target.connectWaiting(logger: logger)
-        guard try takePlanLock(db, schema: target.schema, stop: stop) else { return [] }
+        guard let db = try takePlanLock(target, stop: stop) else { return [] }
         var lines: [String] = []
         do {
             var unplanned: [any DocumentMapping] = []
@@ -71,30 +70,52 @@ extension DurableJob {
 
     private static let planLockNamespace: Int32 = 0x45_54_4C_50  // "ETLP"
 
-    /// Takes the schema's plan lock on `db`, waiting while another worker plans (woken by its
-    /// NOTIFY when it lets go, and looking again at least every quarter of a second). False
-    /// when a stop came first.
-    private func takePlanLock(_ db: PGConnection, schema: String, stop: StopToken) throws -> Bool {
-        try db.execute("LISTEN \(PartitionTable.channel)")
+    /// Takes the schema's plan lock on a session of its own, waiting while another worker
+    /// plans (woken by its NOTIFY when it lets go, and looking again at least every quarter of a
+    /// second); returns that session, or nil when a stop came first. A session PostgreSQL ends
+    /// meanwhile (a restart) is opened again, for up to a minute, as a worker's steps are.
+    private func takePlanLock(_ target: Target, stop: StopToken) throws -> PGConnection? {
+        var db = try target.connectWaiting(logger: logger)
+        var listening = false
         var said = false
-        while try db.query("SELECT pg_try_advisory_lock($1, hashtext($2))", [String(Self.planLockNamespace), "etl-job plan \(schema)"]).rows[0][0] != "t" {
+        var lostSince: ContinuousClock.Instant?
+        while true {
+            do {
+                if !listening {
+                    try db.execute("LISTEN \(PartitionTable.channel)")
+                    listening = true
+                }
+                if try db.query("SELECT pg_try_advisory_lock($1, hashtext($2))", [String(Self.planLockNamespace), Self.planLockName(target.schema)]).rows[0][0] == "t" {
+                    return db
+                }
+                lostSince = nil
+            } catch {
+                guard !db.isHealthy else { throw error }
+                let since = lostSince ?? ContinuousClock.now
+                lostSince = since
+                guard ContinuousClock.now - since < .seconds(60) else { throw error }
+                if !stop.sleep(0.25) { return nil }
+                if let fresh = try? target.connectWaiting(logger: logger) { (db, listening) = (fresh, false) }
+                continue
+            }
             if !said {
-                logger.info("another worker is planning the job: waiting for its plan", metadata: ["schema": "\(schema)"])
+                logger.info("another worker is planning the job: waiting for its plan", metadata: ["schema": "\(target.schema)"])
                 said = true
             }
             let deadline = ContinuousClock.now + .milliseconds(250)
             while ContinuousClock.now < deadline {
-                if stop.isStopRequested { return false }
-                if db.waitForNotification(seconds: 0.05) { break }
+                if stop.isStopRequested { return nil }
+                if db.waitForNotification(seconds: 0.05) || !db.isHealthy { break }
             }
         }
-        return true
     }
+
+    private static func planLockName(_ schema: String) -> String { "etl-job plan \(schema)" }
 
     /// Lets go of the plan lock and wakes the workers waiting for it; the session goes back to
     /// the process's idle ones (a broken one is dropped: its lock went with it).
     private func releasePlanLock(_ db: PGConnection, schema: String, target: Target) {
-        guard (try? db.query("SELECT pg_advisory_unlock($1, hashtext($2))", [String(Self.planLockNamespace), "etl-job plan \(schema)"])) != nil,
+        guard (try? db.query("SELECT pg_advisory_unlock($1, hashtext($2))", [String(Self.planLockNamespace), Self.planLockName(schema)])) != nil,
               (try? db.execute("UNLISTEN *")) != nil else { return }
         try? PartitionTable.notifyWaitingWorkers(db)
         target.release(db)

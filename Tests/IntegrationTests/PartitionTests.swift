@@ -223,7 +223,7 @@ import UsersFixtures
     /// meanwhile, and goes on), and both finish with exit 0 and the rows exactly once.
     @Test func workersRideOutARestartOfPostgreSQL() throws {
         let sandbox = try Sandbox()
-        defer { for name in ["r1", "r2"] { try? FileManager.default.removeItem(atPath: sandbox.stateDirectory + "-" + name) } }
+        defer { for name in ["r1", "r2", "r3"] { try? FileManager.default.removeItem(atPath: sandbox.stateDirectory + "-" + name) } }
         defer { try? FileManager.default.removeItem(atPath: sandbox.stateDirectory + "-files") }
         let file = try FileSourceTests.dump(sandbox, users: 3_000)
         let single = try sandbox.run(["start", "--source-file", file, "--postgres-url", sandbox.postgresURL, "--target-schema", "single",
@@ -233,17 +233,28 @@ import UsersFixtures
         let planned = try sandbox.run(["start", "--source-file", file, "--postgres-url", sandbox.postgresURL, "--partitions", "3", "--batch-size", "50",
                                        "--state-dir", sandbox.stateDirectory + "-plan"])
         #expect(planned.status == 0, "\(planned.stderr)")
+        // A third waits for a plan: a session holds the schema's plan lock (as a planning worker
+        // would) until the restart ends it; then it takes the lock, finds the job planned, and loads.
+        let holder = try sandbox.db()
+        try holder.execute("SELECT pg_advisory_lock(\(0x45_54_4C_50), hashtext('etl-job plan public'))")
+        let waiting = try Self.worker(sandbox, "r3", schema: "public", ["--partitions", "3", "--source-file", file, "--batch-size", "50"])
         let workers = try ["r1", "r2"].map { try Self.worker(sandbox, $0, schema: "public") }
         Thread.sleep(forTimeInterval: 1.5)
         try Services.services("restart", "postgres")
+        let planless = try waiting.wait()
+        #expect(planless.status == 0 && planless.stderr.contains("waiting for its plan") && planless.stdout.contains("is planned"),
+                "\(planless.stdout) \(planless.stderr)")
+        withExtendedLifetime(holder) {}
         let results = try workers.map { try $0.wait() }
         for result in results { #expect(result.status == 0 && !result.signaled, "\(result.stdout) \(result.stderr)") }
         // A worker whose partition another took over while it was cut off leaves it to that one
         // (which loads it), and goes on.
-        for (i, result) in results.enumerated() {
+        let all = results + [planless]
+        for (i, result) in all.enumerated() {
             for line in result.stdout.split(separator: "\n") where line.hasPrefix("left partition ") {
                 let number = line.split(separator: " ")[2]
-                #expect(results[1 - i].stdout.contains("loaded partition \(number) of users"), "\(results[1 - i].stdout)")
+                let others = all.indices.filter { $0 != i }.map { all[$0].stdout }
+                #expect(others.contains { $0.contains("loaded partition \(number) of users") }, "\(others)")
             }
         }
         #expect(try Self.partitions(sandbox, schema: "public").job["finished"] as? Bool == true)
