@@ -274,6 +274,7 @@ extension DurableJob {
         }
         // For a worker that planned (`worker --partitions`), its first sessions.
         run.releaseConnections()
+        for job in run.jobs { run.locks[job.name]?.handBack(to: job.target) }
         return lines
     }
 
@@ -585,7 +586,8 @@ extension DurableJob {
         }
         CrashPoint.partitionDone.reach()
         logger.info("loaded a partition", metadata: ["pipeline": "\(job.pipeline)", "partition": "\(claimed.number)", "documents": "\(totals.0)"])
-        withExtendedLifetime(claimed.lease) {}
+        // Done: its lease's session goes on to the next claim or the final step.
+        claimed.lease.handBack(to: Target(url: settings.postgresURL, schema: claimed.lease.schemaName))
         return .init(pipeline: job.pipeline, partition: claimed.number, documents: totals.0, setAside: totals.1, rows: totals.2,
                      seconds: (ContinuousClock.now - started).seconds)
     }
@@ -604,15 +606,22 @@ extension DurableJob {
         let pipeline = PipelineJob(mapping: mapping, settings: settings, recorded: job.identity)
         // The step's sessions (its lock's, the keys') opened side by side, not one after another.
         _ = pipeline.target.openAside(upTo: 1 + (job.keyMode.foreignKeysAfter ? settings.keyBuild.connections : 0)).wait()
+        // The keys' first session before the lock's: the last released (the loader's), whose
+        // backend has the tables' pages mapped already, builds rather than holds the lock.
+        let keys = job.keyMode.foreignKeysAfter ? try pipeline.releasedOrConnect() : nil
         let lock: TargetLock
         do {
             lock = try pipeline.lockTarget(wait: 0)
         } catch let error as JobError where error.kind == .busy {
+            keys.map(pipeline.target.release)
             return .running
         }
         try lock.claim()
         // Another worker may have finished it while this one took the lock.
-        guard try db.query("SELECT finished_at IS NULL FROM etl_partitioned_jobs WHERE job_id = $1", [job.id]).rows.first?[0] == "t" else { return .finished }
+        guard try db.query("SELECT finished_at IS NULL FROM etl_partitioned_jobs WHERE job_id = $1", [job.id]).rows.first?[0] == "t" else {
+            keys.map(pipeline.target.release)
+            return .finished
+        }
         let row = try db.query("SELECT sum(documents_loaded), sum(documents_set_aside) FROM etl_partitions WHERE job_id = $1", [job.id]).rows[0]
         let (loaded, setAside) = (Int64(row[0] ?? "0") ?? 0, Int64(row[1] ?? "0") ?? 0)
         if let failure = settings.maxSetAside.failure(loaded: loaded, setAside: setAside, list: "etl-job status --partitions --rejected",
@@ -620,7 +629,7 @@ extension DurableJob {
             throw JobError(.dataError, "the job of \(job.pipeline) is loaded but not finished: \(failure)")
         }
         if job.keyMode.foreignKeysAfter {
-            try addForeignKeys(pipeline, try pipeline.releasedOrConnect(), primaryKeys: job.keyMode == .keysAfter, fence: lock.fence)
+            try addForeignKeys(pipeline, keys ?? pipeline.releasedOrConnect(), primaryKeys: job.keyMode == .keysAfter, fence: lock.fence)
             CrashPoint.keysCommitted.reach()
         }
         try pipeline.target.transaction(db) {

@@ -143,6 +143,7 @@ public final class TargetLock: @unchecked Sendable {
     let run = UUID().uuidString.lowercased()
     private var backend = ""
     private var lost = false
+    private var keptAlive = false
     private let mutex = NSLock()
 
     init(connection: PGConnection, pipeline: String, schema: String, reconnect: @escaping () throws -> PGConnection) throws {
@@ -163,6 +164,7 @@ public final class TargetLock: @unchecked Sendable {
     func keepAlive() throws {
         try mutex.withLock {
             _ = try connection.execute("SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10; SET tcp_keepalives_count = 3")
+            keptAlive = true
         }
     }
 
@@ -239,10 +241,21 @@ public final class TargetLock: @unchecked Sendable {
         var description: String { "this run's lock on the target is gone (its session ended); taking it again before writing" }
     }
 
-    /// Gives the session of a lock never taken to the next stage of `target` (the lock must
-    /// not be used after).
+    /// Lets go of the lock, if this run took it, and gives its session, as `connect` made it,
+    /// to the next stage of `target` (the lock must not be used after). A session that cannot
+    /// let go (it broke) is not handed on: the lock ends with it.
     func handBack(to target: Target) {
-        mutex.withLock { if backend.isEmpty { target.release(connection) } }
+        mutex.withLock {
+            if !backend.isEmpty {
+                guard (try? connection.query("SELECT pg_advisory_unlock($1, hashtext($2))", [String(Self.namespace), name]))?.rows.first?[0] == "t" else { return }
+                (backend, lost) = ("", true)
+            }
+            if keptAlive {
+                guard (try? connection.execute("RESET tcp_keepalives_idle; RESET tcp_keepalives_interval; RESET tcp_keepalives_count")) != nil else { return }
+                keptAlive = false
+            }
+            target.release(connection)
+        }
     }
 
     /// Who holds the lock, from pg_locks and pg_stat_activity.

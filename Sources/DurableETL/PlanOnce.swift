@@ -17,11 +17,13 @@ extension DurableJob {
     /// Returns what it found and planned, in words; nothing when a stop came while waiting.
     public func planUnlessPlanned(_ mappings: [any DocumentMapping], count: Int, stop: StopToken) throws -> [String] {
         let target = Target(url: settings.postgresURL, schema: settings.targetSchema ?? JobSettings.defaultSchema)
-        // The worker's sessions (its control session, its lease's, its checks') opened while it
-        // waits or plans, each an authentication, rather than after.
-        let spares = target.openAside(upTo: 2)
-        defer { _ = spares.wait() }
-        guard let db = try takePlanLock(target, stop: stop) else { return [] }
+        var spares: Threads.Started?
+        defer { _ = spares?.wait() }
+        guard let db = try takePlanLock(target, stop: stop, whileWaiting: {
+            // The sessions it loads with (its lease's, its checks') opened while it waits, each an
+            // authentication, rather than after. A worker that plans has the plan's.
+            spares = target.openAside(upTo: 2)
+        }) else { return [] }
         var lines: [String] = []
         do {
             var unplanned: [any DocumentMapping] = []
@@ -74,7 +76,7 @@ extension DurableJob {
     /// plans (woken by its NOTIFY when it lets go, and looking again at least every quarter of a
     /// second); returns that session, or nil when a stop came first. A session PostgreSQL ends
     /// meanwhile (a restart) is opened again, for up to a minute, as a worker's steps are.
-    private func takePlanLock(_ target: Target, stop: StopToken) throws -> PGConnection? {
+    private func takePlanLock(_ target: Target, stop: StopToken, whileWaiting: () -> Void) throws -> PGConnection? {
         var db = try target.connectWaiting(logger: logger)
         var listening = false
         var said = false
@@ -101,6 +103,7 @@ extension DurableJob {
             if !said {
                 logger.info("another worker is planning the job: waiting for its plan", metadata: ["schema": "\(target.schema)"])
                 said = true
+                whileWaiting()
             }
             let deadline = ContinuousClock.now + .milliseconds(250)
             while ContinuousClock.now < deadline {

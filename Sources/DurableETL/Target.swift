@@ -43,7 +43,8 @@ public struct Target: Sendable {
     func openAside(upTo count: Int) -> Threads.Started {
         let target = self
         return Threads.start(count: count - idleSessions, name: "connect") { _ in
-            if let db = try? target.connect() { target.release(db) }
+            // Under those released after use: a stage takes a session that worked first.
+            if let db = try? target.connect() { target.released.put(db, under: true) }
         }
     }
 
@@ -471,9 +472,10 @@ final class ReleasedSessions: Sendable {
 
     private struct UnsafeSession: @unchecked Sendable { let db: PGConnection }
 
-    func put(_ db: PGConnection) {
+    /// `under`: taken after every other (a new session, under those that worked).
+    func put(_ db: PGConnection, under: Bool = false) {
         guard db.isIdle else { return }
-        idle.withLock { $0.append(UnsafeSession(db: db)) }
+        idle.withLock { under ? $0.insert(UnsafeSession(db: db), at: 0) : $0.append(UnsafeSession(db: db)) }
     }
 
     var count: Int { idle.withLock { $0.count } }
