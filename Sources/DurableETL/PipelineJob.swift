@@ -88,7 +88,11 @@ public struct PipelineJob: Sendable {
         let lock = try TargetLock(connection: releasedOrConnect(), pipeline: name, schema: target.schema, reconnect: { try self.connectPostgres() })
         let deadline = Date(timeIntervalSinceNow: wait)
         while true {
-            if try lock.tryAcquire() { return lock }
+            if try lock.tryAcquire() {
+                // Others wait while it is held: a run whose machine vanished lets go within a minute.
+                try lock.keepAlive()
+                return lock
+            }
             if Date() >= deadline { break }
             Thread.sleep(forTimeInterval: 0.25)
         }
@@ -159,11 +163,16 @@ public final class TargetLock: @unchecked Sendable {
 
     var schemaName: String { schema }
 
-    /// A worker's lease on a partition dies with its session: TCP keepalives make PostgreSQL
-    /// notice a machine that vanished (no FIN) within about a minute, not hours.
+    /// TCP keepalives on a session whose lock others wait for: PostgreSQL notices a machine
+    /// that vanished (no FIN) within about a minute, not hours, and the lock goes with it.
+    static let keepAliveOn = "SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10; SET tcp_keepalives_count = 3"
+    static let keepAliveOff = "RESET tcp_keepalives_idle; RESET tcp_keepalives_interval; RESET tcp_keepalives_count"
+
+    /// A worker's lease on a partition, or the final step's lock, dies with its session
+    /// (`keepAliveOn`).
     func keepAlive() throws {
         try mutex.withLock {
-            _ = try connection.execute("SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10; SET tcp_keepalives_count = 3")
+            _ = try connection.execute(Self.keepAliveOn)
             keptAlive = true
         }
     }
@@ -205,6 +214,7 @@ public final class TargetLock: @unchecked Sendable {
         try mutex.withLock {
             guard lost else { return }
             connection = try reconnect()
+            if keptAlive { _ = try connection.execute(Self.keepAliveOn) }
             let deadline = Date(timeIntervalSinceNow: 2)
             while try !tryAcquire() {
                 guard Date() < deadline else {
@@ -251,7 +261,7 @@ public final class TargetLock: @unchecked Sendable {
                 (backend, lost) = ("", true)
             }
             if keptAlive {
-                guard (try? connection.execute("RESET tcp_keepalives_idle; RESET tcp_keepalives_interval; RESET tcp_keepalives_count")) != nil else { return }
+                guard (try? connection.execute(Self.keepAliveOff)) != nil else { return }
                 keptAlive = false
             }
             target.release(connection)

@@ -88,6 +88,8 @@ extension DurableJob {
                     listening = true
                 }
                 if try db.query("SELECT pg_try_advisory_lock($1, hashtext($2))", [String(Self.planLockNamespace), Self.planLockName(target.schema)]).rows[0][0] == "t" {
+                    // The others wait while it plans: a planner whose machine vanished lets go within a minute.
+                    try db.execute(TargetLock.keepAliveOn)
                     return db
                 }
                 lostSince = nil
@@ -119,7 +121,7 @@ extension DurableJob {
     /// the process's idle ones (a broken one is dropped: its lock went with it).
     private func releasePlanLock(_ db: PGConnection, schema: String, target: Target) {
         guard (try? db.query("SELECT pg_advisory_unlock($1, hashtext($2))", [String(Self.planLockNamespace), Self.planLockName(schema)])) != nil,
-              (try? db.execute("UNLISTEN *")) != nil else { return }
+              (try? db.execute("UNLISTEN *; " + TargetLock.keepAliveOff)) != nil else { return }
         try? PartitionTable.notifyWaitingWorkers(db)
         target.release(db)
     }

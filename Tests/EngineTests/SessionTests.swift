@@ -63,4 +63,34 @@ import TestSupport
         #expect(listener.waitForNotification(seconds: 5))
         #expect(!listener.waitForNotification(seconds: 0.05), "each notification is consumed once")
     }
+
+    /// A lock others wait for (a lease, a pipeline's lock, the plan's) is held by a session with
+    /// TCP keepalives, so that a vanished machine's lock ends within a minute; handed back, the
+    /// session lets go of the lock and goes on without them, and one that never took the lock
+    /// goes on as it is.
+    @Test func aLockIsKeptAliveAndItsSessionHandedBackWithoutIt() throws {
+        let target = Self.privateTarget()
+        let held = try target.connect()
+        let lock = try TargetLock(connection: held, pipeline: "sessions", schema: target.schema, reconnect: { try target.connect() })
+        let system = try held.execute("SHOW tcp_keepalives_idle").rows[0][0]
+        #expect(system != "30")
+        #expect(try lock.tryAcquire())
+        try lock.keepAlive()
+        #expect(try held.execute("SHOW tcp_keepalives_idle").rows[0][0] == "30")
+        let other = try TargetLock(connection: try target.connect(), pipeline: "sessions", schema: target.schema, reconnect: { try target.connect() })
+        #expect(try !other.tryAcquire(), "held")
+
+        lock.handBack(to: target)
+        #expect(try other.tryAcquire(), "let go")
+        let next = try #require(target.takeReleased())
+        #expect(next === held)
+        #expect(try next.execute("SHOW tcp_keepalives_idle").rows[0][0] == system, "the keepalives reset")
+
+        let never = try target.connect()
+        let untaken = try TargetLock(connection: never, pipeline: "sessions", schema: target.schema, reconnect: { try target.connect() })
+        #expect(try !untaken.tryAcquire())
+        untaken.handBack(to: target)
+        #expect(target.takeReleased() === never)
+        other.handBack(to: target)
+    }
 }
