@@ -28,7 +28,7 @@ extension DurableJob {
         do {
             var unplanned: [any DocumentMapping] = []
             for mapping in mappings {
-                if let said = try planned(mapping, db) { lines.append(said) } else { unplanned.append(mapping) }
+                if let said = try planned(mapping, db, count: count) { lines.append(said) } else { unplanned.append(mapping) }
             }
             if !unplanned.isEmpty { lines += try planPartitions(unplanned, fresh: false, count: count) }
         } catch {
@@ -41,7 +41,7 @@ extension DurableJob {
 
     /// What the target holds of `mapping`'s job split into partitions, in words, when it holds
     /// one this worker loads as it is; nil when the pipeline is to be planned.
-    private func planned(_ mapping: any DocumentMapping, _ db: PGConnection) throws -> String? {
+    private func planned(_ mapping: any DocumentMapping, _ db: PGConnection, count: Int) throws -> String? {
         guard try PartitionTable.exists(db) else { return nil }
         let row = try db.query("""
             SELECT \(PartitionedJob.columns), to_char(finished_at, 'YYYY-MM-DD HH24:MI:SS TZ'),
@@ -59,7 +59,7 @@ extension DurableJob {
             guard differences.isEmpty else {
                 throw JobError(.usage, "the target holds job \(recorded.id) of the \(mapping.name) pipeline, unfinished, which reads another source or loads another target: "
                     + differences.map { "\($0.field) \($0.recorded) (this worker: \($0.given))" }.joined(separator: ", ")
-                    + "; run this worker with the job's source, or discard the job with 'etl-job start --partitions N --fresh'")
+                    + "; run this worker with the job's source, or discard the job with 'etl-job start --partitions \(count) --fresh'")
             }
             return "etl-job: job \(recorded.id) of the \(mapping.name) pipeline is planned (\(row[8] ?? "?") of \(row[9] ?? "?") partitions done): loading its partitions"
         }
@@ -67,7 +67,7 @@ extension DurableJob {
         // refusals of `start`: a target that holds rows is not loaded over).
         guard differences.isEmpty, try job.target.firstNonEmptyTable(db, mapping) != nil else { return nil }
         return "etl-job: job \(recorded.id) of the \(mapping.name) pipeline, from the same source into the same target, was finished at \(finishedAt!); "
-            + "nothing to plan ('etl-job sync' applies the changes made since, 'etl-job start --partitions N --fresh' loads it all again)"
+            + "nothing to plan ('etl-job sync' applies the changes made since, 'etl-job start --partitions \(count) --fresh' loads it all again)"
     }
 
     private static let planLockNamespace: Int32 = 0x45_54_4C_50  // "ETLP"
