@@ -37,7 +37,7 @@ struct Worker: AsyncParsableCommand {
             let job = DurableJob(settings: settings, logger: try connection.makeLogger())
             let stop = StopToken()
             let trap = SignalTrap(stop: stop) { signal in
-                Console.standardError.line("etl-job: stopping (signal \(signal)): the partition this worker holds goes back to the others")
+                Console.standardError.line("etl-job: stopping (signal \(signal)): a partition this worker holds goes back to the others")
             }
             var report: WorkerReport?
             var failure: (any Error)?
