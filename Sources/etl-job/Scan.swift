@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Synchronization
 import DurableETL
 import ETLCore
 
@@ -18,11 +19,40 @@ struct Scan: AsyncParsableCommand {
     @Flag(help: "Also map every document into its COPY rows, as a batch does, and report the CPU time of that alone.")
     var transform = false
 
+    @Option(help: ArgumentHelp("Split the source as 'start --partitions n' does and read the ranges at once, one reader each: the source's limit for n workers.",
+                               valueName: "n"))
+    var partitions: Int?
+
     func run() async throws {
         try await reportingErrors {
             let job = PipelineJob(mapping: try pipelines.mappings()[0], settings: try connection.resolved())
+            if let partitions {
+                try await Self.scan(job, partitions: partitions, cursorBatchSize: cursorBatchSize)
+                return
+            }
             try await Threads.blocking(name: "scan") { try Self.scan(job, cursorBatchSize: cursorBatchSize, transform: transform) }
         }
+    }
+
+    /// The split (timed), then every range read at once on a thread of its own.
+    private static func scan(_ job: PipelineJob, partitions: Int, cursorBatchSize: Int32) async throws {
+        let start = ContinuousClock.now
+        let split = try await Threads.blocking(name: "plan") { try job.source.partitions(partitions) }
+        let planned = ContinuousClock.now
+        let counts = Mutex<(documents: Int, bytes: Int)>((0, 0))
+        let errors = await Threads.run(count: split.ranges.count, name: "scan") { index in
+            let cursor = try job.source.restricted(to: split.ranges[index]).open(after: nil, batchSize: cursorBatchSize)
+            var documents = 0, bytes = 0
+            while let doc = try cursor.next() {
+                documents += 1
+                bytes += doc.count
+            }
+            counts.withLock { $0 = ($0.documents + documents, $0.bytes + bytes) }
+        }
+        if let error = errors.first { throw error }
+        let (documents, bytes) = counts.withLock { $0 }
+        print("scanned \(documents) documents (\(bytes) bytes) in \(split.ranges.count) ranges at once in \(String(format: "%.3f", (ContinuousClock.now - start).seconds)) s "
+            + "(the split, \(split.method): \(String(format: "%.3f", (planned - start).seconds)) s)")
     }
 
     private static func scan(_ job: PipelineJob, cursorBatchSize: Int32, transform: Bool) throws {
