@@ -169,6 +169,9 @@ import UsersFixtures
         try loadByOneWorker(sandbox, plan: ["--mongodb-url", Services.mongoURL, "--database", sandbox.mongoDatabase], partitions: 5)
         let parts = try Self.partitions(sandbox, schema: "parts").parts
         #expect(parts.map { $0["documents"] as? Int ?? 0 } == [40, 40, 40, 40, 40], "\(parts)")
+        // The bench's measure of the split's cost to the source reads each document once too.
+        let scanned = try sandbox.run(["scan", "--partitions", "5", "--mongodb-url", Services.mongoURL, "--database", sandbox.mongoDatabase])
+        #expect(scanned.status == 0 && scanned.stdout.hasPrefix("scanned 200 documents") && scanned.stdout.contains("in 5 ranges at once"), "\(scanned.stdout) \(scanned.stderr)")
     }
 
     /// Ranges that meet at binary _ids of one length and several subtypes, which the bundled
