@@ -489,20 +489,25 @@ final class Progress: RunObserver, @unchecked Sendable {
     // drawn after `runEnded` removed it.
     private let lock = NSCondition()
     private var running = false
+    /// Which run draws: a worker's runs (one a partition) follow each other at once, and the
+    /// thread of one that ended must not go on into the next.
+    private var generation = 0
 
     private var finalLine: (() -> String?)?
 
     func runStarted(_ pipelines: [RunningPipeline]) {
         lock.lock()
         running = true
+        generation += 1
+        let mine = generation
         finalLine = { Self.line(pipelines) }
         lock.unlock()
         let thread = Thread { [self] in
             lock.lock()
             defer { lock.unlock() }
-            while running {
+            while running && generation == mine {
                 _ = lock.wait(until: Date(timeIntervalSinceNow: 1))
-                guard running, let line = Self.line(pipelines) else { continue }
+                guard running, generation == mine, let line = Self.line(pipelines) else { continue }
                 Console.standardError.status(line)
             }
         }
