@@ -63,9 +63,11 @@ extension DurableJob {
             }
             return "etl-job: job \(recorded.id) of the \(mapping.name) pipeline is planned (\(row[8] ?? "?") of \(row[9] ?? "?") partitions done): loading its partitions"
         }
-        // A finished job of another source, or whose rows are gone, is planned again (with the
-        // refusals of `start`: a target that holds rows is not loaded over).
-        guard differences.isEmpty, try job.target.firstNonEmptyTable(db, mapping) != nil else { return nil }
+        // A finished job of another source, or whose rows or tables are gone, is planned again
+        // (with the refusals of `start`: a target that holds rows is not loaded over).
+        let tables = mapping.tables.map { quoteIdentifier(job.target.schema) + "." + $0.quotedName }
+        let missing = try db.query("SELECT count(*) FROM unnest($1::text[]) n WHERE to_regclass(n) IS NULL", [postgresArray(tables)]).rows[0][0]
+        guard differences.isEmpty, missing == "0", try job.target.firstNonEmptyTable(db, mapping) != nil else { return nil }
         return "etl-job: job \(recorded.id) of the \(mapping.name) pipeline, from the same source into the same target, was finished at \(finishedAt!); "
             + "nothing to plan ('etl-job sync' applies the changes made since, 'etl-job start --partitions \(count) --fresh' loads it all again)"
     }

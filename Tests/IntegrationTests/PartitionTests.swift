@@ -361,6 +361,10 @@ import UsersFixtures
         let otherSource = try Self.worker(sandbox, "f", schema: "parts", ["--partitions", "3", "--source-file", other]).wait()
         #expect(otherSource.status != 0 && otherSource.stderr.contains("holds rows"), "\(otherSource.stderr)")
         #expect(try jobs() == "1")
+        // A table of the finished job dropped since: not "nothing to do", but start's refusal.
+        try sandbox.db().execute("DROP TABLE parts.large_data")
+        let changed = try Self.worker(sandbox, "f", schema: "parts", plan).wait()
+        #expect(changed.status != 0 && changed.stderr.contains("holds rows") && !changed.stdout.contains("nothing to plan"), "\(changed.stdout) \(changed.stderr)")
 
         // An unfinished job of another source is not loaded with this worker's.
         let planned = try sandbox.run(["start", "--partitions", "2", "--source-file", other, "--postgres-url", sandbox.postgresURL,
