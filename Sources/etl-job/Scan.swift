@@ -23,6 +23,10 @@ struct Scan: AsyncParsableCommand {
                                valueName: "n"))
     var partitions: Int?
 
+    func validate() throws {
+        if let partitions, !(1...10_000).contains(partitions) { throw ValidationError("--partitions must be between 1 and 10000") }
+    }
+
     func run() async throws {
         try await reportingErrors {
             let job = PipelineJob(mapping: try pipelines.mappings()[0], settings: try connection.resolved())

@@ -35,6 +35,10 @@ import Testing
         (["init"], [:], "init needs --database (a whole database) and --collection (one collection), --source-file", "See 'etl-job init --help'."),
         (["start", "--source-dump", ""], [:], "--source-dump needs a path", nil),
         (["status"], ["ETL_LOG_LEVEL": "loud"], "ETL_LOG_LEVEL 'loud' is not a level; valid levels: trace, debug", nil),
+        (["worker", "--partitions", "0"], [:], "--partitions must be between 1 and 10000", "See 'etl-job worker --help'."),
+        (["worker", "--pipeline", "users"], [:], "--pipeline chooses what --partitions plans", "See 'etl-job worker --help'."),
+        (["worker", "--partitions", "2", "--source-dump", "dump"], [:], "--source-dump plans a whole dump", "See 'etl-job worker --help'."),
+        (["scan", "--partitions", "0"], [:], "--partitions must be between 1 and 10000", "See 'etl-job scan --help'."),
     ] as [([String], [String: String], String, String?)])
     func aUsageErrorSaysWhatIsWrongWhatIsValidAndWhereHelpIs(arguments: [String], environment: [String: String], problem: String, pointer: String?) throws {
         let state = ["ETL_STATE_DIR": NSTemporaryDirectory() + "etl-none"]
