@@ -160,6 +160,7 @@ public struct DurableJob: Sendable {
         var job = JobPlan.RecordedJob(stateDirectory: directory, busy: busy(), hasJob: true)
         let manifest = job.busy == nil ? try RunManifest.read(directory) : nil
         job.hasJob = job.busy != nil || manifest != nil
+        job.ofWorker = Self.holdsPartitions(directory)
         try refuse(job)
         guard let manifest else { return nil }
         let lock = try takeLock()

@@ -73,12 +73,15 @@ public enum JobPlan {
         public var hasJob: Bool
         /// A pipeline the job runs that this etl-job does not know.
         public var unknownPipeline: String?
+        /// The directory holds a worker's partitions (`etl-job worker`), not a job of its own.
+        public var ofWorker: Bool
 
-        public init(stateDirectory: String, busy: JobLock.Busy? = nil, hasJob: Bool, unknownPipeline: String? = nil) {
+        public init(stateDirectory: String, busy: JobLock.Busy? = nil, hasJob: Bool, unknownPipeline: String? = nil, ofWorker: Bool = false) {
             self.stateDirectory = stateDirectory
             self.busy = busy
             self.hasJob = hasJob
             self.unknownPipeline = unknownPipeline
+            self.ofWorker = ofWorker
         }
     }
 
@@ -88,6 +91,10 @@ public enum JobPlan {
     /// pipeline this etl-job does not know.
     static func refusal(of job: RecordedJob, noJob: String) -> JobError? {
         if let busy = job.busy { return Self.busy(busy) }
+        if !job.hasJob, job.ofWorker {
+            return JobError(.usage, "\(job.stateDirectory) is an etl-job worker's state directory: its job is split into partitions, which wait in the target "
+                + "for any worker; run 'etl-job worker' (on this machine or any other), and 'etl-job status --partitions' to follow it")
+        }
         guard job.hasJob else { return JobError(.usage, "there is no job to \(noJob) in \(job.stateDirectory); run 'etl-job start'") }
         if let unknown = job.unknownPipeline {
             return JobError(.usage, "the job in \(job.stateDirectory) runs the pipeline '\(unknown)', which this etl-job does not know")

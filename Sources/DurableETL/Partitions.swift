@@ -429,6 +429,14 @@ extension DurableJob {
         return report
     }
 
+    /// Where a worker keeps its partitions' queues in its state directory.
+    static func partitionsDirectory(_ stateDirectory: String) -> String { stateDirectory + "/partitions" }
+
+    /// Whether `stateDirectory` is a worker's (it holds partitions' queues).
+    public static func holdsPartitions(_ stateDirectory: String) -> Bool {
+        FileManager.default.fileExists(atPath: partitionsDirectory(stateDirectory))
+    }
+
     /// The worker's own session for claims and bookkeeping.
     final class ControlConnection: @unchecked Sendable {
         // Safe: used by one worker thread at a time (each step runs to its end before the next).
@@ -552,7 +560,7 @@ extension DurableJob {
             try whole.refuseMismatch(recorded: job.identity, current: identity, sourceLocationNamed: settings.source.choice != nil)
             try whole.checkTarget(db)
             let pipeline = whole.reading(try whole.source.restricted(to: claimed.range))
-            let directory = settings.stateDirectory + "/partitions/" + job.pipeline + "/" + String(claimed.number)
+            let directory = Self.partitionsDirectory(settings.stateDirectory) + "/" + job.pipeline + "/" + String(claimed.number)
             // What a queue of this machine holds of the partition is not needed: PostgreSQL
             // holds what was loaded, whoever loaded it.
             try StateFiles.remove(directory)

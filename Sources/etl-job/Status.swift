@@ -111,10 +111,13 @@ struct Status: AsyncParsableCommand {
     private func show(_ settings: JobSettings, urls: (mongo: Bool, postgres: Bool)) throws {
         let directory = settings.stateDirectory
         guard let manifest = try RunManifest.read(directory) else {
+            // A worker's directory: its job is in the target.
+            let none = "no job in \(directory)" + (DurableJob.holdsPartitions(directory)
+                ? " (a worker's state directory: its job is split into partitions, which 'etl-job status --partitions' shows from the target)" : "")
             if rejected {
-                print(json ? JSONOutput.text(["stateDirectory": directory, "documents": [Any]()]) : "no job in \(directory)")
+                print(json ? JSONOutput.text(["stateDirectory": directory, "documents": [Any]()]) : none)
             } else {
-                print(json ? StatusView.json([], directory: directory, active: false) : "no job in \(directory)")
+                print(json ? StatusView.json([], directory: directory, active: false) : none)
             }
             return
         }

@@ -82,6 +82,10 @@ import Testing
         #expect(Self.refusal { try JobPlan.resume(.init(job: .init(stateDirectory: "s", hasJob: false))) }?.description
             == "there is no job to resume in s; run 'etl-job start'")
         #expect(Self.refusal { try JobPlan.resume(.init(job: .init(stateDirectory: "s", hasJob: true, unknownPipeline: "gone"))) }?.kind == .usage)
+        // A worker's directory (its partitions' queues): the job goes on with a worker, anywhere.
+        let worker = Self.refusal { try JobPlan.resume(.init(job: .init(stateDirectory: "w", hasJob: false, ofWorker: true))) }
+        #expect(worker?.kind == .usage && worker?.description.contains("w is an etl-job worker's state directory") == true
+                && worker?.description.contains("run 'etl-job worker'") == true, "\(String(describing: worker))")
         let moved = JobPlan.ResumePipeline(target: Self.users, state: .unfinished(.after), differences: [.init("collection", "users", "usres")])
         #expect(Self.refusal { try JobPlan.resume(.init(job: .init(stateDirectory: "s", hasJob: true), pipelines: [moved])) }?.description
             == "the users job in s moves another collection or target: collection is 'usres' but the job was started on 'users'; use the same settings, or another --state-dir")

@@ -49,6 +49,9 @@ import UsersFixtures
         let abandoned = parts.filter { ($0["claims"] as? Int) == 1 }
         #expect(abandoned.count == 1 && abandoned.first?["state"] as? String == "pending", "the dead worker's claim is released: \(parts)")
         #expect((abandoned.first?["documents"] as? Int ?? 0) >= 200, "its committed batches stay: \(parts)")
+        // Its machine's resume is not how a partition goes on: a worker is, here or anywhere.
+        let resumed = try sandbox.run(["resume", "--postgres-url", sandbox.postgresURL, "--state-dir", sandbox.stateDirectory + "-a"])
+        #expect(resumed.status == 64 && resumed.stderr.contains("worker's state directory") && resumed.stderr.contains("run 'etl-job worker'"), "\(resumed.stderr)")
 
         // Two workers at once, each killed if it reaches the final step: one loads the
         // abandoned partition from what PostgreSQL holds; the final step runs once at a time.
