@@ -338,11 +338,11 @@ public struct DurableJob: Sendable {
             }
         } catch let error as PGError where error.sqlState == "23503" {
             throw JobError(.dataError, "cannot add the foreign keys of the \(job.name) pipeline: \(error); "
-                + "the target holds rows without their parent (written by something other than this job); remove them, then run 'etl-job resume'")
+                + "the target holds rows without their parent (written by something other than this job); remove them, then \(GoOn.advice)")
         } catch let error as PGError where error.sqlState == "23505" {
             throw JobError(.software, "cannot build the primary keys of the \(job.name) pipeline after the load: \(error); two rows hold one key, "
                 + "which the pipeline's keys promise cannot happen (a bug in its mapping, or rows written by something other than this job); "
-                + "remove them, then run 'etl-job resume', or load with --keys during")
+                + "remove them, then \(GoOn.advice), or load with --keys during")
         }
     }
 

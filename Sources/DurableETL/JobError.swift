@@ -71,7 +71,7 @@ public struct JobError: Error, CustomStringConvertible {
             return JobError(worst.kind, distinct.joined(separator: "; "))
         case let error as PGError where error.isDiskFull:
             return JobError(.ioError, "the target PostgreSQL has no space left on its disk (No space left on device, SQLSTATE 53100); "
-                + "free space on its server (or grow the volume), start PostgreSQL again if it stopped, then run 'etl-job resume': "
+                + "free space on its server (or grow the volume), start PostgreSQL again if it stopped, then \(GoOn.advice): "
                 + "every batch committed stays, and the rest loads once")
         case let error as PGError where error.sqlState == "25006":
             return JobError(.software, "PostgreSQL refused the job: the target is read-only (\(error)); point --postgres-url at a primary "
@@ -80,7 +80,7 @@ public struct JobError: Error, CustomStringConvertible {
             return JobError(.software, "PostgreSQL refused the job: \(error)")
         case let error as LMDBError where error.isStorageFailure:
             if error.code == ENOSPC || error.code == EDQUOT {
-                return JobError(.ioError, "\(error); the queue is unchanged since its last transaction: free space, then run 'etl-job resume'")
+                return JobError(.ioError, "\(error); the queue is unchanged since its last transaction: free space, then \(GoOn.advice)")
             }
             return JobError(.ioError, "\(error); \(untrustedState)")
         case let error as StateFileError:

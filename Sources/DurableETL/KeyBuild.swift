@@ -60,7 +60,7 @@ struct KeySessions: @unchecked Sendable {
                         try db.execute(set)
                     } catch let error as PGError where error.sqlState?.hasPrefix("22") == true {
                         throw JobError(.usage, "PostgreSQL refused a setting of the sessions that build the keys (\(set)): \(error.message); "
-                            + "every document is loaded: run 'etl-job resume' with another --maintenance-work-mem or --maintenance-workers")
+                            + "every document is loaded: \(GoOn.advice) with another --maintenance-work-mem or --maintenance-workers")
                     }
                 }
                 while let i = next.withLock({ n -> Int? in

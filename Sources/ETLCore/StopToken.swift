@@ -151,7 +151,7 @@ public final class SignalTrap {
                 onFirst(number)
                 queue.asyncAfter(deadline: .now() + grace) { stop.escalate() }
                 queue.asyncAfter(deadline: .now() + deadline) {
-                    Console.standardError.line("etl-job: stopping took longer than \(Int(deadline)) s; exiting now (resumable with 'etl-job resume')")
+                    Console.standardError.line("etl-job: stopping took longer than \(Int(deadline)) s; exiting now (\(GoOn.advice) to go on)")
                     _exit(128 + number)
                 }
             }

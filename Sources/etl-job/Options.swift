@@ -308,19 +308,14 @@ enum DotEnv {
 
 /// Runs a command body and turns its failures into one line on stderr and the exit code
 /// the caller exits with (thrown, never `exit()` from async code).
-/// `rerun`: how this command goes on after a failure it can get past, where the job's errors
-/// advise `etl-job resume` (a worker is run again instead: its partition waits for it, or for
-/// any other worker, in the target).
-func reportingErrors(rerun: String? = nil, _ body: () async throws -> Void) async throws {
+func reportingErrors(_ body: () async throws -> Void) async throws {
     do {
         try await body()
     } catch let error as ExitCode {
         throw error
     } catch {
         let job = JobError.classify(error)
-        var message = job.description
-        if let rerun { message = message.replacingOccurrences(of: "run 'etl-job resume'", with: "run '\(rerun)' again") }
-        Console.standardError.line("etl-job: error: \(Redact.url(message))")
+        Console.standardError.line("etl-job: error: \(Redact.url(job.description))")
         throw ExitCode(job.kind.exitCode)
     }
 }

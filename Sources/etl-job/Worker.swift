@@ -31,7 +31,9 @@ struct Worker: AsyncParsableCommand {
     }
 
     func run() async throws {
-        try await reportingErrors(rerun: "etl-job worker") {
+        // What a failure advises: this worker again, not a resume of a state directory.
+        GoOn.advise("run 'etl-job worker' again")
+        try await reportingErrors {
             let settings = try connection.resolved(bucket)
             let resolve = Pipelines.resolver(given: try pipelines.mapping.load())
             let job = DurableJob(settings: settings, logger: try connection.makeLogger())

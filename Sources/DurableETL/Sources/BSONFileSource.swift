@@ -221,7 +221,8 @@ public final class BSONFileSource: Source {
                 moved = moved || document != nil
                 return document
             } catch let error as BSONFileError {
-                throw JobError(.dataError, "\(error); what was read before it is loaded, and 'etl-job resume' continues from there once the file is whole")
+                throw JobError(.dataError, "\(error); what was read before it is loaded. The job is tied to the file as it is (its size and first MiB): "
+                    + "a whole copy is another source, loaded as a new job ('etl-job start --fresh', with --partitions for a job split into partitions)")
             }
         }
     }
