@@ -41,6 +41,7 @@ extension DurableJob {
         }) else { return Prepared() }
         var run = Execution(jobs: [])
         run.prepared.lock = lock
+        try PipelineJob.refuseUnfollowablePolicy(mappings, settings)
         for mapping in mappings {
             let name = mapping.name
             let queue = try PipelineJob(mapping: mapping, settings: settings).openQueue()

@@ -24,6 +24,20 @@ public protocol DocumentMapping: Sendable {
     /// or throws why the document must be set aside. Rows appended before a throw are
     /// discarded by the engine, so a document loads whole or not at all.
     func map(_ document: UnsafeRawBufferPointer, into rows: inout TableRows) throws(RejectReason)
+    /// The same, noting in `unmapped` every field of the document that no column or child
+    /// table holds (a `jsonb` column holds its whole subtree), and every value a column
+    /// cannot hold that a variant column would. The engine applies `unmappedPolicy` to them.
+    func map(_ document: UnsafeRawBufferPointer, into rows: inout TableRows, unmapped: inout [UnmappedField]) throws(RejectReason)
+    /// What a load does with the fields `map` notes.
+    var unmappedPolicy: UnmappedPolicy { get }
+    /// The same mapping with another policy (`--unmapped`), or nil when it cannot follow it
+    /// (a pipeline written in code cannot change its tables).
+    func with(unmappedPolicy: UnmappedPolicy) -> (any DocumentMapping)?
+    /// The mapping changed to hold the fields it notes in `documents` (new columns, child
+    /// tables, variant columns), or nil when it cannot change (or they need nothing).
+    func evolved(holding documents: [[UInt8]]) -> Evolution?
+    /// The mapping a recorded `definition` (of an evolved version of this one) describes.
+    func inForce(definition: String) throws -> any DocumentMapping
     /// The type OID of a document's key, the value each table's `documentRows` finds the
     /// document's rows by; nil when the pipeline cannot tell a document's key from its `_id`
     /// (then its documents cannot be replaced or deleted, so it cannot be kept in sync).
@@ -41,6 +55,15 @@ extension DocumentMapping {
 
     public var migrations: [Migration] { [] }
     public var definition: String? { nil }
+
+    public func map(_ document: UnsafeRawBufferPointer, into rows: inout TableRows, unmapped: inout [UnmappedField]) throws(RejectReason) {
+        try map(document, into: &rows)
+    }
+
+    public var unmappedPolicy: UnmappedPolicy { .drop }
+    public func with(unmappedPolicy: UnmappedPolicy) -> (any DocumentMapping)? { unmappedPolicy == self.unmappedPolicy ? self : nil }
+    public func evolved(holding documents: [[UInt8]]) -> Evolution? { nil }
+    public func inForce(definition: String) throws -> any DocumentMapping { self }
     public var documentKeyType: UInt32? { nil }
 
     public func documentKey(_ document: UnsafeRawBufferPointer, into key: inout BinaryCopyWriter) throws(RejectReason) {
@@ -290,6 +313,13 @@ public struct MappedRows: Sendable {
 
     /// Adds one document's rows, or throws the reason it does not fit and adds nothing.
     public mutating func add(document bytes: UnsafeRawBufferPointer) throws(RejectReason) {
+        var unmapped: [UnmappedField] = []
+        try add(document: bytes, unmapped: &unmapped)
+    }
+
+    /// The same, with the fields the mapping does not name in `unmapped` (also when the
+    /// document is set aside for them, by the `set-aside` policy).
+    public mutating func add(document bytes: UnsafeRawBufferPointer, unmapped: inout [UnmappedField]) throws(RejectReason) {
         guard bytes.count <= maxDocumentBytes else {
             throw RejectReason("the document is \(megabytes(bytes.count)), more than the \(megabytes(maxDocumentBytes)) limit (--max-document-mb)")
         }
@@ -297,8 +327,11 @@ public struct MappedRows: Sendable {
         // Whole, before any field is read: a mapping reads damage as the end of a document.
         if let damage = BSON.damage(in: bytes) { throw RejectReason("\(damage)") }
         let marks = rows.tables.map(\.mark)
-        do {
-            try mapping.map(bytes, into: &rows)
+        do throws(RejectReason) {
+            try mapping.map(bytes, into: &rows, unmapped: &unmapped)
+            if mapping.unmappedPolicy == .setAside, let first = unmapped.first {
+                throw RejectReason("is not in the mapping (\(article(first.type)); the mapping's policy for unmapped fields is set-aside)", at: first.path)
+            }
             documents += 1
         } catch {
             for i in rows.tables.indices { rows.tables[i].rollback(to: marks[i]) }

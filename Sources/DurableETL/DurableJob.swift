@@ -112,6 +112,7 @@ public struct DurableJob: Sendable {
     /// `start`'s facts gathered (reading only) and its plan, with the connections it opened.
     func planStart(_ mappings: [any DocumentMapping], fresh: Bool) throws -> (steps: [JobPlan.Step], run: Execution) {
         let directory = settings.stateDirectory
+        try PipelineJob.refuseUnfollowablePolicy(mappings, settings)
         let jobs = mappings.map { PipelineJob(mapping: $0, settings: settings) }
         var facts = JobPlan.StartFacts(
             stateDirectory: directory, busy: busy(), fresh: fresh, request: settings.source.planRequest,
@@ -190,6 +191,7 @@ public struct DurableJob: Sendable {
         facts.pipelines = mappings.map { JobPlan.ResumePipeline(target: JobPlan.Target(name: $0.name, builtIn: $0.definition == nil), state: .finished) }
         _ = try JobPlan.resume(facts)
         facts.pipelines = []
+        try PipelineJob.refuseUnfollowablePolicy(mappings, settings)
         for mapping in mappings {
             let queue = try PipelineJob(mapping: mapping, settings: settings).openQueue()
             let recorded = JobIdentity.decode(try queue.identity)
@@ -258,6 +260,10 @@ public struct DurableJob: Sendable {
                 for name in names { run.locks[name] = try run.job(name).lockTarget() }
             case .migrate(let names):
                 try migrate(run.db(names[0]), names.map { run.job($0).mapping })
+                // From here on each pipeline uses the mapping in force in the target.
+                for i in run.jobs.indices where names.contains(run.jobs[i].name) {
+                    run.jobs[i] = try run.jobs[i].inForce(run.db(run.jobs[i].name))
+                }
             case .checkTargets(let names):
                 for name in names {
                     try run.job(name).checkTarget(run.db(name))
@@ -267,7 +273,9 @@ public struct DurableJob: Sendable {
             case .discardPreviousJob:
                 try discardState(run.previous)
             case .truncate(let name):
+                // Every table of the mapping in force (an evolved one's too); the one given is in force again.
                 try run.job(name).target.truncate(run.db(name), run.job(name).mapping)
+                if let i = run.jobs.firstIndex(where: { $0.name == name }) { run.jobs[i] = run.jobs[i].asGiven() }
                 logger.info("discarded the previous job and emptied the target tables", metadata: ["pipeline": "\(name)"])
             case .prepareForeignKeys(let name, let mode):
                 try prepareForeignKeys(run.job(name), run.db(name), mode)
@@ -328,6 +336,8 @@ public struct DurableJob: Sendable {
     func addForeignKeys(_ job: PipelineJob, _ db: PGConnection, primaryKeys: Bool = false,
                                 fence: @escaping @Sendable (PGConnection) throws -> Void = { _ in }) throws {
         do {
+            // The tables as they are now: batches may have evolved the mapping since the run began.
+            let job = try job.inForce(db)
             let started = ContinuousClock.now
             let added = try job.target.addKeys(db, job.mapping, primaryKeys: primaryKeys, build: settings.keyBuild, fence: fence) { CrashPoint.keys.reach() }
             if added.primary + added.foreign > 0 {

@@ -50,11 +50,14 @@ public func lookup(_ doc: BSONIterator, _ names: [StaticString]) throws(RejectRe
             next += 1
             continue
         }
+        var matched = false
         for i in names.indices where found & (1 << UInt64(i)) == 0 && it.keyIs(names[i]) {
             fields.offsets[i] = it.elementOffset
             found |= 1 << UInt64(i)
+            matched = true
             break
         }
+        if !matched { fields.strayCount += 1 }
     }
     let all: UInt64 = names.count == 64 ? ~0 : (1 << UInt64(names.count)) - 1
     if found != all {
@@ -73,12 +76,29 @@ public struct Fields {
     public static var capacity: Int { Offsets.count }
     @usableFromInline let object: BSONIterator
     @usableFromInline var offsets = Offsets(repeating: 0)
+    @usableFromInline var strayCount = 0
+    /// Elements whose names were not asked for (or repeat one found): fields the caller does
+    /// not name, which `strays(among:)` lists.
+    public var strays: Int { strayCount }
 
     @inlinable
     init(_ object: BSONIterator) { self.object = object }
 
     @inlinable
     public subscript(index: Int) -> BSONIterator { object.element(at: offsets[index]) }
+
+    /// The elements whose names are not among `names` (none unless `strays` counts some):
+    /// each key with its type, nulls left out (a null holds nothing).
+    public func strays(among names: [StaticString]) -> [(key: String, type: BSONType)] {
+        guard strays > 0 else { return [] }
+        var found: [(String, BSONType)] = []
+        var it = object
+        while it.next() {
+            guard it.type != .null, it.type != .undefined, !names.contains(where: { it.keyIs($0) }) else { continue }
+            found.append((it.key, it.type))
+        }
+        return found
+    }
 }
 
 /// "an int32", "a string": a BSON type as a message names it.

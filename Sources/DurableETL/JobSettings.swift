@@ -31,6 +31,8 @@ public struct JobSettings: Sendable {
     public var foreignKeys: ForeignKeyMode?
     /// How the final step builds the keys it adds after the load.
     public var keyBuild = KeyBuild()
+    /// `--unmapped`: the policy for fields a mapping does not name, over the mapping's own.
+    public var unmapped: UnmappedPolicy?
 
     public static let defaultSchema = "public"
     public static let defaultMaxDocumentBytes = 8 << 20

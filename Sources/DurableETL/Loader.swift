@@ -11,6 +11,8 @@ final class BatchLoader: ETLWorker {
     private let processor: PipelineProcessor
     private let index: Int
     private var connection: PGConnection?
+    /// The mapping the batch being loaded is transformed and COPYed with.
+    private var mapping: any DocumentMapping
 
     /// Attempts per batch when the connection to PostgreSQL breaks.
     static let maxAttempts = 6
@@ -18,6 +20,7 @@ final class BatchLoader: ETLWorker {
     init(processor: PipelineProcessor, index: Int) {
         self.processor = processor
         self.index = index
+        mapping = processor.mapping
     }
 
     /// The session goes to the run's next stage (the final step) rather than closing.
@@ -105,20 +108,42 @@ final class BatchLoader: ETLWorker {
         guard let documents = BatchDocuments(batch.payload, changes: processor.appliesChanges) else {
             throw DamagedBatch(id: batch.id, file: processor.queue.directory + "/data.mdb", problem: "its documents are not laid end to end")
         }
+        var version = processor.inForce.current
+        mapping = version.mapping
         var setAside: [Int: String] = [:]
         for (i, kind) in documents.kinds.enumerated() where kind == .invalid { setAside[i] = "not a change the engine can apply" }
         let keys = processor.appliesChanges ? documentKeys(batch.payload, documents, setAside: &setAside) : nil
         let copying = documents.copied
-        let rows = processor.clock.measure(.transform) { transform(batch.payload, documents.ranges, indices: copying.filter { setAside[$0] == nil }, setAside: &setAside) }
-        let good = copying.filter { setAside[$0] == nil }
+        let unchanged = setAside
+        var unmapped: [Int: [UnmappedField]] = [:]
+        var rows = processor.clock.measure(.transform) {
+            transform(batch.payload, documents.ranges, indices: copying.filter { setAside[$0] == nil }, setAside: &setAside, unmapped: &unmapped)
+        }
 
         try sql(db, "BEGIN", batch: batch.id)
         do {
             try processor.lock.fence(db)
+            var evolution: Evolution?
+            let noted = unmapped
+            if mapping.unmappedPolicy == .evolve, unmapped.keys.contains(where: { setAside[$0] == nil }) {
+                let held = unmapped.keys.filter { setAside[$0] == nil }.sorted().map { Array(batch.payload[documents.ranges[$0]]) }
+                (version, evolution) = try evolve(db, batch: batch.id, from: version, documents: held)
+                mapping = version.mapping
+                // Transformed again with the mapping that holds them; a field it still cannot hold sets its document aside.
+                (setAside, unmapped) = (unchanged, [:])
+                rows = processor.clock.measure(.transform) {
+                    transform(batch.payload, documents.ranges, indices: copying.filter { setAside[$0] == nil }, setAside: &setAside, unmapped: &unmapped)
+                }
+                for (i, fields) in unmapped where setAside[i] == nil && !fields.isEmpty {
+                    setAside[i] = "\(RejectReason("is not in the mapping, and the mapping could not be changed to hold it", at: fields[0].path))"
+                }
+            }
+            try tally(db, batch.payload, documents.ranges, noted, setAside: setAside, evolution: evolution)
+            let good = copying.filter { setAside[$0] == nil }
             if let keys, keys.count > 0 {
                 try processor.clock.measure(.copy) {
                     try traced("DELETE the rows of \(keys.count) documents") {
-                        try processor.target.deleteDocuments(db, processor.mapping, keys: keys.parameter)
+                        try processor.target.deleteDocuments(db, mapping, keys: keys.parameter)
                     }
                 }
             }
@@ -128,7 +153,7 @@ final class BatchLoader: ETLWorker {
             // Net: a document of an earlier batch this one displaced is no longer loaded.
             let outcome = BatchOutcome(
                 documentsLoaded: copying.filter { setAside[$0] == nil }.count - displaced.count,
-                rows: Dictionary(uniqueKeysWithValues: zip(processor.mapping.tables.map(\.name), counts.map(Int64.init))),
+                rows: Dictionary(uniqueKeysWithValues: zip(mapping.tables.map(\.name), counts.map(Int64.init))),
                 setAside: setAside.keys.sorted().map { i in
                     batch.payload[documents.ranges[i]].withUnsafeBytes { doc in
                         SetAsideDocument(batch: batch.id, documentId: BSONSequence.displayId(doc), reason: setAside[i]!, document: Array(doc))
@@ -150,6 +175,15 @@ final class BatchLoader: ETLWorker {
             } catch let error as PGError {
                 // A COMMIT the server refused rolled the transaction back: the batch can be retried.
                 throw error.failingCommit()
+            }
+            if let evolution {
+                processor.inForce.adopt(version)
+                processor.logger.notice("the mapping now holds fields it did not name", metadata: [
+                    "pipeline": "\(processor.name)", "batch": "\(batch.id)", "version": "\(version.number)",
+                    "changes": "\(evolution.changes.joined(separator: "; "))",
+                ])
+            } else if version.number > processor.inForce.current.number {
+                processor.inForce.adopt(version)
             }
             // How far behind the source its changes were when they committed: from the oldest.
             if let oldest = documents.times.compactMap({ $0 }).min() { processor.lags.record(Date().timeIntervalSince1970 - oldest) }
@@ -186,19 +220,75 @@ final class BatchLoader: ETLWorker {
         return (keys.arrayParameter(elementOID: type, count: count), count)
     }
 
-    /// Transforms the documents at `indices`; those that do not fit go to `setAside`.
+    /// Transforms the documents at `indices`; those that do not fit go to `setAside`, the
+    /// fields the mapping does not name to `unmapped`, by document.
     private func transform(_ payload: [UInt8], _ ranges: [Range<Int>], indices: [Int], setAside: inout [Int: String]) -> MappedRows {
-        var rows = MappedRows(processor.mapping, expectedDocuments: indices.count, maxDocumentBytes: processor.settings.maxDocumentBytes)
+        var unmapped: [Int: [UnmappedField]] = [:]
+        return transform(payload, ranges, indices: indices, setAside: &setAside, unmapped: &unmapped)
+    }
+
+    private func transform(_ payload: [UInt8], _ ranges: [Range<Int>], indices: [Int], setAside: inout [Int: String],
+                           unmapped: inout [Int: [UnmappedField]]) -> MappedRows {
+        var rows = MappedRows(mapping, expectedDocuments: indices.count, maxDocumentBytes: processor.settings.maxDocumentBytes)
+        var fields: [UnmappedField] = []
         payload.withUnsafeBytes { raw in
             for i in indices {
                 do {
-                    try rows.add(document: UnsafeRawBufferPointer(rebasing: raw[ranges[i]]))
+                    try rows.add(document: UnsafeRawBufferPointer(rebasing: raw[ranges[i]]), unmapped: &fields)
                 } catch {
                     setAside[i] = "\(error)"
+                }
+                if !fields.isEmpty {
+                    unmapped[i] = fields
+                    fields.removeAll(keepingCapacity: true)
                 }
             }
         }
         return rows
+    }
+
+    /// Under the pipeline's evolution lock (taken until this batch's transaction ends, so
+    /// that batches of any process meeting new fields take turns): the mapping in force now,
+    /// which another batch may have evolved meanwhile, changed to hold what `documents`
+    /// bring; its tables altered and the new version recorded in this transaction, so that a
+    /// kill before COMMIT leaves neither the columns nor the rows.
+    private func evolve(_ db: PGConnection, batch: UInt64, from version: MappingInForce.Version,
+                        documents: [[UInt8]]) throws -> (MappingInForce.Version, Evolution?) {
+        try MappingLedger.lock(db, pipeline: processor.name, schema: processor.target.schema)
+        var current = version
+        let recorded = try processor.job.inForce(db)
+        if recorded.mappingVersion > current.number { current = MappingInForce.Version(number: recorded.mappingVersion, mapping: recorded.mapping) }
+        guard let evolution = current.mapping.evolved(holding: documents), let definition = evolution.mapping.definition else { return (current, nil) }
+        try processor.target.evolve(db, from: current.mapping, to: evolution.mapping)
+        if current.number == 0, let given = current.mapping.definition {
+            try MappingLedger.record(db, pipeline: processor.name, version: 1, definition: given, job: processor.jobId, batch: nil, changes: ["as given"])
+        }
+        let number = max(current.number, 1) + 1
+        try MappingLedger.record(db, pipeline: processor.name, version: number, definition: definition, job: processor.jobId, batch: batch,
+                                 changes: evolution.changes)
+        CrashPoint.evolved.reach()
+        return (MappingInForce.Version(number: number, mapping: evolution.mapping), evolution)
+    }
+
+    /// Adds what the batch's documents brought that the mapping does not name to
+    /// `etl_unmapped`, in the batch's transaction (so that counts are exact across kills).
+    private func tally(_ db: PGConnection, _ payload: [UInt8], _ ranges: [Range<Int>], _ unmapped: [Int: [UnmappedField]],
+                       setAside: [Int: String], evolution: Evolution?) throws {
+        guard !unmapped.isEmpty else { return }
+        let policy = mapping.unmappedPolicy
+        var tally = UnmappedTally()
+        payload.withUnsafeBytes { raw in
+            for (i, fields) in unmapped.sorted(by: { $0.key < $1.key }) {
+                tally.add(fields, documentId: BSONSequence.displayId(UnsafeRawBufferPointer(rebasing: raw[ranges[i]]))) { field in
+                    if setAside[i] != nil { return UnmappedPolicy.setAside.outcome }
+                    return policy.outcome
+                }
+            }
+        }
+        if let evolution { tally.settle { path in evolution.destinations[path].map { "evolved into \($0)" } } }
+        try traced("INSERT INTO etl_unmapped: \(tally.summaries.count) paths") {
+            try MappingLedger.add(db, pipeline: processor.name, tally.summaries)
+        }
     }
 
     /// COPYs the rows of `indices` under a savepoint. When PostgreSQL rejects the data, it
@@ -210,7 +300,7 @@ final class BatchLoader: ETLWorker {
         _ db: PGConnection, _ payload: [UInt8], _ ranges: [Range<Int>], _ indices: [Int],
         prebuilt: MappedRows?, setAside: inout [Int: String], displaced: inout [Displaced]
     ) throws -> [Int] {
-        let tables = processor.mapping.tables
+        let tables = mapping.tables
         guard !indices.isEmpty else { return Array(repeating: 0, count: tables.count) }
         let rows = prebuilt ?? transform(payload, ranges, indices: indices, setAside: &setAside)
         try sql(db, "SAVEPOINT isolate")
@@ -240,7 +330,7 @@ final class BatchLoader: ETLWorker {
     /// COPYs prepared rows, table by table.
     private func copy(_ db: PGConnection, _ rows: MappedRows) throws {
         try processor.clock.measure(.copy) {
-            for (t, table) in processor.mapping.tables.enumerated() where !rows.tables[t].isEmpty {
+            for (t, table) in mapping.tables.enumerated() where !rows.tables[t].isEmpty {
                 try traced("COPY \(table.quotedName) FROM STDIN (FORMAT binary): \(rows.tables[t].rowCount) rows, \(rows.tables[t].bytes.count) bytes") {
                     try db.copyIn(table.quotedName, columns: table.quotedColumns, binary: rows.tables[t].bytes, BinaryCopyWriter.trailer)
                 }
@@ -272,7 +362,6 @@ final class BatchLoader: ETLWorker {
     /// rule that the change is set aside; so does a repeated `_id` (one key), a key over
     /// several columns, and a pipeline that cannot tell a document's key.
     private func displacing(_ db: PGConnection, _ payload: [UInt8], _ range: Range<Int>, _ rows: MappedRows, error first: PGError) throws -> Weighed {
-        let mapping = processor.mapping
         let plain = "rejected by PostgreSQL: \(first)"
         guard !processor.appliesChanges, first.sqlState == "23505", let keyType = mapping.documentKeyType else { return .setAside(plain) }
         var writer = BinaryCopyWriter(elements: 1)
@@ -327,7 +416,7 @@ final class BatchLoader: ETLWorker {
     /// the holder's key as PostgreSQL prints it and its `_id` as `status` shows it, and
     /// whether its key is greater than `key` (that of the document repeating the value).
     private func holder(_ db: PGConnection, _ error: PGError, key: [UInt8]) throws -> (value: String, key: String, documentId: String, outranked: Bool)? {
-        let tables = processor.mapping.tables
+        let tables = mapping.tables
         guard let constraint = error.constraint, let detail = error.detail, let t = tables.firstIndex(where: { $0.name == error.table }) else { return nil }
         let table = tables[t]
         let columns = try db.query("""
@@ -344,7 +433,7 @@ final class BatchLoader: ETLWorker {
             SELECT (\(table.documentKeyExpression))::text, \(table.documentKeyExpression) > ALL($2) FROM \(table.quotedName)
             WHERE \(quoteIdentifier(column)) = $1 LIMIT 1
             """, [value], binary: [key]).rows.first
-        guard let row, let holder = row[0], let documentId = processor.mapping.displayId(ofKey: holder) else { return nil }
+        guard let row, let holder = row[0], let documentId = mapping.displayId(ofKey: holder) else { return nil }
         return ("\"\(constraint)\": \(detail.dropLast(suffix.count))", holder, documentId, row[1] == "t")
     }
 

@@ -308,6 +308,7 @@ extension DurableJob {
                 throw JobError(.usage, "job \(id) loads the \(pipeline) pipeline, which this etl-job does not know; name its mapping with --mapping")
             }
             let identity = JobIdentity.decode(Array(row[3]!.utf8))
+            try PipelineJob.refuseUnfollowablePolicy([mapping], settings)
             let job = PipelineJob(mapping: mapping, settings: settings, recorded: identity)
             let mode = ForeignKeyMode(rawValue: row[4] ?? "") ?? .keysAfter
             let start = row[5].flatMap { try? JSONDecoder().decode(ChangeStreamStart.self, from: Data($0.utf8)) }

@@ -9,7 +9,13 @@ import Queue
 /// line, else recorded by its job, else the mapping's), and its state directory.
 /// Every check here reads only: refusals come before any write.
 public struct PipelineJob: Sendable {
-    public let mapping: any DocumentMapping
+    /// The mapping in force: as given (with `--unmapped`'s policy), or as the target records
+    /// it after it evolved (`inForce`).
+    public private(set) var mapping: any DocumentMapping
+    /// Which recorded version `mapping` is (0: as given).
+    public private(set) var mappingVersion = 0
+    /// The mapping as the command or the job gave it.
+    public let given: any DocumentMapping
     public let settings: JobSettings
     public let source: any Source
     public let target: Target
@@ -21,7 +27,10 @@ public struct PipelineJob: Sendable {
     /// `recorded`: what the pipeline's queue recorded; `planned`: what the run's manifest
     /// recorded for it (all a run killed before the queue recorded its job leaves).
     public init(mapping: any DocumentMapping, settings: JobSettings, recorded: JobIdentity? = nil, planned: RunManifest.Planned? = nil) {
+        // The command line refuses a policy a pipeline cannot follow, before any job is made.
+        let mapping = settings.unmapped.flatMap { mapping.with(unmappedPolicy: $0) } ?? mapping
         self.mapping = mapping
+        given = mapping
         self.settings = settings
         let request = settings.source
         // --database/--collection name a code pipeline's source; a mapping file names its own.
@@ -41,14 +50,52 @@ public struct PipelineJob: Sendable {
 
     /// The same pipeline reading `source` instead (its changes, for a run that applies them).
     public func reading(_ source: any Source) -> PipelineJob {
-        PipelineJob(mapping: mapping, settings: settings, source: source, target: target)
+        var copy = PipelineJob(mapping: given, settings: settings, source: source, target: target)
+        (copy.mapping, copy.mappingVersion) = (mapping, mappingVersion)
+        return copy
     }
 
     private init(mapping: any DocumentMapping, settings: JobSettings, source: any Source, target: Target) {
         self.mapping = mapping
+        given = mapping
         self.settings = settings
         self.source = source
         self.target = target
+    }
+
+    /// Refuses (exit 64) `--unmapped` with a policy one of `mappings` cannot follow.
+    public static func refuseUnfollowablePolicy(_ mappings: [any DocumentMapping], _ settings: JobSettings) throws {
+        guard let policy = settings.unmapped else { return }
+        for mapping in mappings where mapping.with(unmappedPolicy: policy) == nil {
+            throw JobError(.usage, "the \(mapping.name) pipeline cannot follow the unmapped-field policy '\(policy.rawValue)': its tables are code, "
+                + "so it can drop a field they do not name (the default) or set its document aside ('set-aside'); "
+                + "for a pipeline that evolves, use a mapping file")
+        }
+    }
+
+    /// The same pipeline with the mapping in force in the target: the latest version
+    /// `etl_mappings` records once batches evolved it, else the one given. Every command that
+    /// reads or writes the tables (resume, sync, worker, verify, the final step) uses it.
+    public func inForce(_ db: PGConnection) throws -> PipelineJob {
+        guard let latest = try MappingLedger.latest(db, pipeline: name) else { return self }
+        guard latest.version != mappingVersion else { return self }
+        var restored: any DocumentMapping
+        do {
+            restored = try given.inForce(definition: latest.definition)
+        } catch {
+            throw JobError(.software, "the mapping in force for the \(name) pipeline (version \(latest.version) in etl_mappings) cannot be read: \(error)")
+        }
+        if let policy = settings.unmapped { restored = restored.with(unmappedPolicy: policy) ?? restored }
+        var copy = self
+        (copy.mapping, copy.mappingVersion) = (restored, latest.version)
+        return copy
+    }
+
+    /// The same pipeline with the mapping it was given (after `start --fresh` forgot the versions).
+    func asGiven() -> PipelineJob {
+        var copy = self
+        (copy.mapping, copy.mappingVersion) = (given, 0)
+        return copy
     }
 
     /// The queue of the changes applied after the snapshot: a subdirectory of the pipeline's.

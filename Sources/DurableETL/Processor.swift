@@ -9,10 +9,12 @@ import Synchronization
 /// Moves one pipeline's documents through its durable queue into its tables: extraction in
 /// source order into the queue here, transform and load in `BatchLoader`s.
 final class PipelineProcessor: ETLProcessor, @unchecked Sendable {
-    // Safe: all stored properties are immutable; `queue`, `clock`, `source` and `reread` are thread-safe.
+    // Safe: all stored properties are immutable; `queue`, `clock`, `source`, `inForce` and `reread` are thread-safe.
     typealias Item = [UInt8]
 
-    let mapping: any DocumentMapping
+    /// The mapping batches use: it changes when a batch evolves it.
+    let inForce: MappingInForce
+    var mapping: any DocumentMapping { inForce.current.mapping }
     let job: PipelineJob
     let source: any Source
     let settings: JobSettings
@@ -32,7 +34,7 @@ final class PipelineProcessor: ETLProcessor, @unchecked Sendable {
     /// Batches read again from the source in this run (true once done): a second damage stops the job.
     private let reread = Mutex<[UInt64: Bool]>([:])
 
-    var name: String { mapping.name }
+    var name: String { job.name }
 
     func weight(of item: [UInt8]) -> Int { item.count }
 
@@ -40,7 +42,7 @@ final class PipelineProcessor: ETLProcessor, @unchecked Sendable {
          appliesChanges: Bool = false) {
         self.lock = lock
         self.appliesChanges = appliesChanges
-        mapping = pipeline.mapping
+        inForce = MappingInForce(pipeline.mapping, version: pipeline.mappingVersion)
         job = pipeline
         source = pipeline.source
         settings = pipeline.settings

@@ -115,6 +115,8 @@ public struct Target: Sendable {
         Migration(version: 5, name: "partitions' change stream start", statements: [
             "ALTER TABLE etl_partitioned_jobs ADD COLUMN change_stream_start text",
         ]),
+        // Each pipeline's mapping as it evolved, and the fields its mappings did not name.
+        Migration(version: 6, name: "mappings in force and unmapped fields", statements: MappingLedger.statements),
     ]
 
     /// The engine's own migrations, recorded under this name.
@@ -337,6 +339,50 @@ public struct Target: Sendable {
         return tables.enumerated().sorted { (size[$0.element.name] ?? 0, -$0.offset) > (size[$1.element.name] ?? 0, -$1.offset) }.map(\.element)
     }
 
+    /// Changes the tables of `old` into those of `new`, which only adds to them (tables,
+    /// nullable columns, NOT NULL dropped from a column that gained a variant), inside the
+    /// caller's transaction. A new table gets its foreign key and the indexes that changes
+    /// need at once when the pipeline's keys are in place (a sync, `--keys during`);
+    /// otherwise the final step adds them with the others. A table or column that is there
+    /// already (from a job `start --fresh` replaced) is kept if it is what `new` writes, and
+    /// refused otherwise.
+    func evolve(_ db: PGConnection, from old: any DocumentMapping, to new: any DocumentMapping) throws {
+        let before = Dictionary(old.tables.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        let keysInPlace = try missingForeignKeys(db, old).isEmpty && missingPrimaryKeys(db, old).isEmpty
+        var created: [TableSpec] = []
+        for table in new.tables {
+            guard let was = before[table.name] else {
+                try db.execute(table.createStatement.replacingOccurrences(of: "CREATE TABLE ", with: "CREATE TABLE IF NOT EXISTS "))
+                created.append(table)
+                continue
+            }
+            let had = Dictionary(was.columns.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+            for column in table.columns {
+                if let existing = had[column.name] {
+                    if column.nullable && !existing.nullable {
+                        try db.execute("ALTER TABLE \(table.quotedName) ALTER COLUMN \(quoteIdentifier(column.name)) DROP NOT NULL")
+                    }
+                } else {
+                    try db.execute("ALTER TABLE \(table.quotedName) ADD COLUMN IF NOT EXISTS \(quoteIdentifier(column.name)) \(column.type)")
+                }
+            }
+        }
+        if keysInPlace {
+            for table in created {
+                for key in table.foreignKeys where try !foreignKeyExists(db, table, key) { try db.execute(table.addConstraint(key)) }
+            }
+            let indexes = created.flatMap { table in table.changeIndexes.map { (table, $0) } }
+            for (table, index) in indexes {
+                try db.execute("CREATE INDEX IF NOT EXISTS \(quoteIdentifier(index.name)) ON \(table.quotedName) (\(index.columns.map(quoteIdentifier).joined(separator: ", ")))")
+            }
+        }
+        let differences = try differences(db, new)
+        guard differences.isEmpty else {
+            throw JobError(.software, "the \(new.name) pipeline's tables cannot be changed to hold the fields its mapping does not name: "
+                + differences.prefix(3).joined(separator: "; ") + "; drop or rename what is in the way, or choose another --unmapped policy")
+        }
+    }
+
     /// Runs `body` in a transaction of `db`: committed when it returns, rolled back when it throws.
     @discardableResult
     func transaction<R>(_ db: PGConnection, _ body: () throws -> R) throws -> R {
@@ -444,6 +490,7 @@ public struct Target: Sendable {
             }
             try db.query("DELETE FROM etl_checkpoints WHERE pipeline = $1", [mapping.name])
             try db.query("DELETE FROM etl_partitioned_jobs WHERE pipeline = $1", [mapping.name])
+            try MappingLedger.clear(db, pipeline: mapping.name)
         }
     }
 }

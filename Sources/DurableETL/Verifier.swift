@@ -53,12 +53,23 @@ public struct Verifier {
         public var tables: [TableResult]
         /// The tables' foreign keys, when checked (`checkForeignKeys`).
         public var foreignKeys: ForeignKeyCheck?
+        /// Source documents with a field that no column, variant, child table or rest column
+        /// holds, and that the policy does not drop: the first few, as `_id: field 'x' (type)`.
+        public var unheld = 0
+        public var firstUnheld: [String] = []
+        /// Source documents with fields the policy (`drop`) leaves out on purpose, and their paths.
+        public var droppedByPolicy = 0
+        public var droppedPaths: [String] = []
+        /// How the target's tables differ from what the mapping in force writes (a column of
+        /// source data dropped or altered).
+        public var targetDifferences: [String] = []
 
         /// True when every table holds exactly the expected rows, and something was compared:
         /// a source with documents whose target expects no row at all is not agreement. Foreign
         /// keys must be in place, unless the job has yet to add them.
         public var agrees: Bool {
             rejectedByRules.isEmpty && tables.allSatisfy(\.agrees) && !comparedNothing && foreignKeys?.agrees != false
+                && unheld == 0 && targetDifferences.isEmpty
         }
 
         /// The source has documents, yet no row was expected (all set aside, or none readable).
@@ -66,6 +77,7 @@ public struct Verifier {
 
         private enum CodingKeys: String, CodingKey {
             case pipeline, sourceDocuments, setAsideByJob, rejectedByRules, tables, foreignKeys, agrees, comparedNothing
+            case unheld, firstUnheld, droppedByPolicy, droppedPaths, targetDifferences
         }
 
         public func encode(to encoder: any Encoder) throws {
@@ -78,6 +90,11 @@ public struct Verifier {
             try c.encode(foreignKeys, forKey: .foreignKeys)
             try c.encode(agrees, forKey: .agrees)
             try c.encode(comparedNothing, forKey: .comparedNothing)
+            try c.encode(unheld, forKey: .unheld)
+            try c.encode(firstUnheld, forKey: .firstUnheld)
+            try c.encode(droppedByPolicy, forKey: .droppedByPolicy)
+            try c.encode(droppedPaths, forKey: .droppedPaths)
+            try c.encode(targetDifferences, forKey: .targetDifferences)
         }
     }
 
@@ -117,13 +134,16 @@ public struct Verifier {
     let setAsideCounts: [String: Int]
     let maxDocumentBytes: Int
     let chunk: Int
+    /// Paths `etl_unmapped` records as dropped by a run's policy: their absence is no difference.
+    let droppedByJob: Set<String>
 
     /// `db`: a connection to the target schema (`Target.connect`). `setAside`: `_id`s (as the
     /// queue shows them) of documents the job set aside.
     public init(
         db: PGConnection, mapping: any DocumentMapping, source: any DocumentCursor, setAside: Set<String>, setAsideCounts: [String: Int] = [:],
-        maxDocumentBytes: Int = JobSettings.defaultMaxDocumentBytes, chunk: Int = 1000
+        maxDocumentBytes: Int = JobSettings.defaultMaxDocumentBytes, chunk: Int = 1000, droppedByJob: Set<String> = []
     ) {
+        self.droppedByJob = droppedByJob
         self.db = db
         self.mapping = mapping
         self.source = source
@@ -133,14 +153,21 @@ public struct Verifier {
         self.chunk = chunk
     }
 
-    public func run(progress: (Int) -> Void = { _ in }) throws -> Report {
+    public func run(progress: (Int) -> Void = { _ in }, differences: [String] = []) throws -> Report {
+        var report = Report(pipeline: mapping.name, sourceDocuments: 0, setAsideByJob: 0, rejectedByRules: [], tables: [])
+        // Tables that do not hold what the mapping writes cannot be compared row by row.
+        guard differences.isEmpty else {
+            report.targetDifferences = differences
+            return report
+        }
         // One snapshot of the target for the whole comparison.
         try db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         defer { _ = try? db.execute("ROLLBACK") }
         for table in mapping.tables {
             try db.execute("CREATE TEMP TABLE \(expected(table)) (LIKE \(table.quotedName)) ON COMMIT DROP")
         }
-        var report = Report(pipeline: mapping.name, sourceDocuments: 0, setAsideByJob: 0, rejectedByRules: [], tables: [])
+        var dropped = Set<String>()
+        var fields: [UnmappedField] = []
         var rows = newRows()
         // The documents of set-aside `_id`s: a file may hold an `_id` twice, one copy loaded.
         var copies: [String: [[UInt8]]] = [:]
@@ -151,15 +178,29 @@ public struct Verifier {
                 copies[id, default: []].append(document.count <= maxDocumentBytes ? document : [])
                 continue
             }
+            fields.removeAll(keepingCapacity: true)
             let rejected = document.withUnsafeBytes { doc -> RejectReason? in
                 do throws(RejectReason) {
-                    try rows.add(document: doc)
+                    try rows.add(document: doc, unmapped: &fields)
                     return nil
                 } catch {
                     return error
                 }
             }
-            if let rejected { report.rejectedByRules.append("\(id): \(rejected)") }
+            if let rejected {
+                report.rejectedByRules.append("\(id): \(rejected)")
+            } else if !fields.isEmpty {
+                // Held by the rest column (keep), or left out on purpose (drop); otherwise held nowhere.
+                switch mapping.unmappedPolicy {
+                case .keep: break
+                case _ where mapping.unmappedPolicy == .drop || fields.allSatisfy({ droppedByJob.contains($0.path) }):
+                    report.droppedByPolicy += 1
+                    dropped.formUnion(fields.map(\.path))
+                case .evolve, .setAside, .drop:
+                    report.unheld += 1
+                    if report.firstUnheld.count < 5 { report.firstUnheld.append("\(id): field '\(fields[0].path)' (\(fields[0].type.name))") }
+                }
+            }
             if rows.documents == chunk {
                 try load(rows)
                 rows = newRows()
@@ -178,6 +219,7 @@ public struct Verifier {
         }
         try load(rows)
         report.tables = try mapping.tables.map(compare)
+        report.droppedPaths = dropped.sorted()
         return report
     }
 
@@ -269,9 +311,20 @@ extension Verifier.Report {
             lines.append("foreign keys \(keys.inPlace) of \(keys.expected) in place"
                 + (keys.missing.isEmpty ? "" : keys.pending ? " (the job adds them in its final step, after the load)" : "  ✗ missing: \(keys.missing.joined(separator: ", "))"))
         }
+        if !targetDifferences.isEmpty {
+            lines.append("the target's tables differ from the mapping in force, so no row was compared  ✗")
+            lines += targetDifferences.prefix(5).map { "  \($0)" }
+        }
+        if unheld > 0 {
+            lines.append("documents with a field no column holds: \(n(unheld))  ✗")
+            lines += firstUnheld.map { "  _id \($0)" }
+        }
+        if droppedByPolicy > 0 {
+            lines.append("documents with fields left out by the drop policy: \(n(droppedByPolicy)) (\(droppedPaths.prefix(5).joined(separator: ", "))\(droppedPaths.count > 5 ? ", …" : ""))")
+        }
         let rows = tables.reduce(0) { $0 + $1.expected }
         lines.append(agrees ? "OK: source and target agree (\(n(rows)) rows compared)"
-            : comparedNothing ? "NOT VERIFIED: the source has \(n(sourceDocuments)) documents but no row was compared"
+            : comparedNothing && targetDifferences.isEmpty ? "NOT VERIFIED: the source has \(n(sourceDocuments)) documents but no row was compared"
             : "MISMATCH: source and target disagree")
         return lines.joined(separator: "\n")
     }

@@ -11,6 +11,9 @@ public enum CrashPoint: String, CaseIterable, Sendable {
     case enqueued
     /// A batch's rows were COPYed; its transaction is still open.
     case copied
+    /// A batch changed its tables to hold fields its mapping did not name (and recorded the
+    /// mapping in force); its transaction is still open.
+    case evolved
     /// A batch's transaction committed; the queue does not know yet.
     case committed
     /// A batch was marked done in the queue.

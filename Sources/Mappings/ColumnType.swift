@@ -39,6 +39,51 @@ public indirect enum ColumnType: Sendable, Equatable {
         }
     }
 
+    /// The type as a mapping file names it.
+    public var fileName: String {
+        switch self {
+        case .array(let element): element.fileName + "[]"
+        default: Self.scalars.first { $0.1 == self }!.0
+        }
+    }
+
+    /// The type of the variant column that holds a value of `type` its column cannot:
+    /// integers → bigint, double → double precision, Decimal128 → numeric, string and
+    /// ObjectId → text, bool → boolean, date → timestamptz, binary → bytea, anything else
+    /// (objects, arrays, the rest) → jsonb. Named `<column>__<suffix>` (`variantSuffix`).
+    static func variant(for type: BSONType) -> ColumnType {
+        switch type {
+        case .int32, .int64: .bigint
+        case .double: .double
+        case .decimal128: .numeric
+        case .utf8, .objectId: .text
+        case .bool: .boolean
+        case .dateTime: .timestamptz
+        case .binary: .bytea
+        default: .jsonb
+        }
+    }
+
+    /// How a variant column's name ends: `age__text`, `age__bigint`, `age__double`, `age__jsonb`.
+    var variantSuffix: String {
+        switch self {
+        case .double: "double"
+        case .boolean: "bool"
+        default: fileName.replacingOccurrences(of: "[]", with: "_array")
+        }
+    }
+
+    /// Whether `value` (present, not null) can be written as this type.
+    func fits(_ value: BSONIterator) -> Bool {
+        var scratch = BinaryCopyWriter(capacity: 64)
+        do {
+            try write(value, nullable: true, into: &scratch)
+            return true
+        } catch {
+            return false
+        }
+    }
+
     /// The type as `--explain`-like listings show it: the SQL type, and the encoding for extjson.
     public var label: String { self == .extendedJSON ? "text (extjson)" : sql }
 

@@ -19,38 +19,57 @@ public struct FileMapping: DocumentMapping {
         /// The path of the table's array in its parent's document (children only).
         let arrayPath: [String]
         let columns: [(path: [String], column: MappingFile.Column)]
-        let children: [Int]
+        var children: [Int]
         let keyColumns: Int
+        /// How a note names a field of this table's objects: "" for the root, `orders[].` for
+        /// the entries of `orders`.
+        let prefix: String
+        /// The fields of an object of this table that a column or child table holds; nil when
+        /// a column holds the entry itself (then nothing in it is unmapped).
+        let named: Named?
+        /// Per column: the variant columns of the same field, in the order values try them.
+        let variants: [[Int]]
+        /// Per column: whether it is a variant (written with its main column's value).
+        let isVariant: [Bool]
+        /// Whether the last column is the rest column (`keep`).
+        let keepsRest: Bool
     }
 
     public var name: String { file.pipeline }
     public var source: SourceCollection { file.source }
     /// The file as read: recorded with the job.
     public var definition: String? { file.text }
+    public var unmappedPolicy: UnmappedPolicy { file.unmapped }
 
     public init(_ file: MappingFile) {
         self.file = file
         var tables: [TableSpec] = []
         var plans: [Plan] = []
-        func add(_ table: MappingFile.Table, parent: MappingFile.Table?) -> Int {
+        let keeps = file.unmapped == .keep
+        func add(_ table: MappingFile.Table, parent: MappingFile.Table?, prefix: String) -> Int {
             let index = tables.count
             let generated = file.generatedKeyColumns(of: table)
             var columns = generated.enumerated().map { i, name in
                 TableSpec.Column(name, i == generated.count - 1 ? "integer" : Self.keyType(file, name, parent: table))
             }
             columns += table.columns.map { TableSpec.Column($0.column, $0.type.sql, nullable: $0.nullable) }
+            if keeps { columns.append(TableSpec.Column(UnmappedPolicy.restColumn, "jsonb", nullable: true)) }
             let key = file.keyColumns(of: table)
             let foreignKeys = parent.map { [TableSpec.ForeignKey(Array(key.dropLast()), references: $0.name)] } ?? []
             tables.append(TableSpec(table.name, columns: columns, primaryKey: key, foreignKeys: foreignKeys, unique: table.uniqueSets,
                                     bytesPerDocument: 32 * max(1, table.columns.count)))
-            plans.append(Plan(table: index, field: table.field ?? table.name, arrayPath: Self.path(table.field ?? ""), columns: table.columns.map { (Self.path($0.field), $0) },
-                              children: [], keyColumns: generated.count))
-            let children = table.children.map { add($0, parent: table) }
-            plans[index] = Plan(table: index, field: plans[index].field, arrayPath: plans[index].arrayPath, columns: plans[index].columns, children: children,
-                                keyColumns: generated.count)
+            let paths = table.columns.map { Self.path($0.field) }
+            let named = paths.contains(where: \.isEmpty) ? nil : Named(paths + table.children.map { Self.path($0.field ?? "") })
+            let variants = table.columns.map { main in
+                main.variantOf == nil ? table.columns.indices.filter { table.columns[$0].variantOf == main.column } : []
+            }
+            plans.append(Plan(table: index, field: table.field ?? table.name, arrayPath: Self.path(table.field ?? ""), columns: Array(zip(paths, table.columns)),
+                              children: [], keyColumns: generated.count, prefix: prefix, named: named, variants: variants,
+                              isVariant: table.columns.map { $0.variantOf != nil }, keepsRest: keeps))
+            plans[index].children = table.children.map { add($0, parent: table, prefix: prefix + ($0.field ?? "") + "[].") }
             return index
         }
-        _ = add(file.root, parent: nil)
+        _ = add(file.root, parent: nil, prefix: "")
         self.tables = tables
         self.plans = plans
         rootKey = file.root.columns.first(where: \.key)!
@@ -103,11 +122,43 @@ public struct FileMapping: DocumentMapping {
     }
 
     public func map(_ document: UnsafeRawBufferPointer, into rows: inout TableRows) throws(RejectReason) {
+        var notes: [Note] = []
+        try map(document, into: &rows, notes: &notes)
+    }
+
+    public func map(_ document: UnsafeRawBufferPointer, into rows: inout TableRows, unmapped: inout [UnmappedField]) throws(RejectReason) {
+        var notes: [Note] = []
+        defer { for note in notes { unmapped.append(UnmappedField(path: name(of: note), type: note.value.type)) } }
+        try map(document, into: &rows, notes: &notes)
+    }
+
+    private func map(_ document: UnsafeRawBufferPointer, into rows: inout TableRows, notes: inout [Note]) throws(RejectReason) {
         guard let root = BSONIterator(document: document) else { throw RejectReason("the document is not valid BSON") }
         let keyValue = try Self.find(rootKeyPath, in: root, element: nil)
         guard let keyValue, keyValue.type != .null else { throw RejectReason("is missing", at: rootKey.field) }
-        try emit(plans[0], document: root, element: nil, key: Key(root: keyValue, type: rootKey.type, positions: []), into: &rows)
+        try emit(plans[0], document: root, element: nil, key: Key(root: keyValue, type: rootKey.type, positions: []), into: &rows, notes: &notes)
     }
+
+    public func with(unmappedPolicy: UnmappedPolicy) -> (any DocumentMapping)? {
+        var file = file
+        file.unmapped = unmappedPolicy
+        return FileMapping(file)
+    }
+
+    public func inForce(definition: String) throws -> any DocumentMapping {
+        FileMapping(try MappingFile(json: Data(definition.utf8)))
+    }
+
+    /// A field of one object that the mapping does not hold (`variantOf` nil), or a value its
+    /// column cannot hold (the column's index): where, in which table's objects, and the value.
+    struct Note {
+        let plan: Int
+        let path: [String]
+        let variantOf: Int?
+        let value: BSONIterator
+    }
+
+    private func name(of note: Note) -> String { plans[note.plan].prefix + note.path.joined(separator: ".") }
 
     /// A row's key: the root key's value and the positions down to it.
     private struct Key {
@@ -116,20 +167,58 @@ public struct FileMapping: DocumentMapping {
         let positions: [Int32]
     }
 
-    private func emit(_ plan: Plan, document: BSONIterator?, element: BSONIterator?, key: Key, into rows: inout TableRows) throws(RejectReason) {
-        let fields = plan.keyColumns + plan.columns.count
+    private func emit(_ plan: Plan, document: BSONIterator?, element: BSONIterator?, key: Key, into rows: inout TableRows,
+                      notes: inout [Note]) throws(RejectReason) {
+        let fields = plan.keyColumns + plan.columns.count + (plan.keepsRest ? 1 : 0)
+        let first = notes.count
+        if let document, let named = plan.named {
+            named.walk(document, path: []) { path, value in notes.append(Note(plan: plan.table, path: path, variantOf: nil, value: value)) }
+        }
+        let unnamed = notes.count
         var failure: RejectReason?
+        // A value its column cannot hold, for the variant column (by index) that holds it.
+        var forVariant: [(column: Int, value: BSONIterator)] = []
         rows.row(plan.table, fields: fields) { w in
             if plan.keyColumns > 0 {
                 try? key.type.write(key.root, nullable: false, into: &w)
                 for position in key.positions { w.int4(position) }
             }
-            for (path, column) in plan.columns {
+            for (i, (path, column)) in plan.columns.enumerated() {
+                if plan.isVariant[i] {
+                    if let held = forVariant.first(where: { $0.column == i }) { try? column.type.write(held.value, nullable: true, into: &w) } else { w.null() }
+                    continue
+                }
+                var value: BSONIterator?
                 do throws(RejectReason) {
-                    let value = try Self.find(path, in: document, element: element)
-                    try column.type.write(value, nullable: column.nullable, into: &w)
+                    value = try Self.find(path, in: document, element: element)
+                    let mark = w.mark
+                    do throws(RejectReason) {
+                        try column.type.write(value, nullable: column.nullable, into: &w)
+                    } catch {
+                        guard let value, value.type != .null, value.type != .undefined, !column.key else { throw error }
+                        w.rollback(to: mark)
+                        if let variant = plan.variants[i].first(where: { plan.columns[$0].column.type.fits(value) }) {
+                            forVariant.append((variant, value))
+                        } else if file.unmapped == .evolve, ColumnType.variant(for: value.type) != column.type, ColumnType.variant(for: value.type).fits(value) {
+                            notes.append(Note(plan: plan.table, path: path, variantOf: i, value: value))
+                        } else {
+                            throw error
+                        }
+                        w.null()
+                    }
                 } catch {
                     failure = failure ?? (column.field.isEmpty ? error : error.inside(column.field))
+                    w.null()
+                }
+            }
+            if plan.keepsRest {
+                guard unnamed > first else { return w.null() }
+                let mark = w.mark
+                do {
+                    try w.jsonb { j in try Self.object(notes[first..<unnamed], depth: 0, into: &j) }
+                } catch {
+                    failure = failure ?? (error as? RejectReason ?? RejectReason("\(error)")).inside(UnmappedPolicy.restColumn)
+                    w.rollback(to: mark)
                     w.null()
                 }
             }
@@ -147,13 +236,36 @@ public struct FileMapping: DocumentMapping {
                 let isDocument = entries.type == .document
                 do {
                     try emit(child, document: isDocument ? entries.children : nil, element: entries,
-                             key: Key(root: key.root, type: key.type, positions: key.positions + [position]), into: &rows)
+                             key: Key(root: key.root, type: key.type, positions: key.positions + [position]), into: &rows, notes: &notes)
                 } catch {
                     throw error.inside("[\(position)]").inside(field)
                 }
                 position += 1
             }
         }
+    }
+
+    /// The rest column's object: each noted field under its key, inside objects for its path.
+    private static func object(_ notes: ArraySlice<Note>, depth: Int, into j: inout JSONText) throws(RejectReason) {
+        j.raw("{")
+        var i = notes.startIndex
+        while i < notes.endIndex {
+            let key = notes[i].path[depth]
+            if i > notes.startIndex { j.raw(", ") }
+            Array(key.utf8).withUnsafeBytes { j.string($0) }
+            j.raw(": ")
+            if notes[i].path.count == depth + 1 {
+                try j.value(notes[i].value)
+                i += 1
+            } else {
+                // The fields under one object the mapping flattens are noted one after another.
+                var end = i
+                while end < notes.endIndex, notes[end].path.count > depth + 1, notes[end].path[depth] == key { end += 1 }
+                try object(notes[i..<end], depth: depth + 1, into: &j)
+                i = end
+            }
+        }
+        j.raw("}")
     }
 
     /// The value at `path` in `document` (nil when absent); an empty path is the array
@@ -170,5 +282,198 @@ public struct FileMapping: DocumentMapping {
             current = child
         }
         return nil
+    }
+}
+
+/// The fields of an object that a mapping's columns and child tables name, as a tree of keys:
+/// a key that a column or child table reads whole ends there; a key the mapping flattens
+/// (`dims` of `dims.w`) leads to the keys it names inside.
+final class Named: Sendable {
+    private let keys: [[CChar]]
+    /// Nil: held whole.
+    private let inner: [Named?]
+
+    init(_ paths: [[String]]) {
+        var order: [String] = []
+        var groups: [String: [[String]]] = [:]
+        for path in paths where !path.isEmpty {
+            if groups[path[0]] == nil { order.append(path[0]) }
+            groups[path[0], default: []].append(Array(path.dropFirst()))
+        }
+        keys = order.map { Array($0.utf8CString) }
+        inner = order.map { key in
+            let rest = groups[key]!
+            return rest.contains(where: \.isEmpty) ? nil : Named(rest)
+        }
+    }
+
+    /// Calls `note` with the path (from `object`) and value of each field of `object` no
+    /// column holds, in document order; nulls hold nothing and are passed over.
+    func walk(_ object: BSONIterator, path: [String], _ note: ([String], BSONIterator) -> Void) {
+        var it = object
+        var next = 0
+        while it.next() {
+            guard it.type != .null, it.type != .undefined else { continue }
+            // Documents usually hold their fields in the mapping's order: try the next one first.
+            var found = -1
+            if next < keys.count, strcmp(it.keyPointer, keys[next]) == 0 {
+                found = next
+            } else {
+                found = keys.indices.first { strcmp(it.keyPointer, keys[$0]) == 0 } ?? -1
+            }
+            guard found >= 0 else {
+                note(path + [it.key], it)
+                continue
+            }
+            next = found + 1
+            guard let named = inner[found] else { continue }
+            if it.type == .document, let child = it.children {
+                named.walk(child, path: path + [it.key], note)
+            } else {
+                // A value where the mapping reads an object: none of its columns holds it.
+                note(path + [it.key], it)
+            }
+        }
+    }
+}
+
+extension FileMapping {
+    /// The mapping grown to hold what `documents` bring that it does not name, as `init`
+    /// would have mapped it had its sample seen them: a scalar a new nullable column, an object
+    /// flattened into columns (`vip.level` → `vip_level`), an array of scalars an array column,
+    /// an array of objects a new child table; a value its column cannot hold a variant column
+    /// (`age__text`). Every new column is nullable: the documents loaded before lack it.
+    public func evolved(holding documents: [[UInt8]]) -> Evolution? {
+        var fields: [Int: (order: [[String]], tree: Inference.Field, leaves: [[String]: Inference.Field])] = [:]
+        var variants: [Int: [(column: Int, type: ColumnType)]] = [:]
+        for document in documents {
+            document.withUnsafeBytes { raw in
+                var rows = TableRows()
+                rows.tables = tables.map { _ in BinaryCopyWriter(capacity: 256) }
+                var notes: [Note] = []
+                try? map(raw, into: &rows, notes: &notes)
+                for note in notes {
+                    if let column = note.variantOf {
+                        let type = ColumnType.variant(for: note.value.type)
+                        if !(variants[note.plan] ?? []).contains(where: { $0.column == column && $0.type == type }) {
+                            variants[note.plan, default: []].append((column, type))
+                        }
+                        continue
+                    }
+                    // A name that cannot be a path of a mapping file stays unmapped (its document is set aside).
+                    guard note.path.allSatisfy({ !$0.isEmpty && !$0.contains(".") }) else { continue }
+                    var entry = fields[note.plan] ?? ([], Inference.Field(), [:])
+                    var node = entry.tree
+                    for key in note.path.dropLast() {
+                        node = node.child(key)
+                        node.present += 1
+                        node.objects += 1
+                        node.types[.document, default: 0] += 1
+                    }
+                    let leaf = node.child(note.path.last!)
+                    Inference.value(note.value, into: leaf)
+                    if entry.leaves[note.path] == nil {
+                        entry.order.append(note.path)
+                        entry.leaves[note.path] = leaf
+                    }
+                    fields[note.plan] = entry
+                }
+            }
+        }
+        guard !fields.isEmpty || !variants.isEmpty else { return nil }
+        var top = file.dictionary
+        var tableNames = Set(tables.map(\.name))
+        var changes: [String] = []
+        var destinations: [String: String] = [:]
+        let inference = Inference()
+        for (index, plan) in plans.enumerated() where fields[index] != nil || variants[index] != nil {
+            let table = tables[plan.table]
+            var members = Self.tableMembers(&top, at: route(to: index))
+            var columns = members["columns"] as? [[String: Any]] ?? []
+            var children = members["children"] as? [[String: Any]] ?? []
+            var used = Set(table.columns.map(\.name))
+            for (column, type) in variants[index] ?? [] {
+                let main = plan.columns[column].column
+                let name = Self.unique(main.column + "__" + type.variantSuffix, &used)
+                columns.append(["field": main.field, "column": name, "type": type.fileName, "nullable": true, "variantOf": main.column])
+                if let at = columns.firstIndex(where: { $0["column"] as? String == main.column }) { columns[at]["nullable"] = true }
+                changes.append("\(plan.prefix + main.field) (\(type.fileName) values) → \(table.name).\(name) \(type.sql)")
+                destinations[plan.prefix + main.field] = "\(table.name).\(name)"
+            }
+            for path in fields[index]?.order ?? [] {
+                let dotted = path.joined(separator: ".")
+                var notes: [String: String] = [:]
+                let (columnsBefore, childrenBefore) = (columns.count, children.count)
+                inference.describe(fields[index]!.leaves[path]!, path: dotted, prefix: path.dropLast().map { $0 + "_" }.joined(), parentCount: .max,
+                                   table: table.name, context: plan.prefix, columns: &columns, children: &children, used: &used,
+                                   tables: &tableNames, notes: &notes)
+                let added = columns[columnsBefore...].map { "\(table.name).\($0["column"]!)" } + children[childrenBefore...].map { "\($0["table"]!)" }
+                for i in columnsBefore..<columns.count {
+                    columns[i]["nullable"] = true
+                    changes.append("\(plan.prefix + (columns[i]["field"] as! String)) → \(table.name).\(columns[i]["column"]!) \(columns[i]["type"]!)")
+                }
+                for i in childrenBefore..<children.count {
+                    children[i] = Self.nullable(children[i])
+                    changes.append("\(plan.prefix + dotted)[] → child table \(children[i]["table"]!)")
+                }
+                destinations[plan.prefix + dotted] = added.joined(separator: ", ")
+            }
+            members["columns"] = columns
+            members["children"] = children
+            Self.setTableMembers(&top, at: route(to: index), members)
+        }
+        guard let file = try? MappingFile(json: Data(MappingText.render(top).utf8)) else { return nil }
+        return Evolution(mapping: FileMapping(file), changes: changes, destinations: destinations)
+    }
+
+    /// The child positions from the root down to plan `index` (empty for the root).
+    private func route(to index: Int) -> [Int] {
+        func search(_ plan: Int, _ path: [Int]) -> [Int]? {
+            if plan == index { return path }
+            for (i, child) in plans[plan].children.enumerated() {
+                if let found = search(child, path + [i]) { return found }
+            }
+            return nil
+        }
+        return search(0, []) ?? []
+    }
+
+    private static func tableMembers(_ top: inout [String: Any], at route: [Int]) -> [String: Any] {
+        var table = top
+        for i in route { table = (table["children"] as! [[String: Any]])[i] }
+        return table
+    }
+
+    private static func setTableMembers(_ table: inout [String: Any], at route: [Int], _ members: [String: Any]) {
+        guard let first = route.first else {
+            for (key, value) in members { table[key] = value }
+            return
+        }
+        var children = table["children"] as! [[String: Any]]
+        setTableMembers(&children[first], at: Array(route.dropFirst()), members)
+        table["children"] = children
+    }
+
+    /// A new child table (and its children) with every column nullable.
+    private static func nullable(_ table: [String: Any]) -> [String: Any] {
+        var table = table
+        table["columns"] = (table["columns"] as? [[String: Any]] ?? []).map { column in
+            var column = column
+            column["nullable"] = true
+            return column
+        }
+        table["children"] = (table["children"] as? [[String: Any]] ?? []).map(nullable)
+        return table
+    }
+
+    private static func unique(_ name: String, _ used: inout Set<String>) -> String {
+        var candidate = String(name.prefix(63))
+        var n = 2
+        while used.contains(candidate) {
+            candidate = String(name.prefix(60)) + "_\(n)"
+            n += 1
+        }
+        used.insert(candidate)
+        return candidate
     }
 }

@@ -66,7 +66,7 @@ public struct Inference {
         }
     }
 
-    private static func value(_ it: BSONIterator, into field: Field) {
+    static func value(_ it: BSONIterator, into field: Field) {
         guard it.type != .null && it.type != .undefined else {
             field.nulls += 1
             return
@@ -125,6 +125,7 @@ public struct Inference {
         var mapping: [String: Any] = [
             "formatVersion": MappingFile.formatVersion,
             "source": ["database": source.database, "collection": source.collection],
+            "unmapped": UnmappedPolicy.evolve.rawValue,
             "table": table,
             "columns": columns,
             "children": children,
@@ -183,7 +184,7 @@ public struct Inference {
     }
 
     /// Adds the columns (or child tables) for one field of a table's documents.
-    private func describe(
+    func describe(
         _ field: Field, path: String, prefix: String, parentCount: Int, table: String, context: String,
         columns: inout [[String: Any]], children: inout [[String: Any]], used: inout Set<String>,
         tables: inout Set<String>, notes: inout [String: String]

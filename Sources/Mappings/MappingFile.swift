@@ -22,6 +22,9 @@ public struct MappingFile: Sendable, Equatable {
         public var key: Bool
         /// UNIQUE on its own (a MongoDB unique index on the field).
         public var unique: Bool = false
+        /// For a variant column: the column of the same field whose type its values do not
+        /// fit (`age__text` holds the `age` values that are strings; `age` is NULL in those rows).
+        public var variantOf: String? = nil
     }
 
     public struct Table: Sendable, Equatable {
@@ -39,6 +42,8 @@ public struct MappingFile: Sendable, Equatable {
 
     public var pipeline: String
     public var source: SourceCollection
+    /// What a load does with the fields no column or child table names (default evolve).
+    public var unmapped: UnmappedPolicy = .evolve
     public var root: Table
     /// The JSON text it was read from.
     public var text: String
@@ -62,7 +67,7 @@ public struct MappingFile: Sendable, Equatable {
             throw Invalid(path: "$", problem: "not valid JSON (\((error as NSError).userInfo[NSDebugDescriptionErrorKey] ?? error))")
         }
         let reader = Reader(value: object, path: "$")
-        let top = try reader.object(allowed: ["formatVersion", "pipeline", "source", "table", "columns", "children", "unique", "notes"])
+        let top = try reader.object(allowed: ["formatVersion", "pipeline", "source", "unmapped", "table", "columns", "children", "unique", "notes"])
         let version = try reader.member(top, "formatVersion").int()
         guard version == Self.formatVersion else {
             throw Invalid(path: "$.formatVersion", problem: "is \(version); this etl-job reads format version \(Self.formatVersion)")
@@ -75,6 +80,13 @@ public struct MappingFile: Sendable, Equatable {
         guard pipeline.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == "-") }), pipeline.first?.isLetter == true else {
             throw Invalid(path: "$.pipeline", problem: "'\(pipeline)' is not a pipeline name (letters, digits, - and _, starting with a letter)")
         }
+        if let policy = try reader.optionalMember(top, "unmapped") {
+            let name = try policy.string()
+            guard let value = UnmappedPolicy(rawValue: name) else {
+                throw Invalid(path: policy.path, problem: "'\(name)' is not a policy; valid: \(UnmappedPolicy.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            unmapped = value
+        }
         root = try Self.table(reader, top, isRoot: true)
         try validate()
     }
@@ -84,7 +96,7 @@ public struct MappingFile: Sendable, Equatable {
         let columnsReader = try reader.member(object, "columns")
         var columns: [Column] = []
         for item in try columnsReader.array() {
-            let c = try item.object(allowed: ["field", "column", "type", "nullable", "key", "unique", "notes"])
+            let c = try item.object(allowed: ["field", "column", "type", "nullable", "key", "unique", "variantOf", "notes"])
             let typeReader = try item.member(c, "type")
             let typeName = try typeReader.string()
             guard let type = ColumnType(typeName) else {
@@ -97,7 +109,7 @@ public struct MappingFile: Sendable, Equatable {
             columns.append(Column(
                 field: try item.member(c, "field").string(), column: try item.member(c, "column").name(), type: type,
                 nullable: try item.optionalMember(c, "nullable")?.bool() ?? false, key: key,
-                unique: try item.optionalMember(c, "unique")?.bool() ?? false))
+                unique: try item.optionalMember(c, "unique")?.bool() ?? false, variantOf: try item.optionalMember(c, "variantOf")?.name()))
         }
         var unique: [[String]] = []
         if let groups = try reader.optionalMember(object, "unique") {
@@ -152,6 +164,17 @@ public struct MappingFile: Sendable, Equatable {
                 if column.field.isEmpty && table.field == nil {
                     throw Invalid(path: "\(path).columns[\(i)].field", problem: "an empty field names an array element; the root table has none")
                 }
+                if let main = column.variantOf {
+                    guard let of = table.columns.first(where: { $0.column == main }), of.variantOf == nil, of.field == column.field, !of.key else {
+                        throw Invalid(path: "\(path).columns[\(i)].variantOf", problem: "names no column of table \(table.name) that reads the same field '\(column.field)'")
+                    }
+                    guard column.nullable, of.nullable else {
+                        throw Invalid(path: "\(path).columns[\(i)]", problem: "a variant column and the column it is a variant of are nullable (one of them holds each value)")
+                    }
+                }
+                if unmapped == .keep && column.column == UnmappedPolicy.restColumn {
+                    throw Invalid(path: "\(path).columns[\(i)].column", problem: "'\(UnmappedPolicy.restColumn)' is the rest column of the keep policy; name this column otherwise")
+                }
             }
             for (i, child) in table.children.enumerated() {
                 if child.field?.isEmpty ?? true {
@@ -200,16 +223,50 @@ public struct MappingFile: Sendable, Equatable {
 
     /// The tables and columns the file describes, one per line: recorded with a job, so that
     /// a resume with a changed file can say what changed.
-    public var canonical: String { "source \(source.database).\(source.collection)\n" + describe(root, indent: "") }
+    public var canonical: String {
+        "source \(source.database).\(source.collection)\n" + (unmapped == .evolve ? "" : "unmapped \(unmapped.rawValue)\n") + describe(root, indent: "")
+    }
 
     private func describe(_ table: Table, indent: String) -> String {
         var lines = ["\(indent)\(table.field.map { $0 + " → " } ?? "")\(table.name)"]
         for c in table.columns {
-            lines.append("\(indent)  \(c.column) \(c.type.label)\(c.nullable ? " NULL" : "")\(c.key ? " KEY" : "")\(c.unique ? " UNIQUE" : "") ← \(c.field.isEmpty ? "(element)" : c.field)")
+            lines.append("\(indent)  \(c.column) \(c.type.label)\(c.nullable ? " NULL" : "")\(c.key ? " KEY" : "")\(c.unique ? " UNIQUE" : "")"
+                + "\(c.variantOf.map { " VARIANT OF " + $0 } ?? "") ← \(c.field.isEmpty ? "(element)" : c.field)")
         }
         for child in table.children { lines.append(describe(child, indent: indent + "  ")) }
         return lines.joined(separator: "\n")
     }
+}
+
+extension MappingFile {
+    /// The file as JSON members, as `init` writes them (`MappingText.render` lays them out).
+    public var dictionary: [String: Any] {
+        var top = Self.dictionary(root)
+        top["formatVersion"] = Self.formatVersion
+        top["source"] = ["database": source.database, "collection": source.collection]
+        top["unmapped"] = unmapped.rawValue
+        if pipeline != source.collection { top["pipeline"] = pipeline }
+        return top
+    }
+
+    static func dictionary(_ table: Table) -> [String: Any] {
+        var members: [String: Any] = ["table": table.name, "columns": table.columns.map(dictionary), "children": table.children.map(dictionary)]
+        if let field = table.field { members["field"] = field }
+        if !table.unique.isEmpty { members["unique"] = table.unique }
+        return members
+    }
+
+    static func dictionary(_ column: Column) -> [String: Any] {
+        var members: [String: Any] = ["field": column.field, "column": column.column, "type": column.type.fileName]
+        if column.key { members["key"] = true }
+        if column.nullable { members["nullable"] = true }
+        if column.unique { members["unique"] = true }
+        if let variantOf = column.variantOf { members["variantOf"] = variantOf }
+        return members
+    }
+
+    /// The file's text as `init` lays it out.
+    public var rendered: String { MappingText.render(dictionary) }
 }
 
 /// Walks a decoded JSON value, naming where it is.

@@ -8,7 +8,7 @@ public enum MappingText {
     public static func render(_ mapping: [String: Any]) -> String {
         var lines = ["{"]
         var members: [String] = []
-        for key in ["formatVersion", "pipeline", "source", "table"] {
+        for key in ["formatVersion", "pipeline", "source", "unmapped", "table"] {
             guard let value = mapping[key] else { continue }
             members.append("  " + scalar(key) + ": " + inline(value, order: ["database", "collection"]))
         }
@@ -22,7 +22,7 @@ public enum MappingText {
         return lines.joined(separator: "\n") + "\n"
     }
 
-    static let columnOrder = ["field", "column", "type", "key", "nullable", "unique"]
+    static let columnOrder = ["field", "column", "type", "key", "nullable", "unique", "variantOf"]
 
     /// A table's `columns` and `children` members (a child's `field` and `table` come first, on its opening line).
     private static func table(_ table: [String: Any], indent: String, isRoot: Bool) -> [String] {

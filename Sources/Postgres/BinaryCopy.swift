@@ -279,7 +279,15 @@ struct NumericValue: Equatable {
 
 /// JSON text appended straight into a COPY buffer.
 public struct JSONText: Sendable {
-    var bytes: [UInt8]
+    public internal(set) var bytes: [UInt8]
+
+    /// Empty JSON text, to build a value before knowing whether it is written at all.
+    public init() { bytes = [] }
+
+    init(bytes: [UInt8]) { self.bytes = bytes }
+
+    /// JSON text written elsewhere, as it is.
+    public mutating func raw(_ text: JSONText) { bytes.append(contentsOf: text.bytes) }
 
     public mutating func raw(_ s: StaticString) {
         bytes.append(contentsOf: UnsafeRawBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount))

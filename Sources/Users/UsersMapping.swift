@@ -5,16 +5,36 @@ import Postgres
 
 /// The users pipeline: the 15 tables of DATA.md and how one user document becomes their rows.
 public struct UsersMapping: DocumentMapping {
+    /// Its 15 tables are code: a field they do not name is dropped (counted and reported), or
+    /// its document set aside (`--unmapped set-aside`); it cannot evolve or keep one.
+    public private(set) var unmappedPolicy = UnmappedPolicy.drop
+
     public init() {}
+
+    public func with(unmappedPolicy: UnmappedPolicy) -> (any DocumentMapping)? {
+        guard unmappedPolicy == .drop || unmappedPolicy == .setAside else { return nil }
+        var copy = self
+        copy.unmappedPolicy = unmappedPolicy
+        return copy
+    }
 
     public var name: String { "users" }
     public var source: SourceCollection { SourceCollection(database: "sample_db", collection: "users") }
     public var tables: [TableSpec] { Self.tables }
 
     public func map(_ document: UnsafeRawBufferPointer, into rows: inout TableRows) throws(RejectReason) {
+        var unmapped: [UnmappedField] = []
+        try map(document, into: &rows, unmapped: &unmapped)
+    }
+
+    public func map(_ document: UnsafeRawBufferPointer, into rows: inout TableRows, unmapped: inout [UnmappedField]) throws(RejectReason) {
         var writer = UserRowWriter()
         swap(&writer.rows, &rows)
-        defer { swap(&writer.rows, &rows) }
+        swap(&writer.unmapped, &unmapped)
+        defer {
+            swap(&writer.rows, &rows)
+            swap(&writer.unmapped, &unmapped)
+        }
         do {
             try writer.emit(document)
         } catch {
@@ -144,6 +164,14 @@ let maxEntriesPerArray = 10_000
 /// Writes one user document's rows into the 15 tables' COPY streams.
 struct UserRowWriter {
     var rows = TableRows()
+    /// Fields of the document that none of the 15 tables holds.
+    var unmapped: [UnmappedField] = []
+
+    /// Notes the fields of an object that `lookup` did not ask for (`prefix`: where the object is).
+    private mutating func note(_ found: Fields, _ names: [StaticString], _ prefix: @autoclosure () -> String) {
+        guard found.strays > 0 else { return }
+        for (key, type) in found.strays(among: names) { unmapped.append(UnmappedField(path: prefix() + key, type: type)) }
+    }
 
     private mutating func row(_ t: T, _ fields: Int, _ body: (inout BinaryCopyWriter) throws -> Void) rethrows {
         try rows.row(t.rawValue, fields: fields, body)
@@ -152,6 +180,7 @@ struct UserRowWriter {
     mutating func emit(_ bytes: UnsafeRawBufferPointer) throws {
         guard let root = BSONIterator(document: bytes) else { throw RejectReason("the document is not valid BSON") }
         let f = try lookup(root, Names.top)
+        note(f, Names.top, "")
         let id = try f[0].int64("_id")
         guard id >= -maxUserId, id <= maxUserId else {
             throw RejectReason("is \(id), outside the range whose child ids fit a bigint (±\(maxUserId))", at: "_id")
@@ -180,8 +209,10 @@ struct UserRowWriter {
 
     private mutating func address(_ doc: BSONIterator, _ id: Int64) throws {
         let f = try lookup(doc, Names.address)
+        note(f, Names.address, "address.")
         let coordinates = try f[5].document("coordinates")
         let c = try within("coordinates") { try lookup(coordinates, Names.coordinates) }
+        note(c, Names.coordinates, "address.coordinates.")
         try row(.addresses, 8) { w in
             w.int8(id)
             w.int8(id)
@@ -200,6 +231,7 @@ struct UserRowWriter {
 
     private mutating func profile(_ doc: BSONIterator, _ id: Int64) throws {
         let f = try lookup(doc, Names.profile)
+        note(f, Names.profile, "profile.")
         try row(.profiles, 5) { w in
             w.int8(id)
             w.int8(id)
@@ -211,6 +243,7 @@ struct UserRowWriter {
         try within("education") {
             try each(education) { entry, index in
                 let e = try lookup(entry, Names.education)
+                note(e, Names.education, "profile.education[].")
                 try row(.education, 6) { w in
                     w.int8(childId(id, index))
                     w.int8(id)
@@ -226,6 +259,7 @@ struct UserRowWriter {
         try within("experience") {
             try each(experience) { entry, index in
                 let e = try lookup(entry, Names.experience)
+                note(e, Names.experience, "profile.experience[].")
                 try row(.experience, 6) { w in
                     w.int8(childId(id, index))
                     w.int8(id)
@@ -237,8 +271,10 @@ struct UserRowWriter {
 
     private mutating func preferences(_ doc: BSONIterator, _ id: Int64) throws {
         let f = try lookup(doc, Names.preferences)
+        note(f, Names.preferences, "preferences.")
         let notifications = try f[2].document("notifications")
         let n = try within("notifications") { try lookup(notifications, Names.notifications) }
+        note(n, Names.notifications, "preferences.notifications.")
         try row(.preferences, 5) { w in
             w.int8(id)
             w.int8(id)
@@ -259,10 +295,21 @@ struct UserRowWriter {
         try within("settings") { try entries(settings, .settings, id) }
     }
 
+    /// Where the entries of an entries table are, as a note names their fields.
+    private static func arrayPath(_ table: T) -> String {
+        switch table {
+        case .settings: "preferences.settings[]."
+        case .posts: "socialMedia.posts[]."
+        case .transactions: "transactions[]."
+        default: "activityLog[]."
+        }
+    }
+
     /// activityLog, transactions, settings and posts: {key, value, timestamp, metadata} entries.
     private mutating func entries(_ array: BSONIterator, _ table: T, _ id: Int64) throws {
         try each(array) { entry, index in
             let e = try lookup(entry, Names.entry)
+            note(e, Names.entry, Self.arrayPath(table))
             try row(table, 6) { w in
                 w.int8(childId(id, index))
                 w.int8(id)
@@ -279,6 +326,7 @@ struct UserRowWriter {
         var attachmentIndex = 0
         try each(array) { entry, _ in
             let m = try lookup(entry, Names.message)
+            note(m, Names.message, "messages[].")
             let messageId = try m[0].string("id")
             try seen.insert(messageId)
             try row(.messages, 8) { w in
@@ -296,6 +344,7 @@ struct UserRowWriter {
                         throw RejectReason("holds more than \(maxEntriesPerArray) attachments in all; their ids would collide with the next user's")
                     }
                     let a = try lookup(attachment, Names.attachment)
+                    note(a, Names.attachment, "messages[].attachments[].")
                     try row(.attachments, 5) { w in
                         w.int8(childId(id, attachmentIndex))
                         w.text(messageId)
@@ -313,6 +362,7 @@ struct UserRowWriter {
 
     private mutating func socialMedia(_ doc: BSONIterator, _ id: Int64) throws {
         let f = try lookup(doc, Names.socialMedia)
+        note(f, Names.socialMedia, "socialMedia.")
         try row(.socialMedia, 3) { w in
             w.int8(id)
             w.int8(id)
@@ -324,6 +374,7 @@ struct UserRowWriter {
         try within("groups") {
             try each(groups) { entry, _ in
                 let g = try lookup(entry, Names.group)
+                note(g, Names.group, "socialMedia.groups[].")
                 let groupId = try g[0].string("id")
                 try seen.insert(groupId)
                 try row(.groups, 4) { w in
@@ -338,6 +389,7 @@ struct UserRowWriter {
 
     private mutating func largeData(_ doc: BSONIterator, _ id: Int64) throws {
         let f = try lookup(doc, Names.largeData)
+        note(f, Names.largeData, "largeData.")
         try row(.largeData, 7) { w in
             w.int8(id)
             w.int8(id)

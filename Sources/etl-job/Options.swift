@@ -47,6 +47,7 @@ struct ConnectionOptions: ParsableArguments {
             settings.maxSetAside = run.setAsideLimit
             settings.allowEmpty = run.allowEmpty
             settings.keyBuild = run.keyBuild
+            settings.unmapped = run.unmapped
         }
         return settings
     }
@@ -247,6 +248,11 @@ struct BucketOptions: ParsableArguments {
 
     var keyBuild: KeyBuild { KeyBuild(connections: keyConnections, workMemory: maintenanceWorkMem, parallelWorkers: maintenanceWorkers) }
 
+    @Option(name: .customLong("unmapped"), help: ArgumentHelp(
+        "What to do with fields a mapping does not name, over the mapping file's \"unmapped\": evolve (new columns and child tables, the default), "
+            + "keep (a jsonb _rest column), set-aside (the document), drop. Built-in pipelines: drop or set-aside.", valueName: "policy"))
+    var unmapped: UnmappedPolicy?
+
     var setAsideLimit: SetAsideLimit { SetAsideLimit(maxSetAside) ?? .default }
 
     func validate() throws {
@@ -336,3 +342,5 @@ extension JobError.Kind {
         }
     }
 }
+
+extension UnmappedPolicy: ExpressibleByArgument {}

@@ -15,14 +15,21 @@ struct Verify: AsyncParsableCommand {
     @Flag(help: "Print JSON for scripts.")
     var json = false
 
+    @Option(name: .customLong("unmapped"), help: ArgumentHelp(
+        "The unmapped-field policy the job ran with, when a run overrode its mapping file's (--unmapped): keep reads the _rest columns.",
+        valueName: "policy"))
+    var unmapped: UnmappedPolicy?
+
     func run() async throws {
         try await reportingErrors {
-            let given = try connection.resolved()
+            var resolved = try connection.resolved()
+            resolved.unmapped = unmapped
+            let given = resolved
             _ = try connection.makeLogger()
             let reports = try await Threads.blocking(name: "verify") { try verifyAll(given) }
             if json {
                 struct Document: Encodable {
-                    let schemaVersion = 1
+                    let schemaVersion = 2
                     let agrees: Bool
                     let pipelines: [Verifier.Report]
                 }
@@ -78,14 +85,21 @@ struct Verify: AsyncParsableCommand {
 
     private func verify(_ mapping: any DocumentMapping, _ settings: JobSettings, recorded: (identity: JobIdentity?, setAside: [String: Int], status: QueueStatus?),
                         keysPending: Bool = false) throws -> Verifier.Report {
-        let job = PipelineJob(mapping: mapping, settings: settings, recorded: recorded.identity)
+        var job = PipelineJob(mapping: mapping, settings: settings, recorded: recorded.identity)
         let db = try job.connectPostgres()
         try job.refuseMismatch(recorded: recorded.identity, current: job.identity(db))
+        // What the tables hold now: the mapping as the job's batches evolved it.
+        job = try job.inForce(db)
+        let mapping = job.mapping
         try job.source.checkExists()
+        try PipelineJob.refuseUnfollowablePolicy([mapping], settings)
+        // Fields a run dropped on purpose (its policy then) are not missing.
+        let dropped = Set(try MappingLedger.summaries(db, pipeline: mapping.name).filter { $0.outcome == UnmappedPolicy.drop.outcome }.map(\.path))
         let verifier = Verifier(
             db: db, mapping: mapping, source: try job.source.open(after: nil, batchSize: settings.cursorBatchSize), setAside: Set(recorded.setAside.keys), setAsideCounts: recorded.setAside,
-            maxDocumentBytes: settings.maxDocumentBytes)
-        var report = try verifier.run { n in Console.standardError.status("\(mapping.name): verified \(n) documents") }
+            maxDocumentBytes: settings.maxDocumentBytes, droppedByJob: dropped)
+        var report = try verifier.run(progress: { n in Console.standardError.status("\(mapping.name): verified \(n) documents") },
+                                      differences: try job.target.differences(db, mapping))
         Console.standardError.endStatus()
         let pending = keysPending || recorded.status.map { $0.finishedAt == nil && ($0.foreignKeys.flatMap(ForeignKeyMode.init)?.foreignKeysAfter ?? false) } ?? false
         report.foreignKeys = try Verifier.checkForeignKeys(db, job.target, mapping, pending: pending)
