@@ -474,7 +474,19 @@ public struct DurableJob: Sendable {
                 status = try queue.status() ?? status
             }
         }
-        return PipelineReport(name: job.name, tables: job.mapping.tables.map(\.name), status: status, failure: failure)
+        return withMappingInForce(PipelineReport(name: job.name, tables: job.mapping.tables.map(\.name), status: status, failure: failure), job)
+    }
+
+    /// A pipeline's report with its tables as they are now (batches may have evolved its
+    /// mapping) and the fields its mapping did not name, from the target; as it was when the
+    /// target cannot be read (the run's outcome does not depend on it).
+    private func withMappingInForce(_ report: PipelineReport, _ job: PipelineJob) -> PipelineReport {
+        guard let db = try? job.releasedOrConnect() else { return report }
+        defer { job.target.release(db) }
+        var report = report
+        if let current = try? job.inForce(db) { report.tables = current.mapping.tables.map(\.name) }
+        report.unmapped = (try? MappingLedger.summaries(db, pipeline: job.name)) ?? []
+        return report
     }
 
     /// What a run of changes did; it never finishes (the source changes on), so only the
@@ -489,7 +501,7 @@ public struct DurableJob: Sendable {
                 + "\(settings.maxSetAside.allowed(of: applied + setAside)) (--max-set-aside \(settings.maxSetAside)); list them with 'etl-job status --rejected'. "
                 + "Every other change is applied; a document set aside loads with its next change once the source fixes it"
         }
-        return PipelineReport(name: job.name, tables: job.mapping.tables.map(\.name), status: status, failure: failure)
+        return withMappingInForce(PipelineReport(name: job.name, tables: job.mapping.tables.map(\.name), status: status, failure: failure), job)
     }
 
     /// The run's workers shared out among `count` pipelines, each getting at least one.

@@ -12,6 +12,9 @@ public struct PipelineReport: Sendable {
     public var failure: String?
     /// A resume found this pipeline's job already finished: nothing ran.
     public var alreadyFinished = false
+    /// The fields its mapping did not name, as the target records them (every run of the job,
+    /// every worker), path by path.
+    public var unmapped: [UnmappedSummary] = []
     /// The queue's status when the run began (what this run did is the difference): for a
     /// resume, what earlier runs loaded; for a run of changes, what earlier syncs applied.
     public var before: QueueStatus?
@@ -124,6 +127,7 @@ public struct RunReport: Sendable {
             for table in p.tables {
                 lines.append("    \(label(table)) \(n(s.rows[table] ?? 0))")
             }
+            lines += Self.renderUnmapped(p.unmapped)
         }
         if pipelines.count > 1 {
             lines += [
@@ -156,6 +160,17 @@ public struct RunReport: Sendable {
 }
 
 extension RunReport {
+    /// The fields a pipeline's mapping did not name, one line each (nothing when there were none).
+    public static func renderUnmapped(_ fields: [UnmappedSummary], indent: String = "  ") -> [String] {
+        guard !fields.isEmpty else { return [] }
+        func n(_ v: Int64) -> String { v.formatted(.number.grouping(.automatic)) }
+        let width = min(40, fields.map(\.path.count).max() ?? 0)
+        return ["\(indent)fields not in the mapping  \(fields.count) (etl-job mapping prints the mapping in force)"] + fields.map { f in
+            "\(indent)  \(f.path.padding(toLength: max(width, f.path.count), withPad: " ", startingAt: 0))  \(n(f.documents)) document\(f.documents == 1 ? "" : "s") "
+                + "(\(f.types.joined(separator: ", "))), \(f.outcome); e.g. _id \(f.exampleId)"
+        }
+    }
+
     /// The median, 99th percentile and largest of the lags; nil for none.
     public static func lagStatistics(_ lags: [Double]) -> (median: Double, p99: Double, max: Double)? {
         guard !lags.isEmpty else { return nil }
@@ -180,6 +195,7 @@ extension RunReport {
                 "  set aside         \(n(setAside))" + (setAside > 0 ? "  (etl-job status --rejected)" : ""),
                 "  rows written      \(n(rows))",
             ]
+            lines += Self.renderUnmapped(p.unmapped)
             if let applied = s.appliedChange {
                 let date = Date(timeIntervalSince1970: applied).formatted(.iso8601)
                 lines.append("  caught up to      \(date) (the source's time of the last change applied)")

@@ -10,7 +10,7 @@ struct ETLJobCommand: AsyncParsableCommand {
             commandName: "etl-job",
             abstract: "Move MongoDB collections into normalized PostgreSQL tables, resumably: one pipeline per collection, several at once.",
             version: VersionInfo.text,
-            subcommands: [Start.self, Resume.self, Worker.self, Sync.self, Status.self, Verify.self, Init.self, Seed.self, Migrate.self, Scan.self, Version.self])
+            subcommands: [Start.self, Resume.self, Worker.self, Sync.self, Status.self, Verify.self, Init.self, MappingCommand.self, Seed.self, Migrate.self, Scan.self, Version.self])
     }
 }
 

@@ -7,7 +7,8 @@ import Queue
 /// Machine output: every `--json` document carries `schemaVersion`, its keys are always
 /// present (null where a value is unknown), and they are sorted.
 enum JSONOutput {
-    static let schemaVersion = 1
+    /// 2: pipelines carry `unmapped`, the fields their mappings did not name.
+    static let schemaVersion = 2
 
     /// `object` as one line of JSON; nil values (at any depth) become null.
     static func text(_ object: [String: Any?]) -> String {
@@ -82,6 +83,7 @@ enum ReportJSON {
                     "finished": p.status.finishedAt != nil,
                     "alreadyFinished": p.alreadyFinished,
                     "failure": p.failure,
+                    "unmapped": p.unmapped.map(unmappedJSON),
                 ]
             },
         ]
@@ -94,4 +96,10 @@ enum ReportJSON {
             throw JobError(.ioError, "cannot write the report to \(path): \(error.localizedDescription)")
         }
     }
+}
+
+/// One path of a pipeline's unmapped fields, as every `--json` output gives it.
+func unmappedJSON(_ field: UnmappedSummary) -> [String: Any?] {
+    ["path": field.path, "documents": field.documents, "types": field.types, "exampleId": field.exampleId, "outcome": field.outcome,
+     "firstSeen": field.firstSeen]
 }

@@ -145,6 +145,7 @@ struct Status: AsyncParsableCommand {
                                       source: identity?.source.status(at: try queue.extractPosition, extractionFinished: status.extractionFinished),
                                       active: active)
                 view.sync = try SyncView.read(changes, active: active)
+                if let mapping = mappings[name] { view.readTarget(PipelineJob(mapping: mapping, settings: settings, recorded: identity)) }
                 views.append(view)
             } catch let error as LMDBError where error.isNotFound {
                 // A run is still creating this pipeline's queue, or was killed before it
@@ -267,9 +268,13 @@ struct StatusView {
     /// Whether they are in place: always with during; with after, once the job finished.
     let foreignKeysInPlace: Bool?
     /// The pipeline's tables in load order (nil: the counters' tables, sorted).
-    let tables: [String]?
+    var tables: [String]?
     /// The changes applied after the snapshot (`sync`), once there are any.
     var sync: SyncView?
+    /// The fields its mapping did not name, as the target records them (nil: not read).
+    var unmapped: [UnmappedSummary]?
+    /// The version of its mapping in force in the target (0: as given; nil: not read).
+    var mappingVersion: Int?
 
     init(pipeline: String, _ s: QueueStatus, tables: [String]? = nil, source: SourceStatus? = nil, active: Bool, now: Double = Date().timeIntervalSince1970) {
         self.pipeline = pipeline
@@ -337,6 +342,16 @@ struct StatusView {
 
     static func notStarted(pipeline: String, active: Bool) -> StatusView { StatusView(notStarted: pipeline, active: active) }
 
+    /// What the target records of the pipeline: its mapping in force (its tables too) and the
+    /// fields its mapping did not name. Left unknown when the target cannot be reached at once.
+    mutating func readTarget(_ job: PipelineJob) {
+        guard let db = try? job.target.connect(connectTimeout: 3) else { return }
+        guard let current = try? job.inForce(db), let fields = try? MappingLedger.summaries(db, pipeline: pipeline) else { return }
+        mappingVersion = current.mappingVersion
+        unmapped = fields
+        if tables != nil { tables = current.mapping.tables.map(\.name) }
+    }
+
     /// The fields of `status --json`, every key always present.
     var dictionary: [String: Any?] {
         var members: [String: Any?] = [
@@ -348,6 +363,8 @@ struct StatusView {
             "foreignKeys": foreignKeys, "foreignKeysInPlace": foreignKeysInPlace,
         ]
         members["sync"] = .some(sync?.dictionary)
+        members["unmapped"] = .some(unmapped.map { $0.map(unmappedJSON) })
+        members["mappingVersion"] = .some(mappingVersion)
         for key in SourceKinds.statusKeys { members[key] = .some(nil) }
         for (key, value) in source?.json ?? [:] { members[key] = value.map { $0 as Any } }
         return members
@@ -408,6 +425,12 @@ struct StatusView {
         if let rate = documentsPerSecond { lines.append("throughput   \(n(Int64(rate))) documents/s") }
         if let eta = etaSeconds, !complete { lines.append("ETA          \(Int(eta.rounded())) s") }
         lines += sync?.lines ?? []
+        if let mappingVersion, mappingVersion > 0 { lines.append("mapping      version \(mappingVersion) in force (evolved; etl-job mapping prints it)") }
+        if let unmapped {
+            lines += unmapped.isEmpty ? ["unmapped     none: every field read is in the mapping"] : RunReport.renderUnmapped(unmapped, indent: "")
+        } else {
+            lines.append("unmapped     unknown: the target could not be read (give --postgres-url)")
+        }
         lines.append("rows per table")
         let order = tables ?? rows.keys.sorted()
         let width = max(14, order.map(\.count).max() ?? 0)
