@@ -328,7 +328,7 @@ import UsersFixtures
         reason(Customers.orders, "field 'orders' is not in the mapping (an array; the mapping's policy for unmapped fields is set-aside)")
         reason(Customers.color, "field 'items[].color' is not in the mapping (a string; the mapping's policy for unmapped fields is set-aside)")
         reason(Customers.stringAge, "field 'age' is a string, expected an integer")
-        // BUG (product): the article before the type reads "a object" (SetAside reason of a document-typed field).
+        // (An object is "an object": the reason said "a object" until article(_:) knew the type's name.)
         reason(Customers.address, "field 'address' is not in the mapping (an object; the mapping's policy for unmapped fields is set-aside)")
 
         #expect(try Self.rows(sandbox, "SELECT count(*), min(id), max(id), count(*) FILTER (WHERE id % 2 = 1) FROM customers") == [["200", "0", "398", "0"]])
@@ -403,8 +403,7 @@ import UsersFixtures
         #expect(try Self.rejected(sandbox) == ["1001": "field 'a.b' is not in the mapping, and the mapping could not be changed to hold it"])
         #expect(started.stdout.contains("documents loaded  \(Customers.documents)"), "\(started.stdout)")
         #expect(try Self.unmapped(sandbox)["a.b"].map { "\($0.documents) \($0.outcome)" } == "1 document set aside")
-        // BUG (product, Loader.loadOnce): the rows were transformed before the document was set
-        // aside, and those rows were COPYed anyway.
+        // (Its rows were transformed with the batch's before it was set aside: they must not be COPYed.)
         #expect(try Self.rows(sandbox, "SELECT count(*) FROM customers WHERE id = 1001") == [["0"]], "a document set aside has no row")
         #expect(try Self.rows(sandbox, "SELECT count(*) FROM customers_items WHERE customers_id = 1001") == [["0"]], "nor child rows")
         let verify = try sandbox.job("verify")
