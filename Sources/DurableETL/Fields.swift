@@ -105,7 +105,7 @@ public struct Fields {
 @inlinable
 public func article(_ type: BSONType) -> String {
     switch type {
-    case .array, .int32, .int64, .objectId, .undefined: "an \(type.name)"
+    case .array, .document, .int32, .int64, .objectId, .undefined, .other: "an \(type.name)"
     default: "a \(type.name)"
     }
 }

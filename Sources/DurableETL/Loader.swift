@@ -134,8 +134,15 @@ final class BatchLoader: ETLWorker {
                 rows = processor.clock.measure(.transform) {
                     transform(batch.payload, documents.ranges, indices: copying.filter { setAside[$0] == nil }, setAside: &setAside, unmapped: &unmapped)
                 }
-                for (i, fields) in unmapped where setAside[i] == nil && !fields.isEmpty {
+                let unholdable = unmapped.filter { setAside[$0.key] == nil && !$0.value.isEmpty }
+                for (i, fields) in unholdable {
                     setAside[i] = "\(RejectReason("is not in the mapping, and the mapping could not be changed to hold it", at: fields[0].path))"
+                }
+                // Their rows were transformed with the others': transformed again without them, so that none is COPYed.
+                if !unholdable.isEmpty {
+                    rows = processor.clock.measure(.transform) {
+                        transform(batch.payload, documents.ranges, indices: copying.filter { setAside[$0] == nil }, setAside: &setAside)
+                    }
                 }
             }
             try tally(db, batch.payload, documents.ranges, noted, setAside: setAside, evolution: evolution)
