@@ -27,6 +27,8 @@ public struct FileMapping: DocumentMapping {
         /// The fields of an object of this table that a column or child table holds; nil when
         /// a column holds the entry itself (then nothing in it is unmapped).
         let named: Named?
+        /// Per column: where `named.walk` puts its value (nil: read with `find`).
+        let columnSlots: [Int?]
         /// Per column: the variant columns of the same field, in the order values try them.
         let variants: [[Int]]
         /// Per column: whether it is a variant (written with its main column's value).
@@ -64,7 +66,8 @@ public struct FileMapping: DocumentMapping {
                 main.variantOf == nil ? table.columns.indices.filter { table.columns[$0].variantOf == main.column } : []
             }
             plans.append(Plan(table: index, field: table.field ?? table.name, arrayPath: Self.path(table.field ?? ""), columns: Array(zip(paths, table.columns)),
-                              children: [], keyColumns: generated.count, prefix: prefix, named: named, variants: variants,
+                              children: [], keyColumns: generated.count, prefix: prefix, named: named,
+                              columnSlots: paths.map { named?.slot(of: $0) }, variants: variants,
                               isVariant: table.columns.map { $0.variantOf != nil }, keepsRest: keeps))
             plans[index].children = table.children.map { add($0, parent: table, prefix: prefix + ($0.field ?? "") + "[].") }
             return index
@@ -139,9 +142,13 @@ public struct FileMapping: DocumentMapping {
         try emit(plans[0], document: root, element: nil, key: Key(root: keyValue, type: rootKey.type, positions: []), into: &rows, notes: &notes)
     }
 
+    /// The same file with another policy; its definition (recorded with the job) says it, so
+    /// that a resume, sync, worker or verify of the job follows the policy the job started with.
     public func with(unmappedPolicy: UnmappedPolicy) -> (any DocumentMapping)? {
+        guard unmappedPolicy != file.unmapped else { return self }
         var file = file
         file.unmapped = unmappedPolicy
+        file.text = file.rendered
         return FileMapping(file)
     }
 
@@ -169,58 +176,22 @@ public struct FileMapping: DocumentMapping {
 
     private func emit(_ plan: Plan, document: BSONIterator?, element: BSONIterator?, key: Key, into rows: inout TableRows,
                       notes: inout [Note]) throws(RejectReason) {
-        let fields = plan.keyColumns + plan.columns.count + (plan.keepsRest ? 1 : 0)
-        let first = notes.count
-        if let document, let named = plan.named {
-            named.walk(document, path: []) { path, value in notes.append(Note(plan: plan.table, path: path, variantOf: nil, value: value)) }
-        }
-        let unnamed = notes.count
         var failure: RejectReason?
-        // A value its column cannot hold, for the variant column (by index) that holds it.
-        var forVariant: [(column: Int, value: BSONIterator)] = []
-        rows.row(plan.table, fields: fields) { w in
-            if plan.keyColumns > 0 {
-                try? key.type.write(key.root, nullable: false, into: &w)
-                for position in key.positions { w.int4(position) }
-            }
-            for (i, (path, column)) in plan.columns.enumerated() {
-                if plan.isVariant[i] {
-                    if let held = forVariant.first(where: { $0.column == i }) { try? column.type.write(held.value, nullable: true, into: &w) } else { w.null() }
-                    continue
-                }
-                var value: BSONIterator?
-                do throws(RejectReason) {
-                    value = try Self.find(path, in: document, element: element)
-                    let mark = w.mark
-                    do throws(RejectReason) {
-                        try column.type.write(value, nullable: column.nullable, into: &w)
-                    } catch {
-                        guard let value, value.type != .null, value.type != .undefined, !column.key else { throw error }
-                        w.rollback(to: mark)
-                        if let variant = plan.variants[i].first(where: { plan.columns[$0].column.type.fits(value) }) {
-                            forVariant.append((variant, value))
-                        } else if file.unmapped == .evolve, ColumnType.variant(for: value.type) != column.type, ColumnType.variant(for: value.type).fits(value) {
-                            notes.append(Note(plan: plan.table, path: path, variantOf: i, value: value))
-                        } else {
-                            throw error
-                        }
-                        w.null()
-                    }
-                } catch {
-                    failure = failure ?? (column.field.isEmpty ? error : error.inside(column.field))
-                    w.null()
+        if let document, let named = plan.named {
+            // One pass over the object finds every named field (each column's value, without a
+            // search per column) and notes the others.
+            withUnsafeTemporaryAllocation(of: BSONIterator?.self, capacity: named.count) { found in
+                found.initialize(repeating: nil)
+                let first = notes.count
+                named.walk(document, found: found) { path, value in notes.append(Note(plan: plan.table, path: path, variantOf: nil, value: value)) }
+                failure = row(plan, key: key, unnamed: first..<notes.count, into: &rows, notes: &notes) { i, path throws(RejectReason) in
+                    if let slot = plan.columnSlots[i] { return found[slot] }
+                    return try Self.find(path, in: document, element: element)
                 }
             }
-            if plan.keepsRest {
-                guard unnamed > first else { return w.null() }
-                let mark = w.mark
-                do {
-                    try w.jsonb { j in try Self.object(notes[first..<unnamed], depth: 0, into: &j) }
-                } catch {
-                    failure = failure ?? (error as? RejectReason ?? RejectReason("\(error)")).inside(UnmappedPolicy.restColumn)
-                    w.rollback(to: mark)
-                    w.null()
-                }
+        } else {
+            failure = row(plan, key: key, unnamed: notes.count..<notes.count, into: &rows, notes: &notes) { _, path throws(RejectReason) in
+                try Self.find(path, in: document, element: element)
             }
         }
         if let failure { throw failure }
@@ -243,6 +214,63 @@ public struct FileMapping: DocumentMapping {
                 position += 1
             }
         }
+    }
+
+    /// Writes one row of `plan`'s table: the key columns, each column's value (`value(i,
+    /// path)`), a variant's value where its column cannot hold it (or, under `evolve`, a note
+    /// for the variant to add), and the rest column of the fields `unnamed` notes. Returns the
+    /// first field that does not fit.
+    private func row(_ plan: Plan, key: Key, unnamed: Range<Int>, into rows: inout TableRows, notes: inout [Note],
+                     value: (Int, [String]) throws(RejectReason) -> BSONIterator?) -> RejectReason? {
+        let fields = plan.keyColumns + plan.columns.count + (plan.keepsRest ? 1 : 0)
+        var failure: RejectReason?
+        // A value its column cannot hold, for the variant column (by index) that holds it.
+        var forVariant: [(column: Int, value: BSONIterator)] = []
+        rows.row(plan.table, fields: fields) { w in
+            if plan.keyColumns > 0 {
+                try? key.type.write(key.root, nullable: false, into: &w)
+                for position in key.positions { w.int4(position) }
+            }
+            for (i, (path, column)) in plan.columns.enumerated() {
+                if plan.isVariant[i] {
+                    if let held = forVariant.first(where: { $0.column == i }) { try? column.type.write(held.value, nullable: true, into: &w) } else { w.null() }
+                    continue
+                }
+                do throws(RejectReason) {
+                    let found = try value(i, path)
+                    let mark = w.mark
+                    do throws(RejectReason) {
+                        try column.type.write(found, nullable: column.nullable, into: &w)
+                    } catch {
+                        guard let found, found.type != .null, found.type != .undefined, !column.key else { throw error }
+                        w.rollback(to: mark)
+                        if let variant = plan.variants[i].first(where: { plan.columns[$0].column.type.fits(found) }) {
+                            forVariant.append((variant, found))
+                        } else if file.unmapped == .evolve, ColumnType.variant(for: found.type) != column.type, ColumnType.variant(for: found.type).fits(found) {
+                            notes.append(Note(plan: plan.table, path: path, variantOf: i, value: found))
+                        } else {
+                            throw error
+                        }
+                        w.null()
+                    }
+                } catch {
+                    failure = failure ?? (column.field.isEmpty ? error : error.inside(column.field))
+                    w.null()
+                }
+            }
+            if plan.keepsRest {
+                guard !unnamed.isEmpty else { return w.null() }
+                let mark = w.mark
+                do {
+                    try w.jsonb { j in try Self.object(notes[unnamed], depth: 0, into: &j) }
+                } catch {
+                    failure = failure ?? (error as? RejectReason ?? RejectReason("\(error)")).inside(UnmappedPolicy.restColumn)
+                    w.rollback(to: mark)
+                    w.null()
+                }
+            }
+        }
+        return failure
     }
 
     /// The rest column's object: each noted field under its key, inside objects for its path.
@@ -289,49 +317,83 @@ public struct FileMapping: DocumentMapping {
 /// a key that a column or child table reads whole ends there; a key the mapping flattens
 /// (`dims` of `dims.w`) leads to the keys it names inside.
 final class Named: Sendable {
+    private let names: [String]
     private let keys: [[CChar]]
     /// Nil: held whole.
     private let inner: [Named?]
+    /// Where `walk` puts each key's value: a number per key of the whole tree.
+    private let slots: [Int]
+    /// How many slots the tree numbers (the size of `walk`'s `found`).
+    let count: Int
+    /// How deep the tree goes.
+    private let depth: Int
 
-    init(_ paths: [[String]]) {
+    convenience init(_ paths: [[String]]) {
+        var next = 0
+        self.init(paths, next: &next)
+    }
+
+    private init(_ paths: [[String]], next: inout Int) {
         var order: [String] = []
         var groups: [String: [[String]]] = [:]
         for path in paths where !path.isEmpty {
             if groups[path[0]] == nil { order.append(path[0]) }
             groups[path[0], default: []].append(Array(path.dropFirst()))
         }
+        names = order
         keys = order.map { Array($0.utf8CString) }
-        inner = order.map { key in
+        var slots: [Int] = [], inner: [Named?] = []
+        for key in order {
+            slots.append(next)
+            next += 1
             let rest = groups[key]!
-            return rest.contains(where: \.isEmpty) ? nil : Named(rest)
+            inner.append(rest.contains(where: \.isEmpty) ? nil : Named(rest, next: &next))
+        }
+        self.slots = slots
+        self.inner = inner
+        count = next
+        depth = 1 + (inner.compactMap { $0?.depth }.max() ?? 0)
+    }
+
+    /// Where `walk` puts the value at `path`; nil when the tree does not reach it (a path
+    /// under a key held whole).
+    func slot(of path: [String]) -> Int? {
+        guard let first = path.first, let i = names.firstIndex(of: first) else { return nil }
+        return path.count == 1 ? slots[i] : inner[i]?.slot(of: Array(path.dropFirst()))
+    }
+
+    /// Puts the value of each named key of `object` in `found` (the first, for a key that
+    /// repeats), and calls `note` with the path (from `object`) and value of each field no
+    /// column holds, in document order; nulls hold nothing and are passed over.
+    func walk(_ object: BSONIterator, found: UnsafeMutableBufferPointer<BSONIterator?>, _ note: ([String], BSONIterator) -> Void) {
+        withUnsafeTemporaryAllocation(of: UnsafePointer<CChar>.self, capacity: depth) { ancestors in
+            walk(object, found: found, ancestors: ancestors, level: 0, note)
         }
     }
 
-    /// Calls `note` with the path (from `object`) and value of each field of `object` no
-    /// column holds, in document order; nulls hold nothing and are passed over.
-    func walk(_ object: BSONIterator, path: [String], _ note: ([String], BSONIterator) -> Void) {
+    private func walk(_ object: BSONIterator, found: UnsafeMutableBufferPointer<BSONIterator?>, ancestors: UnsafeMutableBufferPointer<UnsafePointer<CChar>>,
+                      level: Int, _ note: ([String], BSONIterator) -> Void) {
+        func path(_ it: BSONIterator) -> [String] { (0..<level).map { String(cString: ancestors[$0]) } + [it.key] }
         var it = object
         var next = 0
         while it.next() {
-            guard it.type != .null, it.type != .undefined else { continue }
+            let holds = it.type != .null && it.type != .undefined
             // Documents usually hold their fields in the mapping's order: try the next one first.
-            var found = -1
-            if next < keys.count, strcmp(it.keyPointer, keys[next]) == 0 {
-                found = next
-            } else {
-                found = keys.indices.first { strcmp(it.keyPointer, keys[$0]) == 0 } ?? -1
-            }
-            guard found >= 0 else {
-                note(path + [it.key], it)
+            let index = next < keys.count && strcmp(it.keyPointer, keys[next]) == 0 ? next
+                : keys.indices.first { strcmp(it.keyPointer, keys[$0]) == 0 } ?? -1
+            guard index >= 0 else {
+                if holds { note(path(it), it) }
                 continue
             }
-            next = found + 1
-            guard let named = inner[found] else { continue }
+            next = index + 1
+            if found[slots[index]] == nil { found[slots[index]] = it }
+            guard let named = inner[index], holds else { continue }
             if it.type == .document, let child = it.children {
-                named.walk(child, path: path + [it.key], note)
+                ancestors[level] = it.keyPointer
+                named.walk(child, found: found, ancestors: ancestors, level: level + 1, note)
             } else {
                 // A value where the mapping reads an object: none of its columns holds it.
-                note(path + [it.key], it)
+                note(path(it), it)
             }
         }
     }

@@ -222,10 +222,9 @@ public struct MappingFile: Sendable, Equatable {
     }
 
     /// The tables and columns the file describes, one per line: recorded with a job, so that
-    /// a resume with a changed file can say what changed.
-    public var canonical: String {
-        "source \(source.database).\(source.collection)\n" + (unmapped == .evolve ? "" : "unmapped \(unmapped.rawValue)\n") + describe(root, indent: "")
-    }
+    /// a resume with a changed file can say what changed. (Not the policy: the job's recorded
+    /// definition keeps the one it started with, unless `--unmapped` says otherwise.)
+    public var canonical: String { "source \(source.database).\(source.collection)\n" + describe(root, indent: "") }
 
     private func describe(_ table: Table, indent: String) -> String {
         var lines = ["\(indent)\(table.field.map { $0 + " → " } ?? "")\(table.name)"]

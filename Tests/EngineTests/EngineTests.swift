@@ -93,7 +93,7 @@ import Testing
         let checkpoints = try db.execute("SELECT pipeline, sum(documents_loaded) FROM etl_checkpoints GROUP BY 1 ORDER BY 1").rows
         #expect(checkpoints.map { $0.compactMap { $0 } } == [["archive", "200"], ["notes", "199"]])
         let migrations = try db.execute("SELECT pipeline || ':' || version FROM etl_migrations ORDER BY 1").rows.map { $0[0]! }
-        #expect(migrations == ["archive:1", "etl-job:1", "etl-job:2", "etl-job:3", "etl-job:4", "etl-job:5", "notes:1"])
+        #expect(migrations == ["archive:1", "etl-job:1", "etl-job:2", "etl-job:3", "etl-job:4", "etl-job:5", "etl-job:6", "notes:1"])
     }
 
     @Test func workersAreSharedOutAmongPipelines() {

@@ -195,7 +195,7 @@ enum Reference {
         let bad = try sandbox.job("verify", ["--json"])
         #expect(bad.status == 65, "verify exits 65 when source and target differ")
         let document = try #require(try JSONSerialization.jsonObject(with: Data(bad.stdout.utf8)) as? [String: Any])
-        #expect(document["agrees"] as? Bool == false && document["schemaVersion"] as? Int == 1)
+        #expect(document["agrees"] as? Bool == false && document["schemaVersion"] as? Int == 2)
         let report = try #require((document["pipelines"] as? [[String: Any]])?.first)
         #expect(report["pipeline"] as? String == "users" && report["agrees"] as? Bool == false)
         let tables = Dictionary(uniqueKeysWithValues: (report["tables"] as! [[String: Any]]).map { ($0["table"] as! String, $0) })

@@ -48,7 +48,7 @@ import UsersFixtures
         let sandbox = try Sandbox()
         let result = try sandbox.job("migrate")
         #expect(result.status == 0, "\(result.stderr)")
-        #expect(result.stdout.contains("applied 7 migration"), "the engine's checkpoints (and their columns for changes), its writers, its partitions (and their change stream start), the users tables and their unique columns")
+        #expect(result.stdout.contains("applied 8 migration"), "the engine's checkpoints (and their columns for changes), its writers, its partitions (and their change stream start), its mappings in force and unmapped fields, the users tables and their unique columns")
         let db = try sandbox.db()
         let tables = try db.execute("""
             SELECT table_name FROM information_schema.tables
@@ -92,7 +92,7 @@ import UsersFixtures
         #expect(second.status == 0)
         #expect(second.stdout.contains("schema is up to date"))
         #expect(try sandbox.db().execute("SELECT pipeline || ':' || version FROM etl_migrations ORDER BY 1").rows.map { $0[0]! }
-            == ["etl-job:1", "etl-job:2", "etl-job:3", "etl-job:4", "etl-job:5", "users:1", "users:2"])
+            == ["etl-job:1", "etl-job:2", "etl-job:3", "etl-job:4", "etl-job:5", "etl-job:6", "users:1", "users:2"])
     }
 
     /// A target and a state directory left by etl-job 0.1 (bookkeeping without a pipeline
@@ -103,7 +103,7 @@ import UsersFixtures
         try sandbox.seed(users: 50)
         #expect(try sandbox.job("migrate").status == 0)
         try sandbox.db().execute("""
-            DROP TABLE etl_migrations, etl_checkpoints, etl_writers, etl_partitions, etl_partitioned_jobs;
+            DROP TABLE etl_migrations, etl_checkpoints, etl_writers, etl_partitions, etl_partitioned_jobs, etl_mappings, etl_unmapped;
             CREATE TABLE etl_migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());
             INSERT INTO etl_migrations (version, name) VALUES (1, '15 users tables and checkpoints');
             CREATE TABLE etl_checkpoints (job_id text NOT NULL, batch_id bigint NOT NULL, documents_loaded integer NOT NULL,
@@ -118,7 +118,7 @@ import UsersFixtures
         #expect(fresh.status == 0, "\(fresh.stderr)")
         #expect(!FileManager.default.fileExists(atPath: sandbox.stateDirectory + "/data.mdb"))
         let db = try sandbox.db()
-        #expect(try db.execute("SELECT pipeline || ':' || version FROM etl_migrations ORDER BY 1").rows.map { $0[0]! } == ["etl-job:1", "etl-job:2", "etl-job:3", "etl-job:4", "etl-job:5", "users:1", "users:2"])
+        #expect(try db.execute("SELECT pipeline || ':' || version FROM etl_migrations ORDER BY 1").rows.map { $0[0]! } == ["etl-job:1", "etl-job:2", "etl-job:3", "etl-job:4", "etl-job:5", "etl-job:6", "users:1", "users:2"])
         #expect(try db.execute("SELECT DISTINCT pipeline FROM etl_checkpoints").rows.map { $0[0]! } == ["users"])
         #expect(try sandbox.counts()["users"] == 50)
         #expect(try sandbox.job("verify").status == 0)
