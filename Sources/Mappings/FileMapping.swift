@@ -456,7 +456,7 @@ extension FileMapping {
             var used = Set(table.columns.map(\.name))
             for (column, type) in variants[index] ?? [] {
                 let main = plan.columns[column].column
-                let name = Self.unique(main.column + "__" + type.variantSuffix, &used)
+                let name = Inference.unique(main.column + "__" + type.variantSuffix, &used)
                 columns.append(["field": main.field, "column": name, "type": type.fileName, "nullable": true, "variantOf": main.column])
                 if let at = columns.firstIndex(where: { $0["column"] as? String == main.column }) { columns[at]["nullable"] = true }
                 changes.append("\(plan.prefix + main.field) (\(type.fileName) values) → \(table.name).\(name) \(type.sql)")
@@ -526,16 +526,5 @@ extension FileMapping {
         }
         table["children"] = (table["children"] as? [[String: Any]] ?? []).map(nullable)
         return table
-    }
-
-    private static func unique(_ name: String, _ used: inout Set<String>) -> String {
-        var candidate = String(name.prefix(63))
-        var n = 2
-        while used.contains(candidate) {
-            candidate = String(name.prefix(60)) + "_\(n)"
-            n += 1
-        }
-        used.insert(candidate)
-        return candidate
     }
 }

@@ -190,7 +190,7 @@ public struct Inference {
         tables: inout Set<String>, notes: inout [String: String]
     ) {
         let nullable = field.present < parentCount || field.nulls > 0
-        let column = unique(prefix + path.split(separator: ".").last.map(String.init)!, &used)
+        let column = Self.unique(prefix + path.split(separator: ".").last.map(String.init)!, &used)
         let onlyObjects = field.types.keys.allSatisfy { $0 == .document } && !field.types.isEmpty
         let onlyArrays = field.types.keys.allSatisfy { $0 == .array } && !field.types.isEmpty
         if onlyObjects && stableKeys(field) {
@@ -276,16 +276,26 @@ public struct Inference {
         return "in \(field.present) of \(total)" + (field.nulls > 0 ? ", null in \(field.nulls)" : "") + (types.isEmpty ? "" : "; \(types)")
     }
 
-    private func unique(_ name: String, _ used: inout Set<String>) -> String {
-        var candidate = String(name.prefix(63))
+    /// `name` (at most 63 bytes), or with `_2`, `_3`… when `used` has it; added to `used`.
+    static func unique(_ name: String, _ used: inout Set<String>) -> String {
+        // PostgreSQL keeps 63 bytes of a name: cut at a character that ends within them.
+        func cut(_ bytes: Int) -> String {
+            var kept = ""
+            for character in name {
+                guard kept.utf8.count + character.utf8.count <= bytes else { break }
+                kept.append(character)
+            }
+            return kept
+        }
+        var candidate = cut(63)
         var n = 2
         while used.contains(candidate) {
-            candidate = String(name.prefix(60)) + "_\(n)"
+            candidate = cut(60) + "_\(n)"
             n += 1
         }
         used.insert(candidate)
         return candidate
     }
 
-    private func tableName(_ name: String, _ used: inout Set<String>) -> String { unique(name, &used) }
+    private func tableName(_ name: String, _ used: inout Set<String>) -> String { Self.unique(name, &used) }
 }
