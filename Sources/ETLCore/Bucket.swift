@@ -54,6 +54,8 @@ public final class Bucket<Item>: @unchecked Sendable {
     private let weigh: (Item) -> Int
     private let flushTimeout: Duration
     private let flush: ([Item]) throws -> Void
+    /// Flushes by age; ended (joined) by `finish` and `abandon`.
+    private var timer: DedicatedThread?
 
     public init(
         size: Int, maxWeight: Int = .max, weigh: @escaping (Item) -> Int = { _ in 0 }, flushTimeout: Duration,
@@ -66,9 +68,7 @@ public final class Bucket<Item>: @unchecked Sendable {
         self.flushTimeout = flushTimeout
         self.flush = flush
         items.reserveCapacity(size)
-        let timer = Thread { [weak self] in self?.flushWhenOld() }
-        timer.name = "bucket-timer"
-        timer.start()
+        timer = Threads.spawn(name: "bucket-timer") { [weak self] in self?.flushWhenOld() }
     }
 
     public func add(_ item: Item) throws {
@@ -86,6 +86,7 @@ public final class Bucket<Item>: @unchecked Sendable {
 
     /// Flushes what is left and stops the timer. Rethrows a failure of a timed flush.
     public func finish() throws {
+        defer { timer?.join() }
         condition.lock()
         defer { condition.unlock() }
         finished = true
@@ -101,6 +102,7 @@ public final class Bucket<Item>: @unchecked Sendable {
         items.removeAll()
         condition.broadcast()
         condition.unlock()
+        timer?.join()
     }
 
     private func flushLocked() throws {

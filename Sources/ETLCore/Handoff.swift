@@ -11,12 +11,13 @@ public final class Handoff<Item>: @unchecked Sendable {
     private var closed = false
     private var failure: (any Error)?
     private let stage: ([Item]) throws -> Void
+    /// Ended (joined) by `finish` and `abandon`, so that nothing it holds (the queue's LMDB
+    /// environment, its thread's reader slot) is released after the producer went on.
+    private var worker: DedicatedThread?
 
     public init(name: String, stage: @escaping ([Item]) throws -> Void) {
         self.stage = stage
-        let worker = Thread { [self] in run() }
-        worker.name = name
-        worker.start()
+        worker = Threads.spawn(name: name) { [self] in run() }
     }
 
     /// Hands a batch over; rethrows the failure of an earlier one.
@@ -31,6 +32,7 @@ public final class Handoff<Item>: @unchecked Sendable {
 
     /// Waits until every batch handed over is staged; rethrows a failure.
     public func finish() throws {
+        defer { worker?.join() }
         condition.lock()
         defer { condition.unlock() }
         while (waiting != nil || busy) && failure == nil { condition.wait() }
@@ -42,6 +44,7 @@ public final class Handoff<Item>: @unchecked Sendable {
     /// Drops a waiting batch and waits for the one being staged (a batch is staged whole or
     /// not at all); the producer is stopping on an error.
     public func abandon() {
+        defer { worker?.join() }
         condition.lock()
         defer { condition.unlock() }
         waiting = nil

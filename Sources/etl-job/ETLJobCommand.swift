@@ -35,8 +35,40 @@ enum Main {
             } else if !(error is ExitCode) {
                 FileHandle.standardError.write(Data(usageError(ETLJobCommand.message(for: error)).utf8))
             }
-            exit(code.rawValue)
+            end(code.rawValue)
         }
+        end(0)
+    }
+
+    /// How every command ends, and the only place that decides it (issue #40).
+    ///
+    /// 1. Every thread the command started (`Threads`: loaders, stagers, the progress line,
+    ///    bucket timers, sessions opened aside) is joined, so that each has released what it
+    ///    held (libpq connections and their SSL contexts, LMDB reader slots) and run its
+    ///    thread-exit handlers (OpenSSL's per-thread state) before the process ends. A thread
+    ///    that cannot end in time (one blocked in a round trip on a path that stops early) is
+    ///    left running; `ETL_THREADS_AT_EXIT=report` names it on stderr and exits 70 if the
+    ///    command had succeeded (the tests set it).
+    /// 2. Standard output and error are flushed.
+    /// 3. `_exit`, not `exit`: no atexit handler and no library destructor runs. OpenSSL
+    ///    registers `OPENSSL_cleanup` with atexit (when libmongoc's constructor initializes it,
+    ///    before `main`) and libmongoc runs `mongoc_cleanup` as a destructor; both free global
+    ///    state that a thread still using libpq, libmongoc or OpenSSL would touch (a finished
+    ///    `verify` over TLS died of SIGABRT that way: a connection thread's OpenSSL thread-exit
+    ///    handler racing `OPENSSL_cleanup`). Nothing needs that cleanup: the kernel closes the
+    ///    sockets and files, LMDB commits are durable when they return, and the driver's
+    ///    shared-memory counters were unlinked at start. The C handles the process still holds
+    ///    at this point (sessions kept for reuse, a client's pool) are not released one by
+    ///    one for the same reason: releasing them can only race, never save anything.
+    static func end(_ code: Int32) -> Never {
+        let left = Threads.endAll(until: .now + .seconds(2))
+        var status = code
+        if !left.isEmpty, ProcessInfo.processInfo.environment["ETL_THREADS_AT_EXIT"] == "report" {
+            FileHandle.standardError.write(Data("etl-job: threads still running at exit: \(left.joined(separator: ", "))\n".utf8))
+            if status == 0 { status = 70 }
+        }
+        fflush(nil)
+        _exit(status)
     }
 }
 

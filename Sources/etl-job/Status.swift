@@ -520,6 +520,8 @@ final class Progress: RunObserver, @unchecked Sendable {
     private var generation = 0
 
     private var finalLine: (() -> String?)?
+    /// The thread drawing the current run's line.
+    private var drawer: DedicatedThread?
 
     func runStarted(_ pipelines: [RunningPipeline]) {
         lock.lock()
@@ -528,7 +530,7 @@ final class Progress: RunObserver, @unchecked Sendable {
         let mine = generation
         finalLine = { Self.line(pipelines) }
         lock.unlock()
-        let thread = Thread { [self] in
+        let thread = Threads.spawn(name: "progress") { [self] in
             lock.lock()
             defer { lock.unlock() }
             while running && generation == mine {
@@ -537,8 +539,9 @@ final class Progress: RunObserver, @unchecked Sendable {
                 Console.standardError.status(line)
             }
         }
-        thread.name = "progress"
-        thread.start()
+        lock.lock()
+        drawer = thread
+        lock.unlock()
     }
 
     func runEnded() {
@@ -547,7 +550,12 @@ final class Progress: RunObserver, @unchecked Sendable {
         Console.standardError.endStatus(finalLine?())
         finalLine = nil
         lock.broadcast()
+        let ending = drawer
+        drawer = nil
         lock.unlock()
+        // It reads the run's queues (LMDB read transactions, each with its thread's reader
+        // slot): it ends, and lets go of them, before the run goes on to close them or exit.
+        ending?.join()
     }
 
     static func line(_ pipelines: [RunningPipeline]) -> String? {

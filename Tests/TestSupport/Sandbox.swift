@@ -59,7 +59,7 @@ public enum Services {
         #expect(posix_spawn(&pid, script, &actions, nil, argv, envp) == 0)
         var status: Int32 = 0
         while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
-        #expect(status == 0, "scripts/services \(arguments.joined(separator: " ")) exited with \(status)")
+        #expect(status == 0, "scripts/services \(arguments.joined(separator: " ")): \(describeWaitStatus(status))")
     }
 
     /// The etl-job executable built next to the tests.
@@ -119,12 +119,13 @@ public final class Sandbox {
 
     /// Runs `etl-job` to completion.
     @discardableResult
-    public func run(_ arguments: [String], environment: [String: String] = [:]) throws -> JobResult {
-        try launch(arguments, environment: environment).wait()
+    public func run(_ arguments: [String], environment: [String: String] = [:], sourceLocation: SourceLocation = #_sourceLocation) throws -> JobResult {
+        try launch(arguments, environment: environment).wait(sourceLocation: sourceLocation)
     }
 
-    public func job(_ command: String, _ extra: [String] = [], environment: [String: String] = [:]) throws -> JobResult {
-        try run([command] + connectionArguments + extra, environment: environment)
+    public func job(_ command: String, _ extra: [String] = [], environment: [String: String] = [:],
+                    sourceLocation: SourceLocation = #_sourceLocation) throws -> JobResult {
+        try run([command] + connectionArguments + extra, environment: environment, sourceLocation: sourceLocation)
     }
 
     /// The status of the state directory's first pipeline (`status --json`), or [:] without a job.
@@ -169,12 +170,41 @@ public final class Sandbox {
     }
 }
 
-public struct JobResult {
+public struct JobResult: CustomStringConvertible {
+    /// The exit status, or the number of the signal that killed the process (`signaled`).
     public let status: Int32
     public let signaled: Bool
     public let stdout: String
     public let stderr: String
     public let seconds: Double
+
+    /// "exit 65" or "killed by SIGABRT", then its standard error: what a failed expectation
+    /// on a run should show.
+    public var description: String {
+        (signaled ? "killed by \(signalName(status))" : "exit \(status)") + (stderr.isEmpty ? "" : "; stderr:\n\(stderr)")
+    }
+}
+
+/// Signals that only a crash sends (a failed assertion in C, a bad pointer, a Swift trap):
+/// never what a test asks for, so a child killed by one fails the test that ran it.
+public let crashSignals: Set<Int32> = [SIGABRT, SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP, SIGSYS]
+
+/// "SIGABRT" for 6, and so on ("signal 42" for one without a name here).
+public func signalName(_ number: Int32) -> String {
+    let names: [Int32: String] = [
+        SIGHUP: "SIGHUP", SIGINT: "SIGINT", SIGQUIT: "SIGQUIT", SIGILL: "SIGILL", SIGTRAP: "SIGTRAP", SIGABRT: "SIGABRT",
+        SIGBUS: "SIGBUS", SIGFPE: "SIGFPE", SIGKILL: "SIGKILL", SIGUSR1: "SIGUSR1", SIGSEGV: "SIGSEGV", SIGUSR2: "SIGUSR2",
+        SIGPIPE: "SIGPIPE", SIGALRM: "SIGALRM", SIGTERM: "SIGTERM", SIGCHLD: "SIGCHLD", SIGCONT: "SIGCONT", SIGSTOP: "SIGSTOP",
+        SIGTSTP: "SIGTSTP", SIGXCPU: "SIGXCPU", SIGXFSZ: "SIGXFSZ", SIGSYS: "SIGSYS",
+    ]
+    return names[number] ?? "signal \(number)"
+}
+
+/// How a `waitpid` status reads: "exit 1", "killed by SIGSEGV".
+public func describeWaitStatus(_ status: Int32) -> String {
+    let signal = status & 0x7f
+    if signal == 0 { return "exit \((status >> 8) & 0xff)" }
+    return "killed by \(signalName(signal))" + (status & 0x80 != 0 ? " (core dumped)" : "")
 }
 
 /// A running etl-job process, with its output captured to files.
@@ -206,14 +236,28 @@ public final class RunningJob {
 
     public var isRunning: Bool { process.isRunning }
 
-    public func signal(_ number: Int32) { kill(process.processIdentifier, number) }
+    /// Signals the test sent (a crash signal sent on purpose is no crash).
+    private var sent: Set<Int32> = []
 
-    public func wait() throws -> JobResult {
+    public func signal(_ number: Int32) {
+        sent.insert(number)
+        kill(process.processIdentifier, number)
+    }
+
+    /// Waits for the process. One killed by a crash signal (SIGABRT, SIGSEGV, …) the test did
+    /// not send fails the test here, naming the signal with the command and its standard
+    /// error, whatever the caller goes on to check: a crash, at exit too, is never silent.
+    /// SIGKILL (the crash points', the tests' own kills) is only reported in `JobResult`.
+    public func wait(sourceLocation: SourceLocation = #_sourceLocation) throws -> JobResult {
         process.waitUntilExit()
         let result = JobResult(
             status: process.terminationStatus, signaled: process.terminationReason == .uncaughtSignal,
             stdout: try String(contentsOf: out, encoding: .utf8), stderr: try String(contentsOf: err, encoding: .utf8),
             seconds: Date().timeIntervalSince(started))
+        if result.signaled, crashSignals.contains(result.status), !sent.contains(result.status) {
+            let command = ([process.executableURL?.lastPathComponent ?? "?"] + (process.arguments ?? [])).joined(separator: " ")
+            Issue.record("\(command) was \(result)\nstdout (last 2,000 characters):\n\(result.stdout.suffix(2000))", sourceLocation: sourceLocation)
+        }
         try? FileManager.default.removeItem(at: out)
         try? FileManager.default.removeItem(at: err)
         return result

@@ -19,10 +19,18 @@ extension Sandbox {
 
     /// Runs `etl-job` under a pseudo-terminal (`script`), as a person at a terminal would;
     /// `stdout` is everything the terminal received.
-    public func inTerminal(_ arguments: [String], environment: [String: String] = [:]) throws -> JobResult {
+    /// `script` exits 128 + n when its child is killed by signal n (etl-job itself exits only
+    /// 130 and 143 above 128): a crash signal fails the test, as `RunningJob.wait` does.
+    public func inTerminal(_ arguments: [String], environment: [String: String] = [:], sourceLocation: SourceLocation = #_sourceLocation) throws -> JobResult {
         let command = ([Services.binary] + arguments).map(shellQuoted).joined(separator: " ")
         let job = try RunningJob(executable: "/usr/bin/script", arguments: ["-qec", command, "/dev/null"], environment: environment)
-        return try job.wait()
+        let result = try job.wait(sourceLocation: sourceLocation)
+        if !result.signaled, result.status > 128, crashSignals.contains(result.status - 128) {
+            let said = "etl-job \(arguments.joined(separator: " ")) under a terminal was killed by \(signalName(result.status - 128))"
+                + "\nterminal (last 2,000 characters):\n" + String(result.stdout.suffix(2000))
+            Issue.record(Comment(rawValue: said), sourceLocation: sourceLocation)
+        }
+        return result
     }
 }
 
