@@ -34,8 +34,9 @@ public protocol DocumentMapping: Sendable {
     /// (a pipeline written in code cannot change its tables).
     func with(unmappedPolicy: UnmappedPolicy) -> (any DocumentMapping)?
     /// The mapping changed to hold the fields it notes in `documents` (new columns, child
-    /// tables, variant columns), or nil when it cannot change (or they need nothing).
-    func evolved(holding documents: [[UInt8]]) -> Evolution?
+    /// tables, variant columns), or nil when it cannot change (or they need nothing). A new
+    /// table takes none of the names in `taken` (tables of the schema that are not its own).
+    func evolved(holding documents: [[UInt8]], taken: Set<String>) -> Evolution?
     /// The mapping a recorded `definition` (of an evolved version of this one) describes.
     func inForce(definition: String) throws -> any DocumentMapping
     /// The type OID of a document's key, the value each table's `documentRows` finds the
@@ -62,7 +63,7 @@ extension DocumentMapping {
 
     public var unmappedPolicy: UnmappedPolicy { .drop }
     public func with(unmappedPolicy: UnmappedPolicy) -> (any DocumentMapping)? { unmappedPolicy == self.unmappedPolicy ? self : nil }
-    public func evolved(holding documents: [[UInt8]]) -> Evolution? { nil }
+    public func evolved(holding documents: [[UInt8]], taken: Set<String>) -> Evolution? { nil }
     public func inForce(definition: String) throws -> any DocumentMapping { self }
     public var documentKeyType: UInt32? { nil }
 

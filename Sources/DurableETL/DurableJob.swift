@@ -274,7 +274,7 @@ public struct DurableJob: Sendable {
                 try discardState(run.previous)
             case .truncate(let name):
                 // Every table of the mapping in force (an evolved one's too); the one given is in force again.
-                try run.job(name).target.truncate(run.db(name), run.job(name).mapping)
+                try run.job(name).target.truncate(run.db(name), run.job(name).mapping, given: run.job(name).given)
                 if let i = run.jobs.firstIndex(where: { $0.name == name }) { run.jobs[i] = run.jobs[i].asGiven() }
                 logger.info("discarded the previous job and emptied the target tables", metadata: ["pipeline": "\(name)"])
             case .prepareForeignKeys(let name, let mode):
@@ -618,6 +618,9 @@ public struct RunManifest: Codable, Sendable {
         guard DurableQueue.exists(in: queueDirectory) else { return nil }
         do {
             return try DurableQueue(directory: queueDirectory, readOnly: true).status()
+        } catch let error as LMDBError where error.isNotFound {
+            // A queue file whose tables were never committed (a run killed as it created it): no job.
+            return nil
         } catch {
             throw JobError.queue(error, queueDirectory)
         }

@@ -125,8 +125,11 @@ final class BatchLoader: ETLWorker {
             try processor.lock.fence(db)
             var evolution: Evolution?
             let noted = unmapped
-            if mapping.unmappedPolicy == .evolve, unmapped.keys.contains(where: { setAside[$0] == nil }) {
-                let held = unmapped.keys.filter { setAside[$0] == nil }.sorted().map { Array(batch.payload[documents.ranges[$0]]) }
+            // Documents the first transform set aside count too: a field that changed type
+            // (an object become a string) leaves the columns under it absent, which its
+            // evolution makes nullable.
+            if mapping.unmappedPolicy == .evolve, !unmapped.isEmpty {
+                let held = unmapped.keys.sorted().map { Array(batch.payload[documents.ranges[$0]]) }
                 (version, evolution) = try evolve(db, batch: batch.id, from: version, documents: held)
                 mapping = version.mapping
                 // Transformed again with the mapping that holds them; a field it still cannot hold sets its document aside.
@@ -265,7 +268,10 @@ final class BatchLoader: ETLWorker {
         var current = version
         let recorded = try processor.job.inForce(db)
         if recorded.mappingVersion > current.number { current = MappingInForce.Version(number: recorded.mappingVersion, mapping: recorded.mapping) }
-        guard let evolution = current.mapping.evolved(holding: documents), let definition = evolution.mapping.definition else { return (current, nil) }
+        // A new table never takes the name of one the schema holds already (another pipeline's, or one a job replaced by start --fresh added).
+        let taken = Set(try db.query("SELECT relname FROM pg_class WHERE relnamespace = to_regnamespace($1)", [quoteIdentifier(processor.target.schema)])
+            .rows.compactMap { $0[0] }).subtracting(current.mapping.tables.map(\.name))
+        guard let evolution = current.mapping.evolved(holding: documents, taken: taken), let definition = evolution.mapping.definition else { return (current, nil) }
         try processor.target.evolve(db, from: current.mapping, to: evolution.mapping)
         if current.number == 0, let given = current.mapping.definition {
             try MappingLedger.record(db, pipeline: processor.name, version: 1, definition: given, job: processor.jobId, batch: nil, changes: ["as given"])

@@ -343,16 +343,16 @@ public struct Target: Sendable {
     /// nullable columns, NOT NULL dropped from a column that gained a variant), inside the
     /// caller's transaction. A new table gets its foreign key and the indexes that changes
     /// need at once when the pipeline's keys are in place (a sync, `--keys during`);
-    /// otherwise the final step adds them with the others. A table or column that is there
-    /// already (from a job `start --fresh` replaced) is kept if it is what `new` writes, and
-    /// refused otherwise.
+    /// otherwise the final step adds them with the others. A new table's name is free (the
+    /// mapping was told which the schema holds); a column that is there already (one a job
+    /// `start --fresh` replaced added) is kept if it is what `new` writes, and refused otherwise.
     func evolve(_ db: PGConnection, from old: any DocumentMapping, to new: any DocumentMapping) throws {
         let before = Dictionary(old.tables.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         let keysInPlace = try missingForeignKeys(db, old).isEmpty && missingPrimaryKeys(db, old).isEmpty
         var created: [TableSpec] = []
         for table in new.tables {
             guard let was = before[table.name] else {
-                try db.execute(table.createStatement.replacingOccurrences(of: "CREATE TABLE ", with: "CREATE TABLE IF NOT EXISTS "))
+                try db.execute(table.createStatement)
                 created.append(table)
                 continue
             }
@@ -479,14 +479,40 @@ public struct Target: Sendable {
         return try db.execute("SELECT CASE \(firstWithARow) END").rows[0][0].flatMap(Int.init).map { tables[$0].name }
     }
 
-    /// Empties `mapping`'s tables and its checkpoints (for `start --fresh`).
-    public func truncate(_ db: PGConnection, _ mapping: any DocumentMapping) throws {
+    /// Empties `mapping`'s tables and its checkpoints (for `start --fresh`). With `given` (the
+    /// mapping the job is given, when `mapping` is a version batches evolved from it): first
+    /// drops what the evolution added, its child tables and columns, so that the target is
+    /// the given mapping's again, and forgets the versions.
+    public func truncate(_ db: PGConnection, _ mapping: any DocumentMapping, given: (any DocumentMapping)? = nil) throws {
         try transaction(db) {
+            let evolved = mapping
+            var mapping = mapping
+            if let given {
+                let kept = Dictionary(given.tables.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+                // Children first: a table is dropped before the table its foreign key references.
+                for table in mapping.tables.reversed() {
+                    guard let was = kept[table.name] else {
+                        try db.execute("DROP TABLE IF EXISTS \(table.quotedName)")
+                        continue
+                    }
+                    for column in table.columns where !was.columns.contains(where: { $0.name == column.name }) {
+                        try db.execute("ALTER TABLE \(table.quotedName) DROP COLUMN IF EXISTS \(quoteIdentifier(column.name))")
+                    }
+                }
+                mapping = given
+            }
             // Tables that are all empty already (a first run, or emptied by hand) are left as
             // they are: TRUNCATE would give each a new file, fsynced at COMMIT, for nothing.
             let anyRow = mapping.tables.map { "EXISTS (SELECT 1 FROM \($0.quotedName))" }.joined(separator: " OR ")
             if try db.execute("SELECT \(anyRow)").rows[0][0] == "t" {
                 try db.execute("TRUNCATE \(mapping.tables.map(\.quotedName).joined(separator: ", "))")
+            }
+            // A column a variant made nullable is NOT NULL again, as the given mapping has it.
+            for table in given == nil ? [] : mapping.tables {
+                guard let was = evolved.tables.first(where: { $0.name == table.name }) else { continue }
+                for column in table.columns where !column.nullable && was.columns.contains(where: { $0.name == column.name && $0.nullable }) {
+                    try db.execute("ALTER TABLE \(table.quotedName) ALTER COLUMN \(quoteIdentifier(column.name)) SET NOT NULL")
+                }
             }
             try db.query("DELETE FROM etl_checkpoints WHERE pipeline = $1", [mapping.name])
             try db.query("DELETE FROM etl_partitioned_jobs WHERE pipeline = $1", [mapping.name])

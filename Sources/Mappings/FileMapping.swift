@@ -29,10 +29,16 @@ public struct FileMapping: DocumentMapping {
         let named: Named?
         /// Per column: where `named.walk` puts its value (nil: read with `find`).
         let columnSlots: [Int?]
+        /// Per column: whether it holds its field only when that is not an object (other
+        /// columns flatten the object, as when a field that was an object became a string).
+        let scalarOnly: [Bool]
         /// Per column: the variant columns of the same field, in the order values try them.
         let variants: [[Int]]
-        /// Per column: whether it is a variant (written with its main column's value).
+        /// Per column: whether it is a variant of another column (written with its value).
         let isVariant: [Bool]
+        /// Per child (as in `children`): the variant columns holding its field's values that
+        /// are not arrays, in the order values try them.
+        let arrayVariants: [[Int]]
         /// Whether the last column is the rest column (`keep`).
         let keepsRest: Bool
     }
@@ -65,10 +71,16 @@ public struct FileMapping: DocumentMapping {
             let variants = table.columns.map { main in
                 main.variantOf == nil ? table.columns.indices.filter { table.columns[$0].variantOf == main.column } : []
             }
+            let arrayVariants = table.children.map { child in table.columns.indices.filter { table.columns[$0].variantOf == child.name } }
             plans.append(Plan(table: index, field: table.field ?? table.name, arrayPath: Self.path(table.field ?? ""), columns: Array(zip(paths, table.columns)),
                               children: [], keyColumns: generated.count, prefix: prefix, named: named,
-                              columnSlots: paths.map { named?.slot(of: $0) }, variants: variants,
-                              isVariant: table.columns.map { $0.variantOf != nil }, keepsRest: keeps))
+                              columnSlots: paths.map { named?.slot(of: $0) },
+                              scalarOnly: zip(paths, table.columns).map { path, column in
+                                  column.type != .jsonb && column.type != .extendedJSON && named?.flattens(path) == true
+                              },
+                              variants: variants,
+                              isVariant: table.columns.map { column in column.variantOf.map { of in !table.children.contains { $0.name == of } } ?? false },
+                              arrayVariants: arrayVariants, keepsRest: keeps))
             plans[index].children = table.children.map { add($0, parent: table, prefix: prefix + ($0.field ?? "") + "[].") }
             return index
         }
@@ -156,12 +168,14 @@ public struct FileMapping: DocumentMapping {
         FileMapping(try MappingFile(json: Data(definition.utf8)))
     }
 
-    /// A field of one object that the mapping does not hold (`variantOf` nil), or a value its
-    /// column cannot hold (the column's index): where, in which table's objects, and the value.
+    /// A field of one object that the mapping does not hold (`variantOf` and `notArrayOf`
+    /// nil), a value its column cannot hold (the column's index), or a value that is not the
+    /// array a child table reads (the child's plan): where, in which table's objects, the value.
     struct Note {
         let plan: Int
         let path: [String]
         let variantOf: Int?
+        var notArrayOf: Int? = nil
         let value: BSONIterator
     }
 
@@ -195,11 +209,17 @@ public struct FileMapping: DocumentMapping {
             }
         }
         if let failure { throw failure }
-        for childIndex in plan.children {
+        for (c, childIndex) in plan.children.enumerated() {
             let child = plans[childIndex]
             let field = child.field
-            guard let array = try Self.find(child.arrayPath, in: document, element: nil), array.type != .null else { continue }
+            guard let array = try Self.find(child.arrayPath, in: document, element: nil), array.type != .null, array.type != .undefined else { continue }
             guard array.type == .array, var entries = array.children else {
+                // Not the array the child table reads: a variant column of the field holds it, or under evolve will.
+                if plan.arrayVariants[c].contains(where: { plan.columns[$0].column.type.fits(array) }) { continue }
+                if file.unmapped == .evolve {
+                    notes.append(Note(plan: plan.table, path: child.arrayPath, variantOf: nil, notArrayOf: childIndex, value: array))
+                    continue
+                }
                 throw RejectReason("is \(article(array.type)), expected an array", at: field)
             }
             var position: Int32 = 0
@@ -236,8 +256,21 @@ public struct FileMapping: DocumentMapping {
                     if let held = forVariant.first(where: { $0.column == i }) { try? column.type.write(held.value, nullable: true, into: &w) } else { w.null() }
                     continue
                 }
+                if let child = plan.arrayVariants.firstIndex(where: { $0.contains(i) }) {
+                    // The first variant of the child's field that holds a value that is not an array.
+                    let found = try? value(i, path)
+                    if let found, found.type != .array, found.type != .null, found.type != .undefined,
+                       plan.arrayVariants[child].first(where: { plan.columns[$0].column.type.fits(found) }) == i {
+                        try? column.type.write(found, nullable: true, into: &w)
+                    } else {
+                        w.null()
+                    }
+                    continue
+                }
                 do throws(RejectReason) {
-                    let found = try value(i, path)
+                    var found = try value(i, path)
+                    // An object here is held by the columns that flatten it.
+                    if plan.scalarOnly[i], found?.type == .document { found = nil }
                     let mark = w.mark
                     do throws(RejectReason) {
                         try column.type.write(found, nullable: column.nullable, into: &w)
@@ -319,8 +352,10 @@ public struct FileMapping: DocumentMapping {
 final class Named: Sendable {
     private let names: [String]
     private let keys: [[CChar]]
-    /// Nil: held whole.
+    /// The keys named inside each key's object (nil: none).
     private let inner: [Named?]
+    /// Whether a column (or child table) reads each key's value itself.
+    private let whole: [Bool]
     /// Where `walk` puts each key's value: a number per key of the whole tree.
     private let slots: [Int]
     /// How many slots the tree numbers (the size of `walk`'s `found`).
@@ -342,21 +377,29 @@ final class Named: Sendable {
         }
         names = order
         keys = order.map { Array($0.utf8CString) }
-        var slots: [Int] = [], inner: [Named?] = []
+        var slots: [Int] = [], inner: [Named?] = [], whole: [Bool] = []
         for key in order {
             slots.append(next)
             next += 1
             let rest = groups[key]!
-            inner.append(rest.contains(where: \.isEmpty) ? nil : Named(rest, next: &next))
+            whole.append(rest.contains(where: \.isEmpty))
+            let deeper = rest.filter { !$0.isEmpty }
+            inner.append(deeper.isEmpty ? nil : Named(deeper, next: &next))
         }
         self.slots = slots
         self.inner = inner
+        self.whole = whole
         count = next
         depth = 1 + (inner.compactMap { $0?.depth }.max() ?? 0)
     }
 
-    /// Where `walk` puts the value at `path`; nil when the tree does not reach it (a path
-    /// under a key held whole).
+    /// Whether `path` leads to keys named inside it (its object is flattened).
+    func flattens(_ path: [String]) -> Bool {
+        guard let first = path.first, let i = names.firstIndex(of: first), let inner = inner[i] else { return false }
+        return path.count == 1 || inner.flattens(Array(path.dropFirst()))
+    }
+
+    /// Where `walk` puts the value at `path`; nil when the tree does not reach it.
     func slot(of path: [String]) -> Int? {
         guard let first = path.first, let i = names.firstIndex(of: first) else { return nil }
         return path.count == 1 ? slots[i] : inner[i]?.slot(of: Array(path.dropFirst()))
@@ -391,7 +434,7 @@ final class Named: Sendable {
             if it.type == .document, let child = it.children {
                 ancestors[level] = it.keyPointer
                 named.walk(child, found: found, ancestors: ancestors, level: level + 1, note)
-            } else {
+            } else if !whole[index] {
                 // A value where the mapping reads an object: none of its columns holds it.
                 note(path(it), it)
             }
@@ -405,9 +448,10 @@ extension FileMapping {
     /// flattened into columns (`vip.level` → `vip_level`), an array of scalars an array column,
     /// an array of objects a new child table; a value its column cannot hold a variant column
     /// (`age__text`). Every new column is nullable: the documents loaded before lack it.
-    public func evolved(holding documents: [[UInt8]]) -> Evolution? {
-        var fields: [Int: (order: [[String]], tree: Inference.Field, leaves: [[String]: Inference.Field])] = [:]
+    public func evolved(holding documents: [[UInt8]], taken: Set<String>) -> Evolution? {
+        var fields: [Int: (order: [[String]], leaves: [[String]: Inference.Field])] = [:]
         var variants: [Int: [(column: Int, type: ColumnType)]] = [:]
+        var notArrays: [Int: [(child: Int, type: ColumnType)]] = [:]
         for document in documents {
             document.withUnsafeBytes { raw in
                 var rows = TableRows()
@@ -415,6 +459,13 @@ extension FileMapping {
                 var notes: [Note] = []
                 try? map(raw, into: &rows, notes: &notes)
                 for note in notes {
+                    if let child = note.notArrayOf {
+                        let type = ColumnType.variant(for: note.value.type)
+                        if !(notArrays[note.plan] ?? []).contains(where: { $0.child == child && $0.type == type }) {
+                            notArrays[note.plan, default: []].append((child, type))
+                        }
+                        continue
+                    }
                     if let column = note.variantOf {
                         let type = ColumnType.variant(for: note.value.type)
                         if !(variants[note.plan] ?? []).contains(where: { $0.column == column && $0.type == type }) {
@@ -424,31 +475,24 @@ extension FileMapping {
                     }
                     // A name that cannot be a path of a mapping file stays unmapped (its document is set aside).
                     guard note.path.allSatisfy({ !$0.isEmpty && !$0.contains(".") }) else { continue }
-                    var entry = fields[note.plan] ?? ([], Inference.Field(), [:])
-                    var node = entry.tree
-                    for key in note.path.dropLast() {
-                        node = node.child(key)
-                        node.present += 1
-                        node.objects += 1
-                        node.types[.document, default: 0] += 1
-                    }
-                    let leaf = node.child(note.path.last!)
-                    Inference.value(note.value, into: leaf)
+                    // Each path's values on their own: each is described at its place, named by its path.
+                    var entry = fields[note.plan] ?? ([], [:])
                     if entry.leaves[note.path] == nil {
                         entry.order.append(note.path)
-                        entry.leaves[note.path] = leaf
+                        entry.leaves[note.path] = Inference.Field()
                     }
+                    Inference.value(note.value, into: entry.leaves[note.path]!)
                     fields[note.plan] = entry
                 }
             }
         }
-        guard !fields.isEmpty || !variants.isEmpty else { return nil }
+        guard !fields.isEmpty || !variants.isEmpty || !notArrays.isEmpty else { return nil }
         var top = file.dictionary
-        var tableNames = Set(tables.map(\.name))
+        var tableNames = Set(tables.map(\.name)).union(taken)
         var changes: [String] = []
         var destinations: [String: String] = [:]
         let inference = Inference()
-        for (index, plan) in plans.enumerated() where fields[index] != nil || variants[index] != nil {
+        for (index, plan) in plans.enumerated() where fields[index] != nil || variants[index] != nil || notArrays[index] != nil {
             let table = tables[plan.table]
             var members = Self.tableMembers(&top, at: route(to: index))
             var columns = members["columns"] as? [[String: Any]] ?? []
@@ -461,6 +505,13 @@ extension FileMapping {
                 if let at = columns.firstIndex(where: { $0["column"] as? String == main.column }) { columns[at]["nullable"] = true }
                 changes.append("\(plan.prefix + main.field) (\(type.fileName) values) → \(table.name).\(name) \(type.sql)")
                 destinations[plan.prefix + main.field] = "\(table.name).\(name)"
+            }
+            for (child, type) in notArrays[index] ?? [] {
+                let childTable = tables[plans[child].table].name
+                let name = Inference.unique((plans[child].arrayPath.last ?? childTable) + "__" + type.variantSuffix, &used)
+                columns.append(["field": plans[child].field, "column": name, "type": type.fileName, "nullable": true, "variantOf": childTable])
+                changes.append("\(plan.prefix + plans[child].field) (\(type.fileName) values, not arrays) → \(table.name).\(name) \(type.sql)")
+                destinations[plan.prefix + plans[child].field] = "\(table.name).\(name)"
             }
             for path in fields[index]?.order ?? [] {
                 let dotted = path.joined(separator: ".")
@@ -477,6 +528,11 @@ extension FileMapping {
                 for i in childrenBefore..<children.count {
                     children[i] = Self.nullable(children[i])
                     changes.append("\(plan.prefix + dotted)[] → child table \(children[i]["table"]!)")
+                }
+                // A value where the mapping flattens an object: the object's columns may be absent now.
+                for (i, column) in columns.enumerated() where (column["field"] as? String)?.hasPrefix(dotted + ".") == true && column["nullable"] as? Bool != true {
+                    columns[i]["nullable"] = true
+                    changes.append("\(table.name).\(column["column"]!) nullable (\(plan.prefix + dotted) is not always an object)")
                 }
                 destinations[plan.prefix + dotted] = added.joined(separator: ", ")
             }

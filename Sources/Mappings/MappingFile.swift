@@ -23,7 +23,9 @@ public struct MappingFile: Sendable, Equatable {
         /// UNIQUE on its own (a MongoDB unique index on the field).
         public var unique: Bool = false
         /// For a variant column: the column of the same field whose type its values do not
-        /// fit (`age__text` holds the `age` values that are strings; `age` is NULL in those rows).
+        /// fit (`age__text` holds the `age` values that are strings; `age` is NULL in those rows),
+        /// or the child table of the same field, whose arrays it does not hold (`items__text`
+        /// holds the `items` values that are not arrays).
         public var variantOf: String? = nil
     }
 
@@ -165,11 +167,18 @@ public struct MappingFile: Sendable, Equatable {
                     throw Invalid(path: "\(path).columns[\(i)].field", problem: "an empty field names an array element; the root table has none")
                 }
                 if let main = column.variantOf {
-                    guard let of = table.columns.first(where: { $0.column == main }), of.variantOf == nil, of.field == column.field, !of.key else {
-                        throw Invalid(path: "\(path).columns[\(i)].variantOf", problem: "names no column of table \(table.name) that reads the same field '\(column.field)'")
-                    }
-                    guard column.nullable, of.nullable else {
-                        throw Invalid(path: "\(path).columns[\(i)]", problem: "a variant column and the column it is a variant of are nullable (one of them holds each value)")
+                    if table.children.contains(where: { $0.name == main && $0.field == column.field }) {
+                        guard column.nullable else {
+                            throw Invalid(path: "\(path).columns[\(i)]", problem: "a variant of a child table is nullable (it holds the values that are not arrays)")
+                        }
+                    } else {
+                        guard let of = table.columns.first(where: { $0.column == main }), of.variantOf == nil, of.field == column.field, !of.key else {
+                            throw Invalid(path: "\(path).columns[\(i)].variantOf",
+                                          problem: "names no column or child table of table \(table.name) that reads the same field '\(column.field)'")
+                        }
+                        guard column.nullable, of.nullable else {
+                            throw Invalid(path: "\(path).columns[\(i)]", problem: "a variant column and the column it is a variant of are nullable (one of them holds each value)")
+                        }
                     }
                 }
                 if unmapped == .keep && column.column == UnmappedPolicy.restColumn {

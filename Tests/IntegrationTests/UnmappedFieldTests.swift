@@ -74,6 +74,56 @@ import UsersFixtures
         }
     }
 
+    /// Fields that change shape after the sample: an array a child table reads that is once a
+    /// string and once an object, an object the mapping flattens that is once a string, then
+    /// holds a new key. Evolve sets none of them aside: the array's other shapes go to variants
+    /// of the child table, the string where an object was to a column of its own (the object's
+    /// columns nullable), the new key to a new column; verify proves every value is held.
+    @Test func fieldsThatChangeShapeAreHeldByVariantsAndNothingIsSetAside() throws {
+        let sandbox = try Sandbox()
+        let collection = sandbox.mongo.collection(database: sandbox.mongoDatabase, name: "shapes")
+        func document(_ i: Int, _ body: (BSONWriter) -> Void = { _ in }) -> BSONDocument {
+            let doc = BSONDocument()
+            doc.writer.append("_id", Int32(i))
+            body(doc.writer)
+            return doc
+        }
+        func plain(_ w: BSONWriter, _ i: Int) {
+            w.appendDocument("customer") { $0.append("name", "c\(i)"); $0.append("tier", Int32(i % 3)) }
+            w.appendArray("items") { $0.appendDocument("0") { $0.append("sku", "s\(i)") } }
+        }
+        try collection.insertMany((0..<60).map { i in document(i) { plain($0, i) } })
+        let file = sandbox.stateDirectory + "-shapes.json"
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        #expect(try sandbox.job("init", ["--collection", "shapes", "--output", file]).status == 0)
+        try collection.insertMany([
+            document(100) { w in w.appendDocument("customer") { $0.append("name", "c100"); $0.append("tier", Int32(1)) }; w.append("items", "none") },
+            document(101) { w in w.appendDocument("customer") { $0.append("name", "c101"); $0.append("tier", Int32(1)) }
+                w.appendDocument("items") { $0.append("sku", "lone") } },
+            document(102) { w in w.append("customer", "anonymous"); w.appendArray("items") { _ in } },
+            document(103) { w in w.appendDocument("customer") { $0.append("name", "c103"); $0.append("tier", Int32(2)); $0.append("email", "e@x") }
+                w.appendArray("items") { $0.appendDocument("0") { $0.append("sku", "s103") } } },
+        ])
+        let started = try sandbox.job("start", ["--mapping", file, "--batch-size", "20"])
+        #expect(started.status == 0, "\(started.stderr)")
+        #expect(try Self.rejected(sandbox).isEmpty, "a change of shape sets nothing aside")
+        #expect(try Self.rows(sandbox, "SELECT id, customer, customer_name, customer_tier, customer_email, items__text, items__jsonb FROM shapes WHERE id >= 100 ORDER BY id") == [
+            ["100", "NULL", "c100", "1", "NULL", "none", "NULL"],
+            ["101", "NULL", "c101", "1", "NULL", "NULL", #"{"sku": "lone"}"#],
+            ["102", "anonymous", "NULL", "NULL", "NULL", "NULL", "NULL"],
+            ["103", "NULL", "c103", "2", "e@x", "NULL", "NULL"],
+        ])
+        #expect(try Self.rows(sandbox, "SELECT count(*) FROM shapes_items WHERE shapes_id >= 100") == [["1"]], "only 103's array has entries")
+        let mapping = try sandbox.job("mapping")
+        #expect(mapping.status == 0, "\(mapping.stderr)")
+        #expect(mapping.stdout.contains(#""variantOf": "shapes_items""#) && mapping.stdout.contains(#"{"field": "customer", "column": "customer", "type": "text", "nullable": true}"#),
+                "\(mapping.stdout)")
+        #expect(try sandbox.job("verify").status == 0)
+        // A value the target lost is a difference.
+        try sandbox.db().execute("UPDATE shapes SET items__text = NULL WHERE id = 100")
+        #expect(try sandbox.job("verify").status == 65)
+    }
+
     // MARK: helpers
 
     /// A table's columns, name → SQL type, or [:] when it does not exist.
