@@ -16,7 +16,7 @@ struct Verify: AsyncParsableCommand {
     var json = false
 
     @Option(name: .customLong("unmapped"), help: ArgumentHelp(
-        "The unmapped-field policy the job ran with, when a run overrode its mapping file's (--unmapped): keep reads the _rest columns.",
+        "Check with another unmapped-field policy than the one the job recorded (evolve: every field not dropped by a run must be held).",
         valueName: "policy"))
     var unmapped: UnmappedPolicy?
 
