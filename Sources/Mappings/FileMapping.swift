@@ -39,6 +39,9 @@ public struct FileMapping: DocumentMapping {
         /// Per child (as in `children`): the variant columns holding its field's values that
         /// are not arrays, in the order values try them.
         let arrayVariants: [[Int]]
+        /// Per column: for a variant of a child table, its position in `arrayVariants`, resolved
+        /// once (not per row).
+        let arrayVariantOf: [Int?]
         /// Whether the last column is the rest column (`keep`).
         let keepsRest: Bool
     }
@@ -80,7 +83,8 @@ public struct FileMapping: DocumentMapping {
                               },
                               variants: variants,
                               isVariant: table.columns.map { column in column.variantOf.map { of in !table.children.contains { $0.name == of } } ?? false },
-                              arrayVariants: arrayVariants, keepsRest: keeps))
+                              arrayVariants: arrayVariants,
+                              arrayVariantOf: table.columns.indices.map { i in arrayVariants.firstIndex { $0.contains(i) } }, keepsRest: keeps))
             plans[index].children = table.children.map { add($0, parent: table, prefix: prefix + ($0.field ?? "") + "[].") }
             return index
         }
@@ -256,7 +260,7 @@ public struct FileMapping: DocumentMapping {
                     if let held = forVariant.first(where: { $0.column == i }) { try? column.type.write(held.value, nullable: true, into: &w) } else { w.null() }
                     continue
                 }
-                if let child = plan.arrayVariants.firstIndex(where: { $0.contains(i) }) {
+                if let child = plan.arrayVariantOf[i] {
                     // The first variant of the child's field that holds a value that is not an array.
                     let found = try? value(i, path)
                     if let found, found.type != .array, found.type != .null, found.type != .undefined,
