@@ -31,6 +31,8 @@ let package = Package(
             providers: [.apt(["libssl-dev"])]),
         // glibc's allocator knobs (mallopt), for the executable only.
         .systemLibrary(name: "CMalloc"),
+        // The commit a release build was made from (scripts/build links it in).
+        .target(name: "CBuildStamp"),
 
         // Pure Swift: batching, worker pools, the manager, metrics.
         .target(name: "ETLCore"),
@@ -60,7 +62,7 @@ let package = Package(
         .executableTarget(
             name: "etl-job",
             dependencies: [
-                "DurableETL", "Mappings", "Users", "UsersFixtures", "ETLCore", "Queue", "Mongo", "Postgres", "CMalloc",
+                "DurableETL", "Mappings", "Users", "UsersFixtures", "ETLCore", "Queue", "Mongo", "Postgres", "CMalloc", "CBuildStamp",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),

@@ -4,13 +4,28 @@ import ETLCore
 import Foundation
 import Queue
 
-/// Machine output: every `--json` document carries `schemaVersion`, its keys are always
+/// Machine output: every `--json` document carries `schemaVersion` and `etlJob` (the version
+/// and commit that wrote it), its keys are always
 /// present (null where a value is unknown), and they are sorted.
 enum JSONOutput {
     /// 2: pipelines carry `unmapped`, the fields their mappings did not name.
     static let schemaVersion = 2
 
     /// `object` as one line of JSON; nil values (at any depth) become null.
+    /// The version and commit that wrote a document: its `etlJob` key.
+    struct Stamp: Encodable {
+        let version = VersionInfo.etlJob
+        let commit = VersionInfo.commit
+
+        func encode(to encoder: Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(version, forKey: .version)
+            try container.encode(commit, forKey: .commit)  // null, not absent, when unknown
+        }
+        private enum CodingKeys: String, CodingKey { case version, commit }
+    }
+    static let stamp = Stamp()
+
     static func text(_ object: [String: Any?]) -> String {
         String(decoding: data(object), as: UTF8.self)
     }
@@ -18,6 +33,7 @@ enum JSONOutput {
     static func data(_ object: [String: Any?]) -> Data {
         var document = object
         document["schemaVersion"] = schemaVersion
+        document["etlJob"] = ["version": stamp.version, "commit": stamp.commit] as [String: Any?]
         return try! JSONSerialization.data(withJSONObject: plain(document), options: [.sortedKeys, .withoutEscapingSlashes])
     }
 

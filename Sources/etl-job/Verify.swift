@@ -29,7 +29,8 @@ struct Verify: AsyncParsableCommand {
             let reports = try await Threads.blocking(name: "verify") { try verifyAll(given) }
             if json {
                 struct Document: Encodable {
-                    let schemaVersion = 2
+                    let schemaVersion = JSONOutput.schemaVersion
+                    let etlJob = JSONOutput.stamp
                     let agrees: Bool
                     let pipelines: [Verifier.Report]
                 }

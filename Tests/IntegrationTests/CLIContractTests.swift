@@ -12,7 +12,7 @@ import Testing
         #expect(result.status == 0)
         let lines = result.stdout.split(separator: "\n").map(String.init)
         #expect(lines.count == 4, "\(result.stdout)")
-        #expect(lines.first?.wholeMatch(of: /etl-job \d+\.\d+\.\d+/) != nil)
+        #expect(lines.first?.wholeMatch(of: /etl-job \d+\.\d+\.\d+ \((commit [0-9a-f]{12}(-dirty)?|built without a commit)\)/) != nil)
         #expect(lines.dropFirst().first?.wholeMatch(of: /libmongoc \d+\.\d+\.\d+/) != nil)
         #expect(lines.dropFirst(2).first?.wholeMatch(of: /libpq \d+\.\d+/) != nil)
         #expect(lines.dropFirst(3).first?.wholeMatch(of: /liblmdb \d+\.\d+\.\d+/) != nil)
@@ -101,6 +101,9 @@ import Testing
         let none = try JSON.object(try sandbox.job("status", ["--json"]).stdout)
         #expect(Set(none.keys) == JSON.statusKeys)
         #expect(none["schemaVersion"] as? Int == 2 && none["hasJob"] as? Bool == false)
+        let stamp = try #require(none["etlJob"] as? [String: Any], "every document says which etl-job wrote it")
+        let versionLine = try Sandbox.runBinary(["--version"]).stdout.split(separator: "\n").first.map(String.init) ?? ""
+        #expect(versionLine.hasPrefix("etl-job \(stamp["version"] as? String ?? "?") ("), "\(stamp) against \(versionLine)")
         #expect((none["pipelines"] as? [Any])?.isEmpty == true)
         #expect(Set((none["total"] as? [String: Any] ?? [:]).keys) == JSON.totalKeys)
 
@@ -113,10 +116,10 @@ import Testing
         #expect(pipeline["pipeline"] as? String == "users" && pipeline["documentsLoaded"] as? Int == 30)
 
         let rejected = try JSON.object(try sandbox.job("status", ["--rejected", "--json"]).stdout)
-        #expect(Set(rejected.keys) == ["schemaVersion", "stateDirectory", "documents"])
+        #expect(Set(rejected.keys) == ["schemaVersion", "etlJob", "stateDirectory", "documents"])
 
         let verify = try JSON.object(try sandbox.job("verify", ["--json"]).stdout)
-        #expect(Set(verify.keys) == ["schemaVersion", "agrees", "pipelines"] && verify["agrees"] as? Bool == true)
+        #expect(Set(verify.keys) == ["schemaVersion", "etlJob", "agrees", "pipelines"] && verify["agrees"] as? Bool == true)
         let report = try #require((verify["pipelines"] as? [[String: Any]])?.first)
         #expect(Set(report.keys) == ["pipeline", "agrees", "comparedNothing", "sourceDocuments", "setAsideByJob", "rejectedByRules", "tables", "foreignKeys",
                                      "unheld", "firstUnheld", "droppedByPolicy", "droppedPaths", "targetDifferences"])
@@ -202,7 +205,7 @@ import Testing
 }
 
 enum JSON {
-    static let statusKeys: Set<String> = ["schemaVersion", "stateDirectory", "hasJob", "active", "pipelines", "total"]
+    static let statusKeys: Set<String> = ["schemaVersion", "etlJob", "stateDirectory", "hasJob", "active", "pipelines", "total"]
     static let totalKeys: Set<String> = ["documentsLoaded", "documentsSetAside", "totalRows", "finished"]
     static let pipelineKeys: Set<String> = [
         "pipeline", "job", "active", "complete", "finished", "sourceDocuments", "extracted", "extractionFinished", "batches",
@@ -210,7 +213,7 @@ enum JSON {
         "sourceFile", "sourceFileRead", "foreignKeys", "foreignKeysInPlace", "sync", "unmapped", "mappingVersion",
     ]
     static let reportKeys: Set<String> = [
-        "schemaVersion", "exitCode", "exitReason", "error", "seconds", "cpuSeconds", "peakMemoryBytes", "documentsLoaded",
+        "schemaVersion", "etlJob", "exitCode", "exitReason", "error", "seconds", "cpuSeconds", "peakMemoryBytes", "documentsLoaded",
         "documentsSetAside", "totalRows", "stages", "pipelines", "changes", "thisRun", "phases",
     ]
 
