@@ -75,4 +75,21 @@ import Testing
         let first = changelog.firstMatch(of: #/\n## (\d+\.\d+\.\d+) /#).map { String($0.1) }
         #expect(first == (try Self.version()))
     }
+
+    /// The README's install section names the files scripts/package writes for this version.
+    @Test func theReadmeInstallsTheFilesThePackageScriptWrites() throws {
+        let version = try Self.version()
+        let readme = try String(contentsOfFile: Self.root + "/README.md", encoding: .utf8)
+        let script = try String(contentsOfFile: Self.root + "/scripts/package", encoding: .utf8)
+        let files = [("etl-job_${version}_${arch}.deb", "etl-job_\(version)_amd64.deb"),
+                     ("etl-job-${version}-linux-${arch}.tar.gz", "etl-job-\(version)-linux-amd64.tar.gz"),
+                     ("etl-job-${version}.oci.tar", "etl-job-\(version).oci.tar"),
+                     ("etl-job-${version}.docker.tar", "etl-job-\(version).docker.tar")]
+        for (template, name) in files {
+            #expect(script.contains(template), "scripts/package writes \(template)")
+            #expect(readme.contains(name), "README names \(name)")
+        }
+        #expect(readme.contains("sudo apt install ./etl-job_\(version)_amd64.deb"))
+        #expect(readme.contains("docker://REGISTRY/etl-job:\(version)"))
+    }
 }
