@@ -33,7 +33,12 @@ enum Main {
             if code == .success {
                 print(ETLJobCommand.fullMessage(for: error))
             } else if !(error is ExitCode) {
-                FileHandle.standardError.write(Data(usageError(ETLJobCommand.message(for: error)).utf8))
+                let text = usageError(ETLJobCommand.message(for: error))
+                if Console.standardError.format == .json {
+                    Console.standardError.line(text, level: .error)
+                } else {
+                    FileHandle.standardError.write(Data(text.utf8))
+                }
             }
             end(code.rawValue)
         }
@@ -61,6 +66,7 @@ enum Main {
     ///    at this point (sessions kept for reuse, a client's pool) are not released one by
     ///    one for the same reason: releasing them can only race, never save anything.
     static func end(_ code: Int32) -> Never {
+        OperationsServer.stop()
         let left = Threads.endAll(until: .now + .seconds(2))
         var status = code
         if !left.isEmpty, ProcessInfo.processInfo.environment["ETL_THREADS_AT_EXIT"] == "report" {
