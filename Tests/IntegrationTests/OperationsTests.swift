@@ -93,9 +93,10 @@ import TestSupport
         #expect(stopped.status == 143 && !stopped.signaled, "\(stopped)")
     }
 
+    /// A quiet stream is waited on, not wedged: /healthz stays 200 well past --stalled-after.
     /// /readyz says 503 while the source cannot be reached (a server of the test's own,
     /// stopped under a running sync), naming the side and no credential.
-    @Test func readinessFailsWhileTheSourceIsDown() throws {
+    @Test func quietStreamIsHealthyAndReadinessFailsWhileTheSourceIsDown() throws {
         let sandbox = try Sandbox()
         var mongo: PrivateMongo? = try PrivateMongo()
         let url = mongo!.url
@@ -103,9 +104,15 @@ import TestSupport
         let arguments = ["--postgres-url", sandbox.postgresURL, "--mongodb-url", url, "--database", sandbox.mongoDatabase, "--state-dir", sandbox.stateDirectory]
         #expect(try sandbox.run(["start"] + arguments).status == 0)
         let port = Scrape.freePort()
-        let follow = try sandbox.launch(["sync", "--follow", "--metrics-address", "127.0.0.1:\(port)", "--max-lag", "30"] + arguments)
+        let follow = try sandbox.launch(["sync", "--follow", "--metrics-address", "127.0.0.1:\(port)", "--max-lag", "30", "--stalled-after", "1"] + arguments)
         defer { if follow.isRunning { follow.signal(SIGKILL) } }
         #expect(eventually(20) { (try? Scrape.get(port, "/readyz"))?.status == 200 }, "ready with both sides up")
+        let quiet = Date().addingTimeInterval(4)
+        while Date() < quiet {
+            let health = try Scrape.get(port, "/healthz")
+            #expect(health.status == 200, "a quiet stream is no stall: \(health.body)")
+            Thread.sleep(forTimeInterval: 0.5)
+        }
         mongo = nil
         #expect(eventually(20) { (try? Scrape.get(port, "/readyz"))?.status == 503 }, "not ready without the source")
         let ready = try Scrape.get(port, "/readyz")
