@@ -278,7 +278,8 @@ struct BucketOptions: ParsableArguments {
 
     var setAsideLimit: SetAsideLimit { SetAsideLimit(maxSetAside) ?? .default }
 
-    @OptionGroup(title: "Operations") var operations: OperationsOptions
+    /// Metrics and probes (shown among the run's options).
+    @OptionGroup var operations: OperationsOptions
 
     func validate() throws {
         guard batchSize > 0 else { throw ValidationError("--batch-size must be at least 1") }
