@@ -140,11 +140,13 @@ public final class EngineMetrics: Sendable {
         let now = Date().timeIntervalSince1970
         batches.increment()
         commitDuration.recordNanoseconds(transaction.nanoseconds)
+        // Net of the documents of earlier batches it displaced, a batch's count can be below zero; a counter only grows.
+        let documents = max(0, outcome.documentsLoaded)
         if changes {
-            replaced.increment(by: outcome.documentsLoaded)
+            replaced.increment(by: documents)
             deleted.increment(by: outcome.documentsDeleted)
         } else {
-            loaded.increment(by: outcome.documentsLoaded)
+            loaded.increment(by: documents)
         }
         if !outcome.setAside.isEmpty { setAside.increment(by: outcome.setAside.count) }
         if unmappedFields > 0 { unmapped.increment(by: unmappedFields) }
