@@ -10,6 +10,11 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        // Operations (issue 37): the engine counts through swift-metrics; the executable alone
+        // exports Prometheus' text format over HTTP (swift-nio) when --metrics-address is given.
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
         // C libraries: a module map and a one-line shim each, nothing else.
@@ -49,6 +54,7 @@ let package = Package(
             dependencies: [
                 "ETLCore", "Queue", "Mongo", "Postgres",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
             ]),
 
         // Mapping files: any collection described in JSON, run by the engine; `init` infers them.
@@ -65,6 +71,11 @@ let package = Package(
                 "DurableETL", "Mappings", "Users", "UsersFixtures", "ETLCore", "Queue", "Mongo", "Postgres", "CMalloc", "CBuildStamp",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ]),
 
         // Test helpers shared by every test target: services, sandboxes, processes.

@@ -43,9 +43,11 @@ final class BatchLoader: ETLWorker {
             processor.clock.measure(.waiting) { queue.waitForChange(timeout: 0.5) }
             return .idle
         }
+        processor.metrics.observe(queue)
         processor.logger.debug("claimed a batch", metadata: [
             "pipeline": "\(processor.name)", "batch": "\(batch.id)", "documents": "\(batch.documentCount)",
         ])
+        defer { processor.metrics.observe(queue) }
         do {
             try load(try processor.documents(of: batch), stop: stop)
         } catch {
@@ -62,36 +64,48 @@ final class BatchLoader: ETLWorker {
         }
         try Retry(retries: Self.maxAttempts - 1).run(stop: stop, clock: processor.clock, isRetryable: retryable) { attempt in
             connection = nil
+            processor.metrics.retried(Self.cause(attempt.error))
             processor.logger.warning("batch failed; retrying it", metadata: [
                 "pipeline": "\(processor.name)", "batch": "\(batch.id)", "attempt": "\(attempt.number)", "error": "\(attempt.error)",
             ])
         } body: { _ in
-            // A lock lost with its session is taken again before anything is read or written;
-            // when another run holds it or took it meanwhile, this run stops here.
-            try processor.lock.regain()
-            let db = try database()
-            // A stop that outlasts its grace period cancels the statement running here.
-            let cancel = db.canceller()
-            let key = stop.onEscalation { cancel?.cancel() }
-            defer { stop.remove(key) }
-            // The batch may have committed already, its reply lost: after a broken connection,
-            // or in an earlier run that requeued it. The checkpoint row says; one lookup per batch.
-            if let outcome = try Checkpoint.outcome(db, pipeline: processor.name, job: processor.jobId, batch: batch.id, payload: batch.payload,
-                                                    changes: processor.appliesChanges, position: batch.position) {
-                try processor.queue.complete(batch.id, outcome: outcome)
-                return
-            }
-            let started = ContinuousClock.now
-            let outcome = try loadOnce(batch, into: db)
-            CrashPoint.committed.reach()
-            try processor.queue.complete(batch.id, outcome: outcome)
-            CrashPoint.acknowledged.reach()
-            processor.logger.debug("committed a batch", metadata: [
-                "pipeline": "\(processor.name)", "batch": "\(batch.id)", "loaded": "\(outcome.documentsLoaded)",
-                "setAside": "\(outcome.setAside.count)", "rows": "\(outcome.rows.values.reduce(0, +))",
-                "ms": "\(Int((ContinuousClock.now - started).seconds * 1000))",
-            ])
+            try Liveness.during("loading batch \(batch.id) of \(processor.name)") { try attempt(batch, stop: stop) }
         }
+    }
+
+    /// Why a batch's attempt failed, as the retries metric counts it.
+    private static func cause(_ error: any Error) -> EngineMetrics.RetryCause {
+        if error is TargetLock.Lost { return .targetLock }
+        return (error as? PGError)?.atCommit == true ? .targetCommit : .targetConnection
+    }
+
+    /// One attempt at a batch: settled by its checkpoint row, or loaded in one transaction.
+    private func attempt(_ batch: QueueBatch, stop: StopToken) throws {
+        // A lock lost with its session is taken again before anything is read or written;
+        // when another run holds it or took it meanwhile, this run stops here.
+        try processor.lock.regain()
+        let db = try database()
+        // A stop that outlasts its grace period cancels the statement running here.
+        let cancel = db.canceller()
+        let key = stop.onEscalation { cancel?.cancel() }
+        defer { stop.remove(key) }
+        // The batch may have committed already, its reply lost: after a broken connection,
+        // or in an earlier run that requeued it. The checkpoint row says; one lookup per batch.
+        if let outcome = try Checkpoint.outcome(db, pipeline: processor.name, job: processor.jobId, batch: batch.id, payload: batch.payload,
+                                                changes: processor.appliesChanges, position: batch.position) {
+            try processor.queue.complete(batch.id, outcome: outcome)
+            return
+        }
+        let started = ContinuousClock.now
+        let outcome = try loadOnce(batch, into: db)
+        CrashPoint.committed.reach()
+        try processor.queue.complete(batch.id, outcome: outcome)
+        CrashPoint.acknowledged.reach()
+        processor.logger.debug("committed a batch", metadata: [
+            "pipeline": "\(processor.name)", "batch": "\(batch.id)", "loaded": "\(outcome.documentsLoaded)",
+            "setAside": "\(outcome.setAside.count)", "rows": "\(outcome.rows.values.reduce(0, +))",
+            "ms": "\(Int((ContinuousClock.now - started).seconds * 1000))",
+        ])
     }
 
     private func database() throws -> PGConnection {
@@ -120,6 +134,7 @@ final class BatchLoader: ETLWorker {
             transform(batch.payload, documents.ranges, indices: copying.filter { setAside[$0] == nil }, setAside: &setAside, unmapped: &unmapped)
         }
 
+        let began = ContinuousClock.now
         try sql(db, "BEGIN", batch: batch.id)
         do {
             try processor.lock.fence(db)
@@ -195,6 +210,9 @@ final class BatchLoader: ETLWorker {
             } else if version.number > processor.inForce.current.number {
                 processor.inForce.adopt(version)
             }
+            processor.metrics.committed(
+                batch: batch.id, outcome, changes: processor.appliesChanges, transaction: ContinuousClock.now - began,
+                changeTimes: documents.times.compactMap { $0 }, unmappedFields: noted.values.reduce(0) { $0 + $1.count })
             // How far behind the source its changes were when they committed: from the oldest.
             if let oldest = documents.times.compactMap({ $0 }).min() { processor.lags.record(Date().timeIntervalSince1970 - oldest) }
             return outcome

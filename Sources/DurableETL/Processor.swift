@@ -31,6 +31,8 @@ final class PipelineProcessor: ETLProcessor, @unchecked Sendable {
     let appliesChanges: Bool
     /// How far behind the source each batch of changes was when it committed.
     let lags = LagRecorder()
+    /// What this pipeline does, for whatever metrics backend the executable chose.
+    let metrics: EngineMetrics
     /// Batches read again from the source in this run (true once done): a second damage stops the job.
     private let reread = Mutex<[UInt64: Bool]>([:])
 
@@ -51,7 +53,12 @@ final class PipelineProcessor: ETLProcessor, @unchecked Sendable {
         self.jobId = jobId
         self.workers = workers
         self.clock = clock
+        // Every line this pipeline logs names it and its job.
+        var logger = logger
+        logger[metadataKey: "pipeline"] = "\(pipeline.name)"
+        logger[metadataKey: "job"] = "\(jobId)"
         self.logger = logger
+        metrics = EngineMetrics(pipeline: pipeline.name, tables: pipeline.mapping.tables.map(\.name))
     }
 
     /// Settles batches left in flight by a previous process: done if their checkpoint row is
@@ -90,11 +97,13 @@ final class PipelineProcessor: ETLProcessor, @unchecked Sendable {
             logger.warning("source scan failed; reopening after the last document read", metadata: [
                 "attempt": "\(attempt.number)", "error": "\(attempt.error)",
             ])
+            metrics.retried(.source)
         } body: { progressed in
-            let cursor = try source.open(after: position, batchSize: settings.cursorBatchSize)
+            let reading = "reading the source of \(name)"
+            let cursor = try Liveness.during(reading) { try source.open(after: position, batchSize: settings.cursorBatchSize) }
             defer { position = cursor.position ?? position }
             while !stop.isStopRequested {
-                guard let doc = try clock.measure(.extract, { try cursor.next() }) else { return true }
+                guard let doc = try Liveness.during(reading, { try clock.measure(.extract, { try cursor.next() }) }) else { return true }
                 try emit(doc)
                 progressed()
             }
@@ -121,9 +130,16 @@ final class PipelineProcessor: ETLProcessor, @unchecked Sendable {
             var payload: [UInt8] = []
             payload.reserveCapacity(batch.reduce(0) { $0 + $1.count })
             for doc in batch { payload += doc }
-            try queue.enqueue(payload: payload, documents: batch.count, position: position)
+            let id = try queue.enqueue(payload: payload, documents: batch.count, position: position)
+            if appliesChanges { metrics.staged(batch: id, oldestChange: Self.oldestTime(batch)) }
         }
+        metrics.observe(queue)
         CrashPoint.enqueued.reach()
+    }
+
+    /// The oldest time on the source's clock of a batch of change envelopes.
+    private static func oldestTime(_ changes: [[UInt8]]) -> Double? {
+        changes.compactMap { envelope in envelope.withUnsafeBytes { Change.parse($0)?.time } }.min()
     }
 
     /// Reads a batch found damaged in the queue again from the source, once: the documents

@@ -136,4 +136,9 @@ extension Duration {
         let (s, attos) = components
         return Double(s) + Double(attos) / 1e18
     }
+
+    public var nanoseconds: Int64 {
+        let (s, attos) = components
+        return s * 1_000_000_000 + attos / 1_000_000_000
+    }
 }

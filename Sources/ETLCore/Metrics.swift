@@ -31,9 +31,7 @@ public final class StageClock: Sendable {
     }
 
     public func add(_ stage: Stage, _ duration: Duration) {
-        let (s, attos) = duration.components
-        let n = s * 1_000_000_000 + attos / 1_000_000_000
-        nanos.withLock { $0[stage.rawValue] += n }
+        nanos.withLock { $0[stage.rawValue] += duration.nanoseconds }
     }
 
     public func seconds(_ stage: Stage) -> Double {

@@ -33,7 +33,12 @@ enum Main {
             if code == .success {
                 print(ETLJobCommand.fullMessage(for: error))
             } else if !(error is ExitCode) {
-                FileHandle.standardError.write(Data(usageError(ETLJobCommand.message(for: error)).utf8))
+                let text = usageError(ETLJobCommand.message(for: error))
+                if Console.standardError.format == .json {
+                    Console.standardError.line(text, level: .error)
+                } else {
+                    FileHandle.standardError.write(Data(text.utf8))
+                }
             }
             end(code.rawValue)
         }
@@ -49,6 +54,8 @@ enum Main {
     ///    that cannot end in time (one blocked in a round trip on a path that stops early) is
     ///    left running; `ETL_THREADS_AT_EXIT=report` names it on stderr and exits 70 if the
     ///    command had succeeded (the tests set it).
+    ///    The `--metrics-address` listener is stopped first, its event loop's and probe pool's
+    ///    threads joined (reported too).
     /// 2. Standard output and error are flushed.
     /// 3. `_exit`, not `exit`: no atexit handler and no library destructor runs. OpenSSL
     ///    registers `OPENSSL_cleanup` with atexit (when libmongoc's constructor initializes it,
@@ -61,15 +68,27 @@ enum Main {
     ///    at this point (sessions kept for reuse, a client's pool) are not released one by
     ///    one for the same reason: releasing them can only race, never save anything.
     static func end(_ code: Int32) -> Never {
-        let left = Threads.endAll(until: .now + .seconds(2))
+        OperationsServer.stop()
+        var left = Threads.endAll(until: .now + .seconds(2))
         var status = code
-        if !left.isEmpty, ProcessInfo.processInfo.environment["ETL_THREADS_AT_EXIT"] == "report" {
-            FileHandle.standardError.write(Data("etl-job: threads still running at exit: \(left.joined(separator: ", "))\n".utf8))
+        let report = ProcessInfo.processInfo.environment["ETL_THREADS_AT_EXIT"] == "report"
+        if report { left += swiftNIOThreads() }
+        if !left.isEmpty, report {
+            Console.standardError.line("etl-job: threads still running at exit: \(left.joined(separator: ", "))", level: .error)
             if status == 0 { status = 70 }
         }
         fflush(nil)
         _exit(status)
     }
+}
+
+/// The threads of swift-nio (the `--metrics-address` listener's event loop and probe pool)
+/// still running, by the names the kernel knows them by; `OperationsServer.stop` ends them.
+private func swiftNIOThreads() -> [String] {
+    let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
+    return tasks.compactMap { try? String(contentsOfFile: "/proc/self/task/\($0)/comm", encoding: .utf8) }
+        .map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+        .filter { $0.hasPrefix("NIO-ELT") || $0.hasPrefix("TP-#") }
 }
 
 /// A usage error as the user sees it: the problem (with the valid values, when the parser

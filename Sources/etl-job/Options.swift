@@ -162,12 +162,32 @@ struct OutputOptions: ParsableArguments {
         "Seconds between progress lines when stderr is not a terminal (on a terminal the line is live).", valueName: "seconds"))
     var progressInterval = 10.0
 
+    static let formats = Console.Format.allCases.map(\.rawValue)
+
+    @Option(name: .customLong("log-format"), help: ArgumentHelp(
+        "text (default) or json: one JSON object a line on stderr (time, level, message, fields), no progress line (env ETL_LOG_FORMAT).",
+        valueName: "format"))
+    var logFormat: String?
+
+    /// Also chooses the format of stderr, as soon as the flags parse, so that a refusal
+    /// before the run is written in it too.
     func validate() throws {
         guard progressInterval > 0 else { throw ValidationError("--progress-interval must be a positive number of seconds") }
         guard !(quiet && verbose) else { throw ValidationError("-q and -v contradict each other; give one") }
         if let logLevel, Logger.Level(rawValue: logLevel) == nil {
             throw ValidationError("--log-level '\(logLevel)' is not a level; valid levels: \(Self.levels.joined(separator: ", "))")
         }
+        Console.standardError.use(try format())
+    }
+
+    /// --log-format, else ETL_LOG_FORMAT, else text.
+    func format() throws -> Console.Format {
+        let (text, source) = logFormat.map { ($0, "--log-format") } ?? (ProcessInfo.processInfo.environment["ETL_LOG_FORMAT"] ?? "", "ETL_LOG_FORMAT")
+        if text.isEmpty && source == "ETL_LOG_FORMAT" { return .text }
+        guard let format = Console.Format(rawValue: text.lowercased()) else {
+            throw ValidationError("\(source) '\(text)' is not a log format; valid formats: \(Self.formats.joined(separator: ", "))")
+        }
+        return format
     }
 
     /// --log-level, else -q / -v, else ETL_LOG_LEVEL, else info.
@@ -184,7 +204,7 @@ struct OutputOptions: ParsableArguments {
 }
 
 /// Log lines on stderr through the shared `Console`, so that they never glue onto the
-/// progress line and never carry a password.
+/// progress line and never carry a password: text, or one JSON object a line.
 struct ConsoleLogHandler: LogHandler {
     let label: String
     var logLevel: Logger.Level = .info
@@ -199,10 +219,13 @@ struct ConsoleLogHandler: LogHandler {
         level: Logger.Level, message: Logger.Message, metadata explicit: Logger.Metadata?,
         source: String, file: String, function: String, line: UInt
     ) {
-        let all = metadata.merging(explicit ?? [:]) { $1 }
-        let fields = all.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-        let time = Date().formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true))
-        Console.standardError.line("\(time) \(level) \(label): \(message)" + (fields.isEmpty ? "" : " " + fields))
+        let all = metadata.merging(explicit ?? [:]) { $1 }.sorted { $0.key < $1.key }
+        let console = Console.standardError
+        if console.format == .json {
+            return console.event(level: level.rawValue, message: "\(message)", fields: all.map { ($0.key, "\($0.value)") })
+        }
+        let fields = all.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+        console.line("\(Console.timestamp(Date())) \(level) \(label): \(message)" + (fields.isEmpty ? "" : " " + fields))
     }
 }
 
@@ -254,6 +277,9 @@ struct BucketOptions: ParsableArguments {
     var unmapped: UnmappedPolicy?
 
     var setAsideLimit: SetAsideLimit { SetAsideLimit(maxSetAside) ?? .default }
+
+    /// Metrics and probes (shown among the run's options).
+    @OptionGroup var operations: OperationsOptions
 
     func validate() throws {
         guard batchSize > 0 else { throw ValidationError("--batch-size must be at least 1") }
@@ -321,7 +347,7 @@ func reportingErrors(_ body: () async throws -> Void) async throws {
         throw error
     } catch {
         let job = JobError.classify(error)
-        Console.standardError.line("etl-job: error: \(Redact.url(job.description))")
+        Console.standardError.line("etl-job: error: \(Redact.url(job.description))", level: .error)
         throw ExitCode(job.kind.exitCode)
     }
 }

@@ -14,6 +14,7 @@ struct Resume: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let settings = try connection.resolved(bucket)
+            try await OperationsServer.start(bucket.operations, readiness: ReadinessProbe(settings, maxLag: bucket.operations.maxLag))
             let resolve = Pipelines.resolver(given: try mapping.load())
             let job = DurableJob(settings: settings, logger: try connection.makeLogger())
             try await runInterruptibly(reportJSON: report.reportJSON) { stop, progress in

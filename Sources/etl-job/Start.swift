@@ -90,6 +90,7 @@ struct Start: AsyncParsableCommand {
                 return
             }
             if fresh && !yes { try confirmTruncation(settings, mappings) }
+            try await OperationsServer.start(bucket.operations, readiness: ReadinessProbe(settings, maxLag: bucket.operations.maxLag))
             let job = DurableJob(settings: settings, logger: try connection.makeLogger())
             if let partitions {
                 let all = mappings

@@ -27,6 +27,7 @@ struct Sync: AsyncParsableCommand {
         try await reportingErrors {
             var settings = try connection.resolved(bucket)
             settings.bucket = bucket.config(flushTimeout: 0.5)
+            try await OperationsServer.start(bucket.operations, readiness: ReadinessProbe(settings, maxLag: bucket.operations.maxLag))
             let resolve = Pipelines.resolver(given: try mapping.load())
             let job = DurableJob(settings: settings, logger: try connection.makeLogger())
             let follow = follow

@@ -35,6 +35,7 @@ struct Worker: AsyncParsableCommand {
         GoOn.advise("run 'etl-job worker' again")
         try await reportingErrors {
             let settings = try connection.resolved(bucket)
+            try await OperationsServer.start(bucket.operations, readiness: ReadinessProbe(settings, maxLag: bucket.operations.maxLag))
             let resolve = Pipelines.resolver(given: try pipelines.mapping.load())
             let job = DurableJob(settings: settings, logger: try connection.makeLogger())
             let stop = StopToken()

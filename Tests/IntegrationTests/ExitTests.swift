@@ -33,6 +33,8 @@ import TestSupport
             ("status", ["status", "--state-dir", sandbox.stateDirectory], 0),
             ("status --json", ["status", "--json", "--state-dir", fileState], 0),
             ("resume of a finished job", ["resume"] + fromFile, 0),
+            ("sync serving metrics", ["sync", "--metrics-address", "127.0.0.1:\(Scrape.freePort())"] + sandbox.connectionArguments, 0),
+            ("resume serving metrics", ["resume", "--metrics-address", "127.0.0.1:\(Scrape.freePort())"] + fromFile, 0),
             ("start refused: the job is finished", ["start", "--source-file", file] + fromFile, 64),
             ("verify refused: another source server", ["verify", "--postgres-url", sandbox.postgresURL, "--mongodb-url", "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=300",
                                            "--state-dir", sandbox.stateDirectory], 69),

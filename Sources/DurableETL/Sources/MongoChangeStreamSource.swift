@@ -141,6 +141,8 @@ final class MongoChangeStreamSource: Source {
                 } catch let error as MongoError {
                     throw source.failure(error)
                 }
+                // The server answered (a getMore waits at most maxAwaitMS): a quiet stream is waited on, not wedged.
+                Liveness.progressed()
                 if let event, let change = try change(event) { return give(change) }
                 if event != nil { continue }
                 // A quiet moment: every change made before the run began is read.
