@@ -298,8 +298,15 @@ public final class DurableQueue: @unchecked Sendable {
             try txn.delete("pending", key)
             try txn.delete("payloads", key)
             try txn.setState(id, .done)
-            for (index, doc) in outcome.setAside.enumerated() {
-                try txn.put("setaside", key + Codec.int32(UInt32(index)), Codec.setAside(doc))
+            // A snapshot's batch keeps the documents it set aside. A batch of changes keeps
+            // none of its own: it decides each document it touched, below, and the latest
+            // decision replaces the earlier (one record per document set aside now, not one per
+            // change ever set aside: a sync that runs for months with a steady share of bad
+            // changes would otherwise grow its queue without bound).
+            if outcome.touched.isEmpty {
+                for (index, doc) in outcome.setAside.enumerated() {
+                    try txn.put("setaside", key + Codec.int32(UInt32(index)), Codec.setAside(doc))
+                }
             }
             // A batch of changes decides each document it touched: no longer set aside, or
             // set aside now (the latest change wins over the snapshot's and earlier changes').

@@ -89,6 +89,34 @@ let exampleIdentity = Array(#"{"pipeline":"users"}"#.utf8)
         #expect(try queue.inFlight() == [2])
     }
 
+    /// A sync that sets aside the same document change after change keeps one record of it,
+    /// the latest, and its queue's file stops growing: months of a steady share of bad
+    /// changes must not fill the state directory's disk.
+    @Test func batchesOfChangesKeepOnlyTheLatestDecisionPerDocument() throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let queue = try DurableQueue(directory: dir)
+        try queue.createJob(id: "j-changes", sourceTotal: nil, identity: exampleIdentity)
+        let bulky = [UInt8](repeating: 7, count: 16_384)  // a document of 16 kB, in overflow pages
+        var sizes: [Int] = []
+        for round in 1...600 {
+            try queue.enqueue(payload: documents(2), documents: 2, position: [UInt8(round % 256)])
+            let batch = try #require(try queue.claim())
+            let aside = SetAsideDocument(batch: batch.id, documentId: "bad", reason: "round \(round)", document: bulky)
+            try queue.complete(batch.id, outcome: BatchOutcome(
+                documentsLoaded: 1, rows: ["users": 1], setAside: [aside], touched: ["bad", "good"]))
+            if round % 100 == 0 {
+                sizes.append(try FileManager.default.attributesOfItem(atPath: dir + "/data.mdb")[.size] as! Int)
+            }
+        }
+        let current = try queue.currentDocuments()
+        #expect(current.setAside.map(\.reason) == ["round 600"] && current.cleared == ["good"])
+        #expect(try queue.setAsideDocuments().isEmpty, "no history of set-aside changes is kept")
+        #expect(try queue.status()?.documentsSetAside == 600, "the counts still count every change set aside")
+        // 600 × 16 kB = 9.4 MB were set aside; the file holds about one of them.
+        #expect(sizes.last! < 1 << 20, "data.mdb: \(sizes) bytes")
+    }
+
     @Test func completingABatchTwiceCountsItOnce() throws {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
