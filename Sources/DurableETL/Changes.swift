@@ -80,3 +80,8 @@ extension DurableJob {
         run.queues[name] = queue
     }
 }
+
+/// The change stream no longer reaches the job's position: the changes made since are lost to it.
+public struct ChangeStreamHistoryLost: Error, CustomStringConvertible {
+    public let description: String
+}
