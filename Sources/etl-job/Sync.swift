@@ -21,6 +21,12 @@ struct Sync: AsyncParsableCommand {
     @Flag(help: "Keep applying changes as they come, until SIGINT or SIGTERM.")
     var follow = false
 
+    @Option(name: .customLong("on-history-lost"), help: ArgumentHelp(
+        "When the server no longer holds the job's change-stream position: fail (exit 65, the default), or resnapshot "
+            + "(take a new snapshot into a shadow schema while the tables stay readable, swap it in in one transaction, go on).",
+        valueName: "action"))
+    var onHistoryLost: OnHistoryLost = .fail
+
     @OptionGroup(title: "Output") var report: ReportOptions
 
     func run() async throws {
@@ -30,13 +36,13 @@ struct Sync: AsyncParsableCommand {
             try await OperationsServer.start(bucket.operations, readiness: ReadinessProbe(settings, maxLag: bucket.operations.maxLag))
             let resolve = Pipelines.resolver(given: try mapping.load())
             let job = DurableJob(settings: settings, logger: try connection.makeLogger())
-            let follow = follow
+            let (follow, onHistoryLost) = (follow, onHistoryLost)
             // A state directory without a job takes the target's finished job split into partitions.
             for line in try await Threads.blocking(name: "adopt", { try job.adoptPartitionedJobs(resolve: resolve) }) {
                 Console.standardError.line(line)
             }
             try await runInterruptibly(reportJSON: report.reportJSON, sync: true) { stop, progress in
-                try await job.applyChanges(resolve: resolve, follow: follow, stop: stop, observer: progress)
+                try await job.sync(resolve: resolve, follow: follow, onHistoryLost: onHistoryLost, stop: stop, observer: progress)
             }
         }
     }
