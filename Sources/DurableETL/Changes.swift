@@ -83,5 +83,8 @@ extension DurableJob {
 
 /// The change stream no longer reaches the job's position: the changes made since are lost to it.
 public struct ChangeStreamHistoryLost: Error, CustomStringConvertible {
-    public let description: String
+    /// What was lost, without what to do about it.
+    public let lost: String
+
+    public var description: String { lost + "; re-run the snapshot with 'etl-job start --fresh'" }
 }

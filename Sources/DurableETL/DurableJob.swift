@@ -278,7 +278,7 @@ public struct DurableJob: Sendable {
                 // Every table of the mapping in force (an evolved one's too); the one given is in force again.
                 try run.job(name).target.truncate(run.db(name), run.job(name).mapping, given: run.job(name).given)
                 if let i = run.jobs.firstIndex(where: { $0.name == name }) { run.jobs[i] = run.jobs[i].asGiven() }
-                logger.info("discarded the previous job and emptied the target tables", metadata: ["pipeline": "\(name)"])
+                logger.info("discarded the previous job and emptied the target tables", metadata: ["pipeline": "\(name)", "schema": "\(run.job(name).target.schema)"])
             case .prepareForeignKeys(let name, let mode):
                 try prepareForeignKeys(run.job(name), run.db(name), mode)
             case .addForeignKeys(let name):

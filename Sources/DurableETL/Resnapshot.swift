@@ -66,6 +66,9 @@ public enum Resnapshot {
 
     static let file = "resnapshot.json"
 
+    /// How many times the shadow is loaded when the source outruns it, before giving up (exit 65).
+    static let attempts = 3
+
     /// The state directory of the shadow's snapshot and its changes.
     public static func shadowDirectory(_ directory: String) -> String { directory + "/resnapshot" }
 
@@ -92,13 +95,13 @@ public enum Resnapshot {
         }
     }
 
-    /// Whether a run failed because the stream's history is lost (in any of its pipelines).
-    static func isHistoryLost(_ error: any Error) -> Bool {
+    /// The lost history a run failed with (in any of its pipelines), if that is why it failed.
+    static func historyLost(_ error: any Error) -> ChangeStreamHistoryLost? {
         switch error {
-        case is ChangeStreamHistoryLost: true
-        case let error as PipelineError: isHistoryLost(error.underlying)
-        case let error as ETLErrors: error.errors.contains(where: isHistoryLost)
-        default: false
+        case let error as ChangeStreamHistoryLost: error
+        case let error as PipelineError: historyLost(error.underlying)
+        case let error as ETLErrors: error.errors.lazy.compactMap(historyLost).first
+        default: nil
         }
     }
 
@@ -144,8 +147,9 @@ extension DurableJob {
             defer { stop.release(attempt) }
             do {
                 return try await applyChanges(resolve: resolve, follow: follow, stop: attempt, observer: observer)
-            } catch where onHistoryLost == .resnapshot && Resnapshot.isHistoryLost(error) && !stop.isStopRequested {
-                logger.notice("the change stream's history no longer holds the job's position: taking a new snapshot into a shadow schema while the tables stay readable", metadata: ["reason": "\(JobError.classify(error).description)"])
+            } catch where onHistoryLost == .resnapshot && !stop.isStopRequested {
+                guard let lost = Resnapshot.historyLost(error) else { throw error }
+                logger.notice("\(lost.lost); taking a new snapshot into a shadow schema while the tables stay readable")
                 if let ended = try await resnapshot(resolve: resolve, stop: stop, observer: observer) { return ended }
             }
         }
@@ -164,34 +168,66 @@ extension DurableJob {
             logger.notice("re-snapshot: loading a new snapshot into schema \(record.shadowSchema); the tables in \(record.liveSchema) stay as they are")
             CrashPoint.resnapshotBegan.reach()
         }
-        if record.step == .snapshot {
-            let report = try await FileManager.default.fileExists(atPath: Resnapshot.shadowDirectory(directory) + "/" + RunManifest.file)
-                ? shadow.resume(resolve: resolve, stop: stop, observer: observer)
-                : shadow.start(held.mappings, fresh: true, planned: held.manifest.planned, stop: stop, observer: observer)
-            let finished = try held.manifest.pipelines.allSatisfy { try RunManifest.recordedStatus(shadow.settings.stateDirectory, $0)?.finishedAt != nil }
-            guard !stop.isStopRequested, report.failure == nil, finished else { return report }
-            CrashPoint.shadowLoaded.reach()
-            record.step = .catchUp
+        var lostAgain = 0
+        while true {
+            switch record.step {
+            case .snapshot:
+                let report = try await FileManager.default.fileExists(atPath: Resnapshot.shadowDirectory(directory) + "/" + RunManifest.file)
+                    ? shadow.resume(resolve: resolve, stop: stop, observer: observer)
+                    : shadow.start(held.mappings, fresh: true, planned: held.manifest.planned, stop: stop, observer: observer)
+                let finished = try held.manifest.pipelines.allSatisfy { try RunManifest.recordedStatus(shadow.settings.stateDirectory, $0)?.finishedAt != nil }
+                guard !stop.isStopRequested, report.failure == nil, finished else { return advisingResnapshot(report, shadow) }
+                CrashPoint.shadowLoaded.reach()
+                record.step = .catchUp
+            case .catchUp:
+                logger.notice("re-snapshot: applying the changes made since the new snapshot began to schema \(record.shadowSchema)")
+                let attempt = stop.child()
+                defer { stop.release(attempt) }
+                do {
+                    let report = try await shadow.applyChanges(resolve: resolve, follow: false, stop: attempt, observer: observer)
+                    guard !stop.isStopRequested, report.failure == nil else { return report }
+                    CrashPoint.shadowCaughtUp.reach()
+                    record.step = .swap
+                } catch where Resnapshot.historyLost(error) != nil && !stop.isStopRequested && lostAgain < Resnapshot.attempts - 1 {
+                    // The source outran the new snapshot's position too (a load longer than the
+                    // oplog's window): the shadow starts again; the live tables are still untouched.
+                    lostAgain += 1
+                    logger.warning("re-snapshot: the change stream's history no longer holds the new snapshot's position either; loading the shadow again",
+                                   metadata: ["attempt": "\(lostAgain + 1) of \(Resnapshot.attempts)"])
+                    try StateFiles.remove(shadow.settings.stateDirectory)
+                    record.step = .snapshot
+                }
+            case .swap:
+                let current = record
+                try await Threads.blocking(name: "swap") { try swapIn(current, held, shadow: shadow, stop: stop) }
+                record.step = .dropOld
+                try Resnapshot.write(record, directory)
+                CrashPoint.stateSwitched.reach()
+                logger.notice("re-snapshot: the new tables are in schema \(record.liveSchema); dropping the replaced ones")
+                continue
+            case .dropOld:
+                let current = record
+                try await Threads.blocking(name: "drop") { try dropReplaced(current, held) }
+                return nil
+            }
             try Resnapshot.write(record, directory)
         }
-        if record.step == .catchUp {
-            logger.notice("re-snapshot: applying the changes made since the new snapshot began to schema \(record.shadowSchema)")
-            let report = try await shadow.applyChanges(resolve: resolve, follow: false, stop: stop, observer: observer)
-            guard !stop.isStopRequested, report.failure == nil else { return report }
-            CrashPoint.shadowCaughtUp.reach()
-            record.step = .swap
-            try Resnapshot.write(record, directory)
+    }
+
+    /// A nested run's report over the set-aside limit, its advice worded for the re-snapshot:
+    /// its documents are listed from the shadow's state directory, and accepted by this sync.
+    private func advisingResnapshot(_ report: RunReport, _ shadow: DurableJob) -> RunReport {
+        var report = report
+        for i in report.pipelines.indices where report.pipelines[i].failure != nil {
+            let status = report.pipelines[i].status
+            let reason = settings.maxSetAside.failure(
+                loaded: status.documentsLoaded, setAside: status.documentsSetAside,
+                list: "etl-job status --rejected --state-dir \(shadow.settings.stateDirectory)",
+                accept: "etl-job sync --on-history-lost resnapshot --max-set-aside N")
+            report.pipelines[i].failure = "the re-snapshot into schema \(shadow.settings.targetSchema ?? "?"): "
+                + (reason ?? report.pipelines[i].failure ?? "") + "; the tables in use are unchanged"
         }
-        let current = record
-        if record.step == .swap {
-            try await Threads.blocking(name: "swap") { try swapIn(current, held, shadow: shadow, stop: stop) }
-            record.step = .dropOld
-            try Resnapshot.write(record, directory)
-            CrashPoint.stateSwitched.reach()
-            logger.notice("re-snapshot: the new tables are in schema \(record.liveSchema); dropping the replaced ones")
-        }
-        try await Threads.blocking(name: "drop") { try dropReplaced(current, held) }
-        return nil
+        return report
     }
 
     /// Takes the state directory's lock and each pipeline's live target lock, after the

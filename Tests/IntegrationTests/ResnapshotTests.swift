@@ -117,6 +117,25 @@ import UsersFixtures
         #expect(verify.status == 0, "\(verify.stdout)\(verify.stderr)")
     }
 
+    /// The source outruns the new snapshot's own position before the shadow catches up: the
+    /// shadow is loaded again, the live tables untouched meanwhile.
+    @Test func aShadowWhoseOwnPositionIsLostIsLoadedAgain() throws {
+        let job = try LostHistory()
+        let killed = try job.sync(["--on-history-lost", "resnapshot"], environment: ["ETL_CRASH_AT": "shadowLoaded"])
+        #expect(killed.signaled && killed.status == SIGKILL, "\(killed)")
+        try job.users.insertMany((4_000...4_040).map { UserGenerator(seed: 6).document(id: $0) })
+        let prune = BSONDocument()
+        prune.writer.append("secantusAdmin.pruneOplog", Int32(1))
+        try job.client.runCommand(prune, database: "admin")
+        #expect(try job.count("users") == LostHistory.usersBefore)
+        let resumed = try job.sync(["--on-history-lost", "resnapshot"])
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+        #expect(resumed.stderr.contains("loading the shadow again"), "\(resumed.stderr)")
+        #expect(try job.count("users") == LostHistory.usersAfter + 41)
+        let verify = try job.sandbox.run(["verify"] + job.arguments)
+        #expect(verify.status == 0, "\(verify.stdout)\(verify.stderr)")
+    }
+
     @Test func withoutTheFlagALostStreamStillExits65NamingStartFresh() throws {
         let job = try LostHistory()
         let lost = try job.sync()
