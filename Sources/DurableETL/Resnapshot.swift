@@ -69,6 +69,9 @@ public enum Resnapshot {
     /// How many times the shadow is loaded when the source outruns it, before giving up (exit 65).
     static let attempts = 3
 
+    /// How long the swap waits for a lock on a live table before it gives way and tries again.
+    static let lockTimeout = "2s"
+
     /// The state directory of the shadow's snapshot and its changes.
     public static func shadowDirectory(_ directory: String) -> String { directory + "/resnapshot" }
 
@@ -283,7 +286,9 @@ extension DurableJob {
                 }
             }
         }
-        try Retry(retries: 6).run(stop: stop, isRetryable: { ($0 as? PGError).map { $0.isTransient || $0.atCommit } ?? false }, onRetry: { attempt in
+        // A lock the swap could not get in time (55P03) is tried again, as transient errors are.
+        let retryable = { (error: any Error) in (error as? PGError).map { $0.isTransient || $0.atCommit || $0.sqlState == "55P03" } ?? false }
+        try Retry(retries: 30, base: 0.5, cap: 5).run(stop: stop, isRetryable: retryable, onRetry: { attempt in
             logger.warning("re-snapshot: the swap failed; trying again", metadata: ["attempt": "\(attempt.number)", "error": "\(attempt.error)"])
         }) { _ in try swapTables(record, held, shadow: shadow) }
         for job in held.live {
@@ -320,6 +325,9 @@ extension DurableJob {
         guard try exists(shadowSchema, incoming[0].tables[0]) else { return }
         let outgoing = try held.live.map { try $0.inForce(db).mapping }
         try target.transaction(db) {
+            // A long transaction of the application on an old table must not make every reader
+            // queue behind the swap's lock: the swap gives way and tries again.
+            try db.execute("SET LOCAL lock_timeout = '\(Resnapshot.lockTimeout)'")
             for lock in held.targetLocks { try lock.fence(db) }
             if try db.query("SELECT to_regnamespace($1) IS NULL", [replaced]).rows[0][0] == "t" { try db.execute("CREATE SCHEMA \(replaced)") }
             for (old, new) in zip(outgoing, incoming) {

@@ -227,6 +227,34 @@ import UsersFixtures
         #expect(seen.statements > 20, "\(seen.statements) statements")
     }
 
+    /// An application transaction that holds a live table delays the swap, but the swap gives
+    /// way after its lock timeout, so other readers never queue behind it for long.
+    @Test func aLongReaderDelaysTheSwapWithoutQueueingOthersBehindIt() throws {
+        let job = try LostHistory()
+        let caughtUp = try job.sync(["--on-history-lost", "resnapshot"], environment: ["ETL_CRASH_AT": "shadowCaughtUp"])
+        #expect(caughtUp.signaled && caughtUp.status == SIGKILL, "\(caughtUp)")
+        let holder = try job.sandbox.db()
+        try holder.execute("BEGIN")
+        _ = try holder.execute("SELECT count(*) FROM users")
+        let recovery = try job.sandbox.launch(["sync", "--on-history-lost", "resnapshot"] + job.arguments)
+        let reader = try job.sandbox.db()
+        var slowest = 0.0
+        let until = Date().addingTimeInterval(8)
+        while Date() < until {
+            let began = Date()
+            _ = try reader.execute("SELECT count(*) FROM users")
+            slowest = max(slowest, Date().timeIntervalSince(began))
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        #expect(try job.count("users") == LostHistory.usersBefore, "the swap waits for the long transaction")
+        try holder.execute("COMMIT")
+        let ended = try recovery.wait()
+        #expect(ended.status == 0, "\(ended.stderr)")
+        #expect(ended.stderr.contains("the swap failed; trying again"), "\(ended.stderr)")
+        #expect(slowest < 3.5, "a reader waited \(slowest) s behind the swap")
+        try job.expectRecoveredAndFollowing("after a long reader")
+    }
+
     /// The crash points of the recovery, the step `status` shows after each, and whether the
     /// swap had committed (the live tables new, the old ones kept until dropped).
     static let kills: [(point: String, step: String?, swapped: Bool, oldKept: Bool)] = [
