@@ -398,6 +398,7 @@ public struct DurableJob: Sendable {
         try RunManifest.remove(settings.stateDirectory)
         for file in RunManifest.legacyQueueFiles { try StateFiles.remove(settings.stateDirectory + "/" + file) }
         for name in manifest?.pipelines ?? [] { try StateFiles.remove(RunManifest.queueDirectory(settings.stateDirectory, name)) }
+        try Resnapshot.discard(settings.stateDirectory)
     }
 
     // MARK: Running

@@ -88,6 +88,14 @@ public enum Resnapshot {
         }
     }
 
+    /// Forgets the recovery: its record first (a kill halfway leaves no record naming files
+    /// that are gone), then the shadow's state and the replaced queues. `start --fresh` too.
+    static func discard(_ directory: String) throws {
+        try StateFiles.remove(directory + "/" + file)
+        try StateFiles.remove(shadowDirectory(directory))
+        try StateFiles.remove(replacedDirectory(directory))
+    }
+
     static func write(_ record: Record, _ directory: String) throws {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
@@ -164,13 +172,22 @@ extension DurableJob {
         let directory = settings.stateDirectory
         let held = try await Threads.blocking(name: "prepare") { try holdForResnapshot(resolve: resolve) }
         defer { held.handBack() }
-        var record = try Resnapshot.read(directory) ?? Resnapshot.Record(liveSchema: held.live[0].target.schema)
-        let shadow = shadowJob(record)
-        if try Resnapshot.read(directory) == nil {
+        var record: Resnapshot.Record
+        if let recorded = try Resnapshot.read(directory) {
+            record = recorded
+        } else {
+            record = Resnapshot.Record(liveSchema: held.live[0].target.schema)
+            // What a recovery no record names left (one a 'start --fresh' discarded) goes first.
+            let fresh = record
+            try await Threads.blocking(name: "prepare") {
+                try dropSchemas(fresh, held)
+                try Resnapshot.discard(directory)
+            }
             try Resnapshot.write(record, directory)
             logger.notice("re-snapshot: loading a new snapshot into schema \(record.shadowSchema); the tables in \(record.liveSchema) stay as they are")
             CrashPoint.resnapshotBegan.reach()
         }
+        let shadow = shadowJob(record)
         var lostAgain = 0
         while true {
             switch record.step {
@@ -374,6 +391,16 @@ extension DurableJob {
     /// application on them stops it, never dropped behind its back), the shadow's bookkeeping
     /// and the nested state removed, and the record last.
     private func dropReplaced(_ record: Resnapshot.Record, _ held: Resnapshot.Held) throws {
+        try dropSchemas(record, held)
+        CrashPoint.oldDropped.reach()
+        try Resnapshot.discard(settings.stateDirectory)
+        logger.notice("re-snapshot: done; the job follows the change stream from the new snapshot's position")
+    }
+
+    /// Drops the replaced tables (without CASCADE: a view of the application on them stops
+    /// it, never dropped behind its back) and the shadow schema, which holds only what the
+    /// re-snapshot made.
+    private func dropSchemas(_ record: Resnapshot.Record, _ held: Resnapshot.Held) throws {
         let target = held.live[0].target
         let db = try target.connectWaiting(logger: logger)
         let replaced = quoteIdentifier(record.replacedSchema)
@@ -384,11 +411,5 @@ extension DurableJob {
             try db.execute("DROP SCHEMA IF EXISTS \(replaced)")
             try db.execute("DROP SCHEMA IF EXISTS \(quoteIdentifier(record.shadowSchema)) CASCADE")
         }
-        CrashPoint.oldDropped.reach()
-        let directory = settings.stateDirectory
-        try StateFiles.remove(Resnapshot.shadowDirectory(directory))
-        try StateFiles.remove(Resnapshot.replacedDirectory(directory))
-        try StateFiles.remove(directory + "/" + Resnapshot.file)
-        logger.notice("re-snapshot: done; the job follows the change stream from the new snapshot's position")
     }
 }

@@ -96,8 +96,18 @@ import UsersFixtures
         let job = try LostHistory()
         let old = try job.count("users")
         #expect(old == LostHistory.usersBefore)
+        // The application's role reads the tables: it still does after the swap.
+        let reader = job.sandbox.name + "_reader"
+        let db = try job.sandbox.db()
+        try db.execute("CREATE ROLE \(reader); GRANT SELECT ON users, addresses TO \(reader)")
+        defer {
+            _ = try? db.execute("DROP OWNED BY \(reader)")
+            _ = try? db.execute("DROP ROLE \(reader)")
+        }
         let recovered = try job.sync(["--on-history-lost", "resnapshot"])
         #expect(recovered.status == 0, "\(recovered.stderr)")
+        #expect(try db.execute("SELECT has_table_privilege('\(reader)', 'public.users', 'SELECT'), has_table_privilege('\(reader)', 'public.addresses', 'SELECT'), "
+            + "has_table_privilege('\(reader)', 'public.profiles', 'SELECT')").rows[0] == ["t", "t", "f"], "the grants of the old tables, and only those")
         #expect(try job.count("users", schema: "public") == LostHistory.usersAfter)
         #expect(try job.sandbox.db().execute("SELECT count(*) FROM users WHERE id BETWEEN 1 AND 5").rows[0][0] == "0", "deleted while the stream was lost")
         #expect(try job.sandbox.db().execute("SELECT first_name FROM users WHERE id = 6").rows.first?[0] == "Changed", "updated while the stream was lost")
@@ -132,6 +142,27 @@ import UsersFixtures
         #expect(resumed.status == 0, "\(resumed.stderr)")
         #expect(resumed.stderr.contains("loading the shadow again"), "\(resumed.stderr)")
         #expect(try job.count("users") == LostHistory.usersAfter + 41)
+        let verify = try job.sandbox.run(["verify"] + job.arguments)
+        #expect(verify.status == 0, "\(verify.stdout)\(verify.stderr)")
+    }
+
+    /// A recovery given up for `start --fresh` leaves nothing that stops a later sync or recovery.
+    @Test func startFreshDiscardsARecoveryInProgress() throws {
+        let job = try LostHistory()
+        let killed = try job.sync(["--on-history-lost", "resnapshot"], environment: ["ETL_CRASH_AT": "swapCommitted"])
+        #expect(killed.signaled && killed.status == SIGKILL, "\(killed)")
+        let fresh = try job.sandbox.run(["start", "--fresh", "--yes"] + job.arguments)
+        #expect(fresh.status == 0, "\(fresh.stdout) \(fresh.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: job.sandbox.stateDirectory + "/resnapshot.json"))
+        let plain = try job.sync()
+        #expect(plain.status == 0, "\(plain.stderr)")
+        try job.delete(ids: 1_000...1_030)
+        let prune = BSONDocument()
+        prune.writer.append("secantusAdmin.pruneOplog", Int32(1))
+        try job.client.runCommand(prune, database: "admin")
+        let recovered = try job.sync(["--on-history-lost", "resnapshot"])
+        #expect(recovered.status == 0, "a new recovery clears what the discarded one left in the target: \(recovered.stderr)")
+        #expect(try job.count("users") == LostHistory.usersAfter - 31)
         let verify = try job.sandbox.run(["verify"] + job.arguments)
         #expect(verify.status == 0, "\(verify.stdout)\(verify.stderr)")
     }
