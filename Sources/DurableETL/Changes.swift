@@ -80,3 +80,11 @@ extension DurableJob {
         run.queues[name] = queue
     }
 }
+
+/// The change stream no longer reaches the job's position: the changes made since are lost to it.
+public struct ChangeStreamHistoryLost: Error, CustomStringConvertible {
+    /// What was lost, without what to do about it.
+    public let lost: String
+
+    public var description: String { lost + "; re-run the snapshot with 'etl-job start --fresh'" }
+}

@@ -23,9 +23,11 @@ public struct DurableJob: Sendable {
 
     /// A new run of `mappings`. Refuses when the state directory holds a job or a target table
     /// holds rows, unless `fresh`, which discards the job and empties the pipelines' tables.
-    public func start(_ mappings: [any DocumentMapping], fresh: Bool, stop: StopToken, observer: RunObserver? = nil) async throws -> RunReport {
+    /// `planned`: per pipeline, the source a recorded job read (a re-snapshot reads it again).
+    public func start(_ mappings: [any DocumentMapping], fresh: Bool, planned: [String: RunManifest.Planned] = [:],
+                      stop: StopToken, observer: RunObserver? = nil) async throws -> RunReport {
         let began = ContinuousClock.now
-        var prepared = try await Threads.blocking(name: "prepare") { try prepareStart(mappings, fresh: fresh) }
+        var prepared = try await Threads.blocking(name: "prepare") { try prepareStart(mappings, fresh: fresh, planned: planned) }
         prepared.prepareSeconds = (ContinuousClock.now - began).seconds
         return try await run(prepared, stop: stop, observer: observer)
     }
@@ -55,8 +57,8 @@ public struct DurableJob: Sendable {
     }
 
     /// Gathers what `start` must know (reading only), plans, and runs the plan.
-    private func prepareStart(_ mappings: [any DocumentMapping], fresh: Bool) throws -> Prepared {
-        var (steps, run) = try planStart(mappings, fresh: fresh)
+    private func prepareStart(_ mappings: [any DocumentMapping], fresh: Bool, planned: [String: RunManifest.Planned]) throws -> Prepared {
+        var (steps, run) = try planStart(mappings, fresh: fresh, planned: planned)
         try execute(steps, &run)
         run.releaseConnections()
         return run.prepared
@@ -110,10 +112,10 @@ public struct DurableJob: Sendable {
     }
 
     /// `start`'s facts gathered (reading only) and its plan, with the connections it opened.
-    func planStart(_ mappings: [any DocumentMapping], fresh: Bool) throws -> (steps: [JobPlan.Step], run: Execution) {
+    func planStart(_ mappings: [any DocumentMapping], fresh: Bool, planned: [String: RunManifest.Planned] = [:]) throws -> (steps: [JobPlan.Step], run: Execution) {
         let directory = settings.stateDirectory
         try PipelineJob.refuseUnfollowablePolicy(mappings, settings)
-        let jobs = mappings.map { PipelineJob(mapping: $0, settings: settings) }
+        let jobs = mappings.map { PipelineJob(mapping: $0, settings: settings, planned: planned[$0.name]) }
         var facts = JobPlan.StartFacts(
             stateDirectory: directory, busy: busy(), fresh: fresh, request: settings.source.planRequest,
             targets: jobs.map { JobPlan.Target(name: $0.name, builtIn: $0.mapping.definition == nil) }, requestedForeignKeys: settings.foreignKeys)
@@ -276,7 +278,7 @@ public struct DurableJob: Sendable {
                 // Every table of the mapping in force (an evolved one's too); the one given is in force again.
                 try run.job(name).target.truncate(run.db(name), run.job(name).mapping, given: run.job(name).given)
                 if let i = run.jobs.firstIndex(where: { $0.name == name }) { run.jobs[i] = run.jobs[i].asGiven() }
-                logger.info("discarded the previous job and emptied the target tables", metadata: ["pipeline": "\(name)"])
+                logger.info("discarded the previous job and emptied the target tables", metadata: ["pipeline": "\(name)", "schema": "\(run.job(name).target.schema)"])
             case .prepareForeignKeys(let name, let mode):
                 try prepareForeignKeys(run.job(name), run.db(name), mode)
             case .addForeignKeys(let name):
@@ -396,6 +398,7 @@ public struct DurableJob: Sendable {
         try RunManifest.remove(settings.stateDirectory)
         for file in RunManifest.legacyQueueFiles { try StateFiles.remove(settings.stateDirectory + "/" + file) }
         for name in manifest?.pipelines ?? [] { try StateFiles.remove(RunManifest.queueDirectory(settings.stateDirectory, name)) }
+        try Resnapshot.discard(settings.stateDirectory)
     }
 
     // MARK: Running

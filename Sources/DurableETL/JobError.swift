@@ -63,6 +63,8 @@ public struct JobError: Error, CustomStringConvertible {
             return error
         case let error as PipelineError:
             return classify(error.underlying)
+        case let error as ChangeStreamHistoryLost:
+            return JobError(.dataError, error.description)
         case let error as ETLErrors:
             let all = error.errors.map(classify)
             let worst = all.max { $0.kind.severity < $1.kind.severity }!

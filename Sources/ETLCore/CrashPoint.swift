@@ -27,6 +27,19 @@ public enum CrashPoint: String, CaseIterable, Sendable {
     /// A plan of partitions made its preparations (tables migrated, keys dropped); it has not
     /// recorded its job yet.
     case prepared
+    /// A re-snapshot recorded that it began (its first step, the shadow's snapshot); nothing
+    /// is loaded into the shadow schema yet.
+    case resnapshotBegan
+    /// The shadow's snapshot finished; the re-snapshot has not recorded its next step yet.
+    case shadowLoaded
+    /// The shadow caught up with the change stream; the swap is not recorded yet.
+    case shadowCaughtUp
+    /// The swap committed in the target; the state directory still describes the old job.
+    case swapCommitted
+    /// The state directory describes the new snapshot; the old tables are not dropped yet.
+    case stateSwitched
+    /// The old tables are dropped; the re-snapshot's record is not removed yet.
+    case oldDropped
 
     private static let armed: (point: CrashPoint, count: Int)? = {
         guard let spec = ProcessInfo.processInfo.environment["ETL_CRASH_AT"] else { return nil }

@@ -149,6 +149,15 @@ public final class DurableQueue: @unchecked Sendable {
         get throws { try env.transaction(write: false) { try $0.get("meta", Key.identity).map { Array($0) } } }
     }
 
+    /// Replaces what the job recorded of its source and target: for a job whose tables moved
+    /// to another schema (a re-snapshot swapped in), so that it describes where they are now.
+    public func replaceIdentity(_ identity: [UInt8]) throws {
+        try env.transaction(write: true) { txn in
+            guard try txn.get("meta", Key.jobId) != nil else { throw QueueError.noJob }
+            try txn.put("meta", Key.identity, identity)
+        }
+    }
+
     /// Keeps `value` with the job under `name`: something the engine must find again, opaque
     /// here (such as where the source's change stream stood when the job started).
     public func record(_ name: String, _ value: [UInt8]) throws {
@@ -474,11 +483,13 @@ public final class DurableQueue: @unchecked Sendable {
 
 public enum QueueError: Error, CustomStringConvertible {
     case jobExists
+    case noJob
     case notPending(UInt64)
 
     public var description: String {
         switch self {
         case .jobExists: "the queue already holds a job"
+        case .noJob: "the queue holds no job"
         case .notPending(let id): "batch \(id) is not pending"
         }
     }

@@ -370,3 +370,4 @@ extension JobError.Kind {
 }
 
 extension UnmappedPolicy: ExpressibleByArgument {}
+extension OnHistoryLost: ExpressibleByArgument {}

@@ -168,9 +168,9 @@ struct Start: AsyncParsableCommand {
 /// `sync`: the run applies changes, for which a stop is how `--follow` ends: the report is
 /// printed then too, and `etl-job sync` is what continues.
 func runInterruptibly(
-    reportJSON: String?, sync: Bool = false, _ body: @escaping (StopToken, RunObserver?) async throws -> RunReport
+    reportJSON: String?, sync: Bool = false, next: String? = nil, _ body: @escaping (StopToken, RunObserver?) async throws -> RunReport
 ) async throws {
-    let next = sync ? "etl-job sync" : "etl-job resume"
+    let next = next ?? (sync ? "etl-job sync" : "etl-job resume")
     let stop = StopToken()
     let trap = SignalTrap(stop: stop) { signal in
         Console.standardError.line("etl-job: stopping (signal \(signal)): finishing batches in flight; run '\(next)' to continue")

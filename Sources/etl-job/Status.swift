@@ -160,7 +160,9 @@ struct Status: AsyncParsableCommand {
         if rejected {
             try printRejected(rejectedDocuments, directory: directory)
         } else {
-            print(json ? StatusView.json(views, directory: directory, active: active) : StatusView.text(views))
+            let recovery = try ResnapshotView.read(directory)
+            print(json ? StatusView.json(views, directory: directory, active: active, resnapshot: recovery?.dictionary)
+                       : StatusView.text(views) + (recovery.map { "\n" + $0.text } ?? ""))
         }
     }
 
@@ -371,9 +373,10 @@ struct StatusView {
     }
 
     /// `status --json`: the state directory, whether it holds a job, each pipeline and their sum.
-    static func json(_ views: [StatusView], directory: String, active: Bool) -> String {
+    static func json(_ views: [StatusView], directory: String, active: Bool, resnapshot: [String: Any]? = nil) -> String {
         JSONOutput.text([
             "stateDirectory": directory,
+            "resnapshot": resnapshot,
             "hasJob": !views.isEmpty,
             "active": active,
             "pipelines": views.map(\.dictionary),
@@ -442,6 +445,34 @@ struct StatusView {
 }
 
 /// The changes `sync` applied after the snapshot: from the pipeline's change queue.
+/// A re-snapshot in progress (`sync --on-history-lost resnapshot`): its step, and what the
+/// shadow's snapshot loaded so far.
+struct ResnapshotView {
+    let record: Resnapshot.Record
+    let documentsLoaded: Int64
+
+    static func read(_ directory: String) throws -> ResnapshotView? {
+        guard let record = try Resnapshot.read(directory) else { return nil }
+        let shadow = Resnapshot.shadowDirectory(directory)
+        let pipelines = (try? RunManifest.read(shadow))?.pipelines ?? []
+        let loaded = pipelines.reduce(Int64(0)) { sum, name in sum + ((try? RunManifest.recordedStatus(shadow, name))??.documentsLoaded ?? 0) }
+        return ResnapshotView(record: record, documentsLoaded: loaded)
+    }
+
+    var dictionary: [String: Any] {
+        ["step": record.step.rawValue, "description": record.step.description, "liveSchema": record.liveSchema,
+         "shadowSchema": record.shadowSchema, "replacedSchema": record.replacedSchema, "began": record.began,
+         "shadowDocumentsLoaded": documentsLoaded]
+    }
+
+    var text: String {
+        let began = Date(timeIntervalSince1970: record.began).formatted(.iso8601)
+        return "re-snapshot (the change stream's history was lost), since \(began): step \(record.step.rawValue), \(record.step.description); "
+            + "\(documentsLoaded.formatted(.number.grouping(.automatic))) documents loaded into schema \(record.shadowSchema), "
+            + "the tables in \(record.liveSchema) unchanged until the swap"
+    }
+}
+
 struct SyncView {
     let replaced: Int64
     let deleted: Int64

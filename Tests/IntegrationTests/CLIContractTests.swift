@@ -205,7 +205,7 @@ import Testing
 }
 
 enum JSON {
-    static let statusKeys: Set<String> = ["schemaVersion", "etlJob", "stateDirectory", "hasJob", "active", "pipelines", "total"]
+    static let statusKeys: Set<String> = ["schemaVersion", "etlJob", "stateDirectory", "hasJob", "active", "pipelines", "total", "resnapshot"]
     static let totalKeys: Set<String> = ["documentsLoaded", "documentsSetAside", "totalRows", "finished"]
     static let pipelineKeys: Set<String> = [
         "pipeline", "job", "active", "complete", "finished", "sourceDocuments", "extracted", "extractionFinished", "batches",

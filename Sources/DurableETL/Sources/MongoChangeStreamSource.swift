@@ -90,8 +90,7 @@ final class MongoChangeStreamSource: Source {
     /// a stored token it cannot read, or (transient ones) a server away, which the scan retries.
     func failure(_ error: MongoError) -> any Error {
         if error.isChangeStreamHistoryLost {
-            return JobError(.dataError, "\(description) no longer holds the job's position (\(error)): changes made since are lost to it; "
-                + "re-run the snapshot with 'etl-job start --fresh'")
+            return ChangeStreamHistoryLost(lost: "\(description) no longer holds the job's position (\(error)): changes made since are lost to it")
         }
         if error.isFailedToParse {
             return JobError(.ioError, "\(description) cannot resume from the job's stored position (\(error)); \(JobError.untrustedState)")
