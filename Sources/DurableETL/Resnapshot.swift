@@ -58,9 +58,26 @@ public enum Resnapshot {
         init(liveSchema: String) {
             step = .snapshot
             self.liveSchema = liveSchema
-            shadowSchema = "etl_resnapshot_" + liveSchema
-            replacedSchema = "etl_replaced_" + liveSchema
+            shadowSchema = Self.name("etl_resnapshot_", liveSchema)
+            replacedSchema = Self.name("etl_replaced_", liveSchema)
             began = Date().timeIntervalSince1970
+        }
+
+        /// `prefix` + `schema`, within PostgreSQL's 63 bytes: a longer one keeps what fits of
+        /// the schema's name (cut at a character) and a digest of the whole, so that two long
+        /// names sharing their start stay apart and PostgreSQL never cuts it to another name.
+        public static func name(_ prefix: String, _ schema: String) -> String {
+            let whole = prefix + schema
+            guard whole.utf8.count > 63 else { return whole }
+            var digest: UInt32 = 2_166_136_261  // FNV-1a
+            for byte in schema.utf8 { digest = (digest ^ UInt32(byte)) &* 16_777_619 }
+            let tail = "_" + String(digest, radix: 16)
+            var kept = ""
+            for character in schema {
+                guard prefix.utf8.count + kept.utf8.count + character.utf8.count + tail.utf8.count <= 63 else { break }
+                kept.append(character)
+            }
+            return prefix + kept + tail
         }
     }
 
