@@ -43,7 +43,7 @@ let package = Package(
         .target(name: "ETLCore"),
 
         // Thin owners of the C handles.
-        .target(name: "Queue", dependencies: ["CLMDB", "CZlib", "ETLCore", "Mongo"]),
+        .target(name: "Queue", dependencies: ["CLMDB", "CZlib"]),
         .target(name: "Mongo", dependencies: ["CMongoc", "CZlib", "CCrypto", "ETLCore"]),
         .target(name: "Postgres", dependencies: ["CLibPQ", "ETLCore"]),
 
@@ -81,7 +81,7 @@ let package = Package(
         // Test helpers shared by every test target: services, sandboxes, processes.
         .target(
             name: "TestSupport",
-            dependencies: ["DurableETL", "Queue", "Mongo", "Postgres", "ETLCore"],
+            dependencies: ["Mongo", "Postgres"],
             path: "Tests/TestSupport"),
         // A pipeline written against the engine alone (the README's example), and a small
         // program that runs it, which the engine tests kill and resume. Neither may depend on Users.
@@ -94,7 +94,7 @@ let package = Package(
         .testTarget(name: "ETLCoreTests", dependencies: ["ETLCore", "Queue", "DurableETL", "Users", "UsersFixtures", "Mongo", "TestSupport"]),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["DurableETL", "Mappings", "Users", "UsersFixtures", "Queue", "Mongo", "Postgres", "ETLCore", "TestSupport"]),
+            dependencies: ["DurableETL", "Users", "UsersFixtures", "Queue", "Mongo", "Postgres", "TestSupport"]),
         .testTarget(
             name: "EngineTests",
             dependencies: ["DurableETL", "Queue", "Mongo", "Postgres", "ETLCore", "TestSupport", "NotesPipeline", "notes-pipeline"]),

@@ -153,7 +153,7 @@ public struct PipelineJob: Sendable {
         let directory = directory ?? self.directory
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-            return try DurableQueue(directory: directory, initialMapSize: settings.queueMapBytes)
+            return try DurableQueue(directory: directory, initialMapSize: settings.queueMapBytes, framing: .bson)
         } catch {
             throw JobError.queue(error, directory)
         }

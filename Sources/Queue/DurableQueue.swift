@@ -1,6 +1,5 @@
 import CLMDB
 import CZlib
-import Mongo
 import Foundation
 
 /// A batch handed to a worker: its queue id and the documents as stored (concatenated BSON).
@@ -100,13 +99,17 @@ public final class DurableQueue: @unchecked Sendable {
     // Safe: `env` serializes all transactions; `changed` is a condition variable.
     private let env: LMDBEnvironment
     private let changed = NSCondition()
+    private let framing: Framing?
     public let directory: String
 
     private static let tables = ["meta", "batches", "payloads", "pending", "inflight", "setaside", "counters"]
 
-    /// Opens (creating when `readOnly` is false) the queue in `directory`.
-    public init(directory: String, readOnly: Bool = false, initialMapSize: Int = 64 << 20) throws {
+    /// Opens (creating when `readOnly` is false) the queue in `directory`. `framing`: how the
+    /// payloads' documents are laid out, which the queue checks before it hands a batch out
+    /// (nil for a queue that is only read, or whose batches are checked by their checksum alone).
+    public init(directory: String, readOnly: Bool = false, initialMapSize: Int = 64 << 20, framing: Framing? = nil) throws {
         self.directory = directory
+        self.framing = framing
         if !readOnly {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         }
@@ -234,7 +237,7 @@ public final class DurableQueue: @unchecked Sendable {
     /// queue recorded (count and checksum); throws `DamagedBatch` when they differ.
     public func checkExternal(_ id: UInt64, payload: [UInt8]) throws {
         try env.transaction(write: false) { txn in
-            try BatchIntegrity.check(id: id, record: try txn.get("batches", Codec.key(id)), payload: payload, directory: directory)
+            try BatchIntegrity.check(id: id, record: try txn.get("batches", Codec.key(id)), payload: payload, framing: framing, directory: directory)
         }
     }
 
@@ -261,7 +264,7 @@ public final class DurableQueue: @unchecked Sendable {
             // A damaged batch is never handed out, not even in part: the claim fails whole.
             // (An external batch is checked when its worker has read it from the file.)
             if !external {
-                try BatchIntegrity.check(id: id, record: try txn.get("batches", key), payload: payload, directory: directory)
+                try BatchIntegrity.check(id: id, record: try txn.get("batches", key), payload: payload, framing: framing, directory: directory)
             }
             try txn.delete("pending", key)
             try txn.put("inflight", key, [])
@@ -619,18 +622,27 @@ struct BatchRecord {
     }
 }
 
-/// What a batch record promises about its payload: the number of BSON documents, laid end to
-/// end to the last byte, and the payload's CRC-32 (zlib). A changed byte, a damaged length or
-/// a zeroed page breaks one of the three.
+/// How the documents of a payload are laid out. The queue holds opaque bytes; whoever writes
+/// them (the engine: BSON documents) says how many whole documents a payload holds laid end to
+/// end to its last byte, or nil when it is not such a sequence.
+public struct Framing: Sendable {
+    public let count: @Sendable ([UInt8]) -> Int?
+
+    public init(count: @escaping @Sendable ([UInt8]) -> Int?) { self.count = count }
+}
+
+/// What a batch record promises about its payload: the number of documents, laid end to
+/// end to the last byte (as its `Framing` reads them), and the payload's CRC-32 (zlib). A
+/// changed byte, a damaged length or a zeroed page breaks one of the three.
 public enum BatchIntegrity {
-    static func check(id: UInt64, record raw: UnsafeRawBufferPointer?, payload: [UInt8], directory: String) throws {
+    static func check(id: UInt64, record raw: UnsafeRawBufferPointer?, payload: [UInt8], framing: Framing?, directory: String) throws {
         guard let raw, let record = BatchRecord(raw) else {
             throw damaged(id, directory, "its record is missing or short")
         }
         if let stored = record.checksum {
             guard Codec.crc32(payload) == stored else { throw damaged(id, directory, "its checksum does not match") }
         }
-        guard BSONSequence.ranges(payload)?.count == record.documents else {
+        if let framing, framing.count(payload) != record.documents {
             throw damaged(id, directory, "it should hold \(record.documents) documents laid end to end")
         }
     }

@@ -1,3 +1,4 @@
+import DurableETL
 import Foundation
 import Queue
 import Testing
@@ -156,7 +157,7 @@ let exampleIdentity = Array(#"{"pipeline":"users"}"#.utf8)
     func aBatchWhoseDocumentsDoNotAddUpIsNeverHandedOut(damage: String) throws {
         let dir = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let queue = try DurableQueue(directory: dir)
+        let queue = try DurableQueue(directory: dir, framing: .bson)
         try queue.createJob(id: "j", sourceTotal: nil, identity: exampleIdentity)
         var payload = documents(3, filler: 7)
         if damage == "broken length" { payload[8] = 200 }
