@@ -107,17 +107,18 @@ public enum PartitionTable {
 
     /// The name of a partition's lease (and of its writer in `etl_writers`).
     static func leaseName(_ pipeline: String, _ job: String, _ partition: Int) -> String {
-        "\(pipeline) partition \(partition) of job \(job.prefix(8))"
+        LockName.lease(pipeline: .value(pipeline), partition: .value(String(partition)), job: .value(String(job.prefix(8)))).string
     }
 
     /// SQL: a session holds the lease of partition `p` of job `j` (the advisory lock of
     /// `leaseName`, as `TargetLock` names it, in the schema given as `$1`), by any session
     /// (`session` nil) or by the one that claimed it.
     static func leaseHeld(session: String? = nil) -> String {
-        """
+        let lease = LockName.lease(pipeline: .value("j.pipeline"), partition: .value("p.partition"), job: .value("left(j.job_id, 8)"))
+        return """
         EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2\(session.map { " AND l.pid = \($0)" } ?? "")
                 AND l.classid = (\(TargetLock.namespace)::int4)::oid
-                AND l.objid = (hashtext('etl-job ' || j.pipeline || ' partition ' || p.partition || ' of job ' || left(j.job_id, 8) || ' ' || $1))::oid
+                AND l.objid = (hashtext(\(LockName.writer(lease, schema: .value("$1")).sql)))::oid
                 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))
         """
     }

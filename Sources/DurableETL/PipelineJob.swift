@@ -201,7 +201,7 @@ public final class TargetLock: @unchecked Sendable {
         self.connection = connection
         self.pipeline = pipeline
         self.schema = schema
-        self.name = "etl-job \(pipeline) \(schema)"
+        self.name = LockName.writer(.value(pipeline), schema: .value(schema)).string
         self.reconnect = reconnect
     }
 
