@@ -43,6 +43,13 @@ public struct JobError: Error, CustomStringConvertible {
         return JobError(.unavailable, "cannot use the queue in \(directory): \(error)")
     }
 
+    /// A connection to the target that failed: a malformed URL is a usage error (exit 64), a
+    /// server that cannot be reached unavailable (69).
+    public static func connecting(_ error: any Error) -> JobError {
+        if let error = error as? PGError, error.kind == .malformedURL { return JobError(.usage, error.message) }
+        return JobError(.unavailable, "\(error)")
+    }
+
     private static func fileFailure(_ error: CocoaError) -> String {
         let path = (error.userInfo[NSFilePathErrorKey] as? String) ?? (error.userInfo[NSURLErrorKey] as? URL)?.path
         let reason = (error.userInfo[NSUnderlyingErrorKey] as? NSError).map { String(cString: strerror(Int32($0.code))) }

@@ -772,11 +772,7 @@ public struct RecordedPartitionedJob: Sendable {
     public static func latest(_ settings: JobSettings) throws -> [RecordedPartitionedJob] {
         let target = Target(url: settings.postgresURL, schema: settings.targetSchema ?? JobSettings.defaultSchema)
         let db: PGConnection
-        do { db = try target.connect() } catch let error as PGError where error.kind == .malformedURL {
-            throw JobError(.usage, error.message)
-        } catch {
-            throw JobError(.unavailable, "\(error)")
-        }
+        do { db = try target.connect() } catch { throw JobError.connecting(error) }
         guard try PartitionTable.exists(db) else { return [] }
         let rows = try db.execute("""
             SELECT DISTINCT ON (pipeline) \(PartitionedJob.columns), finished_at IS NULL FROM etl_partitioned_jobs ORDER BY pipeline, planned_at DESC

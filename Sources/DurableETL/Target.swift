@@ -55,18 +55,15 @@ public struct Target: Sendable {
         return db
     }
 
-    /// A connection for a command's steps: a malformed URL is a usage error (exit 64), a server
-    /// that cannot be reached unavailable (69). A server still starting up or recovering after
-    /// a restart is waited for (up to `startupWait` seconds), so that a `resume` run right after
-    /// a PostgreSQL restart does not fail at once.
+    /// A connection for a command's steps (`JobError.connecting` says what a failure means). A
+    /// server still starting up or recovering after a restart is waited for (up to `startupWait`
+    /// seconds), so that a `resume` run right after a PostgreSQL restart does not fail at once.
     public func connectWaiting(startupWait: Double = 60, logger: Logger? = nil, pipeline: String? = nil) throws -> PGConnection {
         let deadline = ContinuousClock.now + .milliseconds(Int(startupWait * 1000))
         var said = false
         while true {
             do {
                 return try connect()
-            } catch let error as PGError where error.kind == .malformedURL {
-                throw JobError(.usage, error.message)
             } catch let error as PGError where error.isServerStartingUp && ContinuousClock.now < deadline {
                 if !said, let logger {
                     logger.notice("PostgreSQL is starting up or recovering; waiting for it to accept connections",
@@ -75,7 +72,7 @@ public struct Target: Sendable {
                 }
                 Thread.sleep(forTimeInterval: 0.25)
             } catch {
-                throw JobError(.unavailable, "\(error)")
+                throw JobError.connecting(error)
             }
         }
     }

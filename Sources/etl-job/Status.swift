@@ -51,13 +51,7 @@ struct Status: AsyncParsableCommand {
     private func showPartitions(_ settings: JobSettings) throws {
         let schema = settings.targetSchema ?? JobSettings.defaultSchema
         let db: PGConnection
-        do {
-            db = try Target(url: settings.postgresURL, schema: schema).connect()
-        } catch let error as PGError where error.kind == .malformedURL {
-            throw JobError(.usage, error.message)
-        } catch {
-            throw JobError(.unavailable, "\(error)")
-        }
+        do { db = try Target(url: settings.postgresURL, schema: schema).connect() } catch { throw JobError.connecting(error) }
         let jobs = try PartitionedJobStatus.read(db, schema: schema)
         if rejected {
             try printRejected(jobs, db, schema: schema)
