@@ -68,7 +68,7 @@ struct KeySessions: @unchecked Sendable {
                     n = current + 1
                     return current
                 }) {
-                    try target.transaction(db) {
+                    try db.withTransaction {
                         try fence(db)
                         try db.execute(statements[i])
                     }

@@ -255,7 +255,7 @@ extension DurableJob {
             } catch {
                 start = .unavailable("\(job.source.description) gave no change stream position when the job was planned (\(error))")
             }
-            try job.target.transaction(db) {
+            try db.withTransaction {
                 try run.locks[job.name]?.fence(db)
                 try db.query("""
                     INSERT INTO etl_partitioned_jobs (job_id, pipeline, definition, identity, key_mode, batch_size, max_batch_bytes, method, change_stream_start)
@@ -496,7 +496,7 @@ extension DurableJob {
     private func claim(_ db: PGConnection, _ target: Target) throws -> ClaimedPartition? {
         let jobs = Dictionary(uniqueKeysWithValues: try PartitionedJob.unfinished(db).map { ($0.id, $0) })
         guard !jobs.isEmpty else { return nil }
-        return try target.transaction(db) {
+        return try db.withTransaction {
             // Row locks, so that two workers never weigh one partition at once; the lease is
             // the advisory lock, which outlives this transaction with its session.
             // Partitions whose lease a live worker holds are left out here (without connecting to
@@ -585,7 +585,7 @@ extension DurableJob {
             throw JobError(.failed, "stopped before partition \(claimed.number) of \(job.pipeline) was loaded; another worker (or this one, run again) loads the rest")
         }
         let totals = try await Threads.blocking(name: "finish") { () throws -> (Int64, Int64, Int64) in
-            try control.run { db in try Target(url: settings.postgresURL, schema: claimed.lease.schemaName).transaction(db) {
+            try control.run { db in try db.withTransaction {
                 // A lease lost with its session (a PostgreSQL restart) is taken again, unless
                 // another worker took the partition meanwhile.
                 try claimed.lease.regain()
@@ -642,7 +642,7 @@ extension DurableJob {
             try addForeignKeys(pipeline, keys ?? pipeline.releasedOrConnect(), primaryKeys: job.keyMode == .keysAfter, fence: lock.fence)
             CrashPoint.keysCommitted.reach()
         }
-        try pipeline.target.transaction(db) {
+        try db.withTransaction {
             try lock.fence(db)
             try db.query("UPDATE etl_partitioned_jobs SET finished_at = now(), finished_by = $2 WHERE job_id = $1",
                          [job.id, "\(ProcessInfo.processInfo.hostName) pid \(getpid())"])

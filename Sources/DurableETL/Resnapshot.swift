@@ -358,7 +358,7 @@ extension DurableJob {
         }
         guard try exists(shadowSchema, incoming[0].tables[0]) else { return }
         let outgoing = try held.live.map { try $0.inForce(db).mapping }
-        try target.transaction(db) {
+        try db.withTransaction {
             // A long transaction of the application on an old table must not make every reader
             // queue behind the swap's lock: the swap gives way and tries again.
             try db.execute("SET LOCAL lock_timeout = '\(Resnapshot.lockTimeout)'")
@@ -421,7 +421,7 @@ extension DurableJob {
         let target = held.live[0].target
         let db = try target.connectWaiting(logger: logger)
         let replaced = quoteIdentifier(record.replacedSchema)
-        try target.transaction(db) {
+        try db.withTransaction {
             let tables = try db.query("SELECT c.oid::regclass::text FROM pg_class c WHERE c.relnamespace = to_regnamespace($1) AND c.relkind IN ('r', 'p')",
                                       [replaced]).rows.compactMap { $0[0] }
             if !tables.isEmpty { try db.execute("DROP TABLE \(tables.joined(separator: ", "))") }

@@ -123,7 +123,7 @@ public struct Target: Sendable {
     /// mapping's migrations not yet applied there. Returns how many ran.
     @discardableResult
     public func migrate(_ db: PGConnection, _ mappings: [any DocumentMapping]) throws -> Int {
-        try transaction(db) {
+        try db.withTransaction {
             // Serializes concurrent migrations of the same database.
             try db.execute("SELECT pg_advisory_xact_lock(7215829043)")
             // Only when missing: CREATE SCHEMA IF NOT EXISTS needs the database's CREATE right even then.
@@ -310,7 +310,7 @@ public struct Target: Sendable {
         let sessions = KeySessions(target: self, first: db, build: build, fence: fence, committed: committed)
         try sessions.run(tables.map(\.addPrimaryKey))
         var validations: [String] = []
-        try transaction(db) {
+        try db.withTransaction {
             try fence(db)
             for (table, key) in missing {
                 let name = table.constraintName(key)
@@ -380,20 +380,6 @@ public struct Target: Sendable {
         }
     }
 
-    /// Runs `body` in a transaction of `db`: committed when it returns, rolled back when it throws.
-    @discardableResult
-    func transaction<R>(_ db: PGConnection, _ body: () throws -> R) throws -> R {
-        try db.execute("BEGIN")
-        do {
-            let result = try body()
-            try db.execute("COMMIT")
-            return result
-        } catch {
-            _ = try? db.execute("ROLLBACK")
-            throw error
-        }
-    }
-
     /// Removes every row of the documents whose keys `keys` holds (a binary array of the
     /// mapping's key type), in every table of `mapping`, children first. Returns the rows
     /// removed. Runs inside the caller's transaction.
@@ -444,7 +430,7 @@ public struct Target: Sendable {
     /// primary keys `--keys after` builds after the load (for a load that adds them after;
     /// only on empty tables, where adding them back costs nothing).
     public func dropKeys(_ db: PGConnection, _ mapping: any DocumentMapping, primaryKeys: Bool) throws {
-        try transaction(db) {
+        try db.withTransaction {
             for table in mapping.tables {
                 let names = try db.query("""
                     SELECT conname FROM pg_constraint WHERE contype = 'f' AND conrelid = to_regclass($1)
@@ -481,7 +467,7 @@ public struct Target: Sendable {
     /// drops what the evolution added, its child tables and columns, so that the target is
     /// the given mapping's again, and forgets the versions.
     public func truncate(_ db: PGConnection, _ mapping: any DocumentMapping, given: (any DocumentMapping)? = nil) throws {
-        try transaction(db) {
+        try db.withTransaction {
             let evolved = mapping
             var mapping = mapping
             if let given {

@@ -160,9 +160,12 @@ public struct Verifier {
             report.targetDifferences = differences
             return report
         }
-        // One snapshot of the target for the whole comparison.
-        try db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-        defer { _ = try? db.execute("ROLLBACK") }
+        // One snapshot of the target for the whole comparison, which writes only temporary tables.
+        return try db.withTransaction(isolation: "REPEATABLE READ", end: .rollback) { try compare(into: report, progress: progress) }
+    }
+
+    private func compare(into report: Report, progress: (Int) -> Void) throws -> Report {
+        var report = report
         for table in mapping.tables {
             try db.execute("CREATE TEMP TABLE \(expected(table)) (LIKE \(table.quotedName)) ON COMMIT DROP")
         }
