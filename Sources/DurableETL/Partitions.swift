@@ -476,19 +476,16 @@ extension DurableJob {
         /// with it, the step runs again on a new session, for up to about a minute: every step
         /// is safe to repeat (a lease taken meanwhile by another worker stops it, exit 75).
         func run<T>(_ step: (PGConnection) throws -> T) throws -> T {
-            var attempt = 0
-            while true {
-                do {
-                    return try step(db)
-                } catch {
-                    let lost = error is TargetLock.Lost || !db.isHealthy || (error as? PGError)?.isTransient == true
-                    guard lost, attempt < 40 else { throw error }
-                    attempt += 1
-                    Thread.sleep(forTimeInterval: min(2, 0.25 * Double(attempt)))
-                    if !db.isHealthy, let fresh = try? target.connect() { db = fresh }
-                }
-            }
+            // A stop does not cut a step short: it is repeated until done or the minute is up.
+            try Retry(retries: 40, base: 0.25, cap: 2).run(stop: Self.steps, isRetryable: { error in
+                error is TargetLock.Lost || !db.isHealthy || (error as? PGError)?.isTransient == true
+            }, onRetry: { _ in
+                if !db.isHealthy, let fresh = try? target.connect() { db = fresh }
+            }, body: { _ in try step(db) })
         }
+
+        /// The steps' stop token, which nothing stops.
+        private static let steps = StopToken()
     }
 
     /// Claims the first pending partition of the oldest unfinished job that no live worker
