@@ -18,8 +18,9 @@ extension DurableJob {
     public func applyChanges(
         resolve: @escaping @Sendable (String, String?) throws -> (any DocumentMapping)?, follow: Bool, stop: StopToken, observer: RunObserver? = nil
     ) async throws -> RunReport {
-        let prepared = try await Threads.blocking(name: "prepare") { try prepareChanges(resolve: resolve, follow: follow, stop: stop) }
-        return try await run(prepared, stop: stop, observer: observer, changes: true)
+        var prepared = try await Threads.blocking(name: "prepare") { try prepareChanges(resolve: resolve, follow: follow, stop: stop) }
+        prepared.mode = .changes
+        return try await run(prepared, stop: stop, observer: observer)
     }
 
     /// Records where `job`'s change stream stands, or why it has none.

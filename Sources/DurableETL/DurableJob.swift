@@ -54,6 +54,8 @@ public struct DurableJob: Sendable {
         var finishedReport = RunReport(pipelines: [], seconds: 0, usage: .current(), stages: [])
         /// How long preparing took (connecting, checking, migrating, emptying, opening the queues).
         var prepareSeconds = 0.0
+        /// What the run does with its pipelines.
+        var mode = RunMode.snapshot
     }
 
     /// Gathers what `start` must know (reading only), plans, and runs the plan.
@@ -403,10 +405,10 @@ public struct DurableJob: Sendable {
 
     // MARK: Running
 
-    /// Runs the prepared pipelines: the snapshot (documents appended), or their changes
-    /// (`changes`: replaced and deleted, one batch in flight per pipeline, so that two batches
-    /// touching one document never commit out of order).
-    func run(_ prepared: Prepared, stop: StopToken, observer: RunObserver?, changes: Bool = false) async throws -> RunReport {
+    /// Runs the prepared pipelines in the prepared run's mode.
+    func run(_ prepared: Prepared, stop: StopToken, observer: RunObserver?) async throws -> RunReport {
+        let mode = prepared.mode
+        let changes = mode.appliesChanges
         let started = ContinuousClock.now
         let clock = StageClock()
         let shares = Self.share(workers: settings.bucket.workers, among: prepared.pipelines.count)
@@ -423,11 +425,9 @@ public struct DurableJob: Sendable {
                 if changes { try queue.resumeExtraction() }
                 return (id, try queue.extractionFinished)
             }
-            let workers = changes ? 1 : share
-            let processor = PipelineProcessor(job, queue: queue, jobId: jobId, lock: lock, workers: workers, clock: clock, logger: logger, appliesChanges: changes)
-            var config = settings.bucket
-            config.workers = workers
-            runners.append(ETLRunner(processor: processor, config: config, extractSource: !extractionFinished))
+            let workers = mode.workers(share: share)
+            let processor = PipelineProcessor(job, queue: queue, jobId: jobId, lock: lock, workers: workers, clock: clock, logger: logger, mode: mode)
+            runners.append(ETLRunner(processor: processor, config: mode.bucket(settings.bucket, workers: workers), extractSource: !extractionFinished))
             processors.append(processor)
             running.append(RunningPipeline(name: job.name, jobId: jobId, queue: queue, changes: changes))
         }
@@ -444,7 +444,7 @@ public struct DurableJob: Sendable {
         for (job, queue, lock) in prepared.pipelines {
             let start = before[job.name]
             var pipeline = try await Threads.blocking(name: "finish") {
-                changes ? try report(job, queue, before: start) : try finish(job, queue, lock, stopped: stop.isStopRequested)
+                try end(mode, job, queue, lock, before: start, stopped: stop.isStopRequested)
             }
             pipeline.before = before[job.name]
             reports.append(pipeline)
@@ -459,52 +459,16 @@ public struct DurableJob: Sendable {
         return ran
     }
 
-    /// Marks a pipeline's job finished when everything is loaded and the set-aside limit holds.
-    private func finish(_ job: PipelineJob, _ queue: DurableQueue, _ lock: TargetLock, stopped: Bool) throws -> PipelineReport {
-        guard var status = try queue.status() else { throw JobError(.failed, "the queue of \(job.name) lost its job") }
-        var failure: String?
-        if status.isComplete && !stopped {
-            failure = settings.weighsSetAside ? settings.maxSetAside.failure(loaded: status.documentsLoaded, setAside: status.documentsSetAside) : nil
-            if failure == nil {
-                // The final step of a job that adds its keys after the load: in one transaction,
-                // so that a kill leaves none of them, and resume (which comes back here) adds them.
-                if let mode = status.foreignKeys.flatMap(ForeignKeyMode.init), mode.foreignKeysAfter {
-                    try lock.regain()
-                    try addForeignKeys(job, try job.releasedOrConnect(), primaryKeys: mode == .keysAfter, fence: lock.fence)
-                    CrashPoint.keysCommitted.reach()
-                }
-                try queue.markFinished()
-                status = try queue.status() ?? status
-            }
-        }
-        return withMappingInForce(PipelineReport(name: job.name, tables: job.mapping.tables.map(\.name), status: status, failure: failure), job)
-    }
-
     /// A pipeline's report with its tables as they are now (batches may have evolved its
     /// mapping) and the fields its mapping did not name, from the target; as it was when the
     /// target cannot be read (the run's outcome does not depend on it).
-    private func withMappingInForce(_ report: PipelineReport, _ job: PipelineJob) -> PipelineReport {
+    func withMappingInForce(_ report: PipelineReport, _ job: PipelineJob) -> PipelineReport {
         guard let db = try? job.releasedOrConnect() else { return report }
         defer { job.target.release(db) }
         var report = report
         if let current = try? job.inForce(db) { report.tables = current.mapping.tables.map(\.name) }
         report.unmapped = (try? MappingLedger.summaries(db, pipeline: job.name)) ?? []
         return report
-    }
-
-    /// What a run of changes did; it never finishes (the source changes on), so only the
-    /// set-aside limit, over the changes this run applied, can fail it.
-    private func report(_ job: PipelineJob, _ queue: DurableQueue, before: QueueStatus?) throws -> PipelineReport {
-        guard let status = try queue.status() else { throw JobError(.failed, "the change queue of \(job.name) lost its job") }
-        let applied = status.documentsLoaded + status.documentsDeleted - (before.map { $0.documentsLoaded + $0.documentsDeleted } ?? 0)
-        let setAside = status.documentsSetAside - (before?.documentsSetAside ?? 0)
-        var failure: String?
-        if setAside > settings.maxSetAside.allowed(of: applied + setAside) {
-            failure = "\(setAside) of the \(applied + setAside) changes this run applied set their document aside, more than the limit of "
-                + "\(settings.maxSetAside.allowed(of: applied + setAside)) (--max-set-aside \(settings.maxSetAside)); list them with 'etl-job status --rejected'. "
-                + "Every other change is applied; a document set aside loads with its next change once the source fixes it"
-        }
-        return withMappingInForce(PipelineReport(name: job.name, tables: job.mapping.tables.map(\.name), status: status, failure: failure), job)
     }
 
     /// The run's workers shared out among `count` pipelines, each getting at least one.

@@ -178,4 +178,14 @@ public enum SetAsideLimit: Sendable, Equatable, CustomStringConvertible {
         return "\(setAside) documents were set aside, more than the limit of \(limit); list them with "
             + "'\(list)'. Everything else is loaded; to accept them, run '\(accept)'"
     }
+
+    /// Why a run of changes that applied `applied` changes and set `setAside` documents aside
+    /// failed, or nil.
+    func failure(changesApplied applied: Int64, setAside: Int64) -> String? {
+        let allowed = allowed(of: applied + setAside)
+        guard setAside > allowed else { return nil }
+        return "\(setAside) of the \(applied + setAside) changes this run applied set their document aside, more than the limit of "
+            + "\(allowed) (--max-set-aside \(self)); list them with 'etl-job status --rejected'. "
+            + "Every other change is applied; a document set aside loads with its next change once the source fixes it"
+    }
 }

@@ -15,13 +15,6 @@ public struct JobSettings: Sendable {
     public var maxDocumentBytes: Int
     public var queueMapBytes: Int
     public var maxSetAside = SetAsideLimit.default
-    /// False for a run that loads one partition of a job (`etl-job worker`): the limit is
-    /// weighed over the whole job, in its final step, and a partition may set every one of
-    /// its documents aside.
-    public var weighsSetAside = true
-    /// For a run that loads one partition of a job: the partition its last batch marks done,
-    /// in that batch's transaction.
-    public var completesPartition: PartitionRef?
     public var allowEmpty = false
     /// What the command says about the source: a database or collection (only for a run of
     /// one built-in pipeline; without them a pipeline reads its mapping's source, and a resume

@@ -190,10 +190,8 @@ final class BatchLoader: ETLWorker {
                 try Checkpoint.insert(db, pipeline: processor.name, job: processor.jobId, batch: batch.id, outcome: outcome,
                                       indices: setAside.keys.sorted() + displaced.map { _ in -1 }, position: batch.position)
             }
-            if let partition = processor.settings.completesPartition {
-                try traced("UPDATE etl_partitions (done, if this batch is the partition's last)", batch: batch.id) {
-                    try PartitionTable.markDoneIfLast(db, partition, pipeline: processor.name, batch: batch.id, queue: processor.queue)
-                }
+            if let (name, write) = processor.mode.inBatchTransaction(pipeline: processor.name, batch: batch.id, queue: processor.queue) {
+                try traced(name, batch: batch.id) { try write(db) }
             }
             do {
                 try processor.clock.measure(.commit) { try sql(db, "COMMIT", batch: batch.id) }

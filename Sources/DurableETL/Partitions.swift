@@ -542,10 +542,6 @@ extension DurableJob {
             var settings = self.settings
             settings.bucket.batchSize = job.batchSize
             settings.bucket.maxBatchBytes = job.maxBatchBytes
-            settings.bucket.cutsByCountOnly = true
-            // The job's set-aside limit is weighed over all its partitions, in the final step.
-            settings.weighsSetAside = false
-            settings.completesPartition = PartitionRef(job: job.id, number: claimed.number)
             return settings
         }()
         let partitionJob = PartitionTable.partitionJob(job.id, claimed.number)
@@ -570,10 +566,11 @@ extension DurableJob {
             pipeline.target.release(db)
             var prepared = Prepared()
             prepared.pipelines = [(pipeline, queue, claimed.lease)]
+            prepared.mode = .partition(PartitionRef(job: job.id, number: claimed.number))
             return prepared
         }
         logger.info("claimed a partition", metadata: ["pipeline": "\(job.pipeline)", "partition": "\(claimed.number)", "job": "\(job.id)"])
-        // Run with the partition's settings (its batches' cut, no set-aside limit of its own),
+        // Run with the partition's settings and mode (its batches' cut, no set-aside limit of its own),
         // under a stop of its own: a failure ends this partition's run, not the worker.
         let partitionStop = stop.child()
         defer { stop.release(partitionStop) }
@@ -636,8 +633,7 @@ extension DurableJob {
             throw JobError(.dataError, "the job of \(job.pipeline) is loaded but not finished: \(failure)")
         }
         if job.keyMode.foreignKeysAfter {
-            try addForeignKeys(pipeline, keys ?? pipeline.releasedOrConnect(), primaryKeys: job.keyMode == .keysAfter, fence: lock.fence)
-            CrashPoint.keysCommitted.reach()
+            try addKeysAfterLoad(pipeline, keys ?? pipeline.releasedOrConnect(), job.keyMode, fence: lock.fence)
         }
         try db.withTransaction {
             try lock.fence(db)

@@ -27,8 +27,10 @@ final class PipelineProcessor: ETLProcessor, @unchecked Sendable {
     let logger: Logger
     /// Workers of this pipeline (its share of the run's budget).
     let workers: Int
+    /// What the run does with its batches.
+    let mode: RunMode
     /// The queue holds changes (`Change` envelopes: replace or delete) rather than documents to append.
-    let appliesChanges: Bool
+    var appliesChanges: Bool { mode.appliesChanges }
     /// How far behind the source each batch of changes was when it committed.
     let lags = LagRecorder()
     /// What this pipeline does, for whatever metrics backend the executable chose.
@@ -41,9 +43,9 @@ final class PipelineProcessor: ETLProcessor, @unchecked Sendable {
     func weight(of item: [UInt8]) -> Int { item.count }
 
     init(_ pipeline: PipelineJob, queue: DurableQueue, jobId: String, lock: TargetLock, workers: Int, clock: StageClock, logger: Logger,
-         appliesChanges: Bool = false) {
+         mode: RunMode = .snapshot) {
         self.lock = lock
-        self.appliesChanges = appliesChanges
+        self.mode = mode
         inForce = MappingInForce(pipeline.mapping, version: pipeline.mappingVersion)
         job = pipeline
         source = pipeline.source
