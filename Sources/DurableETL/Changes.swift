@@ -23,15 +23,21 @@ extension DurableJob {
         return try await run(prepared, stop: stop, observer: observer)
     }
 
-    /// Records where `job`'s change stream stands, or why it has none.
-    func recordChangeStreamStart(_ job: PipelineJob, _ queue: DurableQueue) throws {
-        let start: ChangeStreamStart
-        do {
-            start = try job.source.changeStreamStart()
-        } catch {
-            start = .unavailable("\(job.source.description) gave no change stream position when the job started (\(error))")
-        }
+    /// Records where `job`'s change stream stands (`start`: as the job's plan found it), or
+    /// why it has none, in the queue a sync reads it from.
+    func recordChangeStreamStart(_ job: PipelineJob, _ queue: DurableQueue, start: ChangeStreamStart? = nil) throws {
+        let start = start ?? Self.changeStreamStart(job, when: "started")
         try queue.record(Self.changeStreamStartRecord, Array(try JSONEncoder().encode(start)))
+    }
+
+    /// Where `job`'s change stream stands now, before the job reads a document, or why it has
+    /// none (`when` the job "started", or "was planned").
+    static func changeStreamStart(_ job: PipelineJob, when: String) -> ChangeStreamStart {
+        do {
+            return try job.source.changeStreamStart()
+        } catch {
+            return .unavailable("\(job.source.description) gave no change stream position when the job \(when) (\(error))")
+        }
     }
 
     private func prepareChanges(resolve: (String, String?) throws -> (any DocumentMapping)?, follow: Bool, stop: StopToken) throws -> Prepared {

@@ -249,12 +249,7 @@ extension DurableJob {
             let (split, method) = ranges[job.name]!
             let mode = modes[job.name] ?? .keysAfter
             // Before any worker reads a document: where a later sync starts (as `start` records it).
-            let start: ChangeStreamStart
-            do {
-                start = try job.source.changeStreamStart()
-            } catch {
-                start = .unavailable("\(job.source.description) gave no change stream position when the job was planned (\(error))")
-            }
+            let start = Self.changeStreamStart(job, when: "was planned")
             try db.withTransaction {
                 try run.locks[job.name]?.fence(db)
                 try db.query("""
@@ -316,7 +311,7 @@ extension DurableJob {
                 ?? .unavailable("job \(id) was planned by an etl-job that did not record where the change stream stood; load it again with 'etl-job start --fresh'")
             let queue = try job.openQueue()
             try queue.createJob(id: id, sourceTotal: nil, identity: Array(row[3]!.utf8), foreignKeys: mode.rawValue)
-            try queue.record(Self.changeStreamStartRecord, Array(try JSONEncoder().encode(start)))
+            try recordChangeStreamStart(job, queue, start: start)
             // What the workers loaded, for `status` of this directory.
             let totals = try db.query("SELECT coalesce(sum(documents_loaded), 0), coalesce(sum(documents_set_aside), 0) FROM etl_partitions WHERE job_id = $1",
                                       [id]).rows[0]
