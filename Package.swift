@@ -97,6 +97,9 @@ let package = Package(
             dependencies: ["DurableETL", "Users", "UsersFixtures", "Queue", "Mongo", "Postgres", "TestSupport"]),
         .testTarget(
             name: "EngineTests",
-            dependencies: ["DurableETL", "Queue", "Mongo", "Postgres", "ETLCore", "TestSupport", "NotesPipeline", "notes-pipeline"]),
+            dependencies: [
+                "DurableETL", "Queue", "Mongo", "Postgres", "ETLCore", "TestSupport", "NotesPipeline", "notes-pipeline",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
     ]
 )
