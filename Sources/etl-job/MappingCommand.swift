@@ -87,7 +87,7 @@ struct MappingCommand: AsyncParsableCommand {
         let name: String
         if let pipeline {
             guard manifest.pipelines.contains(pipeline) else {
-                throw JobError(.usage, "the job in \(directory) has no pipeline '\(pipeline)'; it runs \(manifest.pipelines.joined(separator: ", "))")
+                throw JobPlan.noSuchPipeline(pipeline, in: directory, runs: manifest.pipelines)
             }
             name = pipeline
         } else {

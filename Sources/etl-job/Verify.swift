@@ -58,7 +58,7 @@ struct Verify: AsyncParsableCommand {
                 let resolve = Pipelines.resolver(given: try pipelines.mapping.load())
                 return try partitioned.map { job in
                     guard let mapping = try resolve(job.pipeline, job.definition) else {
-                        throw JobError(.usage, "the target's job split into partitions runs the pipeline '\(job.pipeline)', which this etl-job does not know")
+                        throw JobPlan.unknownPipeline(job.pipeline, of: .target)
                     }
                     return try verify(mapping, settings, recorded: (job.identity, job.setAside, nil), keysPending: job.keysPending)
                 }
@@ -69,14 +69,14 @@ struct Verify: AsyncParsableCommand {
         var names = manifest.pipelines
         if !pipelines.names.isEmpty {
             if let unknown = pipelines.names.first(where: { !manifest.pipelines.contains($0) }) {
-                throw JobError(.usage, "the job in \(directory) has no pipeline '\(unknown)'; it runs \(manifest.pipelines.joined(separator: ", "))")
+                throw JobPlan.noSuchPipeline(unknown, in: directory, runs: manifest.pipelines)
             }
             names = pipelines.names
         }
         let resolve = Pipelines.resolver(given: try pipelines.mapping.load())
         let mappings = try names.map { name in
             guard let mapping = try resolve(name, manifest.planned[name]?.definition) else {
-                throw JobError(.usage, "the job in \(directory) runs the pipeline '\(name)', which this etl-job does not know")
+                throw JobPlan.unknownPipeline(name, of: .stateDirectory(directory))
             }
             return mapping
         }

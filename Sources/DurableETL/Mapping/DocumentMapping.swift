@@ -276,6 +276,11 @@ public func quoteIdentifier(_ identifier: String) -> String {
     "\"" + identifier.replacingOccurrences(of: "\"", with: "\"\"") + "\""
 }
 
+/// A text[] literal of plain names.
+func postgresArray(_ items: [String]) -> String {
+    "{" + items.map { "\"" + $0.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\"" }.joined(separator: ",") + "}"
+}
+
 /// The binary COPY rows of a chunk of documents: one writer per table of a mapping.
 public struct TableRows: Sendable {
     public var tables: [BinaryCopyWriter]

@@ -272,7 +272,7 @@ extension DurableJob {
     private func holdForResnapshot(resolve: (String, String?) throws -> (any DocumentMapping)?) throws -> Resnapshot.Held {
         guard let (manifest, mappings, stateLock) = try recordedJob(resolve: resolve, { job in
             if let refusal = JobPlan.refusal(of: job, noJob: "sync") { throw refusal }
-        }) else { throw JobError(.usage, "there is no job to sync in \(settings.stateDirectory); run 'etl-job start'") }
+        }) else { throw JobPlan.noJob("sync", in: settings.stateDirectory) }
         var live: [PipelineJob] = []
         for mapping in mappings {
             let queue = try PipelineJob(mapping: mapping, settings: settings).openQueue()

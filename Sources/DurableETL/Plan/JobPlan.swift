@@ -95,10 +95,8 @@ public enum JobPlan {
             return JobError(.usage, "\(job.stateDirectory) is an etl-job worker's state directory: its job is split into partitions, which wait in the target "
                 + "for any worker; run 'etl-job worker' (on this machine or any other), and 'etl-job status --partitions' to follow it")
         }
-        guard job.hasJob else { return JobError(.usage, "there is no job to \(noJob) in \(job.stateDirectory); run 'etl-job start'") }
-        if let unknown = job.unknownPipeline {
-            return JobError(.usage, "the job in \(job.stateDirectory) runs the pipeline '\(unknown)', which this etl-job does not know")
-        }
+        guard job.hasJob else { return Self.noJob(noJob, in: job.stateDirectory) }
+        if let unknown = job.unknownPipeline { return unknownPipeline(unknown, of: .stateDirectory(job.stateDirectory)) }
         return nil
     }
 
@@ -154,6 +152,9 @@ public enum JobPlan {
         public var request: Request
         public var targets: [Target]
         public var requestedForeignKeys: ForeignKeyMode?
+        /// Where the new job is recorded: in the state directory (its manifest and queues), or
+        /// in the target, split into partitions that workers load (`start --partitions`).
+        public var recordedIn: JobRecord = .stateDirectory
 
         public init(stateDirectory: String, busy: JobLock.Busy? = nil, fresh: Bool, existingJobFinished: Bool? = nil,
                     request: Request = Request(), targets: [Target], requestedForeignKeys: ForeignKeyMode? = nil) {
@@ -165,6 +166,11 @@ public enum JobPlan {
             self.targets = targets
             self.requestedForeignKeys = requestedForeignKeys
         }
+    }
+
+    public enum JobRecord: Sendable, Equatable {
+        case stateDirectory
+        case partitions
     }
 
     /// A new run: refused when the state directory holds a job or a target table holds rows,
@@ -189,8 +195,9 @@ public enum JobPlan {
         if facts.fresh { steps += [.discardPreviousJob] + names.map(Step.truncate) }
         // The tables are empty here: their foreign keys go before the load, or come after it.
         steps += names.map { .prepareForeignKeys($0, modes[$0]!) }
+        steps.append(.removeOrphanQueues(names))
         // The manifest first: a run killed before every queue exists is completed by resume.
-        steps += [.removeOrphanQueues(names), .writeManifest(modes)] + names.map { .createJob($0, modes[$0]!) }
+        if facts.recordedIn == .stateDirectory { steps += [.writeManifest(modes)] + names.map { .createJob($0, modes[$0]!) } }
         return steps
     }
 

@@ -133,15 +133,10 @@ public struct PipelineJob: Sendable {
     /// refuses (exit 75) naming the session that holds it.
     public func lockTarget(wait: Double = 2) throws -> TargetLock {
         let lock = try TargetLock(connection: releasedOrConnect(), pipeline: name, schema: target.schema, reconnect: { try self.connectPostgres() })
-        let deadline = Date(timeIntervalSinceNow: wait)
-        while true {
-            if try lock.tryAcquire() {
-                // Others wait while it is held: a run whose machine vanished lets go within a minute.
-                try lock.keepAlive()
-                return lock
-            }
-            if Date() >= deadline { break }
-            Thread.sleep(forTimeInterval: 0.25)
+        if try lock.acquire(within: wait) {
+            // Others wait while it is held: a run whose machine vanished lets go within a minute.
+            try lock.keepAlive()
+            return lock
         }
         let holder = (try? lock.holder()) ?? "another session"
         // The session holds nothing: a worker that looks again while another finishes the job takes it.
@@ -224,6 +219,20 @@ public final class TargetLock: @unchecked Sendable {
         }
     }
 
+    /// Takes the lock, trying again about every quarter second for up to `seconds`; false when
+    /// another session still holds it then.
+    func acquire(within seconds: Double) throws -> Bool {
+        struct Held: Error {}
+        do {
+            try Retry.within(seconds, every: 0.25).run(stop: nil, isRetryable: { $0 is Held }, onRetry: { _ in }) { _ in
+                guard try tryAcquire() else { throw Held() }
+            }
+            return true
+        } catch is Held {
+            return false
+        }
+    }
+
     func tryAcquire() throws -> Bool {
         guard try connection.query("SELECT pg_try_advisory_lock($1, hashtext($2))", [String(Self.namespace), name]).rows[0][0] == "t" else { return false }
         backend = try connection.execute("SELECT pg_backend_pid()").rows[0][0] ?? ""
@@ -262,14 +271,10 @@ public final class TargetLock: @unchecked Sendable {
             guard lost else { return }
             connection = try reconnect()
             if keptAlive { _ = try connection.execute(Self.keepAliveOn) }
-            let deadline = Date(timeIntervalSinceNow: 2)
-            while try !tryAcquire() {
-                guard Date() < deadline else {
-                    let holder = (try? holder()) ?? "another session"
-                    throw JobError(.busy, "this run lost its lock on the target (PostgreSQL restarted or ended its session), and another etl-job run "
-                        + "now loads the \(pipeline) pipeline into schema \(schema) (\(holder)); this run stops without writing more: let that run finish")
-                }
-                Thread.sleep(forTimeInterval: 0.25)
+            guard try acquire(within: 2) else {
+                let holder = (try? holder()) ?? "another session"
+                throw JobError(.busy, "this run lost its lock on the target (PostgreSQL restarted or ended its session), and another etl-job run "
+                    + "now loads the \(pipeline) pipeline into schema \(schema) (\(holder)); this run stops without writing more: let that run finish")
             }
             try record(expecting: run)
             lost = false

@@ -59,21 +59,17 @@ public struct Target: Sendable {
     /// server still starting up or recovering after a restart is waited for (up to `startupWait`
     /// seconds), so that a `resume` run right after a PostgreSQL restart does not fail at once.
     public func connectWaiting(startupWait: Double = 60, logger: Logger? = nil, pipeline: String? = nil) throws -> PGConnection {
-        let deadline = ContinuousClock.now + .milliseconds(Int(startupWait * 1000))
         var said = false
-        while true {
-            do {
-                return try connect()
-            } catch let error as PGError where error.isServerStartingUp && ContinuousClock.now < deadline {
+        do {
+            return try Retry.within(startupWait, every: 0.25).run(stop: nil, isRetryable: { ($0 as? PGError)?.isServerStartingUp == true }, onRetry: { _ in
                 if !said, let logger {
                     logger.notice("PostgreSQL is starting up or recovering; waiting for it to accept connections",
                                   metadata: (pipeline.map { ["pipeline": "\($0)"] } ?? [:]).merging(["for at most": "\(Int(startupWait)) s"]) { a, _ in a })
                     said = true
                 }
-                Thread.sleep(forTimeInterval: 0.25)
-            } catch {
-                throw JobError.connecting(error)
-            }
+            }, body: { _ in try connect() })
+        } catch {
+            throw JobError.connecting(error)
         }
     }
 
@@ -256,19 +252,7 @@ public struct Target: Sendable {
         return names
     }
 
-    /// The foreign keys `mapping` declares that are not in place in the target (matched by
-    /// their tables and columns, whatever their names).
-    public func missingForeignKeys(_ db: PGConnection, _ mapping: any DocumentMapping) throws -> [(table: TableSpec, key: TableSpec.ForeignKey)] {
-        var missing: [(TableSpec, TableSpec.ForeignKey)] = []
-        for table in mapping.tables {
-            for key in table.foreignKeys where try !foreignKeyExists(db, table, key) {
-                missing.append((table, key))
-            }
-        }
-        return missing
-    }
-
-    private func foreignKeyExists(_ db: PGConnection, _ table: TableSpec, _ key: TableSpec.ForeignKey) throws -> Bool {
+    func foreignKeyExists(_ db: PGConnection, _ table: TableSpec, _ key: TableSpec.ForeignKey) throws -> Bool {
         try db.query("""
             SELECT count(*) > 0 FROM pg_constraint c
             WHERE c.contype = 'f' AND c.convalidated AND c.conrelid = to_regclass($1) AND c.confrelid = to_regclass($2)
@@ -276,64 +260,6 @@ public struct Target: Sendable {
                         JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum ORDER BY k.i) = $3::text[]
             """, [quoteIdentifier(schema) + "." + table.quotedName, quoteIdentifier(schema) + "." + quoteIdentifier(key.table),
                   postgresArray(key.columns)]).rows[0][0] == "t"
-    }
-
-    /// The primary keys `--keys after` builds after the load that are not in place.
-    public func missingPrimaryKeys(_ db: PGConnection, _ mapping: any DocumentMapping) throws -> [TableSpec] {
-        try tablesWithoutPrimaryKey(db, mapping, among: mapping.keysBuiltAfter)
-    }
-
-    /// The tables of `mapping` (or of `among`) that exist without a primary key.
-    public func tablesWithoutPrimaryKey(_ db: PGConnection, _ mapping: any DocumentMapping, among: [TableSpec]? = nil) throws -> [TableSpec] {
-        try (among ?? mapping.tables).filter { table in
-            try db.query("SELECT count(*) = 0 FROM pg_constraint WHERE contype = 'p' AND conrelid = to_regclass($1)",
-                         [quoteIdentifier(schema) + "." + table.quotedName]).rows[0][0] == "t"
-        }
-    }
-
-    /// Builds the missing primary keys (with `primaryKeys`) and adds the missing foreign keys
-    /// of `mapping`, as pg_restore does: the primary keys first, largest table first, over
-    /// `build.connections` sessions at once; then every foreign key declared `NOT VALID` in
-    /// one short transaction and validated, again over several sessions (validating takes
-    /// only a share lock on the referenced table, so keys to one parent check at once, where
-    /// `ADD FOREIGN KEY` would wait for each other). Each key commits on its own, fenced by
-    /// the run's lock, and `committed` follows each; a kill leaves some keys in place, and the
-    /// next call adds the rest. A row without its parent fails the step with the constraint
-    /// and key it names. Returns how many primary and foreign keys were added.
-    @discardableResult
-    public func addKeys(_ db: PGConnection, _ mapping: any DocumentMapping, primaryKeys: Bool, build: KeyBuild = KeyBuild(),
-                        fence: @escaping @Sendable (PGConnection) throws -> Void = { _ in },
-                        committed: @escaping @Sendable () -> Void = {}) throws -> (primary: Int, foreign: Int) {
-        let tables = primaryKeys ? try largestFirst(db, try missingPrimaryKeys(db, mapping)) : []
-        let missing = try missingForeignKeys(db, mapping)
-        guard !tables.isEmpty || !missing.isEmpty else { return (0, 0) }
-        let sessions = KeySessions(target: self, first: db, build: build, fence: fence, committed: committed)
-        try sessions.run(tables.map(\.addPrimaryKey))
-        var validations: [String] = []
-        try db.withTransaction {
-            try fence(db)
-            for (table, key) in missing {
-                let name = table.constraintName(key)
-                let declared = try db.query("SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass($1) AND conname = $2",
-                                            [quoteIdentifier(schema) + "." + table.quotedName, name]).rows
-                if declared.isEmpty { try db.execute(table.addConstraint(key) + " NOT VALID") }
-                validations.append("ALTER TABLE \(table.quotedName) VALIDATE CONSTRAINT \(quoteIdentifier(name))")
-            }
-        }
-        try sessions.run(validations)
-        return (tables.count, missing.count)
-    }
-
-    /// `tables` by their size on disk, largest first: the longest builds start first, so that
-    /// the sessions finish together.
-    private func largestFirst(_ db: PGConnection, _ tables: [TableSpec]) throws -> [TableSpec] {
-        guard tables.count > 1 else { return tables }
-        let sizes = try db.query("""
-            SELECT t, coalesce(pg_relation_size(to_regclass(quote_ident($1) || '.' || quote_ident(t))), 0)
-            FROM unnest($2::text[]) t
-            """, [schema, postgresArray(tables.map(\.name))]).rows
-        let size = Dictionary(sizes.map { ($0[0]!, Int64($0[1]!) ?? 0) }, uniquingKeysWith: { a, _ in a })
-        return tables.enumerated().sorted { (size[$0.element.name] ?? 0, -$0.offset) > (size[$1.element.name] ?? 0, -$1.offset) }.map(\.element)
     }
 
     /// Changes the tables of `old` into those of `new`, which only adds to them (tables,
@@ -417,40 +343,6 @@ public struct Target: Sendable {
         return created
     }
 
-    /// Whether the connected role owns (or is a member of the owner of) every table of
-    /// `mapping` (true where there are none yet, as before the schema exists).
-    public func ownsTables(_ db: PGConnection, _ mapping: any DocumentMapping) throws -> Bool {
-        try db.query("""
-            SELECT bool_and(pg_has_role(c.relowner, 'USAGE')) FROM pg_class c
-            WHERE c.relnamespace = to_regnamespace($1) AND c.relname = ANY($2::text[])
-            """, [quoteIdentifier(schema), postgresArray(mapping.tables.map(\.name))]).rows[0][0] != "f"
-    }
-
-    /// Drops the foreign keys of `mapping` that are in place and, with `primaryKeys`, the
-    /// primary keys `--keys after` builds after the load (for a load that adds them after;
-    /// only on empty tables, where adding them back costs nothing).
-    public func dropKeys(_ db: PGConnection, _ mapping: any DocumentMapping, primaryKeys: Bool) throws {
-        try db.withTransaction {
-            for table in mapping.tables {
-                let names = try db.query("""
-                    SELECT conname FROM pg_constraint WHERE contype = 'f' AND conrelid = to_regclass($1)
-                      AND confrelid = ANY(ARRAY(SELECT to_regclass(quote_ident($2) || '.' || quote_ident(t)) FROM unnest($3::text[]) t))
-                    """, [quoteIdentifier(schema) + "." + table.quotedName, schema, postgresArray(table.foreignKeys.map(\.table))]).rows
-                for row in names {
-                    try db.execute("ALTER TABLE \(table.quotedName) DROP CONSTRAINT \(quoteIdentifier(row[0]!))")
-                }
-            }
-            // After the foreign keys: a primary key they reference cannot be dropped before them.
-            for table in primaryKeys ? mapping.keysBuiltAfter : [] {
-                let names = try db.query("SELECT conname FROM pg_constraint WHERE contype = 'p' AND conrelid = to_regclass($1)",
-                                         [quoteIdentifier(schema) + "." + table.quotedName]).rows
-                for row in names {
-                    try db.execute("ALTER TABLE \(table.quotedName) DROP CONSTRAINT \(quoteIdentifier(row[0]!))")
-                }
-            }
-        }
-    }
-
     /// The first of `mapping`'s tables that holds a row; tables that do not exist yet hold none.
     public func firstNonEmptyTable(_ db: PGConnection, _ mapping: any DocumentMapping) throws -> String? {
         // Two round trips, not two per table: which tables exist, then the first of them with a row.
@@ -501,46 +393,5 @@ public struct Target: Sendable {
             try db.query("DELETE FROM etl_partitioned_jobs WHERE pipeline = $1", [mapping.name])
             try MappingLedger.clear(db, pipeline: mapping.name)
         }
-    }
-}
-
-/// A text[] literal of plain names.
-func postgresArray(_ items: [String]) -> String {
-    "{" + items.map { "\"" + $0.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\"" }.joined(separator: ",") + "}"
-}
-
-/// The sessions `Target.release` keeps for `Target.takeReleased`, one set per URL and schema.
-final class ReleasedSessions: Sendable {
-    // PGConnection is not Sendable: each one here is owned by the mutex, and by one taker after.
-    private let idle = Mutex<[UnsafeSession]>([])
-
-    private static let sets = Mutex<[String: ReleasedSessions]>([:])
-
-    static func shared(url: String, schema: String) -> ReleasedSessions {
-        sets.withLock { sets in
-            let key = url + "\u{0}" + schema
-            if let existing = sets[key] { return existing }
-            let created = ReleasedSessions()
-            sets[key] = created
-            return created
-        }
-    }
-
-    private struct UnsafeSession: @unchecked Sendable { let db: PGConnection }
-
-    /// `under`: taken after every other (a new session, under those that worked).
-    func put(_ db: PGConnection, under: Bool = false) {
-        guard db.isIdle else { return }
-        idle.withLock { under ? $0.insert(UnsafeSession(db: db), at: 0) : $0.append(UnsafeSession(db: db)) }
-    }
-
-    var count: Int { idle.withLock { $0.count } }
-
-    /// A released session the server has not ended meanwhile (a restart between two stages).
-    func take() -> PGConnection? {
-        while let session = idle.withLock({ $0.popLast() }) {
-            if session.db.isOpen && session.db.isIdle { return session.db }
-        }
-        return nil
     }
 }

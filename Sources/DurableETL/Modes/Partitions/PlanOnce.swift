@@ -50,16 +50,14 @@ extension DurableJob {
             """, [mapping.name]).rows.first
         guard let row else { return nil }
         guard let recorded = PartitionedJob(row) else {
-            throw JobError(.software, "the row of job \(row[0] ?? "?") in etl_partitioned_jobs is damaged (its identity or settings cannot be read)")
+            throw JobPlan.damagedPartitionedJob(row[0])
         }
         let job = PipelineJob(mapping: mapping, settings: settings)
         let differences = recorded.identity.differences(from: try job.identity(db))
         let finishedAt = row[7]
         if finishedAt == nil {
             guard differences.isEmpty else {
-                throw JobError(.usage, "the target holds job \(recorded.id) of the \(mapping.name) pipeline, unfinished, which reads another source or loads another target: "
-                    + differences.map { "\($0.field) \($0.recorded) (this worker: \($0.given))" }.joined(separator: ", ")
-                    + "; run this worker with the job's source, or discard the job with 'etl-job start --partitions \(count) --fresh'")
+                throw JobPlan.partitionedJobMismatch(recorded.id, pipeline: mapping.name, count: count, differences)
             }
             return "etl-job: job \(recorded.id) of the \(mapping.name) pipeline is planned (\(row[8] ?? "?") of \(row[9] ?? "?") partitions done): loading its partitions"
         }
