@@ -83,7 +83,7 @@ let package = Package(
             name: "TestSupport",
             dependencies: ["Mongo", "Postgres"],
             path: "Tests/TestSupport"),
-        // A pipeline written against the engine alone (the README's example), and a small
+        // A pipeline written against the engine alone (docs/design/writing-a-pipeline.md's example), and a small
         // program that runs it, which the engine tests kill and resume. Neither may depend on Users.
         .target(name: "NotesPipeline", dependencies: ["DurableETL", "Mongo", "Postgres"], path: "Tests/NotesPipeline"),
         .executableTarget(
@@ -95,6 +95,12 @@ let package = Package(
         .testTarget(
             name: "IntegrationTests",
             dependencies: ["DurableETL", "Users", "UsersFixtures", "Queue", "Mongo", "Postgres", "TestSupport"]),
+        // The docs cannot drift: their command lines go through the executable's own parser
+        // (@testable import of the executable target), their links resolve, the generated
+        // reference is current, and the README's tour runs as written.
+        .testTarget(
+            name: "DocsTests",
+            dependencies: ["etl-job", "TestSupport", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .testTarget(
             name: "EngineTests",
             dependencies: [

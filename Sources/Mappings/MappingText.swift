@@ -1,6 +1,6 @@
 import Foundation
 
-/// A mapping file as `init` writes it: members in the order the README shows them
+/// A mapping file as `init` writes it: members in the order docs/reference/mapping-file.md shows them
 /// (`formatVersion`, `pipeline`, `source`, `table`, `columns`, `children`, `notes`), one column
 /// per line, a child table's members in the same order, indented under its entry; notes sorted
 /// by key. The same mapping always gives the same bytes.

@@ -9,7 +9,7 @@ import Queue
 import TestSupport
 import Testing
 
-/// The engine with pipelines that know nothing of users: the notes pipeline of the README
+/// The engine with pipelines that know nothing of users: the notes pipeline of docs/design/writing-a-pipeline.md
 /// (run by its own small program, so that it can be killed) and a one-table archive
 /// pipeline defined here.
 @Suite(.serialized) struct EngineTests {
@@ -102,10 +102,10 @@ import Testing
         #expect(DurableJob.share(workers: 1, among: 3) == [1, 1, 1])
     }
 
-    @Test func theReadmeExampleIsTheNotesPipeline() throws {
-        let readme = try String(contentsOf: Services.packageRoot.appendingPathComponent("README.md"), encoding: .utf8)
+    @Test func theDocsExampleIsTheNotesPipeline() throws {
+        let page = try String(contentsOf: Services.packageRoot.appendingPathComponent("docs/design/writing-a-pipeline.md"), encoding: .utf8)
         let source = try String(contentsOf: Services.packageRoot.appendingPathComponent("Tests/NotesPipeline/NotesMapping.swift"), encoding: .utf8)
-        #expect(readme.contains("```swift\n" + source + "```"), "README's 'Writing a pipeline' shows Tests/NotesPipeline/NotesMapping.swift as it is")
+        #expect(page.contains("```swift\n" + source + "```"), "docs/design/writing-a-pipeline.md shows Tests/NotesPipeline/NotesMapping.swift as it is")
     }
 
     /// Runs the notes program against the sandbox, killed at `crashAt` when given; `memory`:

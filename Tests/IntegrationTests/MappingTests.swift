@@ -337,7 +337,7 @@ import UsersFixtures
         #expect(try sandbox.db().execute("SELECT count(*) FROM dumped.accounts").rows[0][0] == "30")
     }
 
-    /// The file `init` writes reads in the README's order (formatVersion, source, table, columns,
+    /// The file `init` writes reads in docs/reference/mapping-file.md's order (formatVersion, source, table, columns,
     /// children, notes), one column per line, and the same collection gives the same bytes.
     @Test func initWritesTheMappingInTheReadmesOrderAndTheSameBytesEachTime() throws {
         let sandbox = try Sandbox()

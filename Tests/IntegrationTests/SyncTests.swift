@@ -168,7 +168,7 @@ import UsersFixtures
     /// The source server restarted under `sync --follow`: it retries, resumes the stream from
     /// its position and goes on, and the target ends equal to the source. (The writer is
     /// paused across the restart: the bundled server may lose the writes it was making as it
-    /// stops, which no reader of its stream can know; see the README.)
+    /// stops, which no reader of its stream can know; see docs/design/sync.md.)
     @Test func syncFollowRidesOutARestartOfTheSourceServer() throws {
         let sandbox = try Sandbox()
         try sandbox.seed(users: 150)

@@ -11,7 +11,7 @@ import Synchronization
 /// mapping, a retry's cause by `RetryCause`).
 public final class EngineMetrics: Sendable {
     /// Each metric the engine reports: its name, kind, labels and meaning, said once here (the
-    /// exporter's `# HELP` lines and the README's table follow this list).
+    /// exporter's `# HELP` lines and docs/operations/monitoring.md's table follow this list).
     public enum Name: String, CaseIterable, Sendable {
         case documentsLoaded = "etl_job_documents_loaded_total"
         case changesApplied = "etl_job_changes_applied_total"

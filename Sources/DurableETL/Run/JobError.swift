@@ -5,7 +5,7 @@ import Postgres
 import Queue
 
 /// A refusal or a failure the user can act on: printed as one line, never as a trace.
-/// Each kind has its exit code (sysexits.h where one fits; see the README's table).
+/// Each kind has its exit code (sysexits.h where one fits; see docs/reference/exit-codes.md).
 public struct JobError: Error, CustomStringConvertible {
     public enum Kind: Sendable {
         /// 64: a bad flag or URL, or a refusal that says what to run instead.
