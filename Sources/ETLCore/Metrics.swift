@@ -3,13 +3,15 @@ import Synchronization
 
 /// Where the time of a run goes.
 public enum Stage: Int, CaseIterable, Sendable {
-    case extract, queueWrite, transform, copy, commit, waiting
+    /// `removal`: a batch of changes deleting the rows of the documents it replaces or deletes.
+    case extract, queueWrite, transform, removal, copy, commit, waiting
 
     public var label: String {
         switch self {
         case .extract: "extract"
         case .queueWrite: "queue write"
         case .transform: "transform"
+        case .removal: "removal"
         case .copy: "COPY"
         case .commit: "commit"
         case .waiting: "waiting"

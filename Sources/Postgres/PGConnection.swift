@@ -314,23 +314,72 @@ public final class PGConnection {
         return pointers.withUnsafeMutableBufferPointer { body($0.baseAddress!) }
     }
 
-    /// Streams `parts`, which together form a binary COPY stream, into `table`.
-    public func copyIn(_ table: String, columns: [String], binary parts: [UInt8]...) throws {
-        let sql = "COPY \(table) (\(columns.joined(separator: ", "))) FROM STDIN (FORMAT binary)"
-        let start = PQexec(handle, sql)
-        guard PQresultStatus(start) == PGRES_COPY_IN else { _ = try rows(of: start); return }
-        PQclear(start)
-        for part in parts {
-            let sent = part.withUnsafeBytes { raw -> Int32 in
-                raw.withMemoryRebound(to: CChar.self) { PQputCopyData(handle, $0.baseAddress, Int32($0.count)) }
+    /// Sends statements with text parameters at once in libpq's pipeline mode, then reads
+    /// their results: one round trip for all. After a statement fails the server skips the
+    /// rest, so the results stop at the first failure (their count says which one failed).
+    /// A broken connection throws: which statements ran is then unknown.
+    public func pipeline(_ statements: [(sql: String, parameters: [String?])]) throws -> [Result<PGRows, PGError>] {
+        guard PQenterPipelineMode(handle) == 1 else { throw connectionError() }
+        defer { PQexitPipelineMode(handle) }
+        for (sql, parameters) in statements {
+            let sent = Self.withOptionalCStrings(parameters) { values in
+                PQsendQueryParams(handle, sql, Int32(parameters.count), nil, values, nil, nil, 0)
             }
             guard sent == 1 else { throw connectionError() }
         }
-        guard PQputCopyEnd(handle, nil) == 1 else { throw connectionError() }
-        // COPY reports its outcome in one result, then a NULL.
+        guard PQpipelineSync(handle) == 1 else { throw connectionError() }
+        var results: [Result<PGRows, PGError>] = []
+        // Each statement's result then a NULL; a skipped one's is PIPELINE_ABORTED; last, the sync's.
+        for _ in statements {
+            while let result = PQgetResult(handle) {
+                if PQresultStatus(result) == PGRES_PIPELINE_ABORTED {
+                    PQclear(result)
+                    continue
+                }
+                do {
+                    results.append(.success(try rows(of: result)))
+                } catch let error as PGError where error.kind == .server {
+                    results.append(.failure(error))
+                }
+            }
+        }
+        guard let sync = PQgetResult(handle) else { throw connectionError() }
+        defer { PQclear(sync) }
+        guard PQresultStatus(sync) == PGRES_PIPELINE_SYNC else { throw connectionError() }
+        return results
+    }
+
+    /// Streams `parts`, which together form a binary COPY stream, into `table`.
+    public func copyIn(_ table: String, columns: [String], binary parts: [UInt8]...) throws {
+        try copyIn([PGCopy(table: table, columns: columns, parts: parts)])
+    }
+
+    /// Streams several binary COPY streams, with `before` and `after` (statements without
+    /// parameters, each ending in ";"), as one simple query: the server starts each COPY in
+    /// the same reply that ends the one before it, so a table costs one round trip, not two
+    /// (COPY cannot be pipelined, but a query string may hold several). The first error
+    /// skips the rest of the string and is thrown.
+    public func copyIn(_ copies: [PGCopy], before: String = "", after: String = "") throws {
+        let sql = before + copies.map { "COPY \($0.table) (\($0.columns.joined(separator: ", "))) FROM STDIN (FORMAT binary);" }.joined() + after
+        guard PQsendQuery(handle, sql) == 1 else { throw connectionError() }
+        var next = copies.startIndex
         var failure: (any Error)?
+        // One result per statement (a COPY's start, then its outcome), then a NULL.
         while let result = PQgetResult(handle) {
-            do { _ = try rows(of: result) } catch { failure = failure ?? error }
+            guard PQresultStatus(result) == PGRES_COPY_IN else {
+                do { _ = try rows(of: result) } catch { failure = failure ?? error }
+                continue
+            }
+            PQclear(result)
+            for part in next < copies.endIndex ? copies[next].parts : [] {
+                let sent = part.withUnsafeBytes { raw -> Int32 in
+                    raw.withMemoryRebound(to: CChar.self) { PQputCopyData(handle, $0.baseAddress, Int32($0.count)) }
+                }
+                guard sent == 1 else { throw connectionError() }
+            }
+            let error = next < copies.endIndex ? nil : "more COPY statements than streams"
+            next += 1
+            guard PQputCopyEnd(handle, error) == 1 else { throw connectionError() }
         }
         if let failure { throw failure }
     }
@@ -394,3 +443,17 @@ extension String {
 #if canImport(Glibc)
 import Glibc
 #endif
+
+/// One table's binary COPY stream, for `PGConnection.copyIn(_:before:after:)`.
+public struct PGCopy: Sendable {
+    public var table: String
+    public var columns: [String]
+    /// Together, the stream: header, rows, trailer.
+    public var parts: [[UInt8]]
+
+    public init(table: String, columns: [String], parts: [[UInt8]]) {
+        self.table = table
+        self.columns = columns
+        self.parts = parts
+    }
+}

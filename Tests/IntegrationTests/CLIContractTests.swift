@@ -80,7 +80,7 @@ import Testing
         #expect(debug.contains("debug etl-job: claimed a batch") && debug.contains("committed a batch") && !debug.contains("SQL "), "\(debug)")
         let trace = try run(["--log-level", "trace"])
         #expect(trace.contains("trace etl-job: SQL COPY \"users\" FROM STDIN (FORMAT binary): 20 rows"), "\(trace)")
-        #expect(trace.contains("trace etl-job: SQL COMMIT batch=") && trace.contains("ms="), "\(trace)")
+        #expect(trace.contains("trace etl-job: SQL INSERT INTO etl_checkpoints; COMMIT (pipelined) batch=") && trace.contains("ms="), "\(trace)")
         let fromEnvironment = try sandbox.job("start", ["--fresh", "--yes"], environment: ["ETL_LOG_LEVEL": "debug"])
         #expect(fromEnvironment.stderr.contains("claimed a batch"), "ETL_LOG_LEVEL=debug")
     }

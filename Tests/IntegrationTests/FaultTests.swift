@@ -256,7 +256,7 @@ import UsersFixtures
         while job.process.isRunning && terminated < 4 {
             let rows = try admin.query("""
                 SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                WHERE datname = $1 AND state = 'active' AND query LIKE 'COPY%'
+                WHERE datname = $1 AND state = 'active' AND query LIKE '%COPY %FROM STDIN%'
                 """, [sandbox.name]).rows
             terminated += rows.filter { $0[0] == "t" }.count
             Thread.sleep(forTimeInterval: 0.02)

@@ -1,7 +1,7 @@
 import Foundation
 
 /// A TCP proxy in front of PostgreSQL that loses the reply to one batch's COMMIT: it lets
-/// the `n`-th COMMIT sent on a connection that COPYed reach the server, drops the client's
+/// the `n`-th COMMIT (a simple query, or pipelined) sent on a connection that COPYed reach the server, drops the client's
 /// side before relaying the answer, then refuses every connection for `refuseFor` seconds.
 /// The server commits; the client cannot know. (Use `sslmode=disable gssencmode=disable`:
 /// the stream is then plain protocol messages, a type byte and an int32 length that counts
@@ -103,18 +103,33 @@ public final class LostCommitReplyProxy: @unchecked Sendable {
         guard let startup = c.readClient(headerBytes: 0), c.sendServer(startup) else { return }
         var copied = false
         while let message = c.readClient(headerBytes: 1) {
-            if message.first == UInt8(ascii: "Q") {
-                let query = String(decoding: message.dropFirst(5).prefix { $0 != 0 }, as: UTF8.self)
-                if query.hasPrefix("COPY") { copied = true }
-                if copied && query == "COMMIT" && shouldLose() {
-                    c.cutClient()
-                    _ = c.sendServer(message)
-                    Thread.sleep(forTimeInterval: 0.5)  // let the server finish committing
-                    return
+            let query = Self.query(message)
+            if query?.contains("COPY ") == true { copied = true }
+            if copied && query == "COMMIT" && shouldLose() {
+                // A pipelined COMMIT (Parse, then Bind, Execute … Sync) runs once the messages
+                // after it arrive: they are read first, and all reach the server.
+                var messages = [message]
+                if message.first == UInt8(ascii: "P") {
+                    while messages.last?.first != UInt8(ascii: "S"), let next = c.readClient(headerBytes: 1) { messages.append(next) }
                 }
+                c.cutClient()
+                _ = c.sendServer(messages.flatMap { $0 })
+                Thread.sleep(forTimeInterval: 0.5)  // let the server finish committing
+                return
             }
             guard c.sendServer(message) else { return }
         }
+    }
+
+    /// The statement a simple query ('Q': the text) or a Parse ('P': a name, then the text) carries.
+    private static func query(_ message: [UInt8]) -> String? {
+        var body = message.dropFirst(5)
+        switch message.first {
+        case UInt8(ascii: "Q"): break
+        case UInt8(ascii: "P"): body = body.drop { $0 != 0 }.dropFirst()
+        default: return nil
+        }
+        return String(decoding: body.prefix { $0 != 0 }, as: UTF8.self)
     }
 
     /// Reads the startup message, answers with PostgreSQL's own FATAL for a server that is

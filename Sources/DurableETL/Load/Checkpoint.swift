@@ -8,10 +8,11 @@ import Queue
 /// The checkpoint row: written in the batch's own transaction, so it exists exactly when the
 /// batch's rows do. It carries the outcome, so a batch can be marked done from it alone.
 enum Checkpoint {
-    /// The batch's row: what it loaded, removed and set aside, and the source position after it.
-    static func insert(_ db: PGConnection, pipeline: String, job: String, batch: UInt64, outcome: BatchOutcome, indices: [Int], position: [UInt8]?) throws {
+    /// The batch's row: the statement and its parameters (pipelined with COMMIT).
+    static func insertStatement(pipeline: String, job: String, batch: UInt64, outcome: BatchOutcome, indices: [Int],
+                                position: [UInt8]?) -> (sql: String, parameters: [String?]) {
         let setAside = zip(indices, outcome.setAside).map { ["index": $0.0, "id": $0.1.documentId, "reason": $0.1.reason] as [String: Any] }
-        try db.query("""
+        return ("""
             INSERT INTO etl_checkpoints (pipeline, job_id, batch_id, documents_loaded, rows, set_aside, documents_deleted, position)
             VALUES ($1, $2, $3, $4, $5, $6, $7, decode($8, 'hex'))
             """,

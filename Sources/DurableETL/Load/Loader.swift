@@ -135,9 +135,8 @@ final class BatchLoader: ETLWorker {
         }
 
         let began = ContinuousClock.now
-        try sql(db, "BEGIN", batch: batch.id)
         do {
-            try processor.lock.fence(db)
+            try traced("BEGIN; the target lock's fence (pipelined)", batch: batch.id) { try processor.lock.beginFenced(db) }
             var evolution: Evolution?
             let noted = unmapped
             // Documents the first transform set aside count too: a field that changed type
@@ -166,7 +165,7 @@ final class BatchLoader: ETLWorker {
             try tally(db, batch.payload, documents.ranges, noted, setAside: setAside, evolution: evolution)
             let good = copying.filter { setAside[$0] == nil }
             if let keys, keys.count > 0 {
-                try processor.clock.measure(.copy) {
+                try processor.clock.measure(.removal) {
                     try traced("DELETE the rows of \(keys.count) documents") {
                         try processor.target.deleteDocuments(db, mapping, keys: keys.parameter)
                     }
@@ -186,19 +185,24 @@ final class BatchLoader: ETLWorker {
                 } + displaced.map { SetAsideDocument(batch: batch.id, documentId: $0.documentId, reason: $0.reason, document: []) },
                 documentsDeleted: deleted, touched: documents.touched(batch.payload), latestChange: documents.times.compactMap { $0 }.max())
             CrashPoint.copied.reach()
-            try traced("INSERT INTO etl_checkpoints", batch: batch.id) {
-                try Checkpoint.insert(db, pipeline: processor.name, job: processor.jobId, batch: batch.id, outcome: outcome,
-                                      indices: setAside.keys.sorted() + displaced.map { _ in -1 }, position: batch.position)
-            }
             if let (name, write) = processor.mode.inBatchTransaction(pipeline: processor.name, batch: batch.id, queue: processor.queue) {
                 try traced(name, batch: batch.id) { try write(db) }
             }
+            // The checkpoint row and COMMIT in one round trip.
+            let insert = Checkpoint.insertStatement(pipeline: processor.name, job: processor.jobId, batch: batch.id, outcome: outcome,
+                                                    indices: setAside.keys.sorted() + displaced.map { _ in -1 }, position: batch.position)
+            let results: [Result<PGRows, PGError>]
             do {
-                try processor.clock.measure(.commit) { try sql(db, "COMMIT", batch: batch.id) }
+                results = try processor.clock.measure(.commit) {
+                    try traced("INSERT INTO etl_checkpoints; COMMIT (pipelined)", batch: batch.id) { try db.pipeline([insert, ("COMMIT", [])]) }
+                }
             } catch let error as PGError {
-                // A COMMIT the server refused rolled the transaction back: the batch can be retried.
+                // The connection broke: whether COMMIT ran is unknown, as when its reply is lost.
                 throw error.failingCommit()
             }
+            if case .failure(let error) = results[0] { throw error }
+            // A COMMIT the server refused rolled the transaction back: the batch can be retried.
+            if case .failure(let error) = results[1] { throw error.failingCommit() }
             if let evolution {
                 processor.inForce.adopt(version)
                 processor.logger.notice("the mapping now holds fields it did not name", metadata: [
@@ -332,10 +336,8 @@ final class BatchLoader: ETLWorker {
         let tables = mapping.tables
         guard !indices.isEmpty else { return Array(repeating: 0, count: tables.count) }
         let rows = prebuilt ?? transform(payload, ranges, indices: indices, setAside: &setAside)
-        try sql(db, "SAVEPOINT isolate")
         do {
-            try copy(db, rows)
-            try sql(db, "RELEASE SAVEPOINT isolate")
+            try copy(db, rows, between: ("SAVEPOINT isolate;", "RELEASE SAVEPOINT isolate;"))
             return rows.tables.map(\.rowCount)
         } catch let error as PGError where error.isDataError {
             try sql(db, "ROLLBACK TO SAVEPOINT isolate; RELEASE SAVEPOINT isolate")
@@ -356,13 +358,17 @@ final class BatchLoader: ETLWorker {
         }
     }
 
-    /// COPYs prepared rows, table by table.
-    private func copy(_ db: PGConnection, _ rows: MappedRows) throws {
+    /// COPYs prepared rows, every table in one query (one round trip a table), between
+    /// `between`'s statements.
+    private func copy(_ db: PGConnection, _ rows: MappedRows, between: (before: String, after: String) = ("", "")) throws {
+        let tables = mapping.tables.indices.filter { !rows.tables[$0].isEmpty }
+        let copies = tables.map { t in
+            PGCopy(table: mapping.tables[t].quotedName, columns: mapping.tables[t].quotedColumns, parts: [rows.tables[t].bytes, BinaryCopyWriter.trailer])
+        }
         try processor.clock.measure(.copy) {
-            for (t, table) in mapping.tables.enumerated() where !rows.tables[t].isEmpty {
-                try traced("COPY \(table.quotedName) FROM STDIN (FORMAT binary): \(rows.tables[t].rowCount) rows, \(rows.tables[t].bytes.count) bytes") {
-                    try db.copyIn(table.quotedName, columns: table.quotedColumns, binary: rows.tables[t].bytes, BinaryCopyWriter.trailer)
-                }
+            try traced(tables.map { "COPY \(mapping.tables[$0].quotedName) FROM STDIN (FORMAT binary): \(rows.tables[$0].rowCount) rows, \(rows.tables[$0].bytes.count) bytes" }
+                .joined(separator: "; ") + " (one query\(between.before.isEmpty ? "" : ", after \(between.before) and before \(between.after)"))") {
+                try db.copyIn(copies, before: between.before, after: between.after)
             }
         }
     }

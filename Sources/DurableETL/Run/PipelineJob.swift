@@ -249,15 +249,26 @@ public final class TargetLock: @unchecked Sendable {
     /// that this run's lock session still holds the lock. Throws `Lost` (the transaction must
     /// roll back, and `regain` run before the next attempt) when it does not.
     func fence(_ db: PGConnection) throws {
+        try fence(db, beginning: false)
+    }
+
+    /// BEGIN, then the fence, in one round trip (pipelined).
+    func beginFenced(_ db: PGConnection) throws {
+        try fence(db, beginning: true)
+    }
+
+    private func fence(_ db: PGConnection, beginning: Bool) throws {
         let backend = mutex.withLock { lost ? "" : self.backend }
         guard !backend.isEmpty else { throw Lost() }
         // One round trip: the materialized CTE takes the fence key before the check reads pg_locks.
-        let held = try db.query("""
+        let check = ("""
             WITH fence AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared($4::int4, hashtext($2)))
             SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND pid = $3::int
               AND classid = ($1::int4)::oid AND objid = (hashtext($2))::oid AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))
             FROM fence
-            """, [String(Self.namespace), name, backend, String(Self.fenceNamespace)]).rows[0][0] == "t"
+            """, [String(Self.namespace), name, backend, String(Self.fenceNamespace)] as [String?])
+        let results = try db.pipeline((beginning ? [("BEGIN", [])] : []) + [check]).map { try $0.get() }
+        let held = results.last?.rows.first?[0] == "t"
         guard held else {
             mutex.withLock { lost = true }
             throw Lost()

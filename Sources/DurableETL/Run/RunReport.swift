@@ -152,7 +152,8 @@ public struct RunReport: Sendable {
             "  CPU time          \(String(format: "%.2f s", usage.cpuSeconds))",
             "  time per stage (summed over threads)",
         ]
-        for (stage, s) in stages {
+        // A snapshot removes nothing.
+        for (stage, s) in stages where stage != .removal || s > 0 {
             lines.append("    \(label(stage.label)) \(String(format: "%.2f s", s))")
         }
         return lines.joined(separator: "\n")
@@ -209,7 +210,12 @@ extension RunReport {
             } ?? "-"),
             "  peak memory       \(String(format: "%.1f MB", Double(usage.peakResidentBytes) / 1_048_576))",
             "  CPU time          \(String(format: "%.2f s", usage.cpuSeconds))",
+            "  time per stage (summed over threads)",
         ]
+        for (stage, s) in stages {
+            let name = stage == .extract ? "reading the stream" : stage.label
+            lines.append("    \(name.padding(toLength: 18, withPad: " ", startingAt: 0)) \(String(format: "%.2f s", s))")
+        }
         return lines.joined(separator: "\n")
     }
 }
