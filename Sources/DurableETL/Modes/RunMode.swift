@@ -75,8 +75,8 @@ extension DurableJob {
         } else if status.isComplete && !stopped {
             failure = mode.setAsideFailure(settings.maxSetAside, status: status, before: before)
             if failure == nil {
-                // The final step of a job that adds its keys after the load: in one transaction,
-                // so that a kill leaves none of them, and resume (which comes back here) adds them.
+                // The final step of a job that adds its keys after the load: each key commits on
+                // its own, so a kill leaves some of them, and resume (which comes back here) adds the rest.
                 if let keys = status.foreignKeys.flatMap(ForeignKeyMode.init), keys.foreignKeysAfter {
                     try lock.regain()
                     try addKeysAfterLoad(job, try job.releasedOrConnect(), keys, fence: lock.fence)
