@@ -37,7 +37,8 @@ enum Checkpoint {
                 + "load it again with 'etl-job start --fresh'")
         }
         let rows = (parse(row[1]) as? [String: Any] ?? [:]).compactMapValues { ($0 as? NSNumber)?.int64Value }
-        let ranges = BatchDocuments(payload, changes: changes)?.ranges ?? []
+        let documents = BatchDocuments(payload, changes: changes)
+        let ranges = documents?.ranges ?? []
         let setAside = (parse(row[2]) as? [[String: Any]] ?? []).map { entry -> SetAsideDocument in
             let index = (entry["index"] as? NSNumber)?.intValue ?? -1
             let document = ranges.indices.contains(index) ? Array(payload[ranges[index]]) : []
@@ -46,7 +47,7 @@ enum Checkpoint {
                 document: document)
         }
         return BatchOutcome(documentsLoaded: Int(row[0] ?? "0") ?? 0, rows: rows, setAside: setAside, documentsDeleted: Int(row[3] ?? "0") ?? 0,
-                            touched: BatchDocuments(payload, changes: changes)?.touched(payload) ?? [])
+                            touched: documents?.touched(payload) ?? [])
     }
 
     private static func json(_ value: Any) -> String {
